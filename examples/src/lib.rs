@@ -1,0 +1,1 @@
+//! Runnable examples of the streams toolkit live in `examples/`.

@@ -1,0 +1,445 @@
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_channel::{Receiver, Sender, TrySendError};
+use async_trait::async_trait;
+use futures::FutureExt;
+use streams_core::{
+    BoxError, CancellationToken, Error, FailedMessage, Handler, Message, ReadTask, Reader, Result,
+    Writer,
+};
+use tower::{Service, ServiceExt};
+
+/// A [`Bus`](streams_core::Bus) over a new in-process [`ChanBus`] with default
+/// settings: the one-line way to get a working bus.
+pub fn bus() -> streams_core::Bus {
+    let chan = Arc::new(ChanBus::new());
+    streams_core::Bus::new(chan.clone(), chan)
+}
+
+/// Settings of a [`ChanBus`].
+#[derive(Debug, Clone)]
+pub struct ChanBusBuilder {
+    capacity: usize,
+    concurrency: usize,
+    handler_timeout: Option<Duration>,
+    fail_fast: bool,
+}
+
+impl Default for ChanBusBuilder {
+    fn default() -> Self {
+        ChanBusBuilder {
+            capacity: 1024,
+            concurrency: 1,
+            handler_timeout: None,
+            fail_fast: false,
+        }
+    }
+}
+
+impl ChanBusBuilder {
+    /// Messages buffered per subscriber (split across its lanes); at least one per lane.
+    /// Default 1024.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity.max(1);
+        self
+    }
+
+    /// Default bound on concurrent handlers per subscriber, when the read task does not
+    /// set one. Default 1.
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// Fails a handler call running longer than this (a negative acknowledgement).
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = Some(timeout);
+        self
+    }
+
+    /// Makes [`Writer::write`] fail with [`Error::Full`] instead of waiting when a
+    /// subscriber's buffer is full.
+    pub fn fail_fast(mut self, fail_fast: bool) -> Self {
+        self.fail_fast = fail_fast;
+        self
+    }
+
+    /// Builds the bus.
+    pub fn build(self) -> ChanBus {
+        ChanBus {
+            inner: Arc::new(Inner {
+                config: self,
+                streams: RwLock::new(HashMap::new()),
+                closed: AtomicBool::new(false),
+                next_anonymous: AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+/// The in-process bus; implements [`Writer`] and [`Reader`]. Clones share the bus.
+#[derive(Clone)]
+pub struct ChanBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ChanBusBuilder,
+    // Copy-on-write list of subscriber groups per stream, so publishing takes the lock
+    // only long enough to clone an `Arc`.
+    streams: RwLock<HashMap<String, Arc<[Arc<Group>]>>>,
+    closed: AtomicBool,
+    next_anonymous: AtomicU64,
+}
+
+/// One subscriber, or every reader sharing a consumer group.
+struct Group {
+    name: String,
+    lanes: Vec<Sender<Message>>,
+    receivers: Vec<Receiver<Message>>,
+    members: AtomicUsize,
+    next_lane: AtomicUsize,
+}
+
+impl Group {
+    fn lane(&self, key: Option<&str>) -> &Sender<Message> {
+        let n = self.lanes.len();
+        if n == 1 {
+            return &self.lanes[0];
+        }
+        let i = match key {
+            Some(key) => {
+                let mut h = DefaultHasher::new();
+                key.hash(&mut h);
+                (h.finish() % n as u64) as usize
+            }
+            None => self.next_lane.fetch_add(1, Ordering::Relaxed) % n,
+        };
+        &self.lanes[i]
+    }
+
+    fn close(&self) {
+        for lane in &self.lanes {
+            lane.close();
+        }
+    }
+}
+
+impl Default for ChanBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChanBus {
+    /// A bus with default settings.
+    pub fn new() -> Self {
+        ChanBusBuilder::default().build()
+    }
+
+    /// Settings for a new bus.
+    pub fn builder() -> ChanBusBuilder {
+        ChanBusBuilder::default()
+    }
+
+    /// Number of subscriber groups on a stream.
+    pub fn subscribers(&self, stream: &str) -> usize {
+        self.inner
+            .streams
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(stream)
+            .map_or(0, |g| g.len())
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Refuses further writes; readers deliver what they hold, then end.
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        let streams = self.inner.streams.read().unwrap_or_else(|e| e.into_inner());
+        for groups in streams.values() {
+            for g in groups.iter() {
+                g.close();
+            }
+        }
+    }
+
+    /// Writes a batch without waiting: fails when a subscriber's buffer is full.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`close`](Self::close); [`Error::Full`] when the first
+    /// message found a full buffer, [`Error::PartialWrite`] naming the messages not
+    /// written when a later one did (each message is delivered to all or to a prefix of
+    /// its subscribers).
+    pub fn try_write(&self, batch: Vec<Message>) -> Result<()> {
+        self.check_open()?;
+        let mut cache = StreamCache::default();
+        let mut iter = batch.into_iter().enumerate();
+        while let Some((i, msg)) = iter.next() {
+            let groups = cache.groups(&self.inner, &msg.stream);
+            for g in groups.iter() {
+                let m = msg.clone();
+                match g.lane(m.key.as_deref()).try_send(m) {
+                    Ok(()) | Err(TrySendError::Closed(_)) => {}
+                    Err(TrySendError::Full(m)) => {
+                        if i == 0 {
+                            return Err(Error::Full { stream: m.stream });
+                        }
+                        let mut failed = vec![FailedMessage {
+                            id: m.id,
+                            reason: "subscriber buffer full".into(),
+                        }];
+                        failed.extend(iter.map(|(_, m)| FailedMessage {
+                            id: m.id,
+                            reason: "not attempted after a full buffer".into(),
+                        }));
+                        return Err(Error::PartialWrite {
+                            failed,
+                            retryable: true,
+                        });
+                    }
+                }
+            }
+        }
+        self.check_open()
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            Err(Error::Closed("in-process bus"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn join(&self, task: &ReadTask) -> Arc<Group> {
+        let mut streams = self.inner.streams.write().unwrap_or_else(|e| e.into_inner());
+        let groups = streams.entry(task.stream.clone()).or_insert_with(|| Arc::from(Vec::new()));
+        if let Some(name) = &task.group {
+            if let Some(g) = groups.iter().find(|g| &g.name == name) {
+                g.members.fetch_add(1, Ordering::AcqRel);
+                return g.clone();
+            }
+        }
+        let name = task.group.clone().unwrap_or_else(|| {
+            let n = self.inner.next_anonymous.fetch_add(1, Ordering::Relaxed);
+            format!("\0anonymous-{n}")
+        });
+        let lanes = task.concurrency.unwrap_or(self.inner.config.concurrency).max(1);
+        let per_lane = (self.inner.config.capacity / lanes).max(1);
+        let (senders, receivers) = (0..lanes).map(|_| async_channel::bounded(per_lane)).unzip();
+        let group = Arc::new(Group {
+            name,
+            lanes: senders,
+            receivers,
+            members: AtomicUsize::new(1),
+            next_lane: AtomicUsize::new(0),
+        });
+        if self.is_closed() {
+            group.close();
+        }
+        let mut list: Vec<_> = groups.iter().cloned().collect();
+        list.push(group.clone());
+        *groups = Arc::from(list);
+        group
+    }
+
+    /// Leaves a group; returns whether this was its last member (then the group no
+    /// longer receives messages and its lanes are closed).
+    fn leave(&self, stream: &str, group: &Arc<Group>) -> bool {
+        let mut streams = self.inner.streams.write().unwrap_or_else(|e| e.into_inner());
+        if group.members.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return false;
+        }
+        if let Some(groups) = streams.get_mut(stream) {
+            let list: Vec<_> = groups.iter().filter(|g| !Arc::ptr_eq(g, group)).cloned().collect();
+            if list.is_empty() {
+                streams.remove(stream);
+            } else {
+                *groups = Arc::from(list);
+            }
+        }
+        group.close();
+        true
+    }
+}
+
+/// Remembers the subscriber list of the last stream looked up, so a batch on one stream
+/// takes the lock once.
+#[derive(Default)]
+struct StreamCache {
+    stream: String,
+    groups: Option<Arc<[Arc<Group>]>>,
+}
+
+impl StreamCache {
+    fn groups(&mut self, inner: &Inner, stream: &str) -> Arc<[Arc<Group>]> {
+        if let Some(g) = &self.groups {
+            if self.stream == stream {
+                return g.clone();
+            }
+        }
+        let g = inner
+            .streams
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(stream)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(Vec::new()));
+        self.stream.clear();
+        self.stream.push_str(stream);
+        self.groups = Some(g.clone());
+        g
+    }
+}
+
+#[async_trait]
+impl Writer for ChanBus {
+    async fn write(&self, batch: Vec<Message>) -> Result<()> {
+        if self.inner.config.fail_fast {
+            return self.try_write(batch);
+        }
+        self.check_open()?;
+        let mut cache = StreamCache::default();
+        for msg in batch {
+            let groups = cache.groups(&self.inner, &msg.stream);
+            let Some((last, rest)) = groups.split_last() else {
+                tracing::trace!(stream = %msg.stream, id = %msg.id, "no subscriber");
+                continue;
+            };
+            for g in rest {
+                let m = msg.clone();
+                let _ = g.lane(m.key.as_deref()).send(m).await;
+            }
+            // A closed lane means the group left (its messages are no one's) or the
+            // bus closed, which `check_open` reports below.
+            let _ = last.lane(msg.key.as_deref()).send(msg).await;
+        }
+        self.check_open()
+    }
+
+    async fn close(&self) -> Result<()> {
+        ChanBus::close(self);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Reader for ChanBus {
+    async fn read(&self, task: ReadTask, handler: Handler, cancel: CancellationToken) -> Result<()> {
+        if task.stream.is_empty() {
+            return Err(Error::invalid("read task", "stream name is empty"));
+        }
+        let group = self.join(&task);
+        let stop = CancellationToken::new();
+        let mut workers = tokio::task::JoinSet::new();
+        for rx in group.receivers.iter().cloned() {
+            workers.spawn(lane_worker(
+                task.stream.clone(),
+                rx,
+                handler.clone(),
+                stop.clone(),
+                self.inner.config.handler_timeout,
+            ));
+        }
+        drop(handler);
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = async { while workers.join_next().await.is_some() {} } => {
+                // Every lane closed: the bus was closed and the backlog delivered.
+                self.leave(&task.stream, &group);
+                return Ok(());
+            }
+        }
+        // The last member drains the backlog (its lanes are closed by `leave`); other
+        // members leave it to the rest of the group.
+        if !self.leave(&task.stream, &group) {
+            stop.cancel();
+        }
+        while let Some(joined) = workers.join_next().await {
+            if let Err(e) = joined {
+                tracing::error!(stream = %task.stream, error = %e, "in-process bus worker failed");
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn lane_worker(
+    stream: String,
+    rx: Receiver<Message>,
+    mut handler: Handler,
+    stop: CancellationToken,
+    timeout: Option<Duration>,
+) {
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        // `biased`: a waiting message is taken before cancellation is looked at.
+        let msg = tokio::select! {
+            biased;
+            m = rx.recv() => match m {
+                Ok(m) => m,
+                Err(_) => return,
+            },
+            _ = stop.cancelled() => return,
+        };
+        if let Err(error) = handle(&mut handler, msg, timeout).await {
+            tracing::warn!(%stream, %error, "handler failed; the in-process bus does not redeliver");
+        }
+    }
+}
+
+async fn handle(
+    handler: &mut Handler,
+    msg: Message,
+    timeout: Option<Duration>,
+) -> std::result::Result<(), BoxError> {
+    let svc = handler.ready().await?;
+    let call = AssertUnwindSafe(svc.call(msg)).catch_unwind();
+    let outcome = match timeout {
+        None => call.await,
+        Some(after) => match tokio::time::timeout(after, call).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(Error::Timeout {
+                    operation: "handler",
+                    after,
+                }
+                .into())
+            }
+        },
+    };
+    outcome.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic".into());
+        Err(format!("handler panicked: {what}").into())
+    })
+}
+
+impl fmt::Debug for ChanBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let streams = self.inner.streams.read().unwrap_or_else(|e| e.into_inner());
+        f.debug_struct("ChanBus")
+            .field("config", &self.inner.config)
+            .field("streams", &streams.len())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}

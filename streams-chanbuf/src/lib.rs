@@ -1,0 +1,41 @@
+//! In-process fan-out bus, the embedded default driver of `streams`.
+//!
+//! Every subscriber of a stream receives every message published after it subscribed;
+//! readers that share a consumer group share the group's messages instead. Each
+//! subscriber has a bounded buffer: publishing waits while it is full (or fails at once
+//! with [`ChanBus::try_write`] or [`ChanBusBuilder::fail_fast`]). A subscriber runs at
+//! most `concurrency` handlers at once, one per lane; messages with the same key go to
+//! the same lane, so order per key holds.
+//!
+//! Delivery is at most once: nothing is persisted and a failed handler is not retried
+//! by the bus (put [`RetryLayer`](streams_core::middleware::RetryLayer) in front of
+//! the handler). Graceful shutdown delivers what was already accepted.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> streams_core::Result<()> {
+//! use std::time::Duration;
+//! use streams_core::{BoxError, Event, Message};
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Greeted { name: String }
+//! impl Event for Greeted {}
+//!
+//! let mut bus = streams_chanbuf::bus();
+//! bus.register::<Greeted>("greetings");
+//! let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+//! bus.subscribe_typed(move |g: Greeted, _m: Message| {
+//!     let tx = tx.clone();
+//!     async move { tx.send(g.name).map_err(BoxError::from) }
+//! })?;
+//! bus.start();
+//! # tokio::time::sleep(Duration::from_millis(20)).await;
+//! bus.publish(&Greeted { name: "Ada".into() }).await?;
+//! assert_eq!(rx.recv().await.as_deref(), Some("Ada"));
+//! bus.shutdown(Duration::from_secs(1)).await?;
+//! # Ok(()) }
+//! ```
+
+mod bus;
+
+pub use bus::{bus, ChanBus, ChanBusBuilder};

@@ -1,0 +1,193 @@
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{
+    BoxError, Codec, Event, EventRegistry, JsonCodec, Message, Publisher, ReadTask, Reader,
+    Result, Subscriber, Writer,
+};
+
+/// A publisher and a subscriber scheduler sharing one event registry: the one object
+/// most services need.
+///
+/// ```
+/// # async fn demo(writer: std::sync::Arc<dyn streams_core::Writer>, reader: std::sync::Arc<dyn streams_core::Reader>) -> streams_core::Result<()> {
+/// use std::time::Duration;
+/// use streams_core::{Bus, BoxError, Event, Message};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Shipped { parcel: String }
+/// impl Event for Shipped {}
+///
+/// let mut bus = Bus::new(writer, reader);
+/// bus.register::<Shipped>("logistics.shipped");
+/// bus.subscribe_typed(|e: Shipped, _m: Message| async move {
+///     tracing::info!(parcel = %e.parcel, "shipped");
+///     Ok::<_, BoxError>(())
+/// })?;
+/// bus.start();
+/// bus.publish(&Shipped { parcel: "P-1".into() }).await?;
+/// bus.shutdown(Duration::from_secs(5)).await?;
+/// # Ok(()) }
+/// ```
+pub struct Bus<C = JsonCodec> {
+    registry: Arc<EventRegistry>,
+    publisher: Publisher<C>,
+    subscriber: Subscriber,
+}
+
+impl Bus<JsonCodec> {
+    /// A bus writing JSON events to `writer` and reading from `reader`.
+    pub fn new(writer: Arc<dyn Writer>, reader: Arc<dyn Reader>) -> Self {
+        let registry = Arc::new(EventRegistry::new());
+        Bus {
+            publisher: Publisher::new(writer, registry.clone()),
+            subscriber: Subscriber::new(reader, registry.clone()),
+            registry,
+        }
+    }
+}
+
+impl<C> Bus<C> {
+    /// Replaces the publisher's codec.
+    pub fn with_codec<C2>(self, codec: C2) -> Bus<C2> {
+        Bus {
+            registry: self.registry,
+            publisher: self.publisher.with_codec(codec),
+            subscriber: self.subscriber,
+        }
+    }
+
+    /// Replaces the publisher's id factory.
+    pub fn with_id_factory(mut self, ids: impl crate::IdFactory) -> Self {
+        self.publisher = self.publisher.with_id_factory(ids);
+        self
+    }
+
+    /// Registers the stream of an event type.
+    pub fn register<E: Event>(&mut self, stream: impl Into<String>) -> &mut Self {
+        self.registry.register::<E>(stream);
+        self
+    }
+
+    /// The shared event registry.
+    pub fn registry(&self) -> &Arc<EventRegistry> {
+        &self.registry
+    }
+
+    /// The publisher; clone it to publish from handlers and other tasks.
+    pub fn publisher(&self) -> &Publisher<C> {
+        &self.publisher
+    }
+
+    /// The subscriber scheduler.
+    pub fn subscriber(&mut self) -> &mut Subscriber {
+        &mut self.subscriber
+    }
+
+    /// See [`Publisher::publish`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Publisher::publish`].
+    pub async fn publish<E: Event>(&self, event: &E) -> Result<String>
+    where
+        C: Codec<E>,
+    {
+        self.publisher.publish(event).await
+    }
+
+    /// See [`Publisher::publish_to`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Publisher::publish_to`].
+    pub async fn publish_to<E: Event>(&self, stream: impl Into<String>, event: &E) -> Result<String>
+    where
+        C: Codec<E>,
+    {
+        self.publisher.publish_to(stream, event).await
+    }
+
+    /// See [`Subscriber::subscribe`].
+    pub fn subscribe<S>(&mut self, task: ReadTask, service: S) -> &mut Self
+    where
+        S: tower::Service<Message, Response = ()> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.subscriber.subscribe(task, service);
+        self
+    }
+
+    /// See [`Subscriber::subscribe_stream`].
+    pub fn subscribe_stream<S>(&mut self, stream: impl Into<String>, service: S) -> &mut Self
+    where
+        S: tower::Service<Message, Response = ()> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.subscriber.subscribe_stream(stream, service);
+        self
+    }
+
+    /// See [`Subscriber::subscribe_event`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::EventNotRegistered`](crate::Error::EventNotRegistered).
+    pub fn subscribe_event<E, S>(&mut self, service: S) -> Result<&mut Self>
+    where
+        E: Event,
+        S: tower::Service<Message, Response = ()> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.subscriber.subscribe_event::<E, S>(service)?;
+        Ok(self)
+    }
+
+    /// See [`Subscriber::subscribe_typed`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::EventNotRegistered`](crate::Error::EventNotRegistered).
+    pub fn subscribe_typed<E, F, Fut>(&mut self, f: F) -> Result<&mut Self>
+    where
+        E: Event,
+        F: Fn(E, Message) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.subscriber.subscribe_typed::<E, F, Fut>(f)?;
+        Ok(self)
+    }
+
+    /// Starts the subscribed readers.
+    pub fn start(&mut self) {
+        self.subscriber.start();
+    }
+
+    /// Refuses new publishing, stops the readers, waits up to `deadline` for in-flight
+    /// handlers, then closes the writer (flushing what it holds).
+    ///
+    /// # Errors
+    ///
+    /// Every reader failure (see [`Subscriber::shutdown`]) or the writer's close error.
+    pub async fn shutdown(self, deadline: Duration) -> Result<()> {
+        self.publisher.close();
+        let readers = self.subscriber.shutdown(deadline).await;
+        let writer = self.publisher.writer().close().await;
+        readers.and(writer)
+    }
+}
+
+impl<C> fmt::Debug for Bus<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bus")
+            .field("registry", &self.registry)
+            .field("publisher", &self.publisher)
+            .field("subscriber", &self.subscriber)
+            .finish()
+    }
+}

@@ -1,0 +1,280 @@
+use std::fmt;
+use std::time::Duration;
+
+/// A boxed error, as tower uses for handler and middleware failures.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `streams-core` and in the drivers built on it.
+///
+/// Every variant answers [`Error::is_retryable`], so callers decide whether to try again
+/// without downcasting. Drivers wrap their client errors in [`Error::Driver`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The writer, reader or bus was shut down; nothing was written.
+    #[error("{0} is closed")]
+    Closed(&'static str),
+
+    /// A non-waiting write found the buffer full; nothing was written.
+    #[error("buffer of stream `{stream}` is full")]
+    Full {
+        /// The stream whose buffer was full.
+        stream: String,
+    },
+
+    /// No codec is registered for a message's content type.
+    #[error("unknown content type `{content_type}` (supported: {supported})")]
+    UnknownContentType {
+        /// The content type of the message.
+        content_type: String,
+        /// The content types that could have been decoded, comma separated.
+        supported: String,
+    },
+
+    /// A payload could not be encoded.
+    #[error("cannot encode payload as `{content_type}`: {source}")]
+    Encode {
+        /// The content type that was asked for.
+        content_type: String,
+        /// Why encoding failed.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A payload did not decode with the codec of its content type.
+    #[error("cannot decode payload of content type `{content_type}`: {source}")]
+    Decode {
+        /// The content type of the payload.
+        content_type: String,
+        /// Why decoding failed.
+        #[source]
+        source: BoxError,
+    },
+
+    /// An event type was published or subscribed to without a stream in the registry.
+    #[error("event type `{0}` is not registered to a stream")]
+    EventNotRegistered(&'static str),
+
+    /// An argument or configuration value was rejected.
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// What was invalid.
+        what: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
+
+    /// An operation did not finish in time.
+    #[error("{operation} timed out after {after:?}")]
+    Timeout {
+        /// The operation that timed out.
+        operation: &'static str,
+        /// How long it was given.
+        after: Duration,
+    },
+
+    /// A write reached the platform but some messages were not accepted.
+    ///
+    /// `failed` names each message that was not written and why; the others were.
+    #[error("{} of the batch's messages were not written: {}", failed.len(), FailedList(failed))]
+    PartialWrite {
+        /// The messages that failed, by id, with the reason.
+        failed: Vec<FailedMessage>,
+        /// Whether writing the failed messages again may succeed.
+        retryable: bool,
+    },
+
+    /// One or more readers failed; each entry names the stream.
+    #[error("{} reader(s) failed: {}", .0.len(), ReaderErrors(.0))]
+    Readers(Vec<(String, Error)>),
+
+    /// A platform client failed.
+    #[error("{driver}: {operation} failed: {source}")]
+    Driver {
+        /// The driver, such as `kafka` or `sqs`.
+        driver: &'static str,
+        /// The operation that failed, such as `produce` or `SendMessageBatch`.
+        operation: &'static str,
+        /// Whether the same call may succeed if tried again.
+        retryable: bool,
+        /// The client's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl Error {
+    /// Whether the failed operation may succeed if it is tried again unchanged.
+    ///
+    /// Bad input (an unknown content type, an undecodable payload, an unregistered event,
+    /// an invalid argument) and a closed writer are never retryable; time-outs, full
+    /// buffers and driver errors marked retryable are.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Full { .. } | Error::Timeout { .. } => true,
+            Error::PartialWrite { retryable, .. } | Error::Driver { retryable, .. } => *retryable,
+            Error::Readers(errors) => errors.iter().all(|(_, e)| e.is_retryable()),
+            Error::Closed(_)
+            | Error::UnknownContentType { .. }
+            | Error::Encode { .. }
+            | Error::Decode { .. }
+            | Error::EventNotRegistered(_)
+            | Error::Invalid { .. } => false,
+        }
+    }
+
+    /// Builds a driver error.
+    pub fn driver(
+        driver: &'static str,
+        operation: &'static str,
+        retryable: bool,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::Driver {
+            driver,
+            operation,
+            retryable,
+            source: source.into(),
+        }
+    }
+
+    /// Builds an [`Error::Invalid`].
+    pub fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
+        Error::Invalid {
+            what,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A message a write did not deliver, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedMessage {
+    /// The message id.
+    pub id: String,
+    /// Why it was not written.
+    pub reason: String,
+}
+
+struct FailedList<'a>(&'a [FailedMessage]);
+
+impl fmt::Display for FailedList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, m) in self.0.iter().take(5).enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", m.id, m.reason)?;
+        }
+        if self.0.len() > 5 {
+            write!(f, "; and {} more", self.0.len() - 5)?;
+        }
+        Ok(())
+    }
+}
+
+struct ReaderErrors<'a>(&'a [(String, Error)]);
+
+impl fmt::Display for ReaderErrors<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (stream, e)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "`{stream}`: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Marks a handler error as unrecoverable: retry middleware passes it on at once.
+///
+/// Wrap an error in it when trying again cannot help, for example when a payload is
+/// malformed. The dead-letter middleware still captures such messages.
+///
+/// ```
+/// use streams_core::{BoxError, Unrecoverable};
+///
+/// let err: BoxError = Unrecoverable::new("order id is missing").into();
+/// assert!(streams_core::is_unrecoverable(&err));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error("unrecoverable: {0}")]
+pub struct Unrecoverable(#[source] pub BoxError);
+
+impl Unrecoverable {
+    /// Wraps an error.
+    pub fn new(err: impl Into<BoxError>) -> Self {
+        Unrecoverable(err.into())
+    }
+}
+
+/// Whether a handler error must not be retried.
+///
+/// True for an [`Unrecoverable`] anywhere in the source chain and for a [`struct@Error`]
+/// that is not [retryable](Error::is_retryable).
+pub fn is_unrecoverable(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if e.is::<Unrecoverable>() {
+            return true;
+        }
+        if let Some(e) = e.downcast_ref::<Error>() {
+            if !e.is_retryable() {
+                return true;
+            }
+        }
+        current = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_answers_per_kind() {
+        assert!(!Error::Closed("bus").is_retryable());
+        assert!(Error::Full { stream: "s".into() }.is_retryable());
+        assert!(Error::driver("kafka", "produce", true, "broker down").is_retryable());
+        assert!(!Error::driver("kafka", "produce", false, "too large").is_retryable());
+        assert!(!Error::invalid("table", "bad").is_retryable());
+    }
+
+    #[test]
+    fn unrecoverable_found_in_chain() {
+        let err: BoxError = Box::new(Error::Decode {
+            content_type: "application/json".into(),
+            source: "eof".into(),
+        });
+        assert!(is_unrecoverable(err.as_ref()));
+        let err: BoxError = Box::new(Error::Timeout {
+            operation: "handler",
+            after: Duration::from_secs(1),
+        });
+        assert!(!is_unrecoverable(err.as_ref()));
+        let err: BoxError = "plain".into();
+        assert!(!is_unrecoverable(err.as_ref()));
+    }
+
+    #[test]
+    fn partial_write_lists_failures() {
+        let failed = (0..7)
+            .map(|i| FailedMessage {
+                id: format!("m{i}"),
+                reason: "nope".into(),
+            })
+            .collect();
+        let e = Error::PartialWrite {
+            failed,
+            retryable: true,
+        };
+        let text = e.to_string();
+        assert!(text.starts_with("7 of the batch's messages"), "{text}");
+        assert!(text.contains("and 2 more"), "{text}");
+    }
+}

@@ -1,0 +1,41 @@
+//! The core of `streams`: one message model, one set of traits and one middleware
+//! stack for moving messages over an in-process bus, Kafka, SQS/SNS or a SQL outbox.
+//!
+//! - [`Message`] is the unit of data; [`Writer`] writes batches of them and [`Reader`]
+//!   runs a [`ReadTask`], handing each message to a [`Handler`] (a `tower::Service`).
+//! - [`Event`], [`EventRegistry`], [`Publisher`], [`Subscriber`] and [`Bus`] add typed
+//!   events on top, encoded by a [`Codec`] (JSON or Protocol Buffers).
+//! - [`middleware`] holds tower layers: retry, logging, deduplication, dead-letter,
+//!   timeout. Tower's own layers compose with them.
+//! - [`egress`] relays batches stored in a transactional outbox to any writer.
+//!
+//! Drivers live in their own crates (`streams-chanbuf`, `streams-kafka`, ...).
+
+mod bus;
+mod codec;
+pub mod egress;
+mod error;
+mod event;
+mod id;
+mod message;
+pub mod middleware;
+mod proto;
+mod publisher;
+mod stream;
+mod subscriber;
+
+pub use bus::Bus;
+pub use codec::{Codec, CodecRegistry, JsonCodec, ProtobufCodec};
+pub use egress::{decode_batch, encode_batch, EgressStorage, Forwarder, StoredBatch};
+pub use error::{is_unrecoverable, BoxError, Error, FailedMessage, Result, Unrecoverable};
+pub use event::{Event, EventRegistry};
+pub use id::{IdFactory, KsuidFactory, UuidFactory};
+pub use message::{
+    Headers, Message, CONTENT_TYPE_JSON, CONTENT_TYPE_OCTET_STREAM, CONTENT_TYPE_PROTOBUF,
+};
+pub use publisher::Publisher;
+pub use stream::{handler, Handler, ReadTask, Reader, Writer};
+pub use subscriber::{typed, Subscriber, Typed};
+
+pub use async_trait::async_trait;
+pub use tokio_util::sync::CancellationToken;

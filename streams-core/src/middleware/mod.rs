@@ -1,0 +1,44 @@
+//! Handler middleware as tower layers.
+//!
+//! Stack them with [`tower::ServiceBuilder`]; the first layer added sees the message
+//! first. A typical order, outermost first: logging, dead-letter, deduplication, retry,
+//! timeout, then the handler. Dead-letter outside retry captures a message only once
+//! retries are exhausted; deduplication outside retry commits a message once.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use streams_core::middleware::{
+//!     DeadLetterLayer, DedupLayer, LoggingLayer, MemoryDedupStore, RetryLayer, RetryPolicy,
+//!     TimeoutLayer,
+//! };
+//! use streams_core::{BoxError, Message, Writer};
+//!
+//! # fn demo(dlq_writer: Arc<dyn Writer>) {
+//! let handler = tower::ServiceBuilder::new()
+//!     .layer(LoggingLayer::new())
+//!     .layer(DeadLetterLayer::new(dlq_writer))
+//!     .layer(DedupLayer::new("billing", Arc::new(MemoryDedupStore::default())))
+//!     .layer(RetryLayer::new(RetryPolicy::default().with_max_attempts(5)))
+//!     .layer(TimeoutLayer::new(Duration::from_secs(10)))
+//!     .service_fn(|msg: Message| async move {
+//!         tracing::info!(id = %msg.id, "handled");
+//!         Ok::<_, BoxError>(())
+//!     });
+//! # let _ = streams_core::handler(handler);
+//! # }
+//! ```
+
+mod dedup;
+mod dlq;
+mod logging;
+mod retry;
+mod timeout;
+
+pub use dedup::{Dedup, DedupLayer, DedupStore, MemoryDedupStore};
+pub use dlq::{
+    dead_letter_stream, DeadLetter, DeadLetterLayer, DLQ_FAILED_AT, DLQ_REASON, DLQ_SOURCE_STREAM,
+};
+pub use logging::{Logging, LoggingLayer};
+pub use retry::{Retry, RetryLayer, RetryPolicy};
+pub use timeout::{Timeout, TimeoutLayer};

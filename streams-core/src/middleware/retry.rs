@@ -1,0 +1,293 @@
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use futures::future::BoxFuture;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::{is_unrecoverable, BoxError, Message};
+
+/// How often and how patiently to retry: exponential backoff with jitter, bounded by
+/// attempts and by elapsed time.
+///
+/// ```
+/// use std::time::Duration;
+/// use streams_core::middleware::RetryPolicy;
+///
+/// let policy = RetryPolicy::default()
+///     .with_max_attempts(4)
+///     .with_initial_backoff(Duration::from_millis(50))
+///     .with_max_elapsed(Duration::from_secs(2));
+/// assert_eq!(policy.max_attempts(), 4);
+/// ```
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    max_attempts: u32,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    multiplier: f64,
+    jitter: f64,
+    max_elapsed: Option<Duration>,
+}
+
+impl Default for RetryPolicy {
+    /// 3 attempts, 100 ms doubling up to 10 s, 50 % jitter, 30 s in all.
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            multiplier: 2.0,
+            jitter: 0.5,
+            max_elapsed: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Total attempts, the first included (at least 1).
+    pub fn with_max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Delay before the second attempt.
+    pub fn with_initial_backoff(mut self, backoff: Duration) -> Self {
+        self.initial_backoff = backoff;
+        self
+    }
+
+    /// Upper bound of one delay.
+    pub fn with_max_backoff(mut self, backoff: Duration) -> Self {
+        self.max_backoff = backoff;
+        self
+    }
+
+    /// Growth factor of the delay per attempt (at least 1).
+    pub fn with_multiplier(mut self, multiplier: f64) -> Self {
+        self.multiplier = multiplier.max(1.0);
+        self
+    }
+
+    /// Fraction of each delay that is randomised, between 0 (none) and 1 (full jitter).
+    pub fn with_jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter.clamp(0.0, 1.0);
+        self
+    }
+
+    /// Gives up when the next delay would end past this much time since the first
+    /// attempt; `None` bounds by attempts only.
+    pub fn with_max_elapsed(mut self, elapsed: impl Into<Option<Duration>>) -> Self {
+        self.max_elapsed = elapsed.into();
+        self
+    }
+
+    /// Total attempts, the first included.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// The delay after failed attempt number `attempt` (1-based), jitter applied.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self.multiplier.powi(attempt.saturating_sub(1).min(64) as i32);
+        let base = self
+            .initial_backoff
+            .mul_f64(exp.min(1e9))
+            .min(self.max_backoff);
+        // Jitter takes a random share off the delay so that many consumers failing
+        // together do not retry together.
+        base.mul_f64(1.0 - self.jitter * fastrand::f64())
+    }
+}
+
+/// Layer of [`Retry`].
+#[derive(Debug, Clone, Default)]
+pub struct RetryLayer {
+    policy: RetryPolicy,
+}
+
+impl RetryLayer {
+    /// A retry layer with a policy.
+    pub fn new(policy: RetryPolicy) -> Self {
+        RetryLayer { policy }
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry::new(inner, self.policy.clone())
+    }
+}
+
+/// Calls the handler again after a failure, with backoff, until it succeeds, the
+/// policy's bounds are reached, or the error is [unrecoverable](crate::Unrecoverable).
+///
+/// The last error is returned unchanged.
+#[derive(Debug, Clone)]
+pub struct Retry<S> {
+    inner: S,
+    policy: RetryPolicy,
+}
+
+impl<S> Retry<S> {
+    /// Wraps a handler.
+    pub fn new(inner: S, policy: RetryPolicy) -> Self {
+        Retry { inner, policy }
+    }
+
+    /// The wrapped handler.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the handler.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S> Service<Message> for Retry<S>
+where
+    S: Service<Message, Response = ()> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = ();
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<(), BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, msg: Message) -> Self::Future {
+        // The ready service handles the first attempt; a fresh clone the retries.
+        let clone = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, clone);
+        let mut inner = self.inner.clone();
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let mut result = ready.call(msg.clone()).await.map_err(Into::into);
+            let mut attempt = 1;
+            while let Err(err) = &result {
+                if attempt >= policy.max_attempts || is_unrecoverable(err.as_ref()) {
+                    break;
+                }
+                let delay = policy.backoff(attempt);
+                if let Some(max) = policy.max_elapsed {
+                    if started.elapsed() + delay > max {
+                        break;
+                    }
+                }
+                tracing::debug!(
+                    stream = %msg.stream, id = %msg.id, attempt, ?delay, error = %err,
+                    "handler failed, retrying"
+                );
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+                let ready = inner.ready().await.map_err(Into::into);
+                result = match ready {
+                    Ok(svc) => svc.call(msg.clone()).await.map_err(Into::into),
+                    Err(e) => Err(e),
+                };
+            }
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Unrecoverable;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    fn failing(times: u32, calls: Arc<AtomicU32>) -> impl Service<Message, Response = (), Error = BoxError, Future = BoxFuture<'static, Result<(), BoxError>>> + Clone {
+        tower::service_fn(move |_m: Message| {
+            let calls = calls.clone();
+            Box::pin(async move {
+                let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                if n <= times {
+                    Err::<(), BoxError>(format!("fail {n}").into())
+                } else {
+                    Ok(())
+                }
+            }) as BoxFuture<'static, _>
+        })
+    }
+
+    fn quick() -> RetryPolicy {
+        RetryPolicy::default()
+            .with_initial_backoff(Duration::from_millis(1))
+            .with_max_backoff(Duration::from_millis(5))
+    }
+
+    #[tokio::test]
+    async fn succeeds_after_transient_failures() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let mut svc = RetryLayer::new(quick().with_max_attempts(5)).layer(failing(3, calls.clone()));
+        svc.ready().await.unwrap().call(Message::new("s", "x")).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn stops_at_max_attempts_with_last_error() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let mut svc = RetryLayer::new(quick().with_max_attempts(3)).layer(failing(10, calls.clone()));
+        let err = svc.ready().await.unwrap().call(Message::new("s", "x")).await.unwrap_err();
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert_eq!(err.to_string(), "fail 3");
+    }
+
+    #[tokio::test]
+    async fn never_retries_unrecoverable() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let inner = tower::service_fn(move |_m: Message| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), BoxError>(Unrecoverable::new("bad payload").into()) }
+        });
+        let mut svc = RetryLayer::new(quick().with_max_attempts(10)).layer(inner);
+        let err = svc.ready().await.unwrap().call(Message::new("s", "x")).await.unwrap_err();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(crate::is_unrecoverable(err.as_ref()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bounded_by_elapsed_time() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let policy = RetryPolicy::default()
+            .with_max_attempts(1000)
+            .with_initial_backoff(Duration::from_millis(100))
+            .with_multiplier(1.0)
+            .with_jitter(0.0)
+            .with_max_elapsed(Duration::from_millis(1000));
+        let mut svc = RetryLayer::new(policy).layer(failing(u32::MAX, calls.clone()));
+        svc.ready().await.unwrap().call(Message::new("s", "x")).await.unwrap_err();
+        // 100 ms apart, the last one at exactly one second: the first call and ten
+        // retries; an eleventh retry would end past the bound.
+        assert_eq!(calls.load(Ordering::SeqCst), 11);
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let p = RetryPolicy::default()
+            .with_initial_backoff(Duration::from_millis(100))
+            .with_max_backoff(Duration::from_millis(1000))
+            .with_jitter(0.0);
+        assert_eq!(p.backoff(1), Duration::from_millis(100));
+        assert_eq!(p.backoff(2), Duration::from_millis(200));
+        assert_eq!(p.backoff(3), Duration::from_millis(400));
+        assert_eq!(p.backoff(10), Duration::from_millis(1000));
+        assert_eq!(p.backoff(u32::MAX), Duration::from_millis(1000));
+        let j = p.clone().with_jitter(1.0);
+        let samples: Vec<_> = (0..50).map(|_| j.backoff(2)).collect();
+        assert!(samples.iter().all(|d| *d <= Duration::from_millis(200)));
+        assert!(samples.iter().any(|d| *d != samples[0]), "jitter varies delays");
+    }
+}

@@ -1,0 +1,183 @@
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+use tower::util::BoxCloneSyncService;
+
+use crate::{BoxError, Message, Result};
+
+/// A message handler: a tower service that acknowledges a message by returning `Ok`.
+///
+/// An `Err` is a negative acknowledgement: the reader logs it and, on platforms that
+/// redeliver, makes the message available again. It never stops the reader.
+pub type Handler = BoxCloneSyncService<Message, (), BoxError>;
+
+/// Boxes any cloneable tower service into a [`Handler`].
+///
+/// ```
+/// use streams_core::{handler, BoxError, Message};
+///
+/// let h = handler(tower::service_fn(|msg: Message| async move {
+///     tracing::info!(id = %msg.id, "got it");
+///     Ok::<_, BoxError>(())
+/// }));
+/// # drop(h);
+/// ```
+pub fn handler<S>(service: S) -> Handler
+where
+    S: tower::Service<Message, Response = ()> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    use tower::ServiceExt;
+    BoxCloneSyncService::new(service.map_err(Into::into))
+}
+
+/// Writes batches of messages to a platform.
+///
+/// Object safe: `Arc<dyn Writer>` is how publishers, middleware and the outbox relay
+/// hold a writer.
+#[async_trait]
+pub trait Writer: Send + Sync + fmt::Debug {
+    /// Writes a batch. It returns once the platform accepted every message (as far as
+    /// the platform can tell), or with an error saying which messages were not written.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`](crate::Error::Closed) after shutdown, a driver error, or
+    /// [`Error::PartialWrite`](crate::Error::PartialWrite) naming the failed messages.
+    async fn write(&self, batch: Vec<Message>) -> Result<()>;
+
+    /// Flushes what is pending and refuses further writes: a write after `close`
+    /// returns [`Error::Closed`](crate::Error::Closed), never panics.
+    ///
+    /// # Errors
+    ///
+    /// A flush that failed.
+    async fn close(&self) -> Result<()>;
+}
+
+/// Reads one stream and hands each message to a handler.
+#[async_trait]
+pub trait Reader: Send + Sync + fmt::Debug {
+    /// Runs one read task until `cancel` fires or the platform ends the stream.
+    ///
+    /// Handler failures are negative acknowledgements and never end the task. On
+    /// cancellation a reader stops fetching, lets in-flight handlers finish and
+    /// acknowledges what succeeded before returning.
+    ///
+    /// # Errors
+    ///
+    /// A failure of the reader itself (connection lost for good, stream missing).
+    async fn read(&self, task: ReadTask, handler: Handler, cancel: CancellationToken)
+        -> Result<()>;
+}
+
+#[async_trait]
+impl<W: Writer + ?Sized> Writer for Arc<W> {
+    async fn write(&self, batch: Vec<Message>) -> Result<()> {
+        (**self).write(batch).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        (**self).close().await
+    }
+}
+
+#[async_trait]
+impl<R: Reader + ?Sized> Reader for Arc<R> {
+    async fn read(
+        &self,
+        task: ReadTask,
+        handler: Handler,
+        cancel: CancellationToken,
+    ) -> Result<()> {
+        (**self).read(task, handler, cancel).await
+    }
+}
+
+/// What a reader should read: a stream plus the platform arguments that apply.
+///
+/// ```
+/// use streams_core::ReadTask;
+///
+/// let task = ReadTask::new("orders").with_group("billing").with_concurrency(4);
+/// assert_eq!(task.group.as_deref(), Some("billing"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReadTask {
+    /// The stream to read.
+    pub stream: String,
+    /// Consumer group: readers in one group share the stream's messages, every group
+    /// receives all of them.
+    pub group: Option<String>,
+    /// A single partition to read directly, where the platform has partitions.
+    pub partition: Option<i32>,
+    /// Where to start in a partition, where the platform has offsets.
+    pub start_offset: Option<i64>,
+    /// Upper bound on handlers running at once for this task; the driver default when
+    /// unset.
+    pub concurrency: Option<usize>,
+    /// Further driver-specific arguments.
+    pub args: BTreeMap<String, String>,
+}
+
+impl ReadTask {
+    /// A task reading `stream` with driver defaults.
+    pub fn new(stream: impl Into<String>) -> Self {
+        ReadTask {
+            stream: stream.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Sets the consumer group.
+    pub fn with_group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+
+    /// Reads one partition directly.
+    pub fn with_partition(mut self, partition: i32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// Sets the start offset.
+    pub fn with_start_offset(mut self, offset: i64) -> Self {
+        self.start_offset = Some(offset);
+        self
+    }
+
+    /// Bounds concurrent handlers.
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = Some(concurrency);
+        self
+    }
+
+    /// Sets a driver-specific argument.
+    pub fn with_arg(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.args.insert(name.into(), value.into());
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn traits_are_object_safe_and_send_sync() {
+        assert_send_sync::<Arc<dyn Writer>>();
+        assert_send_sync::<Arc<dyn Reader>>();
+        assert_send_sync::<Handler>();
+        assert_send_sync::<ReadTask>();
+        assert_send_sync::<Message>();
+        assert_send_sync::<crate::Error>();
+    }
+}

@@ -1,0 +1,280 @@
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    handler, BoxError, Error, Event, EventRegistry, Handler, Message, ReadTask, Reader, Result,
+    Unrecoverable,
+};
+
+/// Runs read tasks on a [`Reader`]: subscribe, [`start`](Self::start), then
+/// [`shutdown`](Self::shutdown).
+///
+/// Reader failures are never dropped: [`wait`](Self::wait) returns the first one while
+/// running, and [`shutdown`](Self::shutdown) returns all of them.
+pub struct Subscriber {
+    reader: Arc<dyn Reader>,
+    registry: Arc<EventRegistry>,
+    pending: Vec<(ReadTask, Handler)>,
+    running: JoinSet<(String, Result<()>)>,
+    cancel: CancellationToken,
+    failed: Vec<(String, Error)>,
+}
+
+impl Subscriber {
+    /// A scheduler over `reader`, resolving event types through `registry`.
+    pub fn new(reader: Arc<dyn Reader>, registry: Arc<EventRegistry>) -> Self {
+        Subscriber {
+            reader,
+            registry,
+            pending: Vec::new(),
+            running: JoinSet::new(),
+            cancel: CancellationToken::new(),
+            failed: Vec::new(),
+        }
+    }
+
+    /// Adds a read task with its handler. Tasks added after [`start`](Self::start) begin
+    /// at the next `start`.
+    pub fn subscribe<S>(&mut self, task: ReadTask, service: S) -> &mut Self
+    where
+        S: tower::Service<Message, Response = ()> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.pending.push((task, handler(service)));
+        self
+    }
+
+    /// Subscribes a handler to a stream with driver defaults.
+    pub fn subscribe_stream<S>(&mut self, stream: impl Into<String>, service: S) -> &mut Self
+    where
+        S: tower::Service<Message, Response = ()> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.subscribe(ReadTask::new(stream), service)
+    }
+
+    /// Subscribes a message handler to the stream registered for `E`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::EventNotRegistered`].
+    pub fn subscribe_event<E, S>(&mut self, service: S) -> Result<&mut Self>
+    where
+        E: Event,
+        S: tower::Service<Message, Response = ()> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        let stream = self.registry.stream_of::<E>()?;
+        Ok(self.subscribe(ReadTask::new(stream), service))
+    }
+
+    /// Subscribes a function that receives the decoded event and its message.
+    ///
+    /// A payload that does not decode fails the handler with an [`Unrecoverable`]
+    /// error, so retry middleware leaves it alone and dead-letter middleware captures
+    /// it. To add middleware, wrap [`typed`] yourself and use
+    /// [`subscribe_event`](Self::subscribe_event).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::EventNotRegistered`].
+    pub fn subscribe_typed<E, F, Fut>(&mut self, f: F) -> Result<&mut Self>
+    where
+        E: Event,
+        F: Fn(E, Message) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.subscribe_event::<E, _>(typed(f))
+    }
+
+    /// Starts every subscribed task that is not running yet.
+    ///
+    /// Must be called inside a tokio runtime.
+    pub fn start(&mut self) {
+        for (task, handler) in self.pending.drain(..) {
+            let reader = self.reader.clone();
+            let cancel = self.cancel.child_token();
+            let stream = task.stream.clone();
+            self.running.spawn(async move {
+                tracing::debug!(stream = %stream, "reader started");
+                let result = reader.read(task, handler, cancel).await;
+                if let Err(e) = &result {
+                    tracing::error!(stream = %stream, error = %e, "reader failed");
+                }
+                (stream, result)
+            });
+        }
+    }
+
+    /// Number of read tasks running.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Waits until a running reader ends and returns how it ended: `Ok` when it ended
+    /// normally, or the error it failed with. Returns `Ok` at once when none is running.
+    ///
+    /// # Errors
+    ///
+    /// The reader's error, tagged with its stream in [`Error::Readers`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a result not returned stays for the next call or for
+    /// [`shutdown`](Self::shutdown).
+    pub async fn wait(&mut self) -> Result<()> {
+        match self.running.join_next().await {
+            None => Ok(()),
+            Some(joined) => match flatten(joined) {
+                (_, Ok(())) => Ok(()),
+                (stream, Err(e)) => Err(Error::Readers(vec![(stream, e)])),
+            },
+        }
+    }
+
+    /// Stops every reader and waits up to `deadline` for in-flight handlers to finish.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Readers`] with every reader failure seen since start, including a
+    /// time-out for readers still running at the deadline (those are aborted).
+    pub async fn shutdown(mut self, deadline: Duration) -> Result<()> {
+        self.cancel.cancel();
+        let running = &mut self.running;
+        let failed = &mut self.failed;
+        let drained = tokio::time::timeout(deadline, async {
+            while let Some(joined) = running.join_next().await {
+                if let (stream, Err(e)) = flatten(joined) {
+                    failed.push((stream, e));
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            let left = self.running.len();
+            self.running.abort_all();
+            tracing::warn!(readers = left, ?deadline, "shutdown deadline passed, aborting readers");
+            self.failed.push((
+                format!("{left} reader(s)"),
+                Error::Timeout {
+                    operation: "shutdown",
+                    after: deadline,
+                },
+            ));
+        }
+        if self.failed.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Readers(std::mem::take(&mut self.failed)))
+        }
+    }
+}
+
+fn flatten(
+    joined: std::result::Result<(String, Result<()>), tokio::task::JoinError>,
+) -> (String, Result<()>) {
+    match joined {
+        Ok(r) => r,
+        Err(e) => (
+            "<unknown>".to_owned(),
+            Err(Error::driver("scheduler", "reader task", false, e)),
+        ),
+    }
+}
+
+impl fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("reader", &self.reader)
+            .field("pending", &self.pending.len())
+            .field("running", &self.running.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Turns a function of a decoded event into a message handler.
+///
+/// ```
+/// use streams_core::{typed, BoxError, Event, Message};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Paid { invoice: String }
+/// impl Event for Paid {}
+///
+/// let svc = typed(|paid: Paid, _msg: Message| async move {
+///     tracing::info!(invoice = %paid.invoice, "paid");
+///     Ok::<_, BoxError>(())
+/// });
+/// # let _ = streams_core::handler(svc);
+/// ```
+pub fn typed<E, F, Fut>(f: F) -> Typed<E, F>
+where
+    E: Event,
+    F: Fn(E, Message) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    Typed {
+        f,
+        codecs: Arc::new(E::codecs()),
+        _event: PhantomData,
+    }
+}
+
+/// A handler that decodes messages into `E` before calling a function; see [`typed`].
+pub struct Typed<E: Event, F> {
+    f: F,
+    codecs: Arc<crate::CodecRegistry<E>>,
+    _event: PhantomData<fn() -> E>,
+}
+
+impl<E: Event, F: Clone> Clone for Typed<E, F> {
+    fn clone(&self) -> Self {
+        Typed {
+            f: self.f.clone(),
+            codecs: self.codecs.clone(),
+            _event: PhantomData,
+        }
+    }
+}
+
+impl<E: Event, F> fmt::Debug for Typed<E, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Typed")
+            .field("event", &std::any::type_name::<E>())
+            .field("codecs", &self.codecs)
+            .finish()
+    }
+}
+
+impl<E, F, Fut> tower::Service<Message> for Typed<E, F>
+where
+    E: Event,
+    F: Fn(E, Message) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    type Response = ();
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<(), BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, msg: Message) -> Self::Future {
+        match msg.decode_with(&self.codecs) {
+            Ok(event) => Box::pin((self.f)(event, msg)),
+            Err(e) => Box::pin(async move { Err(Unrecoverable::new(e).into()) }),
+        }
+    }
+}
