@@ -259,8 +259,10 @@ impl Forwarder {
                 return Err(err);
             }
             let delay = self.retry.backoff(attempt);
-            if started.elapsed() + delay > Duration::from_secs(300) {
-                return Err(err);
+            if let Some(max) = self.retry.max_elapsed() {
+                if started.elapsed() + delay > max {
+                    return Err(err);
+                }
             }
             tracing::warn!(attempt, ?delay, error = %err, "outbox destination failed, retrying");
             tokio::time::sleep(delay).await;

@@ -88,6 +88,11 @@ impl RetryPolicy {
         self.max_attempts
     }
 
+    /// The bound on total time, if any.
+    pub fn max_elapsed(&self) -> Option<Duration> {
+        self.max_elapsed
+    }
+
     /// The delay after failed attempt number `attempt` (1-based), jitter applied.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let exp = self.multiplier.powi(attempt.saturating_sub(1).min(64) as i32);

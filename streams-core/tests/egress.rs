@@ -1,0 +1,213 @@
+//! The outbox forwarder with an in-memory outbox and the in-process bus.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use streams_chanbuf::ChanBus;
+use streams_core::egress::{ForwardReport, MemoryOutbox};
+use streams_core::middleware::RetryPolicy;
+use streams_core::{
+    handler, BoxError, CancellationToken, EgressStorage, Error, Forwarder, Message, ReadTask,
+    Reader, Result, StoredBatch, Writer,
+};
+use tokio::sync::mpsc;
+
+fn quick_retry() -> RetryPolicy {
+    RetryPolicy::default()
+        .with_max_attempts(4)
+        .with_initial_backoff(Duration::from_millis(1))
+        .with_max_backoff(Duration::from_millis(5))
+}
+
+/// Records what it is given; fails the first `fail` writes with `retryable` errors.
+#[derive(Debug, Default)]
+struct Recording {
+    fail: AtomicUsize,
+    retryable: bool,
+    got: Mutex<Vec<Message>>,
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl Writer for Recording {
+    async fn write(&self, batch: Vec<Message>) -> Result<()> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self
+            .fail
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(Error::driver("test", "write", self.retryable, "destination unavailable"));
+        }
+        self.got.lock().unwrap().extend(batch);
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn batch(stream: &str, n: usize, tag: &str) -> Vec<Message> {
+    (0..n)
+        .map(|i| Message::new(stream, format!("{tag}-{i}")).with_key("same-key"))
+        .collect()
+}
+
+#[tokio::test]
+async fn forwards_in_order_and_deletes() {
+    let outbox = Arc::new(MemoryOutbox::new());
+    for tag in ["a", "b", "c"] {
+        outbox.write(batch("payments", 3, tag)).await.unwrap();
+    }
+    let dest = Arc::new(Recording::default());
+    let fwd = Forwarder::new(outbox.clone(), dest.clone()).with_retry(quick_retry());
+    let report = fwd.forward_once().await.unwrap();
+    assert_eq!(
+        report,
+        ForwardReport {
+            fetched: 3,
+            forwarded: 3,
+            messages: 9,
+            quarantined: 0
+        }
+    );
+    assert_eq!(outbox.pending(), 0);
+    let got: Vec<_> = dest.got.lock().unwrap().iter().map(|m| String::from_utf8(m.data.to_vec()).unwrap()).collect();
+    assert_eq!(got, ["a-0", "a-1", "a-2", "b-0", "b-1", "b-2", "c-0", "c-1", "c-2"]);
+}
+
+#[tokio::test]
+async fn poison_batch_is_quarantined_and_the_rest_flows() {
+    let outbox = Arc::new(MemoryOutbox::new());
+    outbox.write(batch("s", 1, "before")).await.unwrap();
+    outbox.push_raw(StoredBatch {
+        id: "poison".into(),
+        raw: bytes::Bytes::from_static(b"\x0a\xff\xff\xff\xff"),
+    });
+    outbox.write(batch("s", 1, "after")).await.unwrap();
+    let dest = Arc::new(Recording::default());
+    let fwd = Forwarder::new(outbox.clone(), dest.clone());
+    let report = fwd.forward_once().await.unwrap();
+    assert_eq!(report.forwarded, 2);
+    assert_eq!(report.quarantined, 1);
+    let q = outbox.quarantined();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].0.id, "poison");
+    assert!(q[0].1.contains("cannot decode"), "{}", q[0].1);
+    assert_eq!(outbox.pending(), 0, "poison batch is not retried forever");
+    assert_eq!(dest.got.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn transient_destination_failures_are_retried() {
+    let outbox = Arc::new(MemoryOutbox::new());
+    outbox.write(batch("s", 2, "x")).await.unwrap();
+    let dest = Arc::new(Recording {
+        fail: AtomicUsize::new(2),
+        retryable: true,
+        ..Default::default()
+    });
+    let fwd = Forwarder::new(outbox.clone(), dest.clone()).with_retry(quick_retry());
+    let report = fwd.forward_once().await.unwrap();
+    assert_eq!(report.forwarded, 1);
+    assert_eq!(dest.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(outbox.pending(), 0);
+}
+
+#[tokio::test]
+async fn persistent_failure_keeps_batches_in_order_for_the_next_pass() {
+    let outbox = Arc::new(MemoryOutbox::new());
+    for tag in ["first", "second"] {
+        outbox.write(batch("s", 1, tag)).await.unwrap();
+    }
+    let dest = Arc::new(Recording {
+        fail: AtomicUsize::new(100),
+        retryable: true,
+        ..Default::default()
+    });
+    let fwd = Forwarder::new(outbox.clone(), dest.clone()).with_retry(quick_retry());
+    let err = fwd.forward_once().await.unwrap_err();
+    assert!(err.is_retryable());
+    assert_eq!(outbox.pending(), 2, "nothing lost");
+    // The destination recovers: both go out, in order.
+    dest.fail.store(0, Ordering::SeqCst);
+    fwd.forward_once().await.unwrap();
+    let got: Vec<_> = dest.got.lock().unwrap().iter().map(|m| m.data.clone()).collect();
+    assert_eq!(got, [&b"first-0"[..], &b"second-0"[..]]);
+}
+
+#[tokio::test]
+async fn rejected_batch_is_quarantined_not_retried() {
+    let outbox = Arc::new(MemoryOutbox::new());
+    outbox.write(batch("s", 1, "too-big")).await.unwrap();
+    let dest = Arc::new(Recording {
+        fail: AtomicUsize::new(1),
+        retryable: false,
+        ..Default::default()
+    });
+    let fwd = Forwarder::new(outbox.clone(), dest.clone()).with_retry(quick_retry());
+    let report = fwd.forward_once().await.unwrap();
+    assert_eq!(report.quarantined, 1);
+    assert_eq!(dest.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_loop_wakes_on_notify_and_delivers_to_the_bus() {
+    let outbox = Arc::new(MemoryOutbox::new());
+    let bus = Arc::new(ChanBus::new());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let reader = {
+        let (bus, cancel) = (bus.clone(), cancel.clone());
+        tokio::spawn(async move {
+            bus.read(
+                ReadTask::new("payments"),
+                handler(tower::service_fn(move |m: Message| {
+                    let tx = tx.clone();
+                    async move { tx.send(m).map_err(BoxError::from) }
+                })),
+                cancel,
+            )
+            .await
+        })
+    };
+    while bus.subscribers("payments") == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A long poll interval: only the wake-up can make this fast.
+    let fwd = Forwarder::new(outbox.clone(), bus.clone()).with_poll_interval(Duration::from_secs(3600));
+    let relay = {
+        let (fwd, wake, cancel) = (fwd.clone(), outbox.wake(), cancel.clone());
+        tokio::spawn(async move { fwd.run(Some(wake), cancel).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let sent = batch("payments", 5, "p");
+    outbox.write(sent.clone()).await.unwrap();
+    for s in &sent {
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        assert_eq!(got, *s, "decoded message equals what was written");
+    }
+    cancel.cancel();
+    relay.await.unwrap().unwrap();
+    reader.await.unwrap().unwrap();
+    assert_eq!(outbox.pending(), 0);
+}
+
+#[tokio::test]
+async fn memory_outbox_release_returns_batches_to_the_front() {
+    let outbox = MemoryOutbox::new();
+    for tag in ["a", "b"] {
+        outbox.write(batch("s", 1, tag)).await.unwrap();
+    }
+    let claimed = outbox.fetch(10).await.unwrap();
+    assert!(outbox.fetch(10).await.unwrap().is_empty(), "claimed batches are not handed out twice");
+    outbox
+        .release(&claimed.iter().map(|b| b.id.clone()).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let again = outbox.fetch(10).await.unwrap();
+    assert_eq!(again, claimed);
+}
