@@ -22,8 +22,7 @@ const BATCH: usize = 64;
 fn make(stream: &str, payload: &Bytes, n: usize) -> Vec<Message> {
     (0..n)
         .map(|i| {
-            Message::new(stream, payload.clone())
-                .with_key(if i % 2 == 0 { "even" } else { "odd" })
+            Message::new(stream, payload.clone()).with_key(if i % 2 == 0 { "even" } else { "odd" })
         })
         .collect()
 }

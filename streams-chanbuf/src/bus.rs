@@ -225,8 +225,14 @@ impl ChanBus {
     }
 
     fn join(&self, task: &ReadTask) -> Arc<Group> {
-        let mut streams = self.inner.streams.write().unwrap_or_else(|e| e.into_inner());
-        let groups = streams.entry(task.stream.clone()).or_insert_with(|| Arc::from(Vec::new()));
+        let mut streams = self
+            .inner
+            .streams
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let groups = streams
+            .entry(task.stream.clone())
+            .or_insert_with(|| Arc::from(Vec::new()));
         if let Some(name) = &task.group {
             if let Some(g) = groups.iter().find(|g| &g.name == name) {
                 g.members.fetch_add(1, Ordering::AcqRel);
@@ -237,7 +243,10 @@ impl ChanBus {
             let n = self.inner.next_anonymous.fetch_add(1, Ordering::Relaxed);
             format!("\0anonymous-{n}")
         });
-        let lanes = task.concurrency.unwrap_or(self.inner.config.concurrency).max(1);
+        let lanes = task
+            .concurrency
+            .unwrap_or(self.inner.config.concurrency)
+            .max(1);
         let per_lane = (self.inner.config.capacity / lanes).max(1);
         let (senders, receivers) = (0..lanes).map(|_| async_channel::bounded(per_lane)).unzip();
         let group = Arc::new(Group {
@@ -259,12 +268,20 @@ impl ChanBus {
     /// Leaves a group; returns whether this was its last member (then the group no
     /// longer receives messages and its lanes are closed).
     fn leave(&self, stream: &str, group: &Arc<Group>) -> bool {
-        let mut streams = self.inner.streams.write().unwrap_or_else(|e| e.into_inner());
+        let mut streams = self
+            .inner
+            .streams
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         if group.members.fetch_sub(1, Ordering::AcqRel) != 1 {
             return false;
         }
         if let Some(groups) = streams.get_mut(stream) {
-            let list: Vec<_> = groups.iter().filter(|g| !Arc::ptr_eq(g, group)).cloned().collect();
+            let list: Vec<_> = groups
+                .iter()
+                .filter(|g| !Arc::ptr_eq(g, group))
+                .cloned()
+                .collect();
             if list.is_empty() {
                 streams.remove(stream);
             } else {
@@ -338,7 +355,12 @@ impl Writer for ChanBus {
 
 #[async_trait]
 impl Reader for ChanBus {
-    async fn read(&self, task: ReadTask, handler: Handler, cancel: CancellationToken) -> Result<()> {
+    async fn read(
+        &self,
+        task: ReadTask,
+        handler: Handler,
+        cancel: CancellationToken,
+    ) -> Result<()> {
         if task.stream.is_empty() {
             return Err(Error::invalid("read task", "stream name is empty"));
         }

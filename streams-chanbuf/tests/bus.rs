@@ -5,15 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use streams_chanbuf::ChanBus;
-use streams_core::{handler, BoxError, CancellationToken, Error, Message, ReadTask, Reader, Writer};
+use streams_core::{
+    handler, BoxError, CancellationToken, Error, Message, ReadTask, Reader, Writer,
+};
 use tokio::sync::{mpsc, Semaphore};
 
 fn collecting(tx: mpsc::UnboundedSender<Message>) -> streams_core::Handler {
     handler(tower::service_fn(move |m: Message| {
         let tx = tx.clone();
-        async move {
-            tx.send(m).map_err(BoxError::from)
-        }
+        async move { tx.send(m).map_err(BoxError::from) }
     }))
 }
 
@@ -45,7 +45,9 @@ async fn every_subscriber_gets_every_message_and_groups_share() {
         readers.spawn(async move { bus.read(task, collecting(tx), cancel).await });
     }
     until_subscribed(&bus, "s", 2).await;
-    let batch: Vec<_> = (0..100).map(|i| Message::new("s", format!("{i}"))).collect();
+    let batch: Vec<_> = (0..100)
+        .map(|i| Message::new("s", format!("{i}")))
+        .collect();
     bus.write(batch).await.unwrap();
     cancel.cancel();
     while let Some(r) = readers.join_next().await {
@@ -84,7 +86,9 @@ async fn publish_waits_when_full_and_try_write_fails_fast() {
     };
     until_subscribed(&bus, "s", 1).await;
     // One message in the handler, two in the buffer.
-    bus.write((0..3).map(|i| Message::new("s", format!("{i}"))).collect()).await.unwrap();
+    bus.write((0..3).map(|i| Message::new("s", format!("{i}"))).collect())
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let err = bus.try_write(vec![Message::new("s", "x")]).unwrap_err();
     assert!(matches!(err, Error::Full { .. }), "{err}");
@@ -95,12 +99,19 @@ async fn publish_waits_when_full_and_try_write_fails_fast() {
         tokio::spawn(async move { bus.write(vec![Message::new("s", "waits")]).await })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!blocked.is_finished(), "publish waits while the buffer is full");
+    assert!(
+        !blocked.is_finished(),
+        "publish waits while the buffer is full"
+    );
     gate.add_permits(100);
     blocked.await.unwrap().unwrap();
     cancel.cancel();
     reader.await.unwrap().unwrap();
-    assert_eq!(handled.load(Ordering::SeqCst), 4, "graceful stop drains what was accepted");
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        4,
+        "graceful stop drains what was accepted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,11 +136,14 @@ async fn concurrency_is_bounded_per_subscriber() {
     let reader = {
         let (bus, cancel) = (bus.clone(), cancel.clone());
         tokio::spawn(async move {
-            bus.read(ReadTask::new("s").with_concurrency(3), h, cancel).await
+            bus.read(ReadTask::new("s").with_concurrency(3), h, cancel)
+                .await
         })
     };
     until_subscribed(&bus, "s", 1).await;
-    bus.write((0..60).map(|i| Message::new("s", format!("{i}"))).collect()).await.unwrap();
+    bus.write((0..60).map(|i| Message::new("s", format!("{i}"))).collect())
+        .await
+        .unwrap();
     while done.load(Ordering::SeqCst) < 60 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -142,7 +156,11 @@ async fn concurrency_is_bounded_per_subscriber() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_timeout_and_failures_do_not_stop_the_reader() {
-    let bus = Arc::new(ChanBus::builder().handler_timeout(Duration::from_millis(50)).build());
+    let bus = Arc::new(
+        ChanBus::builder()
+            .handler_timeout(Duration::from_millis(50))
+            .build(),
+    );
     let ok = Arc::new(AtomicUsize::new(0));
     let o = ok.clone();
     let h = handler(tower::service_fn(move |m: Message| {
@@ -175,7 +193,11 @@ async fn handler_timeout_and_failures_do_not_stop_the_reader() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(ok.load(Ordering::SeqCst), 3, "reader survives time-outs, errors and panics");
+    assert_eq!(
+        ok.load(Ordering::SeqCst),
+        3,
+        "reader survives time-outs, errors and panics"
+    );
     cancel.cancel();
     reader.await.unwrap().unwrap();
 }
@@ -187,16 +209,25 @@ async fn close_refuses_writes_and_ends_readers_after_backlog() {
     let reader = {
         let bus = bus.clone();
         tokio::spawn(async move {
-            bus.read(ReadTask::new("s"), collecting(tx), CancellationToken::new()).await
+            bus.read(ReadTask::new("s"), collecting(tx), CancellationToken::new())
+                .await
         })
     };
     until_subscribed(&bus, "s", 1).await;
-    bus.write((0..10).map(|i| Message::new("s", format!("{i}"))).collect()).await.unwrap();
+    bus.write((0..10).map(|i| Message::new("s", format!("{i}"))).collect())
+        .await
+        .unwrap();
     Writer::close(bus.as_ref()).await.unwrap();
-    let err = bus.write(vec![Message::new("s", "late")]).await.unwrap_err();
+    let err = bus
+        .write(vec![Message::new("s", "late")])
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Closed(_)));
     assert!(!err.is_retryable());
-    assert!(matches!(bus.try_write(vec![Message::new("s", "late")]), Err(Error::Closed(_))));
+    assert!(matches!(
+        bus.try_write(vec![Message::new("s", "late")]),
+        Err(Error::Closed(_))
+    ));
     tokio::time::timeout(Duration::from_secs(5), reader)
         .await
         .expect("reader ends after close")
@@ -213,7 +244,11 @@ async fn close_refuses_writes_and_ends_readers_after_backlog() {
 async fn empty_stream_name_is_rejected() {
     let bus = ChanBus::new();
     let err = bus
-        .read(ReadTask::new(""), collecting(mpsc::unbounded_channel().0), CancellationToken::new())
+        .read(
+            ReadTask::new(""),
+            collecting(mpsc::unbounded_channel().0),
+            CancellationToken::new(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Invalid { .. }));

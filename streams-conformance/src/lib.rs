@@ -140,7 +140,11 @@ struct Sub {
 
 type FailFn = Arc<dyn Fn(&Message) -> bool + Send + Sync>;
 
-async fn subscribe(h: &dyn Harness, task: ReadTask, fail: Option<FailFn>) -> std::result::Result<Sub, String> {
+async fn subscribe(
+    h: &dyn Harness,
+    task: ReadTask,
+    fail: Option<FailFn>,
+) -> std::result::Result<Sub, String> {
     let reader = h.reader().await.map_err(|e| format!("reader: {e}"))?;
     let (tx, rx) = mpsc::unbounded_channel();
     let ready = Arc::new(tokio::sync::Notify::new());
@@ -179,7 +183,12 @@ impl Sub {
     /// Publishes probes until one reaches this subscription, so that a scenario starts
     /// only once the reader is really receiving (group joins take time on some
     /// platforms).
-    async fn wait_ready(&self, writer: &dyn Writer, stream: &str, patience: Duration) -> std::result::Result<(), String> {
+    async fn wait_ready(
+        &self,
+        writer: &dyn Writer,
+        stream: &str,
+        patience: Duration,
+    ) -> std::result::Result<(), String> {
         let deadline = Instant::now() + patience;
         let mut wait = Duration::from_millis(50);
         while Instant::now() < deadline {
@@ -195,7 +204,9 @@ impl Sub {
             }
             wait = (wait * 2).min(Duration::from_secs(2));
         }
-        Err(format!("reader of `{stream}` not receiving after {patience:?}"))
+        Err(format!(
+            "reader of `{stream}` not receiving after {patience:?}"
+        ))
     }
 
     /// Collects messages until `done` says so or patience runs out.
@@ -242,9 +253,14 @@ fn ensure(cond: bool, what: impl FnOnce() -> String) -> std::result::Result<(), 
     }
 }
 
-async fn setup(h: &dyn Harness, scenario: &str) -> std::result::Result<(String, Arc<dyn Writer>), String> {
+async fn setup(
+    h: &dyn Harness,
+    scenario: &str,
+) -> std::result::Result<(String, Arc<dyn Writer>), String> {
     let stream = unique_stream(scenario);
-    h.create_stream(&stream).await.map_err(|e| format!("create stream: {e}"))?;
+    h.create_stream(&stream)
+        .await
+        .map_err(|e| format!("create stream: {e}"))?;
     let writer = h.writer().await.map_err(|e| format!("writer: {e}"))?;
     Ok((stream, writer))
 }
@@ -253,8 +269,13 @@ async fn setup(h: &dyn Harness, scenario: &str) -> std::result::Result<(String, 
 pub async fn round_trip(h: &dyn Harness) -> ScenarioResult {
     let (stream, writer) = setup(h, "round_trip").await?;
     let mut sub = subscribe(h, h.task(&stream, "rt"), None).await?;
-    sub.wait_ready(writer.as_ref(), &stream, h.patience()).await?;
-    let content_types = ["application/json", "application/x-google-protobuf", "text/plain; charset=utf-8"];
+    sub.wait_ready(writer.as_ref(), &stream, h.patience())
+        .await?;
+    let content_types = [
+        "application/json",
+        "application/x-google-protobuf",
+        "text/plain; charset=utf-8",
+    ];
     let sent: Vec<Message> = (0..100u32)
         .map(|i| {
             let data: Bytes = if i % 10 == 3 {
@@ -271,19 +292,34 @@ pub async fn round_trip(h: &dyn Harness) -> ScenarioResult {
         })
         .collect();
     for chunk in sent.chunks(10) {
-        writer.write(chunk.to_vec()).await.map_err(|e| format!("write: {e}"))?;
+        writer
+            .write(chunk.to_vec())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
     }
     let got = sub.collect(100, h.patience()).await;
     sub.stop().await?;
     let by_id: HashMap<_, _> = got.iter().map(|m| (m.id.clone(), m)).collect();
     for s in &sent {
-        let g = by_id.get(&s.id).ok_or_else(|| format!("message {} not received ({} of 100 arrived)", s.id, by_id.len()))?;
-        ensure(g.stream == s.stream, || format!("stream {} != {}", g.stream, s.stream))?;
+        let g = by_id.get(&s.id).ok_or_else(|| {
+            format!(
+                "message {} not received ({} of 100 arrived)",
+                s.id,
+                by_id.len()
+            )
+        })?;
+        ensure(g.stream == s.stream, || {
+            format!("stream {} != {}", g.stream, s.stream)
+        })?;
         ensure(g.key == s.key, || format!("key {:?} != {:?}", g.key, s.key))?;
-        ensure(g.content_type == s.content_type, || format!("content type {} != {}", g.content_type, s.content_type))?;
+        ensure(g.content_type == s.content_type, || {
+            format!("content type {} != {}", g.content_type, s.content_type)
+        })?;
         ensure(g.data == s.data, || format!("payload of {} changed", s.id))?;
         for (k, v) in &s.headers {
-            ensure(g.headers.get(k) == Some(v), || format!("header {k} lost or changed: {:?}", g.headers.get(k)))?;
+            ensure(g.headers.get(k) == Some(v), || {
+                format!("header {k} lost or changed: {:?}", g.headers.get(k))
+            })?;
         }
         let drift = (g.time - s.time).num_milliseconds().abs();
         ensure(drift <= 1, || format!("time {} != {}", g.time, s.time))?;
@@ -295,7 +331,8 @@ pub async fn round_trip(h: &dyn Harness) -> ScenarioResult {
 pub async fn concurrent_publishers(h: &dyn Harness) -> ScenarioResult {
     let (stream, writer) = setup(h, "concurrent_publishers").await?;
     let mut sub = subscribe(h, h.task(&stream, "cp"), None).await?;
-    sub.wait_ready(writer.as_ref(), &stream, h.patience()).await?;
+    sub.wait_ready(writer.as_ref(), &stream, h.patience())
+        .await?;
     let mut tasks = tokio::task::JoinSet::new();
     for p in 0..50 {
         let writer = writer.clone();
@@ -312,13 +349,20 @@ pub async fn concurrent_publishers(h: &dyn Harness) -> ScenarioResult {
     }
     let mut sent = HashSet::new();
     while let Some(r) = tasks.join_next().await {
-        sent.extend(r.map_err(|e| e.to_string())?.map_err(|e| format!("write: {e}"))?);
+        sent.extend(
+            r.map_err(|e| e.to_string())?
+                .map_err(|e| format!("write: {e}"))?,
+        );
     }
-    let got = sub.collect_until(h.patience(), |g| ids(g).len() >= sent.len()).await;
+    let got = sub
+        .collect_until(h.patience(), |g| ids(g).len() >= sent.len())
+        .await;
     sub.stop().await?;
     let got = ids(&got);
     let missing = sent.difference(&got).count();
-    ensure(missing == 0, || format!("{missing} of {} messages missing", sent.len()))?;
+    ensure(missing == 0, || {
+        format!("{missing} of {} messages missing", sent.len())
+    })?;
     Ok(Outcome::Passed)
 }
 
@@ -335,16 +379,28 @@ pub async fn streams_are_isolated(h: &dyn Harness) -> ScenarioResult {
     }
     let writer = writer.expect("three streams");
     for (stream, _) in &subs {
-        let batch = (0..20).map(|i| Message::new(stream, format!("{i}"))).collect();
-        writer.write(batch).await.map_err(|e| format!("write: {e}"))?;
+        let batch = (0..20)
+            .map(|i| Message::new(stream, format!("{i}")))
+            .collect();
+        writer
+            .write(batch)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
     }
     for (stream, mut sub) in subs {
         let mut got = sub.collect(20, h.patience()).await;
         // A short grace period catches strays from the other streams.
-        got.extend(sub.collect_until(Duration::from_millis(300), |_| false).await);
+        got.extend(
+            sub.collect_until(Duration::from_millis(300), |_| false)
+                .await,
+        );
         sub.stop().await?;
-        ensure(got.len() == 20, || format!("`{stream}` got {} messages, want 20", got.len()))?;
-        ensure(got.iter().all(|m| &m.stream == &stream), || format!("`{stream}` received another stream's message"))?;
+        ensure(got.len() == 20, || {
+            format!("`{stream}` got {} messages, want 20", got.len())
+        })?;
+        ensure(got.iter().all(|m| m.stream == stream), || {
+            format!("`{stream}` received another stream's message")
+        })?;
     }
     Ok(Outcome::Passed)
 }
@@ -359,17 +415,25 @@ pub async fn redelivery_after_failure(h: &dyn Harness) -> ScenarioResult {
     let f = failed_once.clone();
     let fail: FailFn = Arc::new(move |m: &Message| f.lock().expect("lock").insert(m.id.clone()));
     let mut sub = subscribe(h, h.task(&stream, "redelivery"), Some(fail)).await?;
-    sub.wait_ready(writer.as_ref(), &stream, h.patience()).await?;
-    let sent: Vec<Message> = (0..10).map(|i| Message::new(&stream, format!("{i}")).with_key("k")).collect();
+    sub.wait_ready(writer.as_ref(), &stream, h.patience())
+        .await?;
+    let sent: Vec<Message> = (0..10)
+        .map(|i| Message::new(&stream, format!("{i}")).with_key("k"))
+        .collect();
     let sent_ids = ids(&sent);
-    writer.write(sent).await.map_err(|e| format!("write: {e}"))?;
+    writer
+        .write(sent)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
     let got = sub
         .collect_until(h.patience(), |g| {
             let mut counts: HashMap<&str, usize> = HashMap::new();
             for m in g {
                 *counts.entry(&m.id).or_default() += 1;
             }
-            sent_ids.iter().all(|id| counts.get(id.as_str()).copied().unwrap_or(0) >= 2)
+            sent_ids
+                .iter()
+                .all(|id| counts.get(id.as_str()).copied().unwrap_or(0) >= 2)
         })
         .await;
     sub.stop().await?;
@@ -377,8 +441,13 @@ pub async fn redelivery_after_failure(h: &dyn Harness) -> ScenarioResult {
     for m in &got {
         *counts.entry(m.id.clone()).or_default() += 1;
     }
-    let not_redelivered = sent_ids.iter().filter(|id| counts.get(*id).copied().unwrap_or(0) < 2).count();
-    ensure(not_redelivered == 0, || format!("{not_redelivered} of 10 failed messages were not delivered again"))?;
+    let not_redelivered = sent_ids
+        .iter()
+        .filter(|id| counts.get(*id).copied().unwrap_or(0) < 2)
+        .count();
+    ensure(not_redelivered == 0, || {
+        format!("{not_redelivered} of 10 failed messages were not delivered again")
+    })?;
     Ok(Outcome::Passed)
 }
 
@@ -390,21 +459,40 @@ pub async fn resume_after_reopen(h: &dyn Harness) -> ScenarioResult {
     let (stream, writer) = setup(h, "resume").await?;
     let task = h.task(&stream, "resume");
     let mut sub = subscribe(h, task.clone(), None).await?;
-    sub.wait_ready(writer.as_ref(), &stream, h.patience()).await?;
-    let first: Vec<Message> = (0..10).map(|i| Message::new(&stream, format!("a{i}"))).collect();
+    sub.wait_ready(writer.as_ref(), &stream, h.patience())
+        .await?;
+    let first: Vec<Message> = (0..10)
+        .map(|i| Message::new(&stream, format!("a{i}")))
+        .collect();
     let first_ids = ids(&first);
-    writer.write(first).await.map_err(|e| format!("write: {e}"))?;
-    let got = sub.collect_until(h.patience(), |g| first_ids.is_subset(&ids(g))).await;
-    ensure(first_ids.is_subset(&ids(&got)), || "first batch not received".into())?;
+    writer
+        .write(first)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let got = sub
+        .collect_until(h.patience(), |g| first_ids.is_subset(&ids(g)))
+        .await;
+    ensure(first_ids.is_subset(&ids(&got)), || {
+        "first batch not received".into()
+    })?;
     sub.stop().await?;
-    let second: Vec<Message> = (0..10).map(|i| Message::new(&stream, format!("b{i}"))).collect();
+    let second: Vec<Message> = (0..10)
+        .map(|i| Message::new(&stream, format!("b{i}")))
+        .collect();
     let second_ids = ids(&second);
-    writer.write(second).await.map_err(|e| format!("write: {e}"))?;
+    writer
+        .write(second)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
     let mut sub = subscribe(h, task, None).await?;
-    let got = sub.collect_until(h.patience(), |g| second_ids.is_subset(&ids(g))).await;
+    let got = sub
+        .collect_until(h.patience(), |g| second_ids.is_subset(&ids(g)))
+        .await;
     sub.stop().await?;
     let missing = second_ids.difference(&ids(&got)).count();
-    ensure(missing == 0, || format!("{missing} of 10 messages published while closed were lost"))?;
+    ensure(missing == 0, || {
+        format!("{missing} of 10 messages published while closed were lost")
+    })?;
     Ok(Outcome::Passed)
 }
 
@@ -415,7 +503,8 @@ pub async fn order_per_key(h: &dyn Harness) -> ScenarioResult {
     }
     let (stream, writer) = setup(h, "order").await?;
     let mut sub = subscribe(h, h.task(&stream, "order"), None).await?;
-    sub.wait_ready(writer.as_ref(), &stream, h.patience()).await?;
+    sub.wait_ready(writer.as_ref(), &stream, h.patience())
+        .await?;
     let keys = 5;
     let per_key = 40;
     let mut batch = Vec::new();
@@ -429,22 +518,36 @@ pub async fn order_per_key(h: &dyn Harness) -> ScenarioResult {
         }
     }
     for chunk in batch.chunks(25) {
-        writer.write(chunk.to_vec()).await.map_err(|e| format!("write: {e}"))?;
+        writer
+            .write(chunk.to_vec())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
     }
     let total = keys * per_key;
-    let got = sub.collect_until(h.patience(), |g| ids(g).len() >= total).await;
+    let got = sub
+        .collect_until(h.patience(), |g| ids(g).len() >= total)
+        .await;
     sub.stop().await?;
     let mut seen: BTreeMap<String, Vec<u32>> = BTreeMap::new();
     let mut first = HashSet::new();
     for m in &got {
         if first.insert(m.id.clone()) {
-            let seq = m.header("seq").and_then(|s| s.parse().ok()).ok_or("seq header lost")?;
-            seen.entry(m.key.clone().unwrap_or_default()).or_default().push(seq);
+            let seq = m
+                .header("seq")
+                .and_then(|s| s.parse().ok())
+                .ok_or("seq header lost")?;
+            seen.entry(m.key.clone().unwrap_or_default())
+                .or_default()
+                .push(seq);
         }
     }
-    ensure(first.len() == total, || format!("received {} of {total}", first.len()))?;
+    ensure(first.len() == total, || {
+        format!("received {} of {total}", first.len())
+    })?;
     for (key, seqs) in seen {
-        ensure(seqs.windows(2).all(|w| w[0] < w[1]), || format!("key {key} out of order: {seqs:?}"))?;
+        ensure(seqs.windows(2).all(|w| w[0] < w[1]), || {
+            format!("key {key} out of order: {seqs:?}")
+        })?;
     }
     Ok(Outcome::Passed)
 }
@@ -459,11 +562,18 @@ pub async fn each_group_receives_everything(h: &dyn Harness) -> ScenarioResult {
     let mut b = subscribe(h, h.task(&stream, "group-b"), None).await?;
     a.wait_ready(writer.as_ref(), &stream, h.patience()).await?;
     b.wait_ready(writer.as_ref(), &stream, h.patience()).await?;
-    let sent: Vec<Message> = (0..30).map(|i| Message::new(&stream, format!("{i}"))).collect();
+    let sent: Vec<Message> = (0..30)
+        .map(|i| Message::new(&stream, format!("{i}")))
+        .collect();
     let sent_ids = ids(&sent);
-    writer.write(sent).await.map_err(|e| format!("write: {e}"))?;
+    writer
+        .write(sent)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
     for (name, sub) in [("group-a", &mut a), ("group-b", &mut b)] {
-        let got = sub.collect_until(h.patience(), |g| sent_ids.is_subset(&ids(g))).await;
+        let got = sub
+            .collect_until(h.patience(), |g| sent_ids.is_subset(&ids(g)))
+            .await;
         let missing = sent_ids.difference(&ids(&got)).count();
         ensure(missing == 0, || format!("{name} missed {missing} of 30"))?;
     }
@@ -476,7 +586,8 @@ pub async fn each_group_receives_everything(h: &dyn Harness) -> ScenarioResult {
 pub async fn cancel_ends_subscription(h: &dyn Harness) -> ScenarioResult {
     let (stream, writer) = setup(h, "cancel").await?;
     let sub = subscribe(h, h.task(&stream, "cancel"), None).await?;
-    sub.wait_ready(writer.as_ref(), &stream, h.patience()).await?;
+    sub.wait_ready(writer.as_ref(), &stream, h.patience())
+        .await?;
     sub.stop().await?;
     Ok(Outcome::Passed)
 }
@@ -488,7 +599,9 @@ pub async fn publish_after_shutdown(h: &dyn Harness) -> ScenarioResult {
     let result = writer.write(vec![Message::new(&stream, "late")]).await;
     match result {
         Err(streams_core::Error::Closed(_)) => Ok(Outcome::Passed),
-        Err(e) => Err(format!("write after close failed with {e}, want Error::Closed")),
+        Err(e) => Err(format!(
+            "write after close failed with {e}, want Error::Closed"
+        )),
         Ok(()) => Err("write after close succeeded".into()),
     }
 }
@@ -503,7 +616,10 @@ pub async fn run<H: Harness>(
     match scenario(h).await {
         Ok(Outcome::Passed) => {}
         Ok(Outcome::Skipped(what)) => {
-            eprintln!("SKIPPED {}::{name}: the driver does not promise {what}", h.name());
+            eprintln!(
+                "SKIPPED {}::{name}: the driver does not promise {what}",
+                h.name()
+            );
         }
         Err(e) => panic!("{}::{name} failed: {e}", h.name()),
     }
@@ -534,10 +650,7 @@ macro_rules! __scenario {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
             let harness = $make.await;
-            $crate::run(&harness, stringify!($name), |h| {
-                Box::pin($crate::$name(h))
-            })
-            .await;
+            $crate::run(&harness, stringify!($name), |h| Box::pin($crate::$name(h))).await;
         }
     };
 }

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::{
-    BoxError, Codec, Event, EventRegistry, JsonCodec, Message, Publisher, ReadTask, Reader,
-    Result, Subscriber, Writer,
+    BoxError, Codec, Event, EventRegistry, JsonCodec, Message, Publisher, ReadTask, Reader, Result,
+    Subscriber, Writer,
 };
 
 /// A publisher and a subscriber scheduler sharing one event registry: the one object

@@ -113,7 +113,9 @@ pub fn decode_batch(raw: &[u8]) -> Result<Vec<Message>> {
         .into_iter()
         .map(|m| {
             let time = match m.time {
-                Some(ts) => timestamp(ts).ok_or_else(|| decode_err("timestamp out of range".into()))?,
+                Some(ts) => {
+                    timestamp(ts).ok_or_else(|| decode_err("timestamp out of range".into()))?
+                }
                 None => DateTime::<Utc>::UNIX_EPOCH,
             };
             Ok(Message {
@@ -385,7 +387,8 @@ impl Writer for MemoryOutbox {
     }
 
     async fn close(&self) -> Result<()> {
-        self.closed.store(true, std::sync::atomic::Ordering::Release);
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 }
@@ -496,7 +499,10 @@ mod tests {
 
     #[test]
     fn garbage_is_a_decode_error() {
-        assert!(matches!(decode_batch(b"\x0a\xff\xff\xff"), Err(Error::Decode { .. })));
+        assert!(matches!(
+            decode_batch(b"\x0a\xff\xff\xff"),
+            Err(Error::Decode { .. })
+        ));
         assert!(decode_batch(b"").unwrap().is_empty());
     }
 }

@@ -199,7 +199,7 @@ impl fmt::Display for ReaderErrors<'_> {
 /// use streams_core::{BoxError, Unrecoverable};
 ///
 /// let err: BoxError = Unrecoverable::new("order id is missing").into();
-/// assert!(streams_core::is_unrecoverable(&err));
+/// assert!(streams_core::is_unrecoverable(err.as_ref()));
 /// ```
 #[derive(Debug, thiserror::Error)]
 #[error("unrecoverable: {0}")]
@@ -214,7 +214,7 @@ impl Unrecoverable {
 
 /// Whether a handler error must not be retried.
 ///
-/// True for an [`Unrecoverable`] anywhere in the source chain and for a [`struct@Error`]
+/// True for an [`Unrecoverable`] anywhere in the source chain and for a [`enum@Error`]
 /// that is not [retryable](Error::is_retryable).
 pub fn is_unrecoverable(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);

@@ -114,7 +114,7 @@ impl Message {
     /// ```
     /// use streams_core::{CodecRegistry, Message, CONTENT_TYPE_JSON};
     ///
-    /// #[derive(serde::Deserialize, PartialEq, Debug)]
+    /// #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
     /// struct Order { id: u32 }
     ///
     /// let msg = Message::new("orders", r#"{"id":7}"#).with_content_type(CONTENT_TYPE_JSON);
@@ -134,7 +134,12 @@ impl Message {
     ///
     /// As [`Message::decode_with`] with a JSON-only registry.
     pub fn decode_json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        let essence = self.content_type.split(';').next().unwrap_or_default().trim();
+        let essence = self
+            .content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim();
         if !essence.eq_ignore_ascii_case(crate::CONTENT_TYPE_JSON) {
             return Err(crate::Error::UnknownContentType {
                 content_type: self.content_type.clone(),

@@ -100,13 +100,15 @@ impl Subscriber {
 
     /// Starts every subscribed task that is not running yet.
     ///
-    /// Must be called inside a tokio runtime.
+    /// Each reader is polled once before `start` returns, so a reader that subscribes
+    /// without waiting (the in-process bus does) receives everything published after
+    /// `start`. Must be called inside a tokio runtime.
     pub fn start(&mut self) {
         for (task, handler) in self.pending.drain(..) {
             let reader = self.reader.clone();
             let cancel = self.cancel.child_token();
             let stream = task.stream.clone();
-            self.running.spawn(async move {
+            let mut run: BoxFuture<'static, (String, Result<()>)> = Box::pin(async move {
                 tracing::debug!(stream = %stream, "reader started");
                 let result = reader.read(task, handler, cancel).await;
                 if let Err(e) = &result {
@@ -114,6 +116,12 @@ impl Subscriber {
                 }
                 (stream, result)
             });
+            // The spawned task polls again with a real waker right away.
+            let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+            match run.as_mut().poll(&mut cx) {
+                Poll::Ready(done) => self.running.spawn(std::future::ready(done)),
+                Poll::Pending => self.running.spawn(run),
+            };
         }
     }
 
@@ -164,7 +172,11 @@ impl Subscriber {
         if drained.is_err() {
             let left = self.running.len();
             self.running.abort_all();
-            tracing::warn!(readers = left, ?deadline, "shutdown deadline passed, aborting readers");
+            tracing::warn!(
+                readers = left,
+                ?deadline,
+                "shutdown deadline passed, aborting readers"
+            );
             self.failed.push((
                 format!("{left} reader(s)"),
                 Error::Timeout {

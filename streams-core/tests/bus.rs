@@ -10,7 +10,7 @@ use streams_core::middleware::{
     DeadLetterLayer, LoggingLayer, RetryLayer, RetryPolicy, DLQ_REASON, DLQ_SOURCE_STREAM,
 };
 use streams_core::{
-    handler, Bus, BoxError, CancellationToken, CodecRegistry, Error, Event, Handler, Message,
+    handler, BoxError, Bus, CancellationToken, CodecRegistry, Error, Event, Handler, Message,
     ProtobufCodec, ReadTask, Reader, Result, Subscriber, Writer,
 };
 use tokio::sync::mpsc;
@@ -160,16 +160,24 @@ async fn undecodable_payload_is_dead_lettered_without_retries() {
         .with_content_type("application/json")
         .with_key("k");
     let unknown = Message::new("orders.bad", "a,b").with_content_type("text/csv");
-    chan.write(vec![bad.clone(), unknown.clone()]).await.unwrap();
+    chan.write(vec![bad.clone(), unknown.clone()])
+        .await
+        .unwrap();
     let first = dlq_rx.recv().await.unwrap();
     let second = dlq_rx.recv().await.unwrap();
     assert_eq!(first.id, bad.id);
     assert_eq!(first.stream, "orders.bad.dlq");
     assert_eq!(first.header(DLQ_SOURCE_STREAM), Some("orders.bad"));
-    assert!(first.header(DLQ_REASON).unwrap().contains("cannot decode"), "{first:?}");
+    assert!(
+        first.header(DLQ_REASON).unwrap().contains("cannot decode"),
+        "{first:?}"
+    );
     assert_eq!(first.data, bad.data);
     assert_eq!(first.key, bad.key);
-    assert!(second.header(DLQ_REASON).unwrap().contains("unknown content type"));
+    assert!(second
+        .header(DLQ_REASON)
+        .unwrap()
+        .contains("unknown content type"));
     assert_eq!(calls.load(Ordering::SeqCst), 0, "handler never saw garbage");
     bus.shutdown(Duration::from_secs(5)).await.unwrap();
 }
@@ -225,7 +233,12 @@ async fn tower_layers_compose_with_ours() {
     let peak = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let attempts = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
-    let (r, p, d, a) = (running.clone(), peak.clone(), done.clone(), attempts.clone());
+    let (r, p, d, a) = (
+        running.clone(),
+        peak.clone(),
+        done.clone(),
+        attempts.clone(),
+    );
     let inner = tower::service_fn(move |m: Message| {
         let (r, p, d, a) = (r.clone(), p.clone(), d.clone(), a.clone());
         async move {
@@ -255,9 +268,14 @@ async fn tower_layers_compose_with_ours() {
                 .with_initial_backoff(Duration::from_millis(1)),
         ))
         .layer(tower::buffer::BufferLayer::new(64))
-        .layer(tower::limit::RateLimitLayer::new(1000, Duration::from_secs(1)))
+        .layer(tower::limit::RateLimitLayer::new(
+            1000,
+            Duration::from_secs(1),
+        ))
         .layer(tower::limit::ConcurrencyLimitLayer::new(2))
-        .layer(tower::timeout::TimeoutLayer::new(Duration::from_millis(100)))
+        .layer(tower::timeout::TimeoutLayer::new(Duration::from_millis(
+            100,
+        )))
         .service(inner);
     let h: Handler = handler(svc);
     let (dlq_tx, mut dlq_rx) = mpsc::unbounded_channel();
@@ -271,22 +289,35 @@ async fn tower_layers_compose_with_ours() {
     sub.start();
     settle(&chan, "composed", 1).await;
     settle(&chan, "composed.dlq", 1).await;
-    let mut batch: Vec<_> = (0..20).map(|i| Message::new("composed", format!("{i}"))).collect();
+    let mut batch: Vec<_> = (0..20)
+        .map(|i| Message::new("composed", format!("{i}")))
+        .collect();
     batch.push(Message::new("composed", "slow"));
     chan.write(batch).await.unwrap();
     let dead = tokio::time::timeout(Duration::from_secs(10), dlq_rx.recv())
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(&dead.data[..], b"slow", "tower's timeout fails it, ours dead-letter it");
-    assert!(dead.header(DLQ_REASON).unwrap().contains("timed out"), "{dead:?}");
+    assert_eq!(
+        &dead.data[..],
+        b"slow",
+        "tower's timeout fails it, ours dead-letter it"
+    );
+    assert!(
+        dead.header(DLQ_REASON).unwrap().contains("timed out"),
+        "{dead:?}"
+    );
     for _ in 0..500 {
         if done.load(Ordering::SeqCst) == 20 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(done.load(Ordering::SeqCst), 20, "retry recovered every transient failure");
+    assert_eq!(
+        done.load(Ordering::SeqCst),
+        20,
+        "retry recovered every transient failure"
+    );
     assert!(peak.load(Ordering::SeqCst) <= 2, "concurrency limit held");
     sub.shutdown(Duration::from_secs(5)).await.unwrap();
 }
@@ -297,7 +328,12 @@ struct FailingReader;
 #[async_trait]
 impl Reader for FailingReader {
     async fn read(&self, task: ReadTask, _h: Handler, _c: CancellationToken) -> Result<()> {
-        Err(Error::driver("test", "subscribe", false, format!("no such stream {}", task.stream)))
+        Err(Error::driver(
+            "test",
+            "subscribe",
+            false,
+            format!("no such stream {}", task.stream),
+        ))
     }
 }
 
@@ -343,12 +379,22 @@ async fn shutdown_waits_for_in_flight_handlers_up_to_a_deadline() {
     );
     bus.start();
     settle(&chan, "slow", 1).await;
-    bus.publisher().write(vec![Message::new("slow", "x")]).await.unwrap();
+    bus.publisher()
+        .write(vec![Message::new("slow", "x")])
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let publisher = bus.publisher().clone();
     bus.shutdown(Duration::from_secs(5)).await.unwrap();
-    assert_eq!(finished.load(Ordering::SeqCst), 1, "in-flight handler finished");
-    let err = publisher.write(vec![Message::new("slow", "late")]).await.unwrap_err();
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        1,
+        "in-flight handler finished"
+    );
+    let err = publisher
+        .write(vec![Message::new("slow", "late")])
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Closed(_)));
 
     let (chan, mut bus) = new_bus();
@@ -361,7 +407,10 @@ async fn shutdown_waits_for_in_flight_handlers_up_to_a_deadline() {
     );
     bus.start();
     settle(&chan, "stuck", 1).await;
-    bus.publisher().write(vec![Message::new("stuck", "stuck")]).await.unwrap();
+    bus.publisher()
+        .write(vec![Message::new("stuck", "stuck")])
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let started = std::time::Instant::now();
     let err = bus.shutdown(Duration::from_millis(200)).await.unwrap_err();

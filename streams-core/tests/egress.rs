@@ -39,7 +39,12 @@ impl Writer for Recording {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
         {
-            return Err(Error::driver("test", "write", self.retryable, "destination unavailable"));
+            return Err(Error::driver(
+                "test",
+                "write",
+                self.retryable,
+                "destination unavailable",
+            ));
         }
         self.got.lock().unwrap().extend(batch);
         Ok(())
@@ -75,8 +80,17 @@ async fn forwards_in_order_and_deletes() {
         }
     );
     assert_eq!(outbox.pending(), 0);
-    let got: Vec<_> = dest.got.lock().unwrap().iter().map(|m| String::from_utf8(m.data.to_vec()).unwrap()).collect();
-    assert_eq!(got, ["a-0", "a-1", "a-2", "b-0", "b-1", "b-2", "c-0", "c-1", "c-2"]);
+    let got: Vec<_> = dest
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|m| String::from_utf8(m.data.to_vec()).unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        ["a-0", "a-1", "a-2", "b-0", "b-1", "b-2", "c-0", "c-1", "c-2"]
+    );
 }
 
 #[tokio::test]
@@ -135,7 +149,13 @@ async fn persistent_failure_keeps_batches_in_order_for_the_next_pass() {
     // The destination recovers: both go out, in order.
     dest.fail.store(0, Ordering::SeqCst);
     fwd.forward_once().await.unwrap();
-    let got: Vec<_> = dest.got.lock().unwrap().iter().map(|m| m.data.clone()).collect();
+    let got: Vec<_> = dest
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|m| m.data.clone())
+        .collect();
     assert_eq!(got, [&b"first-0"[..], &b"second-0"[..]]);
 }
 
@@ -178,7 +198,8 @@ async fn relay_loop_wakes_on_notify_and_delivers_to_the_bus() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // A long poll interval: only the wake-up can make this fast.
-    let fwd = Forwarder::new(outbox.clone(), bus.clone()).with_poll_interval(Duration::from_secs(3600));
+    let fwd =
+        Forwarder::new(outbox.clone(), bus.clone()).with_poll_interval(Duration::from_secs(3600));
     let relay = {
         let (fwd, wake, cancel) = (fwd.clone(), outbox.wake(), cancel.clone());
         tokio::spawn(async move { fwd.run(Some(wake), cancel).await })
@@ -187,7 +208,10 @@ async fn relay_loop_wakes_on_notify_and_delivers_to_the_bus() {
     let sent = batch("payments", 5, "p");
     outbox.write(sent.clone()).await.unwrap();
     for s in &sent {
-        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got, *s, "decoded message equals what was written");
     }
     cancel.cancel();
@@ -203,7 +227,10 @@ async fn memory_outbox_release_returns_batches_to_the_front() {
         outbox.write(batch("s", 1, tag)).await.unwrap();
     }
     let claimed = outbox.fetch(10).await.unwrap();
-    assert!(outbox.fetch(10).await.unwrap().is_empty(), "claimed batches are not handed out twice");
+    assert!(
+        outbox.fetch(10).await.unwrap().is_empty(),
+        "claimed batches are not handed out twice"
+    );
     outbox
         .release(&claimed.iter().map(|b| b.id.clone()).collect::<Vec<_>>())
         .await

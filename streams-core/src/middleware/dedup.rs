@@ -175,6 +175,10 @@ impl<S> Layer<S> for DedupLayer {
 /// A duplicate is acknowledged without calling the handler. A failed check is an error
 /// (the message is not acknowledged); a failed commit after a successful handler is
 /// logged and the message acknowledged, since its work is done.
+///
+/// Two copies of a message handled at the same moment can both pass the check; readers
+/// deliver a key's messages one at a time, so give messages a key (or run one handler
+/// at a time) where duplicates may arrive together.
 #[derive(Debug, Clone)]
 pub struct Dedup<S> {
     inner: S,
@@ -255,16 +259,17 @@ mod tests {
         let calls = Arc::new(AtomicU32::new(0));
         let c = calls.clone();
         let store: Arc<dyn DedupStore> = Arc::new(MemoryDedupStore::default());
-        let svc = DedupLayer::new("w", store.clone()).layer(tower::service_fn(move |_m: Message| {
-            let n = c.fetch_add(1, Ordering::SeqCst);
-            async move {
-                if n == 0 {
-                    Err::<(), BoxError>("first try fails".into())
-                } else {
-                    Ok(())
+        let svc =
+            DedupLayer::new("w", store.clone()).layer(tower::service_fn(move |_m: Message| {
+                let n = c.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n == 0 {
+                        Err::<(), BoxError>("first try fails".into())
+                    } else {
+                        Ok(())
+                    }
                 }
-            }
-        }));
+            }));
         let msg = Message::new("s", "x");
         assert!(svc.clone().oneshot(msg.clone()).await.is_err());
         assert!(!store.contains("w", &msg.id).await.unwrap());
@@ -278,7 +283,10 @@ mod tests {
         let store = MemoryDedupStore::new(Duration::from_millis(30), 3);
         store.commit("w", "a").await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!store.contains("w", "a").await.unwrap(), "expired entry is absent");
+        assert!(
+            !store.contains("w", "a").await.unwrap(),
+            "expired entry is absent"
+        );
         for id in ["b", "c", "d", "e"] {
             store.commit("w", id).await.unwrap();
         }

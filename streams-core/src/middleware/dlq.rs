@@ -100,7 +100,8 @@ where
             let mut dead = copy;
             dead.stream = dead_letter_stream(&source);
             dead.headers.insert(DLQ_REASON.into(), err.to_string());
-            dead.headers.insert(DLQ_SOURCE_STREAM.into(), source.clone());
+            dead.headers
+                .insert(DLQ_SOURCE_STREAM.into(), source.clone());
             dead.headers.insert(
                 DLQ_FAILED_AT.into(),
                 Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),

@@ -95,7 +95,9 @@ impl RetryPolicy {
 
     /// The delay after failed attempt number `attempt` (1-based), jitter applied.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self.multiplier.powi(attempt.saturating_sub(1).min(64) as i32);
+        let exp = self
+            .multiplier
+            .powi(attempt.saturating_sub(1).min(64) as i32);
         let base = self
             .initial_backoff
             .mul_f64(exp.min(1e9))
@@ -212,7 +214,15 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Arc;
 
-    fn failing(times: u32, calls: Arc<AtomicU32>) -> impl Service<Message, Response = (), Error = BoxError, Future = BoxFuture<'static, Result<(), BoxError>>> + Clone {
+    fn failing(
+        times: u32,
+        calls: Arc<AtomicU32>,
+    ) -> impl Service<
+        Message,
+        Response = (),
+        Error = BoxError,
+        Future = BoxFuture<'static, Result<(), BoxError>>,
+    > + Clone {
         tower::service_fn(move |_m: Message| {
             let calls = calls.clone();
             Box::pin(async move {
@@ -235,16 +245,29 @@ mod tests {
     #[tokio::test]
     async fn succeeds_after_transient_failures() {
         let calls = Arc::new(AtomicU32::new(0));
-        let mut svc = RetryLayer::new(quick().with_max_attempts(5)).layer(failing(3, calls.clone()));
-        svc.ready().await.unwrap().call(Message::new("s", "x")).await.unwrap();
+        let mut svc =
+            RetryLayer::new(quick().with_max_attempts(5)).layer(failing(3, calls.clone()));
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Message::new("s", "x"))
+            .await
+            .unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 4);
     }
 
     #[tokio::test]
     async fn stops_at_max_attempts_with_last_error() {
         let calls = Arc::new(AtomicU32::new(0));
-        let mut svc = RetryLayer::new(quick().with_max_attempts(3)).layer(failing(10, calls.clone()));
-        let err = svc.ready().await.unwrap().call(Message::new("s", "x")).await.unwrap_err();
+        let mut svc =
+            RetryLayer::new(quick().with_max_attempts(3)).layer(failing(10, calls.clone()));
+        let err = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Message::new("s", "x"))
+            .await
+            .unwrap_err();
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         assert_eq!(err.to_string(), "fail 3");
     }
@@ -258,7 +281,13 @@ mod tests {
             async { Err::<(), BoxError>(Unrecoverable::new("bad payload").into()) }
         });
         let mut svc = RetryLayer::new(quick().with_max_attempts(10)).layer(inner);
-        let err = svc.ready().await.unwrap().call(Message::new("s", "x")).await.unwrap_err();
+        let err = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Message::new("s", "x"))
+            .await
+            .unwrap_err();
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert!(crate::is_unrecoverable(err.as_ref()));
     }
@@ -273,7 +302,12 @@ mod tests {
             .with_jitter(0.0)
             .with_max_elapsed(Duration::from_millis(1000));
         let mut svc = RetryLayer::new(policy).layer(failing(u32::MAX, calls.clone()));
-        svc.ready().await.unwrap().call(Message::new("s", "x")).await.unwrap_err();
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Message::new("s", "x"))
+            .await
+            .unwrap_err();
         // 100 ms apart, the last one at exactly one second: the first call and ten
         // retries; an eleventh retry would end past the bound.
         assert_eq!(calls.load(Ordering::SeqCst), 11);
@@ -293,6 +327,9 @@ mod tests {
         let j = p.clone().with_jitter(1.0);
         let samples: Vec<_> = (0..50).map(|_| j.backoff(2)).collect();
         assert!(samples.iter().all(|d| *d <= Duration::from_millis(200)));
-        assert!(samples.iter().any(|d| *d != samples[0]), "jitter varies delays");
+        assert!(
+            samples.iter().any(|d| *d != samples[0]),
+            "jitter varies delays"
+        );
     }
 }

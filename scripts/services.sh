@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Service management for the test suite, sourced by scripts/test.sh.
+#
+# Each driver that needs a service adds a start function to SERVICES; a service that
+# is already reachable (a docker-compose container, a system service) is used as is.
+
+STREAMS_TOOLS="${STREAMS_TOOLS:-$HOME/.cache/streams-tools}"
+SERVICES=()
+STARTED_PIDS=()
+
+# Waits until host:port accepts TCP connections, or fails after $3 seconds.
+wait_port() {
+  local host=$1 port=$2 seconds=${3:-60} i
+  for ((i = 0; i < seconds * 10; i++)); do
+    if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "service on $host:$port did not come up within ${seconds}s" >&2
+  return 1
+}
+
+port_open() {
+  (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
+}
+
+services_start() {
+  local s
+  mkdir -p "$STREAMS_TOOLS"
+  for s in "${SERVICES[@]}"; do
+    "$s"
+  done
+}
+
+services_stop() {
+  local pid
+  for pid in "${STARTED_PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${STARTED_PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+}

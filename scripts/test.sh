@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs the whole test suite. Starts the services the integration tests need when they
+# are not already reachable (installing them into ~/.cache/streams-tools the first time)
+# and stops what it started. Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/streams-target}"
+export STREAMS_TOOLS="${STREAMS_TOOLS:-$HOME/.cache/streams-tools}"
+
+# shellcheck source=scripts/services.sh
+source scripts/services.sh
+trap services_stop EXIT
+services_start
+
+cargo test --workspace --all-targets "$@"
+cargo test --workspace --doc "$@"
