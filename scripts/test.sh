@@ -13,5 +13,14 @@ source scripts/services.sh
 trap services_stop EXIT
 services_start
 
-cargo test --workspace --all-targets "$@"
-cargo test --workspace --doc "$@"
+log=$(mktemp)
+status=0
+cargo test --workspace --all-targets "$@" 2>&1 | tee "$log" || status=$?
+if [ "$status" -eq 0 ]; then
+  cargo test --workspace --doc "$@" 2>&1 | tee -a "$log" || status=$?
+fi
+# One closing line over every test binary.
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' \
+  FS='[ ;.]+' "$log"
+rm -f "$log"
+exit "$status"
