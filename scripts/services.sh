@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # Service management for the test suite, sourced by scripts/test.sh.
 #
-# Each driver that needs a service adds a start function to SERVICES; a service that
-# is already reachable (a docker-compose container, a system service) is used as is.
+# Every file in scripts/services.d/ is sourced; each defines a start function and adds
+# its name to SERVICES. A service that is already reachable (a docker-compose container,
+# a system service) is used as is; one the script starts is stopped on exit.
 
 STREAMS_TOOLS="${STREAMS_TOOLS:-$HOME/.cache/streams-tools}"
 SERVICES=()
 STARTED_PIDS=()
 
+# Whether host:port accepts TCP connections.
+port_open() {
+  (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
+}
+
 # Waits until host:port accepts TCP connections, or fails after $3 seconds.
 wait_port() {
   local host=$1 port=$2 seconds=${3:-60} i
   for ((i = 0; i < seconds * 10; i++)); do
-    if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then
+    if port_open "$host" "$port"; then
       return 0
     fi
     sleep 0.1
@@ -21,14 +27,11 @@ wait_port() {
   return 1
 }
 
-port_open() {
-  (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
-}
-
 services_start() {
   local s
   mkdir -p "$STREAMS_TOOLS"
   for s in "${SERVICES[@]}"; do
+    echo "== service: $s"
     "$s"
   done
 }
@@ -42,3 +45,9 @@ services_stop() {
     wait "$pid" 2>/dev/null || true
   done
 }
+
+for f in "$(dirname "${BASH_SOURCE[0]}")"/services.d/*.sh; do
+  [ -e "$f" ] || continue
+  # shellcheck source=/dev/null
+  source "$f"
+done

@@ -1,0 +1,1 @@
+//! `streams-dynamodb`: a driver of the streams toolkit (work in progress).

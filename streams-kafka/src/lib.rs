@@ -1,0 +1,1 @@
+//! `streams-kafka`: a driver of the streams toolkit (work in progress).

@@ -1,0 +1,1 @@
+//! `streams-sns`: a driver of the streams toolkit (work in progress).

@@ -1,0 +1,1 @@
+//! `streams-sql`: a driver of the streams toolkit (work in progress).

@@ -1,0 +1,1 @@
+//! `streams-sqs`: a driver of the streams toolkit (work in progress).
