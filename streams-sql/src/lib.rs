@@ -1,1 +1,66 @@
-//! `streams-sql`: a driver of the streams toolkit (work in progress).
+//! Transactional outbox for `streams` on `sqlx`: PostgreSQL and MySQL/MariaDB.
+//!
+//! A service writes its events into an outbox table in the same transaction as its
+//! business changes ([`PgOutbox::write`], [`MySqlOutbox::write`]), so both happen or
+//! neither does. A [`Relay`] then moves the stored batches to the real broker through
+//! any [`Writer`](streams_core::Writer), at least once and in insert order, deleting
+//! each batch after the destination accepted it and quarantining batches that cannot
+//! be decoded.
+//!
+//! - Rows are byte-compatible with the Go library (`streams_egress` table, Protocol
+//!   Buffers `TransportMessageBatch`, KSUID batch ids): both can share an outbox.
+//! - [`PgEgressStorage`] and [`MySqlEgressStorage`] claim batches with a lease, so
+//!   several relays can run side by side and a crashed relay's batches are relayed
+//!   again, never lost.
+//! - Wake-ups: PostgreSQL `LISTEN/NOTIFY`, an in-process notifier (the agentless mode,
+//!   relay and service in one process), and polling as a fallback.
+//! - Table names are validated [`TableName`]s; no SQL is built from unchecked text.
+//! - The `streams-sql-relay` program (feature `cli`, on by default) runs a relay
+//!   configured by flags and environment.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use streams_core::{CancellationToken, Message};
+//! use streams_sql::{PgEgressStorage, PgOutbox, Relay};
+//!
+//! let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test").await?;
+//! let outbox = PgOutbox::new("streams_egress")?;
+//! outbox.migrate(&pool).await?;
+//!
+//! // The relay, here in the same process, publishing to the in-process bus.
+//! let bus = Arc::new(streams_chanbuf::ChanBus::new());
+//! let storage = PgEgressStorage::new(pool.clone(), "streams_egress")?;
+//! let relay = Relay::new(Arc::new(storage), bus).with_pg_listen(pool.clone(), "streams_egress")?;
+//! let cancel = CancellationToken::new();
+//! let running = relay.spawn(cancel.clone());
+//!
+//! // The service: business change and event, one transaction.
+//! let mut tx = pool.begin().await?;
+//! sqlx::query("INSERT INTO payments (id, cents) VALUES ($1, $2)")
+//!     .bind("p-1").bind(1999)
+//!     .execute(&mut *tx).await?;
+//! outbox.write(&mut tx, &[Message::new("payments.created", r#"{"id":"p-1"}"#)]).await?;
+//! outbox.commit(tx).await?;
+//!
+//! cancel.cancel();
+//! running.await??;
+//! # Ok(()) }
+//! ```
+
+mod common;
+mod ident;
+mod mysql;
+mod pg;
+mod relay;
+
+pub use ident::{TableName, MAX_TABLE_NAME_LEN};
+pub use mysql::{MySqlEgressStorage, MySqlOutbox, MySqlOutboxWriter};
+pub use pg::{PgEgressStorage, PgOutbox, PgOutboxWriter};
+pub use relay::Relay;
+
+/// The `sqlx` this crate is built on, so callers use the same transaction types.
+pub use sqlx;
+
+/// The Go library's outbox table name.
+pub const DEFAULT_TABLE: &str = "streams_egress";
