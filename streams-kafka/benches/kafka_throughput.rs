@@ -1,1 +1,218 @@
-fn main() {}
+//! Kafka produce and consume throughput through the streams Writer and Reader, next to
+//! raw rdkafka (`FutureProducer`, `StreamConsumer`) doing the same work against the same
+//! broker in the same run, with client CPU time per message.
+//!
+//! Run with a broker on `STREAMS_KAFKA_BROKERS` (default `localhost:9092`):
+//! `cargo bench -p streams-kafka --bench kafka_throughput`. `MESSAGES` sets the count
+//! (default 100,000), payloads are 256 bytes. Prints figures; asserts nothing.
+
+#![allow(missing_docs, clippy::print_stdout)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::join_all;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::Message as _;
+use streams_core::{handler, BoxError, CancellationToken, Message, ReadTask, Reader, Writer};
+use streams_kafka::{create_topic, KafkaConfig, KafkaReader, KafkaWriter};
+use tokio::sync::Notify;
+
+const PAYLOAD: usize = 256;
+const BATCH: usize = 1000;
+
+/// Process CPU time (all threads, librdkafka's included) from /proc/self/stat.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of the whole line; 12 and 13 after the ')'.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+struct Figures {
+    elapsed: Duration,
+    cpu: Duration,
+}
+
+impl Figures {
+    fn rate(&self, n: usize) -> f64 {
+        n as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn messages(topic: &str, n: usize) -> Vec<Message> {
+    let payload = Bytes::from(vec![b'x'; PAYLOAD]);
+    (0..n)
+        .map(|i| {
+            Message::new(topic, payload.clone())
+                .with_key(format!("key-{}", i % 64))
+                .with_content_type("application/octet-stream")
+        })
+        .collect()
+}
+
+async fn produce_streams(config: &KafkaConfig, topic: &str, n: usize) -> Figures {
+    let writer = KafkaWriter::new(config).expect("writer");
+    let all = messages(topic, n);
+    let (cpu0, t0) = (cpu_time(), Instant::now());
+    for chunk in all.chunks(BATCH) {
+        writer.write(chunk.to_vec()).await.expect("write");
+    }
+    Figures { elapsed: t0.elapsed(), cpu: cpu_time() - cpu0 }
+}
+
+async fn produce_raw(config: &KafkaConfig, topic: &str, n: usize) -> Figures {
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", config.bootstrap_servers())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let all = messages(topic, n);
+    let (cpu0, t0) = (cpu_time(), Instant::now());
+    for chunk in all.chunks(BATCH) {
+        let sends = chunk.iter().map(|m| {
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "message_id", value: Some(m.id.as_str()) })
+                .insert(Header { key: "content_type", value: Some(m.content_type.as_str()) });
+            let record = FutureRecord::to(topic)
+                .payload(&m.data[..])
+                .key(m.key.as_deref().unwrap_or_default())
+                .timestamp(m.time.timestamp_millis())
+                .headers(headers);
+            producer.send(record, Timeout::Never)
+        });
+        for r in join_all(sends).await {
+            r.expect("delivery");
+        }
+    }
+    Figures { elapsed: t0.elapsed(), cpu: cpu_time() - cpu0 }
+}
+
+/// Consumes `n` messages with a new group; time runs from the first message to the last,
+/// so group joining is not counted.
+async fn consume_streams(config: &KafkaConfig, topic: &str, n: usize) -> Figures {
+    let reader = Arc::new(KafkaReader::new(config.clone()));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let first = Arc::new(Notify::new());
+    let done = Arc::new(Notify::new());
+    let (s, f, d) = (seen.clone(), first.clone(), done.clone());
+    let h = handler(tower::service_fn(move |m: Message| {
+        std::hint::black_box(&m);
+        let k = s.fetch_add(1, Ordering::Relaxed) + 1;
+        if k == 1 {
+            f.notify_one();
+        }
+        if k == n {
+            d.notify_one();
+        }
+        std::future::ready(Ok::<_, BoxError>(()))
+    }));
+    let cancel = CancellationToken::new();
+    let task = ReadTask::new(topic).with_group(format!("bench-streams-{}", uuid()));
+    let c = cancel.clone();
+    let join = tokio::spawn(async move { reader.read(task, h, c).await });
+    first.notified().await;
+    let (cpu0, t0) = (cpu_time(), Instant::now());
+    done.notified().await;
+    let figures = Figures { elapsed: t0.elapsed(), cpu: cpu_time() - cpu0 };
+    cancel.cancel();
+    join.await.expect("join").expect("read");
+    figures
+}
+
+async fn consume_raw(config: &KafkaConfig, topic: &str, n: usize) -> Figures {
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", config.bootstrap_servers())
+        .set("group.id", format!("bench-raw-{}", uuid()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut t0 = None;
+    let mut cpu0 = Duration::ZERO;
+    for k in 0..n {
+        let m = consumer.recv().await.expect("recv");
+        if k == 0 {
+            t0 = Some(Instant::now());
+            cpu0 = cpu_time();
+        }
+        // The same work as the streams reader: copy the payload out, store the offset.
+        let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
+        std::hint::black_box(payload);
+        consumer.store_offset(m.topic(), m.partition(), m.offset()).expect("store");
+    }
+    let figures = Figures {
+        elapsed: t0.expect("received").elapsed(),
+        cpu: cpu_time() - cpu0,
+    };
+    let _ = consumer.commit_consumer_state(CommitMode::Sync);
+    figures
+}
+
+fn uuid() -> String {
+    streams_core::IdFactory::new_id(&streams_core::UuidFactory)
+}
+
+fn row(what: &str, n: usize, ours: &Figures, raw: &Figures) {
+    let mb = |f: &Figures| f.rate(n) * PAYLOAD as f64 / 1e6;
+    let cpu = |f: &Figures| f.cpu.as_secs_f64() * 1e6 / n as f64;
+    println!(
+        "{what:<8} {:>12.0} {:>12.0} {:>6.2} | {:>8.1} {:>8.1} | {:>9.2} {:>9.2} {:>6.2}",
+        ours.rate(n),
+        raw.rate(n),
+        ours.rate(n) / raw.rate(n),
+        mb(ours),
+        mb(raw),
+        cpu(ours),
+        cpu(raw),
+        cpu(ours) / cpu(raw).max(f64::MIN_POSITIVE),
+    );
+}
+
+fn main() {
+    let n: usize = std::env::var("MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let config = KafkaConfig::from_env().set("session.timeout.ms", "6000");
+        println!("kafka at {}, {n} messages of {PAYLOAD} bytes per case, best of 2", config.bootstrap_servers());
+        println!(
+            "{:<8} {:>12} {:>12} {:>6} | {:>8} {:>8} | {:>9} {:>9} {:>6}",
+            "", "streams/s", "raw/s", "ratio", "MB/s", "raw MB/s", "cpu us/m", "raw us/m", "ratio"
+        );
+        let mut best: [Option<Figures>; 4] = [None, None, None, None];
+        let keep = |slot: &mut Option<Figures>, f: Figures| {
+            if slot.as_ref().is_none_or(|b| f.elapsed < b.elapsed) {
+                *slot = Some(f);
+            }
+        };
+        for round in 0..2 {
+            let topic = format!("bench-{}-{round}", uuid());
+            create_topic(&config, &topic, 3, 1).await.expect("topic");
+            let raw_topic = format!("{topic}-raw");
+            create_topic(&config, &raw_topic, 3, 1).await.expect("topic");
+            keep(&mut best[0], produce_streams(&config, &topic, n).await);
+            keep(&mut best[1], produce_raw(&config, &raw_topic, n).await);
+            // Both consumers read the same topic, so they see the same records.
+            keep(&mut best[2], consume_streams(&config, &topic, n).await);
+            keep(&mut best[3], consume_raw(&config, &topic, n).await);
+        }
+        let [p, pr, c, cr] = best.map(|f| f.expect("measured"));
+        row("produce", n, &p, &pr);
+        row("consume", n, &c, &cr);
+    });
+}
