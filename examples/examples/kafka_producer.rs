@@ -64,6 +64,10 @@ async fn main() -> Result<(), streams_core::BoxError> {
         println!("published {} as {id}", event.order_id);
     }
     // Flush and refuse further writes.
-    tokio::time::timeout(Duration::from_secs(30), streams_core::Writer::close(writer.as_ref())).await??;
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        streams_core::Writer::close(writer.as_ref()),
+    )
+    .await??;
     Ok(())
 }

@@ -31,7 +31,12 @@ fn cpu_time() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or_default();
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // utime and stime are fields 14 and 15 of the whole line; 12 and 13 after the ')'.
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
@@ -65,7 +70,10 @@ async fn produce_streams(config: &KafkaConfig, topic: &str, n: usize) -> Figures
     for chunk in all.chunks(BATCH) {
         writer.write(chunk.to_vec()).await.expect("write");
     }
-    Figures { elapsed: t0.elapsed(), cpu: cpu_time() - cpu0 }
+    Figures {
+        elapsed: t0.elapsed(),
+        cpu: cpu_time() - cpu0,
+    }
 }
 
 async fn produce_raw(config: &KafkaConfig, topic: &str, n: usize) -> Figures {
@@ -80,8 +88,14 @@ async fn produce_raw(config: &KafkaConfig, topic: &str, n: usize) -> Figures {
     for chunk in all.chunks(BATCH) {
         let sends = chunk.iter().map(|m| {
             let headers = OwnedHeaders::new()
-                .insert(Header { key: "message_id", value: Some(m.id.as_str()) })
-                .insert(Header { key: "content_type", value: Some(m.content_type.as_str()) });
+                .insert(Header {
+                    key: "message_id",
+                    value: Some(m.id.as_str()),
+                })
+                .insert(Header {
+                    key: "content_type",
+                    value: Some(m.content_type.as_str()),
+                });
             let record = FutureRecord::to(topic)
                 .payload(&m.data[..])
                 .key(m.key.as_deref().unwrap_or_default())
@@ -93,7 +107,10 @@ async fn produce_raw(config: &KafkaConfig, topic: &str, n: usize) -> Figures {
             r.expect("delivery");
         }
     }
-    Figures { elapsed: t0.elapsed(), cpu: cpu_time() - cpu0 }
+    Figures {
+        elapsed: t0.elapsed(),
+        cpu: cpu_time() - cpu0,
+    }
 }
 
 /// Consumes `n` messages with a new group; time runs from the first message to the last,
@@ -122,7 +139,10 @@ async fn consume_streams(config: &KafkaConfig, topic: &str, n: usize) -> Figures
     first.notified().await;
     let (cpu0, t0) = (cpu_time(), Instant::now());
     done.notified().await;
-    let figures = Figures { elapsed: t0.elapsed(), cpu: cpu_time() - cpu0 };
+    let figures = Figures {
+        elapsed: t0.elapsed(),
+        cpu: cpu_time() - cpu0,
+    };
     cancel.cancel();
     join.await.expect("join").expect("read");
     figures
@@ -150,7 +170,9 @@ async fn consume_raw(config: &KafkaConfig, topic: &str, n: usize) -> Figures {
         // The same work as the streams reader: copy the payload out, store the offset.
         let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
         std::hint::black_box(payload);
-        consumer.store_offset(m.topic(), m.partition(), m.offset()).expect("store");
+        consumer
+            .store_offset(m.topic(), m.partition(), m.offset())
+            .expect("store");
     }
     let figures = Figures {
         elapsed: t0.expect("received").elapsed(),
@@ -181,7 +203,10 @@ fn row(what: &str, n: usize, ours: &Figures, raw: &Figures) {
 }
 
 fn main() {
-    let n: usize = std::env::var("MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let n: usize = std::env::var("MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -189,7 +214,10 @@ fn main() {
         .expect("runtime");
     rt.block_on(async {
         let config = KafkaConfig::from_env().set("session.timeout.ms", "6000");
-        println!("kafka at {}, {n} messages of {PAYLOAD} bytes per case, best of 2", config.bootstrap_servers());
+        println!(
+            "kafka at {}, {n} messages of {PAYLOAD} bytes per case, best of 2",
+            config.bootstrap_servers()
+        );
         println!(
             "{:<8} {:>12} {:>12} {:>6} | {:>8} {:>8} | {:>9} {:>9} {:>6}",
             "", "streams/s", "raw/s", "ratio", "MB/s", "raw MB/s", "cpu us/m", "raw us/m", "ratio"
@@ -204,7 +232,9 @@ fn main() {
             let topic = format!("bench-{}-{round}", uuid());
             create_topic(&config, &topic, 3, 1).await.expect("topic");
             let raw_topic = format!("{topic}-raw");
-            create_topic(&config, &raw_topic, 3, 1).await.expect("topic");
+            create_topic(&config, &raw_topic, 3, 1)
+                .await
+                .expect("topic");
             keep(&mut best[0], produce_streams(&config, &topic, n).await);
             keep(&mut best[1], produce_raw(&config, &raw_topic, n).await);
             // Both consumers read the same topic, so they see the same records.

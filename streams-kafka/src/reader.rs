@@ -120,7 +120,9 @@ impl ConsumerContext for ReaderContext {
                 }
                 tracing::info!(group = %self.group, partitions = tpl.count(), "partitions assigned");
             }
-            Rebalance::Error(e) => tracing::error!(group = %self.group, error = %e, "rebalance failed"),
+            Rebalance::Error(e) => {
+                tracing::error!(group = %self.group, error = %e, "rebalance failed")
+            }
         }
     }
 }
@@ -151,7 +153,12 @@ type Consumer_ = StreamConsumer<ReaderContext>;
 
 #[async_trait]
 impl Reader for KafkaReader {
-    async fn read(&self, task: ReadTask, handler: Handler, cancel: CancellationToken) -> Result<()> {
+    async fn read(
+        &self,
+        task: ReadTask,
+        handler: Handler,
+        cancel: CancellationToken,
+    ) -> Result<()> {
         if task.stream.is_empty() {
             return Err(Error::invalid("read task", "stream (topic) is empty"));
         }
@@ -195,7 +202,10 @@ impl Reader for KafkaReader {
                 .map_err(|e| kafka_error("create consumer", e))?,
         );
         let init_offset = if let Some(p) = task.partition {
-            let start = match (task.start_offset, task.args.get("start").map(String::as_str)) {
+            let start = match (
+                task.start_offset,
+                task.args.get("start").map(String::as_str),
+            ) {
                 (Some(o), _) => Offset::Offset(o),
                 (None, Some("end")) => Offset::End,
                 _ => Offset::Beginning,
@@ -203,7 +213,9 @@ impl Reader for KafkaReader {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&task.stream, p, start)
                 .map_err(|e| kafka_error("assign", e))?;
-            consumer.assign(&tpl).map_err(|e| kafka_error("assign", e))?;
+            consumer
+                .assign(&tpl)
+                .map_err(|e| kafka_error("assign", e))?;
             ownership.lock().insert(p, 0);
             task.start_offset.map(|o| o.to_string()).unwrap_or_default()
         } else {
@@ -268,7 +280,11 @@ impl Reader for KafkaReader {
                 // Revoked between fetch and now: the new owner gets it.
                 continue;
             };
-            let hwm = shared.hwm.lock().map(|m| m.get(&p).copied().unwrap_or(0)).unwrap_or(0);
+            let hwm = shared
+                .hwm
+                .lock()
+                .map(|m| m.get(&p).copied().unwrap_or(0))
+                .unwrap_or(0);
             let message = to_message(
                 &record,
                 &Origin {
@@ -364,8 +380,12 @@ fn pause(shared: &Shared, partition: i32, pause: bool) {
         shared.consumer.resume(&tpl)
     };
     match r {
-        Ok(()) => tracing::debug!(topic = %shared.topic, partition, pause, "partition flow changed"),
-        Err(e) => tracing::warn!(topic = %shared.topic, partition, pause, error = %e, "pause/resume failed"),
+        Ok(()) => {
+            tracing::debug!(topic = %shared.topic, partition, pause, "partition flow changed")
+        }
+        Err(e) => {
+            tracing::warn!(topic = %shared.topic, partition, pause, error = %e, "pause/resume failed")
+        }
     }
 }
 
@@ -387,7 +407,10 @@ async fn refresh_watermarks(shared: &Arc<Shared>, partitions: &HashMap<i32, Part
     let s = shared.clone();
     let _ = tokio::task::spawn_blocking(move || {
         for p in ps {
-            if let Ok((_, high)) = s.consumer.fetch_watermarks(&s.topic, p, Duration::from_secs(2)) {
+            if let Ok((_, high)) = s
+                .consumer
+                .fetch_watermarks(&s.topic, p, Duration::from_secs(2))
+            {
                 if let Ok(mut m) = s.hwm.lock() {
                     m.insert(p, high);
                 }
@@ -420,7 +443,10 @@ async fn partition_worker(
             continue;
         }
         if shared.commits && shared.ownership.owns(partition, work.epoch) {
-            if let Err(e) = shared.consumer.store_offset(&shared.topic, partition, work.offset) {
+            if let Err(e) = shared
+                .consumer
+                .store_offset(&shared.topic, partition, work.offset)
+            {
                 tracing::warn!(topic = %shared.topic, partition, offset = work.offset, error = %e, "offset store failed");
             }
         }
@@ -456,7 +482,9 @@ async fn handle_until_success(
             _ = tokio::time::sleep(backoff) => {}
         }
         // Jitter keeps many failing partitions from retrying in lockstep.
-        backoff = (backoff * 2).min(shared.retry_max).mul_f64(0.75 + fastrand::f64() * 0.25);
+        backoff = (backoff * 2)
+            .min(shared.retry_max)
+            .mul_f64(0.75 + fastrand::f64() * 0.25);
         attempt += 1;
     }
 }

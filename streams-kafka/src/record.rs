@@ -97,13 +97,24 @@ pub(crate) fn to_message<M: rdkafka::Message>(record: &M, origin: &Origin<'_>) -
     });
     let id = id.unwrap_or_else(|| {
         headers.insert(HEADER_SYNTHETIC_ID.to_owned(), "true".to_owned());
-        format!("{}-{}-{}", record.topic(), record.partition(), record.offset())
+        format!(
+            "{}-{}-{}",
+            record.topic(),
+            record.partition(),
+            record.offset()
+        )
     });
     if lossy {
         headers.insert(HEADER_LOSSY.to_owned(), "true".to_owned());
     }
-    headers.insert(HEADER_PARTITION_ID.to_owned(), record.partition().to_string());
-    headers.insert(HEADER_CURRENT_OFFSET.to_owned(), record.offset().to_string());
+    headers.insert(
+        HEADER_PARTITION_ID.to_owned(),
+        record.partition().to_string(),
+    );
+    headers.insert(
+        HEADER_CURRENT_OFFSET.to_owned(),
+        record.offset().to_string(),
+    );
     headers.insert(
         HEADER_HWM_OFFSET.to_owned(),
         origin.hwm.max(record.offset() + 1).to_string(),
@@ -159,7 +170,9 @@ pub(crate) fn kafka_error(operation: &'static str, e: KafkaError) -> Error {
         Some(code) => retryable_code(code),
         None => !matches!(
             e,
-            KafkaError::ClientConfig(..) | KafkaError::ClientCreation(..) | KafkaError::Subscription(..)
+            KafkaError::ClientConfig(..)
+                | KafkaError::ClientCreation(..)
+                | KafkaError::Subscription(..)
         ),
     };
     Error::driver(DRIVER, operation, retryable, e)
@@ -183,9 +196,18 @@ mod tests {
     #[test]
     fn go_record_decodes_into_the_same_message() {
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "message_id", value: Some("2Yb9GNQzJ1kQWQHhGyHB7n7lZ3R".as_bytes()) })
-            .insert(Header { key: "content_type", value: Some("application/json".as_bytes()) })
-            .insert(Header { key: "tenant", value: Some("acme".as_bytes()) });
+            .insert(Header {
+                key: "message_id",
+                value: Some("2Yb9GNQzJ1kQWQHhGyHB7n7lZ3R".as_bytes()),
+            })
+            .insert(Header {
+                key: "content_type",
+                value: Some("application/json".as_bytes()),
+            })
+            .insert(Header {
+                key: "tenant",
+                value: Some("acme".as_bytes()),
+            });
         let record = OwnedMessage::new(
             Some(br#"{"amount":100}"#.to_vec()),
             Some(b"acct-42".to_vec()),
@@ -212,7 +234,9 @@ mod tests {
 
     #[test]
     fn written_headers_follow_the_go_layout() {
-        let msg = Message::new("s", "x").with_header("a", "1").with_content_type("text/plain");
+        let msg = Message::new("s", "x")
+            .with_header("a", "1")
+            .with_content_type("text/plain");
         let h = record_headers(&msg);
         let names: Vec<_> = h.iter().map(|h| h.key.to_owned()).collect();
         assert_eq!(names, ["message_id", "content_type", "a"]);
@@ -222,8 +246,14 @@ mod tests {
     #[test]
     fn malformed_records_recover_what_they_can() {
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "content_type", value: Some(&b"\xff\xfe"[..]) })
-            .insert(Header::<&[u8]> { key: "empty", value: None });
+            .insert(Header {
+                key: "content_type",
+                value: Some(&b"\xff\xfe"[..]),
+            })
+            .insert(Header::<&[u8]> {
+                key: "empty",
+                value: None,
+            });
         let record = OwnedMessage::new(
             None,
             Some(vec![0xff, 0x00]),
@@ -241,7 +271,15 @@ mod tests {
         assert_eq!(m.header("empty"), Some(""));
         assert_eq!(m.time, DateTime::<Utc>::UNIX_EPOCH);
 
-        let bare = OwnedMessage::new(Some(b"v".to_vec()), None, "t".into(), Timestamp::NotAvailable, 1, 3, None);
+        let bare = OwnedMessage::new(
+            Some(b"v".to_vec()),
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            1,
+            3,
+            None,
+        );
         let m = to_message(&bare, &origin());
         assert_eq!(m.content_type, CONTENT_TYPE_OCTET_STREAM);
         assert_eq!(m.key, None);
@@ -252,7 +290,15 @@ mod tests {
         assert!(retryable_code(RDKafkaErrorCode::RequestTimedOut));
         assert!(retryable_code(RDKafkaErrorCode::NotLeaderForPartition));
         assert!(!retryable_code(RDKafkaErrorCode::MessageSizeTooLarge));
-        assert!(!kafka_error("produce", KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)).is_retryable());
-        assert!(kafka_error("produce", KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)).is_retryable());
+        assert!(!kafka_error(
+            "produce",
+            KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
+        )
+        .is_retryable());
+        assert!(kafka_error(
+            "produce",
+            KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)
+        )
+        .is_retryable());
     }
 }

@@ -86,7 +86,11 @@ impl Writer for KafkaWriter {
         if failed.is_empty() {
             Ok(())
         } else {
-            tracing::warn!(failed = failed.len(), of = batch.len(), "kafka produce failed");
+            tracing::warn!(
+                failed = failed.len(),
+                of = batch.len(),
+                "kafka produce failed"
+            );
             Err(Error::PartialWrite { failed, retryable })
         }
     }

@@ -1,7 +1,12 @@
 //! Shared helpers of the Kafka integration tests. The broker is found through
 //! `STREAMS_KAFKA_BROKERS` (default `localhost:9092`).
 
-#![allow(dead_code, unreachable_pub, missing_docs, missing_debug_implementations)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    missing_debug_implementations
+)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +30,9 @@ pub fn unique(name: &str) -> String {
 
 pub async fn topic(name: &str, partitions: i32) -> String {
     let t = unique(name);
-    create_topic(&config(), &t, partitions, 1).await.expect("create topic");
+    create_topic(&config(), &t, partitions, 1)
+        .await
+        .expect("create topic");
     t
 }
 
@@ -43,11 +50,21 @@ pub fn forwarding(tx: mpsc::UnboundedSender<Message>) -> Handler {
     }))
 }
 
-pub fn start(config: KafkaConfig, task: ReadTask, handler: Handler) -> (CancellationToken, tokio::task::JoinHandle<streams_core::Result<()>>) {
+pub fn start(
+    config: KafkaConfig,
+    task: ReadTask,
+    handler: Handler,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<streams_core::Result<()>>,
+) {
     let reader = Arc::new(KafkaReader::new(config));
     let cancel = CancellationToken::new();
     let c = cancel.clone();
-    (cancel, tokio::spawn(async move { reader.read(task, handler, c).await }))
+    (
+        cancel,
+        tokio::spawn(async move { reader.read(task, handler, c).await }),
+    )
 }
 
 pub fn run(task: ReadTask) -> Running {

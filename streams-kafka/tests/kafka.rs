@@ -13,7 +13,9 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use streams_core::{handler, BoxError, Error, Message, ReadTask, Writer};
-use streams_kafka::{KafkaWriter, HEADER_CURRENT_OFFSET, HEADER_GROUP_ID, HEADER_INIT_OFFSET, HEADER_PARTITION_ID};
+use streams_kafka::{
+    KafkaWriter, HEADER_CURRENT_OFFSET, HEADER_GROUP_ID, HEADER_INIT_OFFSET, HEADER_PARTITION_ID,
+};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -38,7 +40,11 @@ async fn group_resumes_where_it_committed() {
     let mut got = r.take(10, PATIENCE).await;
     got.extend(r.rest(Duration::from_secs(2)).await);
     r.stop().await;
-    assert_eq!(ids(&got), ids(&second), "exactly the messages after the commit");
+    assert_eq!(
+        ids(&got),
+        ids(&second),
+        "exactly the messages after the commit"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +72,10 @@ async fn partition_and_offset_reading() {
     let extra = r.rest(Duration::from_secs(1)).await;
     r.stop().await;
     assert!(extra.is_empty(), "nothing before offset 4: {extra:?}");
-    let offsets: Vec<_> = got.iter().map(|m| m.header(HEADER_CURRENT_OFFSET).unwrap().to_owned()).collect();
+    let offsets: Vec<_> = got
+        .iter()
+        .map(|m| m.header(HEADER_CURRENT_OFFSET).unwrap().to_owned())
+        .collect();
     assert_eq!(offsets, ["4", "5", "6", "7", "8", "9"]);
     let want: Vec<_> = sent[4..].iter().map(|m| m.id.clone()).collect();
     assert_eq!(got.iter().map(|m| m.id.clone()).collect::<Vec<_>>(), want);
@@ -94,7 +103,11 @@ async fn failed_message_is_redelivered_without_losing_or_reordering() {
             Ok(())
         }
     }));
-    let (cancel, join) = start(config(), ReadTask::new(&t).with_group(format!("g-{t}")), svc);
+    let (cancel, join) = start(
+        config(),
+        ReadTask::new(&t).with_group(format!("g-{t}")),
+        svc,
+    );
     writer.write(sent.clone()).await.unwrap();
     for _ in 0..600 {
         if handled.lock().unwrap().len() >= 10 {
@@ -106,8 +119,15 @@ async fn failed_message_is_redelivered_without_losing_or_reordering() {
     join.await.unwrap().unwrap();
     let handled = handled.lock().unwrap().clone();
     let want: Vec<_> = sent.iter().map(|m| m.id.clone()).collect();
-    assert_eq!(handled, want, "every message once, in order, the failed one after its retries");
-    assert_eq!(failures.load(Ordering::SeqCst), 3, "two failures then success");
+    assert_eq!(
+        handled, want,
+        "every message once, in order, the failed one after its retries"
+    );
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        3,
+        "two failures then success"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,12 +155,20 @@ async fn order_per_key_with_many_keys_and_concurrent_partitions() {
             p.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(1)).await;
             let seq = m.header("seq").unwrap().parse().unwrap();
-            s.lock().unwrap().entry(m.key.clone().unwrap()).or_default().push(seq);
+            s.lock()
+                .unwrap()
+                .entry(m.key.clone().unwrap())
+                .or_default()
+                .push(seq);
             r.fetch_sub(1, Ordering::SeqCst);
             Ok::<_, BoxError>(())
         }
     }));
-    let (cancel, join) = start(config(), ReadTask::new(&t).with_group(format!("g-{t}")), svc);
+    let (cancel, join) = start(
+        config(),
+        ReadTask::new(&t).with_group(format!("g-{t}")),
+        svc,
+    );
     for chunk in sent.chunks(100) {
         writer.write(chunk.to_vec()).await.unwrap();
     }
@@ -157,7 +185,10 @@ async fn order_per_key_with_many_keys_and_concurrent_partitions() {
     for (key, seqs) in &seen {
         assert_eq!(seqs, &(0..25).collect::<Vec<u32>>(), "key {key}");
     }
-    assert!(peak.load(Ordering::SeqCst) >= 2, "partitions are handled concurrently");
+    assert!(
+        peak.load(Ordering::SeqCst) >= 2,
+        "partitions are handled concurrently"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,7 +209,11 @@ async fn reader_aborted_mid_stream_and_restarted_loses_nothing() {
         }))
     };
     let group = format!("g-{t}");
-    let (_cancel, join) = start(config(), ReadTask::new(&t).with_group(&group), slow(handled.clone()));
+    let (_cancel, join) = start(
+        config(),
+        ReadTask::new(&t).with_group(&group),
+        slow(handled.clone()),
+    );
     for _ in 0..600 {
         if handled.lock().unwrap().len() >= 40 {
             break;
@@ -190,7 +225,11 @@ async fn reader_aborted_mid_stream_and_restarted_loses_nothing() {
     let _ = join.await;
     let before = handled.lock().unwrap().len();
     assert!(before < 200, "aborted mid-stream ({before} handled)");
-    let (cancel, join) = start(config(), ReadTask::new(&t).with_group(&group), slow(handled.clone()));
+    let (cancel, join) = start(
+        config(),
+        ReadTask::new(&t).with_group(&group),
+        slow(handled.clone()),
+    );
     for _ in 0..1200 {
         if handled.lock().unwrap().len() >= 200 {
             break;
@@ -213,9 +252,18 @@ async fn go_library_records_and_malformed_records_reach_the_handler() {
         .unwrap();
     // As the Go library writes: key, value, timestamp, message_id, content_type, user headers.
     let go_headers = OwnedHeaders::new()
-        .insert(Header { key: "message_id", value: Some("2Yb9GNQzJ1kQWQHhGyHB7n7lZ3R") })
-        .insert(Header { key: "content_type", value: Some("application/json") })
-        .insert(Header { key: "tenant", value: Some("acme") });
+        .insert(Header {
+            key: "message_id",
+            value: Some("2Yb9GNQzJ1kQWQHhGyHB7n7lZ3R"),
+        })
+        .insert(Header {
+            key: "content_type",
+            value: Some("application/json"),
+        })
+        .insert(Header {
+            key: "tenant",
+            value: Some("acme"),
+        });
     producer
         .send(
             FutureRecord::to(&t)
@@ -229,7 +277,12 @@ async fn go_library_records_and_malformed_records_reach_the_handler() {
         .unwrap();
     // No streams headers at all, a binary key and payload.
     producer
-        .send(FutureRecord::to(&t).key(&[0xffu8, 0x00][..]).payload(&[0u8, 159, 146, 150][..]), Timeout::Never)
+        .send(
+            FutureRecord::to(&t)
+                .key(&[0xffu8, 0x00][..])
+                .payload(&[0u8, 159, 146, 150][..]),
+            Timeout::Never,
+        )
         .await
         .unwrap();
     // A well-formed message behind them proves the partition is not stuck.
@@ -262,7 +315,10 @@ async fn oversized_message_is_reported_by_id_and_the_rest_is_written() {
     let writer = KafkaWriter::new(&config().set("message.max.bytes", "10000")).unwrap();
     let ok = Message::new(&t, "small");
     let big = Message::new(&t, vec![1u8; 50_000]);
-    let err = writer.write(vec![ok.clone(), big.clone()]).await.unwrap_err();
+    let err = writer
+        .write(vec![ok.clone(), big.clone()])
+        .await
+        .unwrap_err();
     match &err {
         Error::PartialWrite { failed, retryable } => {
             assert_eq!(failed.len(), 1);
