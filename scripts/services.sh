@@ -5,7 +5,8 @@
 # its name to SERVICES. A service that is already reachable (a docker-compose container,
 # a system service) is used as is; one the script starts is stopped on exit.
 
-STREAMS_TOOLS="${STREAMS_TOOLS:-$HOME/.cache/streams-tools}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/streams-target}"
+export STREAMS_TOOLS="${STREAMS_TOOLS:-$HOME/.cache/streams-tools}"
 SERVICES=()
 STARTED_PIDS=()
 
@@ -34,6 +35,12 @@ services_start() {
     echo "== service: $s"
     "$s"
   done
+}
+
+# Starts every service and stops the ones it started when the shell exits.
+services_up() {
+  trap services_stop EXIT
+  services_start
 }
 
 services_stop() {

@@ -5,19 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/streams-target}"
-export STREAMS_TOOLS="${STREAMS_TOOLS:-$HOME/.cache/streams-tools}"
-
 # shellcheck source=scripts/services.sh
 source scripts/services.sh
-trap services_stop EXIT
-services_start
+services_up
 
 log=$(mktemp)
 status=0
-cargo test --workspace --all-targets "$@" 2>&1 | tee "$log" || status=$?
+# Benchmarks are left out: they print figures and take minutes (see README).
+cargo test --workspace --all-features --lib --bins --tests --examples "$@" 2>&1 | tee "$log" || status=$?
 if [ "$status" -eq 0 ]; then
-  cargo test --workspace --doc "$@" 2>&1 | tee -a "$log" || status=$?
+  cargo test --workspace --all-features --doc "$@" 2>&1 | tee -a "$log" || status=$?
 fi
 # One closing line over every test binary.
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' \
