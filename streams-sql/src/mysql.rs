@@ -425,6 +425,10 @@ impl MySqlEgressStorage {
     }
 
     async fn claim(&self, conn: &mut MySqlConnection, limit: i64) -> sqlx::Result<Vec<StoredBatch>> {
+        // Under REPEATABLE READ the locking scan takes gap locks that block (and
+        // deadlock with) the service's outbox inserts; READ COMMITTED locks rows only.
+        sqlx::Executor::execute(&mut *conn, "SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            .await?;
         let mut tx = conn.begin().await?;
         if !self.claims.parallel {
             let busy: bool = sqlx::query_scalar(&self.sql.live_foreign_lease)
