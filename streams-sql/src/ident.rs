@@ -106,7 +106,13 @@ mod tests {
 
     #[test]
     fn accepts_plain_identifiers() {
-        for ok in ["streams_egress", "_outbox", "a", "outbox_2", &"x".repeat(48)] {
+        for ok in [
+            "streams_egress",
+            "_outbox",
+            "a",
+            "outbox_2",
+            &"x".repeat(48),
+        ] {
             assert_eq!(TableName::new(ok).unwrap().as_str(), ok);
         }
     }
@@ -140,7 +146,10 @@ mod tests {
         let t: TableName = "streams_egress".parse().unwrap();
         assert_eq!(t.pg(), "\"streams_egress\"");
         assert_eq!(t.mysql(), "`streams_egress`");
-        assert_eq!(t.derived("_quarantine").as_str(), "streams_egress_quarantine");
+        assert_eq!(
+            t.derived("_quarantine").as_str(),
+            "streams_egress_quarantine"
+        );
         assert_eq!(t.to_string(), "streams_egress");
     }
 }

@@ -128,9 +128,7 @@ impl MySqlOutbox {
     ///
     /// The commit failed; nothing was written.
     pub async fn commit(&self, tx: Transaction<'_, MySql>) -> Result<()> {
-        tx.commit()
-            .await
-            .map_err(|e| db_err(DRIVER, "commit", e))?;
+        tx.commit().await.map_err(|e| db_err(DRIVER, "commit", e))?;
         if let Some(wake) = &self.wake {
             wake.notify_one();
         }
@@ -424,7 +422,11 @@ impl MySqlEgressStorage {
             .collect())
     }
 
-    async fn claim(&self, conn: &mut MySqlConnection, limit: i64) -> sqlx::Result<Vec<StoredBatch>> {
+    async fn claim(
+        &self,
+        conn: &mut MySqlConnection,
+        limit: i64,
+    ) -> sqlx::Result<Vec<StoredBatch>> {
         // Under REPEATABLE READ the locking scan takes gap locks that block (and
         // deadlock with) the service's outbox inserts; READ COMMITTED locks rows only.
         sqlx::Executor::execute(&mut *conn, "SET TRANSACTION ISOLATION LEVEL READ COMMITTED")

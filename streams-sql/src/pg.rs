@@ -172,9 +172,7 @@ impl PgOutbox {
     ///
     /// The commit failed; nothing was written.
     pub async fn commit(&self, tx: Transaction<'_, Postgres>) -> Result<()> {
-        tx.commit()
-            .await
-            .map_err(|e| db_err(DRIVER, "commit", e))?;
+        tx.commit().await.map_err(|e| db_err(DRIVER, "commit", e))?;
         if let Some(wake) = &self.wake {
             wake.notify_one();
         }

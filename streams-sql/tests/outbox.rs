@@ -1,6 +1,9 @@
 //! The outbox against real PostgreSQL and MariaDB/MySQL (see `common` for the URLs).
 //! Every test uses tables of its own; an unreachable database fails the test.
 
+// Duplicate counts are reported on stderr (`--nocapture`).
+#![allow(clippy::print_stderr)]
+
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
@@ -86,11 +89,17 @@ async fn rollback_leaves_nothing_commit_is_relayed(db: Db) {
     let wake = relay.wake();
     let running = relay.spawn(cancel.clone());
 
-    let sent = vec![payment(1, "acct-1"), payment(2, "acct-2").with_header("x", "y")];
+    let sent = vec![
+        payment(1, "acct-1"),
+        payment(2, "acct-2").with_header("x", "y"),
+    ];
     let wake = matches!(db, Db::My(_)).then_some(wake);
     table.write(&sent, true, wake.clone()).await;
     let got = received.wait_for(2).await;
-    assert_eq!(got, sent, "relayed messages equal the written ones, in order");
+    assert_eq!(
+        got, sent,
+        "relayed messages equal the written ones, in order"
+    );
 
     // The first batch may have been found by the catch-up pass after the listener
     // connected; by now the relay listens, so this one can only come by a wake-up.
@@ -103,7 +112,11 @@ async fn rollback_leaves_nothing_commit_is_relayed(db: Db) {
     running.await.unwrap().unwrap();
     subscriber.await.unwrap().unwrap();
     assert_eq!(storage.pending().await, 0, "relayed batch deleted");
-    assert_eq!(received.messages().len(), 3, "rolled-back batch never relayed");
+    assert_eq!(
+        received.messages().len(),
+        3,
+        "rolled-back batch never relayed"
+    );
     table.drop_tables().await;
 }
 both!(rollback_leaves_nothing_commit_is_relayed);
@@ -115,16 +128,21 @@ async fn relay_killed_after_publish_delivers_again(db: Db) {
 
     // Relay "a" publishes the batch and is killed before it deletes it.
     let a = table.storage_with(Some("relay-a"), Some(Duration::from_secs(3600)), false);
-    let running = Relay::new(a.dyn_storage(), Arc::new(HangAfterPublish(delivered.clone())))
-        .with_poll_interval(Duration::from_millis(20))
-        .spawn(CancellationToken::new());
+    let running = Relay::new(
+        a.dyn_storage(),
+        Arc::new(HangAfterPublish(delivered.clone())),
+    )
+    .with_poll_interval(Duration::from_millis(20))
+    .spawn(CancellationToken::new());
     delivered.wait_for(1).await;
     running.abort();
     assert!(running.await.unwrap_err().is_cancelled());
     assert_eq!(table.pending().await, 1, "batch kept after the crash");
 
     // Another relay cannot take it while relay a's lease is live...
-    let b = table.storage_with(Some("relay-b"), None, false).dyn_storage();
+    let b = table
+        .storage_with(Some("relay-b"), None, false)
+        .dyn_storage();
     assert!(b.fetch(10).await.unwrap().is_empty());
 
     // ...but relay a, restarted with its id, relays it again at once.
@@ -166,7 +184,9 @@ both!(relay_killed_after_publish_delivers_again);
 
 async fn two_relays(db: Db, parallel: bool) {
     const BATCHES: usize = 300;
-    let table = db.table(if parallel { "parallel" } else { "ordered" }).await;
+    let table = db
+        .table(if parallel { "parallel" } else { "ordered" })
+        .await;
     let received = Recorder::new();
     let cancel = CancellationToken::new();
     let relays: Vec<_> = (0..2)
@@ -202,7 +222,9 @@ async fn two_relays(db: Db, parallel: bool) {
     }
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
     assert_eq!(seen.len(), BATCHES, "none lost");
-    eprintln!("two relays (parallel claims: {parallel}): {BATCHES} batches, {duplicates} duplicates");
+    eprintln!(
+        "two relays (parallel claims: {parallel}): {BATCHES} batches, {duplicates} duplicates"
+    );
     assert_eq!(table.pending().await, 0);
 
     if !parallel {
@@ -236,7 +258,9 @@ both!(two_relays_parallel_claims);
 async fn poison_row_is_quarantined(db: Db) {
     let table = db.table("poison").await;
     let before = table.write(&[payment(1, "acct-1")], true, None).await;
-    table.insert_go_row("poisonpoisonpoisonpoison123", 1, b"\x0a\xff\xff\xff").await;
+    table
+        .insert_go_row("poisonpoisonpoisonpoison123", 1, b"\x0a\xff\xff\xff")
+        .await;
     let after = table.write(&[payment(2, "acct-1")], true, None).await;
     assert_ne!(before, after);
 
@@ -274,14 +298,29 @@ async fn go_library_row_is_relayed(db: Db) {
         ),
     };
     db.exec(&ddl).await;
-    let table = common::Table { db: db.clone(), name };
-    table.insert_go_row("2Yb9GNQzJ1kQWQHhGyHB7n7lZ3A", 2, &go_encoded_batch()).await;
+    let table = common::Table {
+        db: db.clone(),
+        name,
+    };
+    table
+        .insert_go_row("2Yb9GNQzJ1kQWQHhGyHB7n7lZ3A", 2, &go_encoded_batch())
+        .await;
     match &db {
-        Db::Pg(pool) => PgOutbox::new(&table.name).unwrap().migrate(pool).await.unwrap(),
-        Db::My(pool) => MySqlOutbox::new(&table.name).unwrap().migrate(pool).await.unwrap(),
+        Db::Pg(pool) => PgOutbox::new(&table.name)
+            .unwrap()
+            .migrate(pool)
+            .await
+            .unwrap(),
+        Db::My(pool) => MySqlOutbox::new(&table.name)
+            .unwrap()
+            .migrate(pool)
+            .await
+            .unwrap(),
     }
     // The Go writer keeps working on the migrated table.
-    table.insert_go_row("2Yb9GNQzJ1kQWQHhGyHB7n7lZ3B", 2, &go_encoded_batch()).await;
+    table
+        .insert_go_row("2Yb9GNQzJ1kQWQHhGyHB7n7lZ3B", 2, &go_encoded_batch())
+        .await;
 
     let received = Recorder::new();
     let storage = table.storage();

@@ -94,7 +94,8 @@ impl Writer for StdoutWriter {
         let mut out = std::io::stdout().lock();
         for m in &batch {
             let line = json_line(m);
-            writeln!(out, "{line}").map_err(|e| streams_core::Error::driver("stdout", "write", false, e))?;
+            writeln!(out, "{line}")
+                .map_err(|e| streams_core::Error::driver("stdout", "write", false, e))?;
         }
         out.flush()
             .map_err(|e| streams_core::Error::driver("stdout", "flush", false, e))
@@ -175,7 +176,10 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             storage.migrate().await?;
         }
         tracing::info!(table = %args.table, relay_id = storage.relay_id(), "relaying from PostgreSQL");
-        let relay = Relay::new(Arc::new(storage) as Arc<dyn EgressStorage>, destination.clone());
+        let relay = Relay::new(
+            Arc::new(storage) as Arc<dyn EgressStorage>,
+            destination.clone(),
+        );
         if args.no_listen {
             relay
         } else {
@@ -197,7 +201,10 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             storage.migrate().await?;
         }
         tracing::info!(table = %args.table, relay_id = storage.relay_id(), "relaying from MySQL");
-        Relay::new(Arc::new(storage) as Arc<dyn EgressStorage>, destination.clone())
+        Relay::new(
+            Arc::new(storage) as Arc<dyn EgressStorage>,
+            destination.clone(),
+        )
     } else {
         return Err("--database-url must start with postgres://, mysql:// or mariadb://".into());
     };

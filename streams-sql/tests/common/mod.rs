@@ -64,7 +64,11 @@ impl Db {
         };
         match &t.db {
             Db::Pg(pool) => PgOutbox::new(&t.name).unwrap().migrate(pool).await.unwrap(),
-            Db::My(pool) => MySqlOutbox::new(&t.name).unwrap().migrate(pool).await.unwrap(),
+            Db::My(pool) => MySqlOutbox::new(&t.name)
+                .unwrap()
+                .migrate(pool)
+                .await
+                .unwrap(),
         }
         t
     }
@@ -91,7 +95,12 @@ pub struct Table {
 impl Table {
     /// Writes `batch` in a transaction that is committed or rolled back; returns the
     /// batch id.
-    pub async fn write(&self, batch: &[Message], commit: bool, wake: Option<Arc<Notify>>) -> String {
+    pub async fn write(
+        &self,
+        batch: &[Message],
+        commit: bool,
+        wake: Option<Arc<Notify>>,
+    ) -> String {
         match &self.db {
             Db::Pg(pool) => {
                 let mut outbox = PgOutbox::new(&self.name).unwrap();
@@ -159,7 +168,12 @@ impl Table {
         self.storage_with(None, None, false)
     }
 
-    pub fn storage_with(&self, relay_id: Option<&str>, lease: Option<Duration>, parallel: bool) -> Storage {
+    pub fn storage_with(
+        &self,
+        relay_id: Option<&str>,
+        lease: Option<Duration>,
+        parallel: bool,
+    ) -> Storage {
         match &self.db {
             Db::Pg(pool) => {
                 let mut s = PgEgressStorage::new(pool.clone(), &self.name)
