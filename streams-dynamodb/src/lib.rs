@@ -1,1 +1,453 @@
-//! `streams-dynamodb`: a driver of the streams toolkit (work in progress).
+//! Amazon DynamoDB for `streams`: [`DynamoDedupStore`], a
+//! [`DedupStore`](streams_core::middleware::DedupStore) that lets every worker of a
+//! service, on any host, skip messages another one already processed.
+//!
+//! Table layout (shared with the Go library): partition key `worker_id` (S), sort key
+//! `message_id` (S), TTL attribute `expiration_time` (N, Unix seconds). DynamoDB deletes
+//! expired items late (up to days after), so the store treats an expired item as absent
+//! itself. [`create_table`] creates such a table with TTL enabled.
+//!
+//! ```no_run
+//! # async fn demo() -> streams_core::Result<()> {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use streams_core::middleware::DedupLayer;
+//! use streams_dynamodb::DynamoDedupStore;
+//!
+//! let store = DynamoDedupStore::builder()
+//!     .endpoint("http://127.0.0.1:4566")
+//!     .region("us-east-1")
+//!     .static_credentials("test", "test")
+//!     .table("streams-dedup")
+//!     .ttl(Duration::from_secs(3600))
+//!     .build()
+//!     .await;
+//! streams_dynamodb::create_table(store.sdk(), store.table()).await?;
+//! let layer = DedupLayer::new("billing", Arc::new(store));
+//! # drop(layer);
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_dynamodb::config::{Credentials, Region};
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType, TimeToLiveSpecification,
+};
+use streams_core::middleware::DedupStore;
+use streams_core::{Error, Result};
+
+/// The AWS SDK for DynamoDB, for configuration and calls this crate does not wrap.
+pub use aws_sdk_dynamodb;
+
+const DRIVER: &str = "dynamodb";
+
+/// Partition key attribute: the worker (consumer) name.
+pub const ATTR_WORKER_ID: &str = "worker_id";
+/// Sort key attribute: the message id.
+pub const ATTR_MESSAGE_ID: &str = "message_id";
+/// TTL attribute: when the record expires, in Unix seconds.
+pub const ATTR_EXPIRATION_TIME: &str = "expiration_time";
+/// The default table name.
+pub const DEFAULT_TABLE: &str = "streams-deduplication";
+/// The environment variable [`DynamoDedupStoreBuilder::from_env`] reads an endpoint
+/// override from, for emulators such as LocalStack or moto.
+pub const ENDPOINT_ENV: &str = "STREAMS_AWS_ENDPOINT";
+
+/// Deduplication records in a DynamoDB table, expiring after a TTL.
+///
+/// [`contains`](DedupStore::contains) reads consistently and ignores an expired item;
+/// [`commit`](DedupStore::commit) writes conditionally, so an unexpired record is never
+/// overwritten (its expiry does not move) and a concurrent commit of the same message
+/// by another worker is not an error.
+#[derive(Clone)]
+pub struct DynamoDedupStore {
+    sdk: aws_sdk_dynamodb::Client,
+    table: String,
+    ttl: Duration,
+}
+
+impl fmt::Debug for DynamoDedupStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DynamoDedupStore")
+            .field("table", &self.table)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`DynamoDedupStore`].
+#[derive(Debug, Clone)]
+pub struct DynamoDedupStoreBuilder {
+    client: Option<aws_sdk_dynamodb::Client>,
+    sdk_config: Option<SdkConfig>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    credentials: Option<Credentials>,
+    table: String,
+    ttl: Duration,
+}
+
+impl Default for DynamoDedupStoreBuilder {
+    fn default() -> Self {
+        DynamoDedupStoreBuilder {
+            client: None,
+            sdk_config: None,
+            endpoint: None,
+            region: None,
+            credentials: None,
+            table: DEFAULT_TABLE.to_owned(),
+            ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl DynamoDedupStoreBuilder {
+    /// Reads the endpoint override from `STREAMS_AWS_ENDPOINT` when set; region and
+    /// credentials come from the usual AWS environment at [`build`](Self::build).
+    pub fn from_env() -> Self {
+        DynamoDedupStoreBuilder {
+            endpoint: std::env::var(ENDPOINT_ENV).ok().filter(|e| !e.is_empty()),
+            ..Self::default()
+        }
+    }
+
+    /// Uses this SDK client as it is (endpoint, region and credentials settings are
+    /// then ignored).
+    pub fn client(mut self, client: aws_sdk_dynamodb::Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// Uses this AWS configuration instead of loading one.
+    pub fn sdk_config(mut self, config: SdkConfig) -> Self {
+        self.sdk_config = Some(config);
+        self
+    }
+
+    /// Sends every request to this endpoint (an emulator, a VPC endpoint).
+    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
+        self.endpoint = Some(url.into());
+        self
+    }
+
+    /// Sets the region.
+    pub fn region(mut self, region: impl Into<String>) -> Self {
+        self.region = Some(region.into());
+        self
+    }
+
+    /// Uses fixed credentials (for emulators and tests).
+    pub fn static_credentials(
+        mut self,
+        access_key_id: impl Into<String>,
+        secret_access_key: impl Into<String>,
+    ) -> Self {
+        self.credentials = Some(Credentials::new(
+            access_key_id,
+            secret_access_key,
+            None,
+            None,
+            "streams-static",
+        ));
+        self
+    }
+
+    /// The table. Default [`DEFAULT_TABLE`].
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// How long a record counts. Default 24 hours.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Builds the store, loading the AWS configuration unless a client or configuration
+    /// was given.
+    pub async fn build(self) -> DynamoDedupStore {
+        let sdk = match self.client {
+            Some(client) => client,
+            None => {
+                let config = match self.sdk_config {
+                    Some(config) => config,
+                    None => {
+                        // Region and credentials given here skip the provider chains,
+                        // which would otherwise probe the instance metadata service.
+                        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+                        if let Some(region) = &self.region {
+                            loader = loader.region(Region::new(region.clone()));
+                        }
+                        if let Some(credentials) = &self.credentials {
+                            loader = loader.credentials_provider(credentials.clone());
+                        }
+                        loader.load().await
+                    }
+                };
+                let mut b = aws_sdk_dynamodb::config::Builder::from(&config);
+                if let Some(endpoint) = self.endpoint {
+                    b = b.endpoint_url(endpoint);
+                }
+                if let Some(region) = self.region {
+                    b = b.region(Region::new(region));
+                }
+                if let Some(credentials) = self.credentials {
+                    b = b.credentials_provider(credentials);
+                }
+                aws_sdk_dynamodb::Client::from_conf(b.build())
+            }
+        };
+        DynamoDedupStore {
+            sdk,
+            table: self.table,
+            ttl: self.ttl,
+        }
+    }
+}
+
+impl DynamoDedupStore {
+    /// A builder.
+    pub fn builder() -> DynamoDedupStoreBuilder {
+        DynamoDedupStoreBuilder::default()
+    }
+
+    /// The SDK client.
+    pub fn sdk(&self) -> &aws_sdk_dynamodb::Client {
+        &self.sdk
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// How long a record counts.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[async_trait]
+impl DedupStore for DynamoDedupStore {
+    async fn contains(&self, worker: &str, message_id: &str) -> Result<bool> {
+        let out = self
+            .sdk
+            .get_item()
+            .table_name(&self.table)
+            .key(ATTR_WORKER_ID, AttributeValue::S(worker.to_owned()))
+            .key(ATTR_MESSAGE_ID, AttributeValue::S(message_id.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("GetItem", e))?;
+        let Some(item) = out.item else {
+            return Ok(false);
+        };
+        // An item without a readable expiry never expires.
+        let expires = item
+            .get(ATTR_EXPIRATION_TIME)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse::<u64>().ok());
+        Ok(expires.map_or(true, |at| at > now_secs()))
+    }
+
+    async fn commit(&self, worker: &str, message_id: &str) -> Result<()> {
+        let now = now_secs();
+        let result = self
+            .sdk
+            .put_item()
+            .table_name(&self.table)
+            .item(ATTR_WORKER_ID, AttributeValue::S(worker.to_owned()))
+            .item(ATTR_MESSAGE_ID, AttributeValue::S(message_id.to_owned()))
+            .item(
+                ATTR_EXPIRATION_TIME,
+                AttributeValue::N((now + self.ttl.as_secs().max(1)).to_string()),
+            )
+            .condition_expression("attribute_not_exists(#m) OR #e <= :now")
+            .expression_attribute_names("#m", ATTR_MESSAGE_ID)
+            .expression_attribute_names("#e", ATTR_EXPIRATION_TIME)
+            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Already recorded and not expired: what commit wants is true.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(sdk_error("PutItem", e)),
+        }
+    }
+}
+
+/// Creates a deduplication table (on-demand billing) with TTL on `expiration_time`; an
+/// existing table is fine. For examples, tests and first deployments; production
+/// tables usually come from infrastructure code.
+///
+/// # Errors
+///
+/// A driver error.
+pub async fn create_table(sdk: &aws_sdk_dynamodb::Client, table: &str) -> Result<()> {
+    let key = |name: &str, kind| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+            .expect("name and type are set")
+    };
+    let attr = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .expect("name and type are set")
+    };
+    let created = sdk
+        .create_table()
+        .table_name(table)
+        .key_schema(key(ATTR_WORKER_ID, KeyType::Hash))
+        .key_schema(key(ATTR_MESSAGE_ID, KeyType::Range))
+        .attribute_definitions(attr(ATTR_WORKER_ID))
+        .attribute_definitions(attr(ATTR_MESSAGE_ID))
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await;
+    match created {
+        Ok(_) => {}
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_in_use_exception()) => {}
+        Err(e) => return Err(sdk_error("CreateTable", e)),
+    }
+    // TTL can be set only on an active table.
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let out = sdk
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeTable", e))?;
+        let active = out
+            .table
+            .and_then(|t| t.table_status)
+            .is_some_and(|s| s == aws_sdk_dynamodb::types::TableStatus::Active);
+        if active {
+            break;
+        }
+        if wait > Duration::from_secs(60) {
+            return Err(Error::Timeout {
+                operation: "waiting for the DynamoDB table to become active",
+                after: wait,
+            });
+        }
+        tokio::time::sleep(wait).await;
+        wait *= 2;
+    }
+    let ttl = sdk
+        .update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .enabled(true)
+                .attribute_name(ATTR_EXPIRATION_TIME)
+                .build()
+                .expect("enabled and attribute are set"),
+        )
+        .send()
+        .await;
+    match ttl {
+        Ok(_) => Ok(()),
+        // Enabled already (DynamoDB refuses to enable it twice).
+        Err(e) if e.as_service_error().and_then(|s| s.code()) == Some("ValidationException") => {
+            Ok(())
+        }
+        Err(e) => Err(sdk_error("UpdateTimeToLive", e)),
+    }
+}
+
+/// Error codes that mean "slow down" or "try later" whatever the HTTP status.
+const TRANSIENT_CODES: &[&str] = &[
+    "ThrottlingException",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "TransactionConflictException",
+    "LimitExceededException",
+    "InternalServerError",
+    "ServiceUnavailable",
+];
+
+struct SdkFailure {
+    text: String,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl fmt::Debug for SdkFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Display for SdkFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for SdkFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.source.as_ref())
+    }
+}
+
+/// Maps an SDK error to a driver error: time-outs, connection failures, throttling and
+/// 5xx are retryable.
+fn sdk_error<E>(
+    operation: &'static str,
+    err: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let retryable = match &err {
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
+        SdkError::DispatchFailure(f) => !f.is_user(),
+        SdkError::ServiceError(ctx) => {
+            let status = ctx.raw().status().as_u16();
+            status >= 500
+                || status == 429
+                || ctx
+                    .err()
+                    .code()
+                    .is_some_and(|c| TRANSIENT_CODES.contains(&c))
+        }
+        _ => false,
+    };
+    let text = DisplayErrorContext(&err).to_string();
+    Error::driver(
+        DRIVER,
+        operation,
+        retryable,
+        SdkFailure {
+            text,
+            source: Box::new(err),
+        },
+    )
+}

@@ -1,0 +1,665 @@
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_sns::config::{Credentials, Region};
+use aws_sdk_sns::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
+use futures::StreamExt;
+use streams_core::{Error, FailedMessage, Message, Result, Writer};
+
+use crate::wire::{encode, valid_subject, Encoded};
+
+const DRIVER: &str = "sns";
+
+/// The environment variable [`SnsWriterBuilder::from_env`] reads an endpoint override
+/// from, for emulators such as LocalStack or moto.
+pub const ENDPOINT_ENV: &str = "STREAMS_AWS_ENDPOINT";
+/// The environment variable [`SnsWriterBuilder::from_env`] reads the account id from.
+pub const ACCOUNT_ID_ENV: &str = "AWS_ACCOUNT_ID";
+/// The most SNS accepts in one message and in one `PublishBatch` request.
+pub const MAX_REQUEST_BYTES: usize = 262_144;
+/// The most entries SNS accepts in one `PublishBatch` request.
+pub const MAX_BATCH_ENTRIES: usize = 10;
+
+/// The SNS topic name of a stream: dots become dashes, and a stream ending in `.fifo`
+/// names a FIFO topic.
+///
+/// ```
+/// assert_eq!(streams_sns::topic_name("orders.created"), "orders-created");
+/// assert_eq!(streams_sns::topic_name("orders.eu.fifo"), "orders-eu.fifo");
+/// ```
+pub fn topic_name(stream: &str) -> String {
+    match stream.strip_suffix(".fifo") {
+        Some(stem) => format!("{}.fifo", stem.replace('.', "-")),
+        None => stream.replace('.', "-"),
+    }
+}
+
+/// The topic ARN of a stream, as the Go library builds it:
+/// `arn:aws:sns:{region}:{account}:{topic name}`.
+///
+/// ```
+/// assert_eq!(
+///     streams_sns::topic_arn("us-east-1", "123456789012", "orders.created"),
+///     "arn:aws:sns:us-east-1:123456789012:orders-created"
+/// );
+/// ```
+pub fn topic_arn(region: &str, account_id: &str, stream: &str) -> String {
+    format!("arn:aws:sns:{region}:{account_id}:{}", topic_name(stream))
+}
+
+/// Publishes messages to SNS topics with `PublishBatch`, one topic per stream.
+///
+/// Batches are split into requests of at most ten entries and 256 KiB, sent
+/// concurrently for standard topics and in order for FIFO topics (stream name ending in
+/// `.fifo`: group id = stream key, else the stream name; deduplication id = message
+/// id). Attributes follow the Go library (`streams-message-time` as RFC 3339); the
+/// subject is the stream key when SNS accepts it as one. Payloads that are not XML-safe
+/// UTF-8 are sent base64-encoded with `streams-body-encoding: base64`; the
+/// `streams-sqs` reader decodes them from raw and enveloped deliveries alike.
+///
+/// The Go writer sends `MessageStructure=json` with the data under every protocol key;
+/// every subscriber receives the same data from a plain message, which leaves the whole
+/// size limit to the payload, so this writer sends plain messages.
+///
+/// ```no_run
+/// # async fn demo() -> streams_core::Result<()> {
+/// use streams_core::{Message, Writer};
+///
+/// let writer = streams_sns::SnsWriter::builder()
+///     .endpoint("http://127.0.0.1:4566")
+///     .region("us-east-1")
+///     .static_credentials("test", "test")
+///     .account_id("123456789012")
+///     .build()
+///     .await?;
+/// writer.create_topic("orders").await?;
+/// writer.write(vec![Message::new("orders", "hello")]).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct SnsWriter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    sdk: aws_sdk_sns::Client,
+    region: Option<String>,
+    account_id: Option<String>,
+    arns: RwLock<HashMap<String, String>>,
+    max_in_flight: usize,
+    max_message_bytes: usize,
+    closed: AtomicBool,
+}
+
+impl fmt::Debug for SnsWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnsWriter")
+            .field("region", &self.inner.region)
+            .field("account_id", &self.inner.account_id)
+            .field("closed", &self.inner.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`SnsWriter`].
+#[derive(Debug, Clone)]
+pub struct SnsWriterBuilder {
+    client: Option<aws_sdk_sns::Client>,
+    sdk_config: Option<SdkConfig>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    credentials: Option<Credentials>,
+    account_id: Option<String>,
+    arns: HashMap<String, String>,
+    max_in_flight: usize,
+    max_message_bytes: usize,
+}
+
+impl Default for SnsWriterBuilder {
+    fn default() -> Self {
+        SnsWriterBuilder {
+            client: None,
+            sdk_config: None,
+            endpoint: None,
+            region: None,
+            credentials: None,
+            account_id: None,
+            arns: HashMap::new(),
+            max_in_flight: 8,
+            max_message_bytes: MAX_REQUEST_BYTES,
+        }
+    }
+}
+
+impl SnsWriterBuilder {
+    /// Reads the endpoint override from `STREAMS_AWS_ENDPOINT` and the account id from
+    /// `AWS_ACCOUNT_ID` when set; region and credentials come from the usual AWS
+    /// environment at [`build`](Self::build).
+    pub fn from_env() -> Self {
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        SnsWriterBuilder {
+            endpoint: var(ENDPOINT_ENV),
+            account_id: var(ACCOUNT_ID_ENV),
+            ..Self::default()
+        }
+    }
+
+    /// Uses this SDK client as it is (endpoint, region and credentials settings are
+    /// then ignored).
+    pub fn client(mut self, client: aws_sdk_sns::Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// Uses this AWS configuration instead of loading one.
+    pub fn sdk_config(mut self, config: SdkConfig) -> Self {
+        self.sdk_config = Some(config);
+        self
+    }
+
+    /// Sends every request to this endpoint (an emulator, a VPC endpoint).
+    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
+        self.endpoint = Some(url.into());
+        self
+    }
+
+    /// Sets the region (also used in topic ARNs).
+    pub fn region(mut self, region: impl Into<String>) -> Self {
+        self.region = Some(region.into());
+        self
+    }
+
+    /// Uses fixed credentials (for emulators and tests).
+    pub fn static_credentials(
+        mut self,
+        access_key_id: impl Into<String>,
+        secret_access_key: impl Into<String>,
+    ) -> Self {
+        self.credentials = Some(Credentials::new(
+            access_key_id,
+            secret_access_key,
+            None,
+            None,
+            "streams-static",
+        ));
+        self
+    }
+
+    /// The AWS account id used in topic ARNs.
+    pub fn account_id(mut self, account_id: impl Into<String>) -> Self {
+        self.account_id = Some(account_id.into());
+        self
+    }
+
+    /// Publishes messages of `stream` to this topic ARN.
+    pub fn topic_arn(mut self, stream: impl Into<String>, arn: impl Into<String>) -> Self {
+        self.arns.insert(stream.into(), arn.into());
+        self
+    }
+
+    /// How many requests of one write may be in flight at once (standard topics).
+    /// Default 8.
+    pub fn max_in_flight(mut self, requests: usize) -> Self {
+        self.max_in_flight = requests.max(1);
+        self
+    }
+
+    /// The size limit of one message and of one request. Default 256 KiB.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes.max(1);
+        self
+    }
+
+    /// Builds the writer, loading the AWS configuration unless a client or
+    /// configuration was given.
+    ///
+    /// # Errors
+    ///
+    /// None today; kept so that validation can be added without breaking callers.
+    pub async fn build(self) -> Result<SnsWriter> {
+        let sdk = match self.client {
+            Some(client) => client,
+            None => {
+                let config = match self.sdk_config {
+                    Some(config) => config,
+                    None => {
+                        // Region and credentials given here skip the provider chains,
+                        // which would otherwise probe the instance metadata service.
+                        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+                        if let Some(region) = &self.region {
+                            loader = loader.region(Region::new(region.clone()));
+                        }
+                        if let Some(credentials) = &self.credentials {
+                            loader = loader.credentials_provider(credentials.clone());
+                        }
+                        loader.load().await
+                    }
+                };
+                let mut b = aws_sdk_sns::config::Builder::from(&config);
+                if let Some(endpoint) = self.endpoint {
+                    b = b.endpoint_url(endpoint);
+                }
+                if let Some(region) = &self.region {
+                    b = b.region(Region::new(region.clone()));
+                }
+                if let Some(credentials) = self.credentials {
+                    b = b.credentials_provider(credentials);
+                }
+                aws_sdk_sns::Client::from_conf(b.build())
+            }
+        };
+        let region = self
+            .region
+            .or_else(|| sdk.config().region().map(|r| r.to_string()));
+        Ok(SnsWriter {
+            inner: Arc::new(Inner {
+                sdk,
+                region,
+                account_id: self.account_id,
+                arns: RwLock::new(self.arns),
+                max_in_flight: self.max_in_flight,
+                max_message_bytes: self.max_message_bytes,
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+/// One `PublishBatch` request.
+struct Chunk {
+    arn: String,
+    fifo: bool,
+    entries: Vec<(Message, Encoded)>,
+}
+
+struct Outcome {
+    failed: Vec<FailedMessage>,
+    retryable: bool,
+    call_error: Option<Error>,
+    /// Skipped after an earlier failure rather than refused.
+    not_sent: bool,
+}
+
+impl SnsWriter {
+    /// A builder.
+    pub fn builder() -> SnsWriterBuilder {
+        SnsWriterBuilder::default()
+    }
+
+    /// The SDK client, for calls this crate does not wrap.
+    pub fn sdk(&self) -> &aws_sdk_sns::Client {
+        &self.inner.sdk
+    }
+
+    /// The topic ARN of a stream: the one set for it, else built from region, account
+    /// id and [`topic_name`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] when region or account id is unknown.
+    pub fn topic_arn(&self, stream: &str) -> Result<String> {
+        if let Some(arn) = self
+            .inner
+            .arns
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(stream)
+        {
+            return Ok(arn.clone());
+        }
+        match (&self.inner.region, &self.inner.account_id) {
+            (Some(region), Some(account)) => Ok(topic_arn(region, account, stream)),
+            _ => Err(Error::invalid(
+                "topic",
+                format!("no ARN for stream `{stream}`: set an account id and a region, or the topic ARN"),
+            )),
+        }
+    }
+
+    /// Creates a stream's topic (FIFO when the stream ends in `.fifo`), remembers and
+    /// returns its ARN.
+    ///
+    /// # Errors
+    ///
+    /// A driver error.
+    pub async fn create_topic(&self, stream: &str) -> Result<String> {
+        let mut req = self.inner.sdk.create_topic().name(topic_name(stream));
+        if stream.ends_with(".fifo") {
+            req = req.attributes("FifoTopic", "true");
+        }
+        let out = req.send().await.map_err(|e| sdk_error("CreateTopic", e))?;
+        let arn = out
+            .topic_arn
+            .ok_or_else(|| Error::driver(DRIVER, "CreateTopic", false, "no topic ARN returned"))?;
+        self.inner
+            .arns
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(stream.to_owned(), arn.clone());
+        Ok(arn)
+    }
+
+    /// Subscribes an SQS queue (by ARN) to a stream's topic. With `raw` the queue
+    /// receives the payload and attributes as they were published; without, SNS wraps
+    /// them in a JSON envelope, which the `streams-sqs` reader unwraps. Returns the
+    /// subscription ARN.
+    ///
+    /// On AWS the queue's access policy must also allow the topic to send to it.
+    ///
+    /// # Errors
+    ///
+    /// A driver error.
+    pub async fn subscribe_queue(&self, stream: &str, queue_arn: &str, raw: bool) -> Result<String> {
+        let arn = self.topic_arn(stream)?;
+        let mut req = self
+            .inner
+            .sdk
+            .subscribe()
+            .topic_arn(arn)
+            .protocol("sqs")
+            .endpoint(queue_arn)
+            .return_subscription_arn(true);
+        if raw {
+            req = req.attributes("RawMessageDelivery", "true");
+        }
+        let out = req.send().await.map_err(|e| sdk_error("Subscribe", e))?;
+        Ok(out.subscription_arn.unwrap_or_default())
+    }
+
+    async fn send_chunk(&self, chunk: Chunk) -> Option<Outcome> {
+        let mut entries = Vec::with_capacity(chunk.entries.len());
+        for (i, (msg, enc)) in chunk.entries.iter().enumerate() {
+            let attributes: HashMap<String, MessageAttributeValue> = enc
+                .attributes
+                .iter()
+                .map(|(name, value)| {
+                    let value = MessageAttributeValue::builder()
+                        .data_type("String")
+                        .string_value(value)
+                        .build()
+                        .expect("data type is set");
+                    (name.clone(), value)
+                })
+                .collect();
+            let mut entry = PublishBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message(&enc.body)
+                .set_message_attributes(Some(attributes));
+            if let Some(key) = msg.key.as_deref().filter(|k| valid_subject(k)) {
+                entry = entry.subject(key);
+            }
+            if chunk.fifo {
+                let group = msg.key.clone().unwrap_or_else(|| msg.stream.clone());
+                entry = entry
+                    .message_group_id(group)
+                    .message_deduplication_id(&msg.id);
+            }
+            entries.push(entry.build().expect("id and message are set"));
+        }
+        let result = self
+            .inner
+            .sdk
+            .publish_batch()
+            .topic_arn(&chunk.arn)
+            .set_publish_batch_request_entries(Some(entries))
+            .send()
+            .await;
+        match result {
+            Err(e) => {
+                let err = sdk_error("PublishBatch", e);
+                Some(Outcome {
+                    failed: chunk
+                        .entries
+                        .iter()
+                        .map(|(m, _)| FailedMessage {
+                            id: m.id.clone(),
+                            reason: err.to_string(),
+                        })
+                        .collect(),
+                    retryable: err.is_retryable(),
+                    call_error: Some(err),
+                    not_sent: false,
+                })
+            }
+            Ok(out) => {
+                let failed_entries = out.failed.unwrap_or_default();
+                if failed_entries.is_empty() {
+                    return None;
+                }
+                let mut retryable = true;
+                let failed = failed_entries
+                    .iter()
+                    .map(|f| {
+                        retryable &= !f.sender_fault;
+                        let id = f
+                            .id
+                            .parse::<usize>()
+                            .ok()
+                            .and_then(|i| chunk.entries.get(i))
+                            .map(|(m, _)| m.id.clone())
+                            .unwrap_or_else(|| f.id.clone());
+                        FailedMessage {
+                            id,
+                            reason: format!(
+                                "{}: {}",
+                                f.code,
+                                f.message.as_deref().unwrap_or("no message")
+                            ),
+                        }
+                    })
+                    .collect();
+                Some(Outcome {
+                    failed,
+                    retryable,
+                    call_error: None,
+                    not_sent: false,
+                })
+            }
+        }
+    }
+}
+
+fn chunk(arn: &str, fifo: bool, messages: Vec<(Message, Encoded)>, max_bytes: usize) -> Vec<Chunk> {
+    let mut chunks = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for (msg, enc) in messages {
+        if !current.is_empty()
+            && (current.len() == MAX_BATCH_ENTRIES || bytes + enc.size > max_bytes)
+        {
+            chunks.push(Chunk {
+                arn: arn.to_owned(),
+                fifo,
+                entries: std::mem::take(&mut current),
+            });
+            bytes = 0;
+        }
+        bytes += enc.size;
+        current.push((msg, enc));
+    }
+    if !current.is_empty() {
+        chunks.push(Chunk {
+            arn: arn.to_owned(),
+            fifo,
+            entries: current,
+        });
+    }
+    chunks
+}
+
+#[async_trait]
+impl Writer for SnsWriter {
+    async fn write(&self, batch: Vec<Message>) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed("sns writer"));
+        }
+        let mut streams: Vec<(String, Vec<(Message, Encoded)>)> = Vec::new();
+        for msg in batch {
+            let enc = encode(&msg);
+            if enc.size > self.inner.max_message_bytes {
+                return Err(Error::invalid(
+                    "message",
+                    format!(
+                        "message {} is {} bytes in SNS form (message and attributes); the limit is {}",
+                        msg.id, enc.size, self.inner.max_message_bytes
+                    ),
+                ));
+            }
+            match streams.iter_mut().find(|(s, _)| *s == msg.stream) {
+                Some((_, list)) => list.push((msg, enc)),
+                None => streams.push((msg.stream.clone(), vec![(msg, enc)])),
+            }
+        }
+        let mut standard = Vec::new();
+        let mut fifo = Vec::new();
+        for (stream, messages) in streams {
+            let arn = self.topic_arn(&stream)?;
+            let is_fifo = stream.ends_with(".fifo");
+            let chunks = chunk(&arn, is_fifo, messages, self.inner.max_message_bytes);
+            if is_fifo {
+                fifo.push(chunks);
+            } else {
+                standard.extend(chunks);
+            }
+        }
+        let total: usize = standard
+            .iter()
+            .chain(fifo.iter().flatten())
+            .map(|c| c.entries.len())
+            .sum();
+        let mut outcomes: Vec<Outcome> = futures::stream::iter(standard)
+            .map(|c| self.send_chunk(c))
+            .buffer_unordered(self.inner.max_in_flight)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        for chunks in fifo {
+            let mut chunks = chunks.into_iter();
+            while let Some(c) = chunks.next() {
+                if let Some(outcome) = self.send_chunk(c).await {
+                    outcomes.push(outcome);
+                    // Later messages of the topic would overtake the failed ones.
+                    let failed = chunks
+                        .by_ref()
+                        .flat_map(|c| c.entries)
+                        .map(|(m, _)| FailedMessage {
+                            id: m.id,
+                            reason: "not sent: an earlier request for this FIFO topic failed"
+                                .into(),
+                        })
+                        .collect();
+                    outcomes.push(Outcome {
+                        failed,
+                        retryable: true,
+                        call_error: None,
+                        not_sent: true,
+                    });
+                    break;
+                }
+            }
+        }
+        if outcomes.iter().all(|o| o.failed.is_empty()) {
+            return Ok(());
+        }
+        let failed_count: usize = outcomes.iter().map(|o| o.failed.len()).sum();
+        let entry_failures = outcomes
+            .iter()
+            .any(|o| o.call_error.is_none() && !o.not_sent && !o.failed.is_empty());
+        let mut call_errors: Vec<Error> = Vec::new();
+        let mut retryable = true;
+        let mut failed = Vec::new();
+        for o in outcomes {
+            retryable &= o.retryable || o.failed.is_empty();
+            failed.extend(o.failed);
+            call_errors.extend(o.call_error);
+        }
+        // Nothing was written because of one failed call: that error says it all.
+        if failed_count == total && call_errors.len() == 1 && !entry_failures {
+            return Err(call_errors.remove(0));
+        }
+        Err(Error::PartialWrite { failed, retryable })
+    }
+
+    async fn close(&self) -> Result<()> {
+        // Writes return only once SNS answered, so nothing is pending.
+        self.inner.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Error codes that mean "slow down" or "try later" whatever the HTTP status.
+const TRANSIENT_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "ServiceUnavailable",
+    "InternalError",
+    "InternalFailure",
+    "KMSThrottling",
+];
+
+struct SdkFailure {
+    text: String,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl fmt::Debug for SdkFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Display for SdkFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for SdkFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.source.as_ref())
+    }
+}
+
+/// Maps an SDK error to a driver error: time-outs, connection failures, throttling and
+/// 5xx are retryable.
+fn sdk_error<E>(
+    operation: &'static str,
+    err: SdkError<E, aws_sdk_sns::config::http::HttpResponse>,
+) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let retryable = match &err {
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
+        SdkError::DispatchFailure(f) => !f.is_user(),
+        SdkError::ServiceError(ctx) => {
+            let status = ctx.raw().status().as_u16();
+            status >= 500
+                || status == 429
+                || ctx
+                    .err()
+                    .code()
+                    .is_some_and(|c| TRANSIENT_CODES.contains(&c))
+        }
+        _ => false,
+    };
+    let text = DisplayErrorContext(&err).to_string();
+    Error::driver(
+        DRIVER,
+        operation,
+        retryable,
+        SdkFailure {
+            text,
+            source: Box::new(err),
+        },
+    )
+}

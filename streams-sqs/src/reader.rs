@@ -1,0 +1,497 @@
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    Message as SqsMessage, MessageSystemAttributeName,
+};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use streams_core::{CancellationToken, Handler, Message, ReadTask, Reader, Result};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tower::{Service, ServiceExt};
+
+use crate::client::{is_fifo, sdk_error, SqsClient};
+use crate::wire::{decode, Delivery};
+
+/// Reads an SQS queue with long polling and hands each message to a handler.
+///
+/// - `pollers` receive loops (default 1) ask for up to ten messages each, never more
+///   than there is room for under the bound on concurrent handlers (the read task's
+///   `concurrency`, else [`SqsReaderBuilder::max_handlers`], default 10).
+/// - A message whose handler succeeded is deleted, in batches. One whose handler failed
+///   is made visible again after a backoff growing with its receive count (or, without
+///   backoff, when its visibility timeout ends), so SQS redelivers it; a redrive policy
+///   on the queue moves it to a dead-letter queue after enough receives.
+/// - While a handler runs, a heartbeat extends the message's visibility timeout.
+/// - FIFO queues (queue name ending in `.fifo`): messages of one group are handled one
+///   at a time in order; when one fails, the group's later messages of the same receive
+///   are released with it, so order holds on redelivery.
+/// - SNS notification envelopes (subscriptions without raw delivery) are unwrapped;
+///   raw deliveries are read as they are.
+/// - On cancellation the reader stops receiving (an in-flight long poll is allowed to
+///   end, and what it returned is released at once), lets running handlers finish,
+///   deletes what succeeded, and returns.
+///
+/// Handlers see the headers `sqs-message-id`, `sqs-message-receipt-handle`,
+/// `sqs-message-body-md5` and `sqs-message-attributes-md5` besides the message's own.
+#[derive(Debug, Clone)]
+pub struct SqsReader {
+    client: SqsClient,
+    opts: Options,
+}
+
+#[derive(Debug, Clone)]
+struct Options {
+    pollers: usize,
+    max_handlers: usize,
+    batch_size: usize,
+    wait_time: Duration,
+    visibility_timeout: Duration,
+    backoff: Option<(Duration, Duration)>,
+    heartbeat: bool,
+}
+
+/// Options of an [`SqsReader`].
+#[derive(Debug, Clone)]
+pub struct SqsReaderBuilder {
+    client: SqsClient,
+    opts: Options,
+}
+
+impl SqsReaderBuilder {
+    /// Number of concurrent receive loops. Default 1.
+    pub fn pollers(mut self, pollers: usize) -> Self {
+        self.opts.pollers = pollers.max(1);
+        self
+    }
+
+    /// Bound on handlers running at once when the read task sets none. Default 10.
+    pub fn max_handlers(mut self, handlers: usize) -> Self {
+        self.opts.max_handlers = handlers.max(1);
+        self
+    }
+
+    /// Most messages asked for per receive, 1 to 10. Default 10.
+    pub fn batch_size(mut self, messages: usize) -> Self {
+        self.opts.batch_size = messages.clamp(1, 10);
+        self
+    }
+
+    /// Long-poll wait per receive, up to 20 s. Default 20 s. Cancellation waits for a
+    /// running poll to end, so this also bounds how long shutdown takes.
+    pub fn wait_time(mut self, wait: Duration) -> Self {
+        self.opts.wait_time = wait.min(Duration::from_secs(20));
+        self
+    }
+
+    /// Visibility timeout asked for on receive; the heartbeat renews it while a handler
+    /// runs. Default 30 s.
+    pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
+        self.opts.visibility_timeout = timeout.max(Duration::from_secs(1));
+        self
+    }
+
+    /// After a handler failure, the message becomes visible again after
+    /// `base * 2^(receives - 1)`, at most `max`. Default 1 s and 60 s.
+    pub fn redelivery_backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.opts.backoff = Some((base, max.max(base)));
+        self
+    }
+
+    /// After a handler failure, leaves the message invisible until its visibility
+    /// timeout ends.
+    pub fn no_redelivery_backoff(mut self) -> Self {
+        self.opts.backoff = None;
+        self
+    }
+
+    /// Whether to extend the visibility timeout of messages whose handler is still
+    /// running. Default on.
+    pub fn heartbeat(mut self, on: bool) -> Self {
+        self.opts.heartbeat = on;
+        self
+    }
+
+    /// Builds the reader.
+    pub fn build(self) -> SqsReader {
+        SqsReader {
+            client: self.client,
+            opts: self.opts,
+        }
+    }
+}
+
+impl SqsReader {
+    /// A reader with default options.
+    pub fn new(client: SqsClient) -> SqsReader {
+        Self::builder(client).build()
+    }
+
+    /// A builder.
+    pub fn builder(client: SqsClient) -> SqsReaderBuilder {
+        SqsReaderBuilder {
+            client,
+            opts: Options {
+                pollers: 1,
+                max_handlers: 10,
+                batch_size: 10,
+                wait_time: Duration::from_secs(20),
+                visibility_timeout: Duration::from_secs(30),
+                backoff: Some((Duration::from_secs(1), Duration::from_secs(60))),
+                heartbeat: true,
+            },
+        }
+    }
+}
+
+/// What every receive loop and handler of one read task shares.
+struct Ctx {
+    client: SqsClient,
+    url: String,
+    stream: String,
+    fifo: bool,
+    opts: Options,
+    deletes: mpsc::UnboundedSender<String>,
+}
+
+#[async_trait]
+impl Reader for SqsReader {
+    async fn read(
+        &self,
+        task: ReadTask,
+        handler: Handler,
+        cancel: CancellationToken,
+    ) -> Result<()> {
+        let url = self.client.queue_url(&task.stream).await?;
+        let limit = task.concurrency.unwrap_or(self.opts.max_handlers).max(1);
+        let permits = Arc::new(Semaphore::new(limit));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let deleter = tokio::spawn(delete_loop(self.client.clone(), url.clone(), rx));
+        let ctx = Arc::new(Ctx {
+            client: self.client.clone(),
+            fifo: is_fifo(&url),
+            url,
+            stream: task.stream,
+            opts: self.opts.clone(),
+            deletes: tx,
+        });
+        let stop = cancel.child_token();
+        let loops = (0..self.opts.pollers)
+            .map(|_| poll_loop(ctx.clone(), handler.clone(), permits.clone(), stop.clone()));
+        let results = futures::future::join_all(loops).await;
+        // The last sender goes with the context: the deleter drains and ends.
+        drop(ctx);
+        if let Err(e) = deleter.await {
+            tracing::error!(error = %e, "sqs delete loop panicked");
+        }
+        results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
+    }
+}
+
+async fn poll_loop(
+    ctx: Arc<Ctx>,
+    handler: Handler,
+    permits: Arc<Semaphore>,
+    stop: CancellationToken,
+) -> Result<()> {
+    let mut units = JoinSet::new();
+    let mut pause = Duration::from_millis(100);
+    let result = loop {
+        while units.try_join_next().is_some() {}
+        let first = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break Ok(()),
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let mut held = vec![first];
+        while held.len() < ctx.opts.batch_size {
+            match permits.clone().try_acquire_owned() {
+                Ok(p) => held.push(p),
+                Err(_) => break,
+            }
+        }
+        let receive = receive(&ctx, held.len());
+        tokio::pin!(receive);
+        let (out, stopping) = tokio::select! {
+            biased;
+            out = &mut receive => (out, false),
+            // A dropped long poll would still take messages on the server side and
+            // hide them for a whole visibility timeout: let it end, then release.
+            _ = stop.cancelled() => (receive.await, true),
+        };
+        match out {
+            Ok(messages) if stopping => {
+                change_visibility(&ctx, messages.iter(), 0, "release on shutdown").await;
+                break Ok(());
+            }
+            Ok(messages) => {
+                pause = Duration::from_millis(100);
+                dispatch(&ctx, &handler, messages, held, &mut units);
+            }
+            Err(e) if e.is_retryable() && !stopping => {
+                tracing::warn!(stream = %ctx.stream, error = %e, retry_in = ?pause, "sqs receive failed");
+                tokio::select! {
+                    _ = stop.cancelled() => break Ok(()),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(20));
+            }
+            Err(_) if stopping => break Ok(()),
+            Err(e) => {
+                tracing::error!(stream = %ctx.stream, error = %e, "sqs receive failed for good");
+                stop.cancel();
+                break Err(e);
+            }
+        }
+    };
+    while units.join_next().await.is_some() {}
+    result
+}
+
+async fn receive(ctx: &Ctx, max: usize) -> Result<Vec<SqsMessage>> {
+    let out = ctx
+        .client
+        .sdk()
+        .receive_message()
+        .queue_url(&ctx.url)
+        .max_number_of_messages(max as i32)
+        .wait_time_seconds(ctx.opts.wait_time.as_secs() as i32)
+        .visibility_timeout(secs(ctx.opts.visibility_timeout))
+        .message_attribute_names("All")
+        .message_system_attribute_names(MessageSystemAttributeName::All)
+        .send()
+        .await
+        .map_err(|e| sdk_error("ReceiveMessage", e))?;
+    Ok(out.messages.unwrap_or_default())
+}
+
+/// Groups a receive into units handled one message after another: one message each on
+/// a standard queue, one group each on a FIFO queue. Each message holds one permit.
+fn dispatch(
+    ctx: &Arc<Ctx>,
+    handler: &Handler,
+    messages: Vec<SqsMessage>,
+    mut held: Vec<OwnedSemaphorePermit>,
+    units: &mut JoinSet<()>,
+) {
+    let mut groups: Vec<(Option<String>, Vec<SqsMessage>)> = Vec::new();
+    for m in messages {
+        let group = if ctx.fifo {
+            system_attribute(&m, MessageSystemAttributeName::MessageGroupId)
+        } else {
+            None
+        };
+        match groups.iter_mut().find(|(g, _)| group.is_some() && *g == group) {
+            Some((_, list)) => list.push(m),
+            None => groups.push((group, vec![m])),
+        }
+    }
+    for (_, unit) in groups {
+        let n = unit.len().min(held.len());
+        let permits: Vec<_> = held.drain(..n).collect();
+        let ctx = ctx.clone();
+        let handler = handler.clone();
+        units.spawn(async move {
+            run_unit(&ctx, handler, unit).await;
+            drop(permits);
+        });
+    }
+}
+
+async fn run_unit(ctx: &Ctx, handler: Handler, unit: Vec<SqsMessage>) {
+    let mut pending: VecDeque<SqsMessage> = unit.into();
+    while let Some(m) = pending.pop_front() {
+        if handle(ctx, &handler, &m, &pending).await {
+            if let Some(h) = m.receipt_handle {
+                let _ = ctx.deletes.send(h);
+            }
+            continue;
+        }
+        // The group's later messages were not handled: release them now. SQS keeps
+        // them behind the failed one, which is still in flight.
+        change_visibility(ctx, pending.iter(), 0, "release after a failure in the group").await;
+        if let Some(backoff) = ctx.opts.backoff {
+            let receives =
+                system_attribute(&m, MessageSystemAttributeName::ApproximateReceiveCount)
+                    .and_then(|c| c.parse::<u32>().ok())
+                    .unwrap_or(1);
+            let delay = redelivery_delay(backoff, receives);
+            change_visibility(ctx, std::iter::once(&m), secs(delay), "redelivery backoff").await;
+        }
+        return;
+    }
+}
+
+/// `base * 2^(receives - 1)`, at most `max` and at most the SQS limit of 12 hours.
+fn redelivery_delay((base, max): (Duration, Duration), receives: u32) -> Duration {
+    let factor = 2u32.saturating_pow(receives.saturating_sub(1).min(30));
+    base.saturating_mul(factor)
+        .min(max)
+        .min(Duration::from_secs(43_200))
+}
+
+/// Runs the handler on one message, renewing visibility while it runs. Whether the
+/// handler succeeded.
+async fn handle(
+    ctx: &Ctx,
+    handler: &Handler,
+    m: &SqsMessage,
+    waiting: &VecDeque<SqsMessage>,
+) -> bool {
+    let msg = match to_message(&ctx.stream, m) {
+        Ok(msg) => msg,
+        Err(reason) => {
+            tracing::error!(stream = %ctx.stream, sqs_message_id = ?m.message_id, %reason, "undecodable sqs message");
+            return false;
+        }
+    };
+    let id = msg.id.clone();
+    let mut svc = handler.clone();
+    let run = async move { svc.ready().await?.call(msg).await };
+    tokio::pin!(run);
+    let period = (ctx.opts.visibility_timeout / 2).max(Duration::from_secs(1));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let result = loop {
+        tokio::select! {
+            r = &mut run => break r,
+            _ = tick.tick(), if ctx.opts.heartbeat => {
+                let held = std::iter::once(m).chain(waiting.iter());
+                change_visibility(ctx, held, secs(ctx.opts.visibility_timeout), "heartbeat").await;
+            }
+        }
+    };
+    match result {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(stream = %ctx.stream, %id, %error, "handler failed; message will be redelivered");
+            false
+        }
+    }
+}
+
+fn to_message(stream: &str, m: &SqsMessage) -> std::result::Result<Message, String> {
+    let attributes: HashMap<String, String> = m
+        .message_attributes
+        .iter()
+        .flatten()
+        .filter_map(|(name, v)| {
+            let value = v
+                .string_value
+                .clone()
+                .or_else(|| v.binary_value.as_ref().map(|b| BASE64.encode(b.as_ref())))?;
+            Some((name.clone(), value))
+        })
+        .collect();
+    let delivery = Delivery {
+        sqs_message_id: m.message_id.clone(),
+        receipt_handle: m.receipt_handle.clone(),
+        body_md5: m.md5_of_body.clone(),
+        attributes_md5: m.md5_of_message_attributes.clone(),
+        sent_millis: system_attribute(m, MessageSystemAttributeName::SentTimestamp)
+            .and_then(|t| t.parse().ok()),
+    };
+    decode(stream, m.body().unwrap_or_default(), attributes, delivery)
+}
+
+fn system_attribute(m: &SqsMessage, name: MessageSystemAttributeName) -> Option<String> {
+    m.attributes.as_ref().and_then(|a| a.get(&name)).cloned()
+}
+
+fn secs(d: Duration) -> i32 {
+    i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
+}
+
+/// Sets the visibility timeout of messages, ten per request; failures are logged (the
+/// old timeout then applies).
+async fn change_visibility<'a>(
+    ctx: &Ctx,
+    messages: impl Iterator<Item = &'a SqsMessage>,
+    seconds: i32,
+    why: &'static str,
+) {
+    let handles: Vec<&str> = messages.filter_map(|m| m.receipt_handle()).collect();
+    for chunk in handles.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(*h)
+                    .visibility_timeout(seconds)
+                    .build()
+                    .expect("id and receipt handle are set")
+            })
+            .collect();
+        let result = ctx
+            .client
+            .sdk()
+            .change_message_visibility_batch()
+            .queue_url(&ctx.url)
+            .set_entries(Some(entries))
+            .send()
+            .await;
+        match result {
+            Ok(out) if out.failed.is_empty() => {}
+            Ok(out) => {
+                tracing::warn!(stream = %ctx.stream, why, failed = out.failed.len(), "visibility change partly failed")
+            }
+            Err(e) => {
+                let error = sdk_error("ChangeMessageVisibilityBatch", e);
+                tracing::warn!(stream = %ctx.stream, why, %error, "visibility change failed");
+            }
+        }
+    }
+}
+
+/// Deletes acknowledged messages, up to ten per request, as they come.
+async fn delete_loop(client: SqsClient, url: String, mut rx: mpsc::UnboundedReceiver<String>) {
+    let mut batch = Vec::with_capacity(10);
+    while rx.recv_many(&mut batch, 10).await > 0 {
+        let entries = batch
+            .drain(..)
+            .enumerate()
+            .map(|(i, h)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(h)
+                    .build()
+                    .expect("id and receipt handle are set")
+            })
+            .collect();
+        let result = client
+            .sdk()
+            .delete_message_batch()
+            .queue_url(&url)
+            .set_entries(Some(entries))
+            .send()
+            .await;
+        match result {
+            Ok(out) if out.failed.is_empty() => {}
+            Ok(out) => {
+                tracing::warn!(queue = %url, failed = out.failed.len(), "some acknowledged messages were not deleted and will be redelivered")
+            }
+            Err(e) => {
+                let error = sdk_error("DeleteMessageBatch", e);
+                tracing::warn!(queue = %url, %error, "acknowledged messages were not deleted and will be redelivered");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let b = (Duration::from_secs(1), Duration::from_secs(10));
+        assert_eq!(redelivery_delay(b, 1), Duration::from_secs(1));
+        assert_eq!(redelivery_delay(b, 3), Duration::from_secs(4));
+        assert_eq!(redelivery_delay(b, 40), Duration::from_secs(10));
+    }
+}

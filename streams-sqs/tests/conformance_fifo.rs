@@ -1,0 +1,63 @@
+//! The shared conformance suite on a FIFO queue per scenario: order per key holds.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use streams_conformance::{Capabilities, Harness};
+use streams_core::{ReadTask, Reader, Result, Writer};
+use streams_sqs::{SqsClient, SqsReader, SqsWriter};
+
+struct SqsFifoHarness {
+    client: SqsClient,
+}
+
+#[streams_core::async_trait]
+impl Harness for SqsFifoHarness {
+    fn name(&self) -> &'static str {
+        "sqs-fifo"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::none()
+            .redelivery(true)
+            .persistent(true)
+            .ordered_per_key(true)
+    }
+
+    async fn writer(&self) -> Result<Arc<dyn Writer>> {
+        Ok(Arc::new(SqsWriter::new(self.client.clone())))
+    }
+
+    async fn reader(&self) -> Result<Arc<dyn Reader>> {
+        // Immediate redelivery: every message of one group fails once in the
+        // redelivery scenario, and each waits for the ones before it.
+        Ok(Arc::new(
+            SqsReader::builder(self.client.clone())
+                .wait_time(Duration::from_secs(1))
+                .redelivery_backoff(Duration::ZERO, Duration::ZERO)
+                .pollers(2)
+                .build(),
+        ))
+    }
+
+    async fn create_stream(&self, stream: &str) -> Result<()> {
+        // The scenarios name plain streams; map each to a FIFO queue of its own.
+        let url = self.client.create_queue(&format!("{stream}.fifo")).await?;
+        self.client.set_queue_url(stream, url);
+        Ok(())
+    }
+
+    fn task(&self, stream: &str, _group: &str) -> ReadTask {
+        ReadTask::new(stream).with_concurrency(8)
+    }
+}
+
+async fn harness() -> SqsFifoHarness {
+    SqsFifoHarness {
+        client: common::client().await,
+    }
+}
+
+streams_conformance::conformance_tests!(harness());
