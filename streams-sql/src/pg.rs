@@ -203,6 +203,24 @@ pub(crate) async fn migrate(pool: &PgPool, table: &TableName) -> Result<()> {
              quarantine_time TIMESTAMPTZ NOT NULL DEFAULT NOW(), reason TEXT NOT NULL)"
         ),
     ];
+    // DDL takes strong locks even when it changes nothing: skip it when all is there.
+    let ready: bool = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM information_schema.columns \
+         WHERE table_schema = current_schema() AND table_name = $1 \
+         AND column_name IN ('seq', 'claimed_by', 'claimed_until')) = 3 \
+         AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL \
+         AND to_regclass($4) IS NOT NULL",
+    )
+    .bind(table.as_str())
+    .bind(&seq_idx)
+    .bind(&claim_idx)
+    .bind(&q)
+    .fetch_one(pool)
+    .await
+    .map_err(|e| db_err(DRIVER, "inspect outbox table", e))?;
+    if ready {
+        return Ok(());
+    }
     let mut tx = pool
         .begin()
         .await

@@ -317,6 +317,19 @@ async fn go_library_row_is_relayed(db: Db) {
             .await
             .unwrap(),
     }
+    // Migrating again changes nothing.
+    match &db {
+        Db::Pg(pool) => PgOutbox::new(&table.name)
+            .unwrap()
+            .migrate(pool)
+            .await
+            .unwrap(),
+        Db::My(pool) => MySqlOutbox::new(&table.name)
+            .unwrap()
+            .migrate(pool)
+            .await
+            .unwrap(),
+    }
     // The Go writer keeps working on the migrated table.
     table
         .insert_go_row("2Yb9GNQzJ1kQWQHhGyHB7n7lZ3B", 2, &go_encoded_batch())
