@@ -38,7 +38,6 @@ struct PaymentCreated {
     cents: i64,
 }
 
-
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let url = std::env::var("STREAMS_POSTGRES_URL")
