@@ -1,6 +1,8 @@
+use std::future::Future;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use streams_core::{Error, IdFactory, KsuidFactory, Result};
+use streams_core::{CancellationToken, Error, IdFactory, KsuidFactory, Result};
 
 /// Default lease on claimed batches.
 pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(60);
@@ -39,6 +41,46 @@ impl Claims {
         i64::try_from(self.lease.as_millis())
             .unwrap_or(i64::MAX)
             .max(1)
+    }
+}
+
+/// Renews a storage's claims every third of the lease while the storage lives, so
+/// only a relay that died (or hangs without its runtime) loses its claims.
+#[derive(Debug, Default)]
+pub(crate) struct Heartbeat {
+    started: OnceLock<()>,
+    stop: CancellationToken,
+}
+
+impl Heartbeat {
+    /// Starts renewing on the first call; later calls do nothing.
+    pub(crate) fn ensure<F, Fut>(&self, lease: Duration, renew: F)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        if self.started.set(()).is_err() {
+            return;
+        }
+        let stop = self.stop.clone();
+        let every = (lease / 3).max(Duration::from_millis(1));
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                if let Err(e) = renew().await {
+                    tracing::warn!(error = %e, "cannot renew outbox claims");
+                }
+            }
+        });
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 

@@ -12,7 +12,7 @@ use streams_core::{
 };
 use tokio::sync::Notify;
 
-use crate::common::{db_err, Claims};
+use crate::common::{db_err, Claims, Heartbeat};
 use crate::TableName;
 
 const DRIVER: &str = "mysql";
@@ -256,9 +256,11 @@ pub struct MySqlEgressStorage {
     table: TableName,
     claims: Claims,
     sql: Arc<MySqlSql>,
+    heartbeat: Arc<Heartbeat>,
 }
 
 struct MySqlSql {
+    renew: String,
     live_foreign_lease: String,
     select_claimable: String,
     claim_prefix: String,
@@ -306,6 +308,10 @@ impl MySqlEgressStorage {
         let t = table.mysql();
         let q = table.derived("_quarantine").mysql();
         let sql = MySqlSql {
+            renew: format!(
+                "UPDATE {t} SET claimed_until = NOW(6) + INTERVAL ? MICROSECOND \
+                 WHERE claimed_by = ?"
+            ),
             live_foreign_lease: format!(
                 "SELECT EXISTS(SELECT 1 FROM {t} WHERE claimed_by <> ? AND claimed_until >= NOW(6))"
             ),
@@ -339,6 +345,7 @@ impl MySqlEgressStorage {
             table,
             claims: Claims::default(),
             sql: Arc::new(sql),
+            heartbeat: Arc::default(),
         })
     }
 
@@ -353,7 +360,8 @@ impl MySqlEgressStorage {
         Ok(self)
     }
 
-    /// How long claimed batches stay reserved for this relay (default 60 s).
+    /// How long claimed batches stay reserved for this relay (default 60 s). While the
+    /// storage is alive its claims are renewed every third of the lease.
     pub fn with_lease(mut self, lease: Duration) -> Self {
         self.claims.lease = lease;
         self
@@ -487,6 +495,49 @@ impl MySqlEgressStorage {
 #[async_trait]
 impl EgressStorage for MySqlEgressStorage {
     async fn fetch(&self, limit: usize) -> Result<Vec<StoredBatch>> {
+        let claimed = self.fetch_claims(limit).await?;
+        if !claimed.is_empty() {
+            let (pool, sql, relay_id) = (
+                self.pool.clone(),
+                self.sql.clone(),
+                self.claims.relay_id.clone(),
+            );
+            let micros = self.claims.lease_millis().saturating_mul(1000);
+            self.heartbeat.ensure(self.claims.lease, move || {
+                let (pool, sql, relay_id) = (pool.clone(), sql.clone(), relay_id.clone());
+                async move {
+                    sqlx::query(&sql.renew)
+                        .bind(micros)
+                        .bind(&relay_id)
+                        .execute(&pool)
+                        .await
+                        .map(drop)
+                        .map_err(|e| db_err(DRIVER, "renew outbox claims", e))
+                }
+            });
+        }
+        Ok(claimed)
+    }
+
+    async fn delete(&self, batch_ids: &[String]) -> Result<()> {
+        self.by_ids(&self.sql.delete_prefix, false, batch_ids)
+            .await
+            .map_err(|e| db_err(DRIVER, "delete outbox batches", e))
+    }
+
+    async fn quarantine(&self, batch_id: &str, reason: &str) -> Result<()> {
+        self.quarantine_one(batch_id, reason).await
+    }
+
+    async fn release(&self, batch_ids: &[String]) -> Result<()> {
+        self.by_ids(&self.sql.release_prefix, true, batch_ids)
+            .await
+            .map_err(|e| db_err(DRIVER, "release outbox batches", e))
+    }
+}
+
+impl MySqlEgressStorage {
+    async fn fetch_claims(&self, limit: usize) -> Result<Vec<StoredBatch>> {
         let err = |e| db_err(DRIVER, "claim outbox batches", e);
         let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
         let mut conn = self.pool.acquire().await.map_err(err)?;
@@ -517,13 +568,7 @@ impl EgressStorage for MySqlEgressStorage {
         claimed.map_err(err)
     }
 
-    async fn delete(&self, batch_ids: &[String]) -> Result<()> {
-        self.by_ids(&self.sql.delete_prefix, false, batch_ids)
-            .await
-            .map_err(|e| db_err(DRIVER, "delete outbox batches", e))
-    }
-
-    async fn quarantine(&self, batch_id: &str, reason: &str) -> Result<()> {
+    async fn quarantine_one(&self, batch_id: &str, reason: &str) -> Result<()> {
         let err = |e| db_err(DRIVER, "quarantine outbox batch", e);
         let mut tx = self.pool.begin().await.map_err(err)?;
         sqlx::query(&self.sql.quarantine_copy)
@@ -538,12 +583,6 @@ impl EgressStorage for MySqlEgressStorage {
             .await
             .map_err(err)?;
         tx.commit().await.map_err(err)
-    }
-
-    async fn release(&self, batch_ids: &[String]) -> Result<()> {
-        self.by_ids(&self.sql.release_prefix, true, batch_ids)
-            .await
-            .map_err(|e| db_err(DRIVER, "release outbox batches", e))
     }
 }
 

@@ -12,7 +12,7 @@ use streams_core::{
 };
 use tokio::sync::Notify;
 
-use crate::common::{db_err, fnv1a, Claims};
+use crate::common::{db_err, fnv1a, Claims, Heartbeat};
 use crate::TableName;
 
 const DRIVER: &str = "postgres";
@@ -313,10 +313,12 @@ pub struct PgEgressStorage {
     table: TableName,
     claims: Claims,
     sql: Arc<PgSql>,
+    heartbeat: Arc<Heartbeat>,
 }
 
 struct PgSql {
     claim: String,
+    renew: String,
     delete: String,
     release: String,
     quarantine: String,
@@ -350,6 +352,7 @@ impl PgEgressStorage {
             pool,
             table,
             claims,
+            heartbeat: Arc::default(),
         })
     }
 
@@ -365,8 +368,9 @@ impl PgEgressStorage {
         Ok(self)
     }
 
-    /// How long claimed batches stay reserved for this relay (default 60 s). Make it
-    /// longer than the destination may take to accept a fetched set, retries included.
+    /// How long claimed batches stay reserved for this relay (default 60 s). While the
+    /// storage is alive its claims are renewed every third of the lease, so the lease
+    /// is how long a relay that died keeps others waiting.
     pub fn with_lease(mut self, lease: Duration) -> Self {
         self.claims.lease = lease;
         self
@@ -458,6 +462,10 @@ impl PgSql {
                  FROM c WHERE b.batch_id = c.batch_id \
                  RETURNING b.seq, b.batch_id, b.raw_data"
             ),
+            renew: format!(
+                "UPDATE {t} SET claimed_until = now() + $2::float8 * interval '1 millisecond' \
+                 WHERE claimed_by = $1"
+            ),
             delete: format!("DELETE FROM {t} WHERE batch_id = ANY($1)"),
             release: format!(
                 "UPDATE {t} SET claimed_by = NULL, claimed_until = NULL \
@@ -512,6 +520,25 @@ impl EgressStorage for PgEgressStorage {
         }
         .map_err(|e| db_err(DRIVER, "claim outbox batches", e))?;
         rows.sort_unstable_by_key(|r| r.0);
+        if !rows.is_empty() {
+            let (pool, sql, relay_id) = (
+                self.pool.clone(),
+                self.sql.clone(),
+                self.claims.relay_id.clone(),
+            );
+            self.heartbeat.ensure(self.claims.lease, move || {
+                let (pool, sql, relay_id) = (pool.clone(), sql.clone(), relay_id.clone());
+                async move {
+                    sqlx::query(&sql.renew)
+                        .bind(&relay_id)
+                        .bind(lease)
+                        .execute(&pool)
+                        .await
+                        .map(drop)
+                        .map_err(|e| db_err(DRIVER, "renew outbox claims", e))
+                }
+            });
+        }
         Ok(rows
             .into_iter()
             .map(|(_, id, raw)| StoredBatch {
