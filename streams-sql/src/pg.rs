@@ -26,6 +26,13 @@ const DRIVER: &str = "postgres";
 ///
 /// Writing needs a `&mut Transaction`: there is no way to write outside one.
 ///
+/// ```compile_fail
+/// # async fn demo(pool: sqlx::PgPool, outbox: streams_sql::PgOutbox) {
+/// // A pool is not a transaction: this does not compile.
+/// outbox.write(&pool, &[]).await;
+/// # }
+/// ```
+///
 /// ```no_run
 /// # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
 /// use streams_core::Message;

@@ -408,3 +408,79 @@ fn public_types_are_send_sync() {
     assert_send_sync::<streams_sql::PgOutboxWriter>();
     assert_send_sync::<Relay>();
 }
+
+async fn outbox_writer_uses_its_own_transaction(db: Db) {
+    let table = db.table("writer").await;
+    let writer: Arc<dyn Writer> = match &db {
+        Db::Pg(pool) => Arc::new(streams_sql::PgOutboxWriter::new(
+            pool.clone(),
+            PgOutbox::new(&table.name).unwrap(),
+        )),
+        Db::My(pool) => Arc::new(streams_sql::MySqlOutboxWriter::new(
+            pool.clone(),
+            MySqlOutbox::new(&table.name).unwrap(),
+        )),
+    };
+    writer
+        .write(vec![payment(1, "k"), payment(2, "k")])
+        .await
+        .unwrap();
+    writer.write(Vec::new()).await.unwrap();
+    assert_eq!(
+        table.pending().await,
+        1,
+        "one row per batch, none for an empty one"
+    );
+    writer.close().await.unwrap();
+    assert!(matches!(
+        writer.write(vec![payment(3, "k")]).await,
+        Err(streams_core::Error::Closed(_))
+    ));
+
+    let received = Recorder::new();
+    let report = Relay::new(table.storage().dyn_storage(), received.clone())
+        .forwarder()
+        .forward_once()
+        .await
+        .unwrap();
+    assert_eq!((report.forwarded, report.messages), (1, 2));
+    assert_eq!(
+        received.messages().iter().map(seq_of).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    table.drop_tables().await;
+}
+both!(outbox_writer_uses_its_own_transaction);
+
+async fn live_relay_renews_its_claims(db: Db) {
+    let table = db.table("renew").await;
+    table.write(&[payment(1, "k")], true, None).await;
+    let storage = table
+        .storage_with(Some("relay-r"), Some(Duration::from_millis(600)), false)
+        .dyn_storage();
+    assert_eq!(storage.fetch(10).await.unwrap().len(), 1);
+    let sql = format!("SELECT CAST(claimed_until AS CHAR(40)) FROM {}", table.name);
+    let claimed_until = || async {
+        match &db {
+            Db::Pg(pool) => sqlx::query_scalar::<_, String>(&sql.replace("CHAR(40)", "TEXT"))
+                .fetch_one(pool)
+                .await
+                .unwrap(),
+            Db::My(pool) => sqlx::query_scalar::<_, String>(&sql)
+                .fetch_one(pool)
+                .await
+                .unwrap(),
+        }
+    };
+    let first = claimed_until().await;
+    tokio::time::timeout(PATIENCE, async {
+        while claimed_until().await == first {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the lease is renewed while the storage lives");
+    storage.release(&[]).await.unwrap();
+    table.drop_tables().await;
+}
+both!(live_relay_renews_its_claims);
