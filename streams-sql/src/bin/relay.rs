@@ -158,6 +158,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let args = Args::parse();
+    let shutdown = shutdown_signal()?;
     let destination = args.destination.writer()?;
     let lease = Duration::from_secs(args.lease_secs.max(1));
 
@@ -214,7 +215,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
 
     let cancel = CancellationToken::new();
     let running = relay.spawn(cancel.clone());
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down after the pass in flight");
     cancel.cancel();
     running.await??;
@@ -222,24 +223,25 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called, so
+/// call it before anything a signal should stop can start.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
