@@ -310,7 +310,7 @@ impl MySqlEgressStorage {
         let sql = MySqlSql {
             renew: format!(
                 "UPDATE {t} SET claimed_until = NOW(6) + INTERVAL ? MICROSECOND \
-                 WHERE claimed_by = ?"
+                 WHERE claimed_until IS NOT NULL AND claimed_by = ?"
             ),
             live_foreign_lease: format!(
                 "SELECT EXISTS(SELECT 1 FROM {t} WHERE claimed_by <> ? AND claimed_until >= NOW(6))"

@@ -471,7 +471,7 @@ impl PgSql {
             ),
             renew: format!(
                 "UPDATE {t} SET claimed_until = now() + $2::float8 * interval '1 millisecond' \
-                 WHERE claimed_by = $1"
+                 WHERE claimed_until IS NOT NULL AND claimed_by = $1"
             ),
             delete: format!("DELETE FROM {t} WHERE batch_id = ANY($1)"),
             release: format!(
