@@ -93,12 +93,16 @@ async fn broker_restart_mid_stream_loses_nothing() {
     sent.extend(second.iter().map(|m| m.id.clone()));
     let w = writer.clone();
     let pending = tokio::spawn(async move {
-        for chunk in second.chunks(10) {
-            w.write(chunk.to_vec()).await?;
+        for m in second {
+            w.write(vec![m]).await?;
         }
         Ok::<_, streams_core::Error>(())
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !pending.is_finished(),
+        "writes wait for the broker while it is down"
+    );
     let _broker = start_broker(&bin, &dir, port).await;
     tokio::time::timeout(Duration::from_secs(120), pending)
         .await

@@ -17,7 +17,17 @@ use tokio::sync::mpsc;
 
 /// Settings for tests: short session time-outs so group joins are quick.
 pub fn config() -> KafkaConfig {
-    KafkaConfig::from_env()
+    // RUST_LOG=streams_kafka=debug,librdkafka=debug shows what the client does.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let mut config = KafkaConfig::from_env();
+    if let Ok(contexts) = std::env::var("STREAMS_KAFKA_DEBUG") {
+        // librdkafka debug contexts, such as `consumer,fetch,cgrp`.
+        config = config.set("debug", contexts);
+    }
+    config
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1000")
         .set("topic.metadata.refresh.interval.ms", "1000")
