@@ -519,7 +519,7 @@ impl Writer for SnsWriter {
         let mut fifo = Vec::new();
         for (stream, messages) in streams {
             let arn = self.topic_arn(&stream)?;
-            let is_fifo = stream.ends_with(".fifo");
+            let is_fifo = arn.ends_with(".fifo");
             let chunks = chunk(&arn, is_fifo, messages, self.inner.max_message_bytes);
             if is_fifo {
                 fifo.push(chunks);

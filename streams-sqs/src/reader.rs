@@ -170,7 +170,12 @@ impl Reader for SqsReader {
         let limit = task.concurrency.unwrap_or(self.opts.max_handlers).max(1);
         let permits = Arc::new(Semaphore::new(limit));
         let (tx, rx) = mpsc::unbounded_channel();
-        let deleter = tokio::spawn(delete_loop(self.client.clone(), url.clone(), rx));
+        let deleter = tokio::spawn(delete_loop(
+            self.client.clone(),
+            url.clone(),
+            rx,
+            self.opts.pollers.max(2),
+        ));
         let ctx = Arc::new(Ctx {
             client: self.client.clone(),
             fifo: is_fifo(&url),
@@ -448,37 +453,53 @@ async fn change_visibility<'a>(
     }
 }
 
-/// Deletes acknowledged messages, up to ten per request, as they come.
-async fn delete_loop(client: SqsClient, url: String, mut rx: mpsc::UnboundedReceiver<String>) {
-    let mut batch = Vec::with_capacity(10);
-    while rx.recv_many(&mut batch, 10).await > 0 {
-        let entries = batch
-            .drain(..)
-            .enumerate()
-            .map(|(i, h)| {
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(h)
-                    .build()
-                    .expect("id and receipt handle are set")
-            })
-            .collect();
-        let result = client
-            .sdk()
-            .delete_message_batch()
-            .queue_url(&url)
-            .set_entries(Some(entries))
-            .send()
-            .await;
-        match result {
-            Ok(out) if out.failed.is_empty() => {}
-            Ok(out) => {
-                tracing::warn!(queue = %url, failed = out.failed.len(), "some acknowledged messages were not deleted and will be redelivered")
-            }
-            Err(e) => {
-                let error = sdk_error("DeleteMessageBatch", e);
-                tracing::warn!(queue = %url, %error, "acknowledged messages were not deleted and will be redelivered");
-            }
+/// Deletes acknowledged messages, up to ten per request, as they come, with up to
+/// `in_flight` requests at once.
+async fn delete_loop(
+    client: SqsClient,
+    url: String,
+    rx: mpsc::UnboundedReceiver<String>,
+    in_flight: usize,
+) {
+    use futures::StreamExt;
+    let batches = futures::stream::unfold(rx, |mut rx| async move {
+        let mut batch = Vec::with_capacity(10);
+        (rx.recv_many(&mut batch, 10).await > 0).then_some((batch, rx))
+    });
+    batches
+        .map(|batch| delete_batch(&client, &url, batch))
+        .buffer_unordered(in_flight.max(1))
+        .for_each(|()| std::future::ready(()))
+        .await;
+}
+
+async fn delete_batch(client: &SqsClient, url: &str, batch: Vec<String>) {
+    let entries = batch
+        .into_iter()
+        .enumerate()
+        .map(|(i, h)| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(h)
+                .build()
+                .expect("id and receipt handle are set")
+        })
+        .collect();
+    let result = client
+        .sdk()
+        .delete_message_batch()
+        .queue_url(url)
+        .set_entries(Some(entries))
+        .send()
+        .await;
+    match result {
+        Ok(out) if out.failed.is_empty() => {}
+        Ok(out) => {
+            tracing::warn!(queue = %url, failed = out.failed.len(), "some acknowledged messages were not deleted and will be redelivered")
+        }
+        Err(e) => {
+            let error = sdk_error("DeleteMessageBatch", e);
+            tracing::warn!(queue = %url, %error, "acknowledged messages were not deleted and will be redelivered");
         }
     }
 }

@@ -621,3 +621,39 @@ async fn write_after_close_is_closed() {
     let err = writer.write(vec![Message::new("x", "y")]).await.unwrap_err();
     assert!(matches!(err, Error::Closed(_)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sns_batches_over_the_size_limit_arrive_and_oversized_fails_early() {
+    let client = common::client().await;
+    let sns = sns_writer().await;
+    let topic = common::unique("snssize");
+    let queue = format!("{topic}.q");
+    sns.create_topic(&topic).await.unwrap();
+    client.create_queue(&queue).await.unwrap();
+    let arn = client.queue_arn(&queue).await.unwrap();
+    sns.subscribe_queue(&topic, &arn, true).await.unwrap();
+    // 12 messages of 60 KB: several PublishBatch requests under 256 KiB each.
+    let big: Vec<Message> = (0..12)
+        .map(|i| Message::new(&topic, vec![b'a' + i as u8; 60_000]).with_key("k"))
+        .collect();
+    sns.write(big.clone()).await.unwrap();
+    let mut r = run(reader(&client), &queue);
+    let got = r.take(12).await;
+    r.stop().await;
+    let by_id: HashMap<_, _> = got.iter().map(|m| (m.id.clone(), m.data.clone())).collect();
+    for m in &big {
+        assert_eq!(by_id.get(&m.id), Some(&m.data));
+    }
+    let err = sns
+        .write(vec![Message::new(&topic, vec![b'x'; 262_144])])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Invalid { .. }), "{err}");
+    // A topic that does not exist: a service error that retrying cannot fix.
+    let err = sns
+        .write(vec![Message::new(common::unique("nosuchtopic"), "x")])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Driver { driver: "sns", .. }), "{err}");
+    assert!(!err.is_retryable(), "{err}");
+}
