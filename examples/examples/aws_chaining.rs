@@ -28,7 +28,11 @@ use tokio::sync::mpsc;
 #[derive(Parser, Debug)]
 struct Args {
     /// AWS endpoint (an emulator).
-    #[arg(long, env = "STREAMS_AWS_ENDPOINT", default_value = "http://127.0.0.1:4566")]
+    #[arg(
+        long,
+        env = "STREAMS_AWS_ENDPOINT",
+        default_value = "http://127.0.0.1:4566"
+    )]
     endpoint: String,
     /// Orders to publish.
     #[arg(long, default_value_t = 20)]
@@ -127,9 +131,12 @@ async fn main() -> Result<(), BoxError> {
 
     let orders: Vec<Message> = (0..args.orders)
         .map(|i| {
-            Message::new(&topic, format!(r#"{{"order":{i},"total_cents":{}}}"#, 1000 + i))
-                .with_key(format!("customer-{}", i % 4))
-                .with_content_type(streams_core::CONTENT_TYPE_JSON)
+            Message::new(
+                &topic,
+                format!(r#"{{"order":{i},"total_cents":{}}}"#, 1000 + i),
+            )
+            .with_key(format!("customer-{}", i % 4))
+            .with_content_type(streams_core::CONTENT_TYPE_JSON)
         })
         .collect();
     sns.write(orders.clone()).await?;

@@ -1,5 +1,5 @@
 //! Amazon DynamoDB for `streams`: [`DynamoDedupStore`], a
-//! [`DedupStore`](streams_core::middleware::DedupStore) that lets every worker of a
+//! [`DedupStore`] that lets every worker of a
 //! service, on any host, skip messages another one already processed.
 //!
 //! Table layout (shared with the Go library): partition key `worker_id` (S), sort key
@@ -262,7 +262,7 @@ impl DedupStore for DynamoDedupStore {
             .get(ATTR_EXPIRATION_TIME)
             .and_then(|v| v.as_n().ok())
             .and_then(|n| n.parse::<u64>().ok());
-        Ok(expires.map_or(true, |at| at > now_secs()))
+        Ok(!matches!(expires, Some(at) if at <= now_secs()))
     }
 
     async fn commit(&self, worker: &str, message_id: &str) -> Result<()> {

@@ -159,9 +159,17 @@ mod tests {
         assert_eq!(e.body, "héllo");
         let e = encode(&Message::new("s", vec![0u8, 0xff]));
         assert_eq!(e.body, "AP8=");
-        assert!(e.attributes.iter().any(|(n, v)| n == ATTR_BODY_ENCODING && v == "base64"));
+        assert!(e
+            .attributes
+            .iter()
+            .any(|(n, v)| n == ATTR_BODY_ENCODING && v == "base64"));
         let e = encode(&Message::new("s", "x").with_key("k"));
-        let time = &e.attributes.iter().find(|(n, _)| n == ATTR_MESSAGE_TIME).unwrap().1;
+        let time = &e
+            .attributes
+            .iter()
+            .find(|(n, _)| n == ATTR_MESSAGE_TIME)
+            .unwrap()
+            .1;
         assert!(time.ends_with('Z'), "{time}");
     }
 

@@ -354,7 +354,12 @@ impl SnsWriter {
     /// # Errors
     ///
     /// A driver error.
-    pub async fn subscribe_queue(&self, stream: &str, queue_arn: &str, raw: bool) -> Result<String> {
+    pub async fn subscribe_queue(
+        &self,
+        stream: &str,
+        queue_arn: &str,
+        raw: bool,
+    ) -> Result<String> {
         let arn = self.topic_arn(stream)?;
         let mut req = self
             .inner
@@ -436,13 +441,12 @@ impl SnsWriter {
                     .iter()
                     .map(|f| {
                         retryable &= !f.sender_fault;
-                        let id = f
-                            .id
-                            .parse::<usize>()
-                            .ok()
-                            .and_then(|i| chunk.entries.get(i))
-                            .map(|(m, _)| m.id.clone())
-                            .unwrap_or_else(|| f.id.clone());
+                        let id =
+                            f.id.parse::<usize>()
+                                .ok()
+                                .and_then(|i| chunk.entries.get(i))
+                                .map(|(m, _)| m.id.clone())
+                                .unwrap_or_else(|| f.id.clone());
                         FailedMessage {
                             id,
                             reason: format!(

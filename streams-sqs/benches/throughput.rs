@@ -66,8 +66,14 @@ fn raw_attributes(stream: &str, i: usize) -> HashMap<String, MessageAttributeVal
         ("streams-message-id".to_owned(), s(format!("raw-{i}"))),
         ("streams-stream-name".to_owned(), s(stream.to_owned())),
         ("streams-stream-key".to_owned(), s("customer-7".to_owned())),
-        ("streams-content-type".to_owned(), s("application/json".to_owned())),
-        ("streams-message-time".to_owned(), s("1700000000000".to_owned())),
+        (
+            "streams-content-type".to_owned(),
+            s("application/json".to_owned()),
+        ),
+        (
+            "streams-message-time".to_owned(),
+            s("1700000000000".to_owned()),
+        ),
     ])
 }
 
@@ -180,7 +186,9 @@ async fn prefilled(client: &SqsClient, case: &str, n: usize) -> (String, String)
     let (stream, url) = fresh_queue(client, case).await;
     let writer = SqsWriter::new(client.clone());
     for from in (0..n).step_by(100) {
-        let batch = (from..(from + 100).min(n)).map(|_| message(&stream)).collect();
+        let batch = (from..(from + 100).min(n))
+            .map(|_| message(&stream))
+            .collect();
         writer.write(batch).await.expect("prefill");
     }
     (stream, url)
@@ -275,8 +283,16 @@ fn rate(n: usize, d: Duration) -> f64 {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
-    let n = if bench { env_usize("MESSAGES", 300) } else { 20 };
-    let rounds = if bench { env_usize("ROUNDS", 3).max(1) } else { 1 };
+    let n = if bench {
+        env_usize("MESSAGES", 300)
+    } else {
+        20
+    };
+    let rounds = if bench {
+        env_usize("ROUNDS", 3).max(1)
+    } else {
+        1
+    };
     let c = env_usize("CONCURRENCY", 4).max(1);
     let client = client().await;
     println!(

@@ -239,10 +239,7 @@ impl SqsClient {
         for (name, value) in attributes {
             req = req.attributes(name, value);
         }
-        let out = req
-            .send()
-            .await
-            .map_err(|e| sdk_error("CreateQueue", e))?;
+        let out = req.send().await.map_err(|e| sdk_error("CreateQueue", e))?;
         let url = out
             .queue_url
             .ok_or_else(|| Error::driver(DRIVER, "CreateQueue", false, "no queue URL returned"))?;

@@ -290,7 +290,10 @@ fn dispatch(
         } else {
             None
         };
-        match groups.iter_mut().find(|(g, _)| group.is_some() && *g == group) {
+        match groups
+            .iter_mut()
+            .find(|(g, _)| group.is_some() && *g == group)
+        {
             Some((_, list)) => list.push(m),
             None => groups.push((group, vec![m])),
         }
@@ -318,7 +321,13 @@ async fn run_unit(ctx: &Ctx, handler: Handler, unit: Vec<SqsMessage>) {
         }
         // The group's later messages were not handled: release them now. SQS keeps
         // them behind the failed one, which is still in flight.
-        change_visibility(ctx, pending.iter(), 0, "release after a failure in the group").await;
+        change_visibility(
+            ctx,
+            pending.iter(),
+            0,
+            "release after a failure in the group",
+        )
+        .await;
         if let Some(backoff) = ctx.opts.backoff {
             let receives =
                 system_attribute(&m, MessageSystemAttributeName::ApproximateReceiveCount)

@@ -289,8 +289,13 @@ mod tests {
         let e = encode(msg);
         assert!(e.attributes.len() <= MAX_ATTRIBUTES, "{:?}", e.attributes);
         assert!(xml_safe(&e.body));
-        decode("fallback", &e.body, e.attributes.into_iter().collect(), Delivery::default())
-            .unwrap()
+        decode(
+            "fallback",
+            &e.body,
+            e.attributes.into_iter().collect(),
+            Delivery::default(),
+        )
+        .unwrap()
     }
 
     #[test]

@@ -205,13 +205,12 @@ impl SqsWriter {
                     .iter()
                     .map(|f| {
                         retryable &= !f.sender_fault;
-                        let id = f
-                            .id
-                            .parse::<usize>()
-                            .ok()
-                            .and_then(|i| chunk.entries.get(i))
-                            .map(|(m, _)| m.id.clone())
-                            .unwrap_or_else(|| f.id.clone());
+                        let id =
+                            f.id.parse::<usize>()
+                                .ok()
+                                .and_then(|i| chunk.entries.get(i))
+                                .map(|(m, _)| m.id.clone())
+                                .unwrap_or_else(|| f.id.clone());
                         FailedMessage {
                             id,
                             reason: format!(
@@ -233,12 +232,7 @@ impl SqsWriter {
 }
 
 /// Splits one stream's messages into requests by count and by size.
-fn chunk(
-    url: &str,
-    fifo: bool,
-    messages: Vec<(Message, Encoded)>,
-    max_bytes: usize,
-) -> Vec<Chunk> {
+fn chunk(url: &str, fifo: bool, messages: Vec<(Message, Encoded)>, max_bytes: usize) -> Vec<Chunk> {
     let mut chunks = Vec::new();
     let mut current = Vec::new();
     let mut bytes = 0;

@@ -117,7 +117,11 @@ async fn sns_to_sqs_raw_and_enveloped() {
                 Bytes::from(format!("{{\"n\":{i},\"text\":\"héllo\"}}"))
             };
             Message::new(&topic, data)
-                .with_key(if i % 2 == 0 { "customer-7" } else { "kéy with spaces" })
+                .with_key(if i % 2 == 0 {
+                    "customer-7"
+                } else {
+                    "kéy with spaces"
+                })
                 .with_header("n", i.to_string())
                 .with_content_type("application/json")
         })
@@ -129,7 +133,9 @@ async fn sns_to_sqs_raw_and_enveloped() {
         r.stop().await;
         let by_id: HashMap<_, _> = got.iter().map(|m| (m.id.clone(), m)).collect();
         for s in &sent {
-            let g = by_id.get(&s.id).unwrap_or_else(|| panic!("{q}: {} missing", s.id));
+            let g = by_id
+                .get(&s.id)
+                .unwrap_or_else(|| panic!("{q}: {} missing", s.id));
             assert_eq!(g.data, s.data, "{q}: payload");
             assert_eq!(g.stream, s.stream, "{q}: stream");
             assert_eq!(g.key, s.key, "{q}: key");
@@ -149,11 +155,16 @@ async fn batches_are_split_by_count_and_size() {
     let writer = SqsWriter::new(client.clone());
     let mut r = run(reader(&client), &stream);
 
-    let small: Vec<Message> = (0..25).map(|i| Message::new(&stream, format!("{i}"))).collect();
+    let small: Vec<Message> = (0..25)
+        .map(|i| Message::new(&stream, format!("{i}")))
+        .collect();
     writer.write(small.clone()).await.unwrap();
     let got = r.take(25).await;
     let want: HashSet<_> = small.iter().map(|m| m.id.clone()).collect();
-    assert_eq!(got.iter().map(|m| m.id.clone()).collect::<HashSet<_>>(), want);
+    assert_eq!(
+        got.iter().map(|m| m.id.clone()).collect::<HashSet<_>>(),
+        want
+    );
 
     // 12 messages of 60 KB: 720 KB in all, over the 256 KiB request limit.
     let big: Vec<Message> = (0..12)
@@ -265,8 +276,14 @@ async fn failed_message_is_redelivered_with_reader_headers() {
         .write(vec![msg.clone()])
         .await
         .unwrap();
-    let first = tokio::time::timeout(PATIENCE, rx.recv()).await.unwrap().unwrap();
-    let second = tokio::time::timeout(PATIENCE, rx.recv()).await.unwrap().unwrap();
+    let first = tokio::time::timeout(PATIENCE, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let second = tokio::time::timeout(PATIENCE, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     cancel.cancel();
     assert_eq!(first.id, msg.id);
     assert_eq!(second.id, msg.id);
@@ -278,7 +295,10 @@ async fn failed_message_is_redelivered_with_reader_headers() {
     ] {
         assert!(second.header(name).is_some(), "{name} missing");
     }
-    assert_eq!(first.header("sqs-message-id"), second.header("sqs-message-id"));
+    assert_eq!(
+        first.header("sqs-message-id"),
+        second.header("sqs-message-id")
+    );
     assert_ne!(
         first.header("sqs-message-receipt-handle"),
         second.header("sqs-message-receipt-handle")
@@ -440,7 +460,11 @@ async fn heartbeat_keeps_a_slow_message_invisible() {
     tokio::time::timeout(PATIENCE, rx.recv()).await.unwrap();
     cancel.cancel();
     join.await.unwrap().unwrap();
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "not redelivered while running");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "not redelivered while running"
+    );
     assert_eq!(visible_or_in_flight(&client, &stream).await, 0, "deleted");
 }
 
@@ -462,7 +486,12 @@ async fn visible_or_in_flight(client: &SqsClient, stream: &str) -> usize {
         QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
     ]
     .iter()
-    .map(|a| attrs.get(a).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0))
+    .map(|a| {
+        attrs
+            .get(a)
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0)
+    })
     .sum()
 }
 
@@ -489,7 +518,9 @@ async fn shutdown_lets_running_handlers_finish_and_deletes_them() {
     let c = cancel.clone();
     let task = ReadTask::new(&stream);
     let join = tokio::spawn(async move { r.read(task, h, c).await });
-    let batch: Vec<Message> = (0..3).map(|i| Message::new(&stream, format!("{i}"))).collect();
+    let batch: Vec<Message> = (0..3)
+        .map(|i| Message::new(&stream, format!("{i}")))
+        .collect();
     SqsWriter::new(client.clone()).write(batch).await.unwrap();
     // All three handlers are running; cancel, then let them finish.
     tokio::time::timeout(PATIENCE, started.acquire_many(3))
@@ -501,7 +532,11 @@ async fn shutdown_lets_running_handlers_finish_and_deletes_them() {
     release.add_permits(3);
     join.await.unwrap().unwrap();
     assert_eq!(done.load(Ordering::SeqCst), 3);
-    assert_eq!(visible_or_in_flight(&client, &stream).await, 0, "all deleted");
+    assert_eq!(
+        visible_or_in_flight(&client, &stream).await,
+        0,
+        "all deleted"
+    );
 }
 
 /// Answers every request with HTTP 500 and an `InternalError` body.
@@ -563,7 +598,14 @@ async fn service_errors_are_retryable_and_missing_queues_are_not() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::Driver { driver: "sqs", operation: "SendMessageBatch", .. }),
+        matches!(
+            err,
+            Error::Driver {
+                driver: "sqs",
+                operation: "SendMessageBatch",
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(err.is_retryable(), "{err}");
@@ -618,7 +660,10 @@ async fn write_after_close_is_closed() {
     let client = common::client().await;
     let writer = SqsWriter::new(client);
     writer.close().await.unwrap();
-    let err = writer.write(vec![Message::new("x", "y")]).await.unwrap_err();
+    let err = writer
+        .write(vec![Message::new("x", "y")])
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Closed(_)));
 }
 
