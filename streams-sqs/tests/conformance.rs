@@ -42,6 +42,11 @@ impl Harness for SqsHarness {
         self.client.create_queue(stream).await.map(|_| ())
     }
 
+    fn patience(&self) -> Duration {
+        // The emulator slows down with queue depth and machine load: wait generously.
+        Duration::from_secs(60)
+    }
+
     fn task(&self, stream: &str, _group: &str) -> ReadTask {
         ReadTask::new(stream).with_concurrency(8)
     }

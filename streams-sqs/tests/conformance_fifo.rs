@@ -37,7 +37,7 @@ impl Harness for SqsFifoHarness {
             SqsReader::builder(self.client.clone())
                 .wait_time(Duration::from_secs(1))
                 .redelivery_backoff(Duration::ZERO, Duration::ZERO)
-                .pollers(2)
+                .pollers(4)
                 .build(),
         ))
     }
@@ -47,6 +47,12 @@ impl Harness for SqsFifoHarness {
         let url = self.client.create_queue(&format!("{stream}.fifo")).await?;
         self.client.set_queue_url(stream, url);
         Ok(())
+    }
+
+    fn patience(&self) -> Duration {
+        // FIFO receives are slower on the emulator (500 messages in 50 groups take tens of
+        // seconds on a loaded two-core machine): wait generously.
+        Duration::from_secs(120)
     }
 
     fn task(&self, stream: &str, _group: &str) -> ReadTask {
