@@ -29,7 +29,10 @@ use crate::wire::{decode, Delivery};
 /// - While a handler runs, a heartbeat extends the message's visibility timeout.
 /// - FIFO queues (queue name ending in `.fifo`): messages of one group are handled one
 ///   at a time in order; when one fails, the group's later messages of the same receive
-///   are released with it, so order holds on redelivery.
+///   are released with it, so order holds on redelivery. Order across receives rests
+///   on SQS not returning a group's messages while others of it are in flight; some
+///   emulators (moto) do not enforce that across concurrent receives, so use one
+///   poller for FIFO queues there.
 /// - SNS notification envelopes (subscriptions without raw delivery) are unwrapped;
 ///   raw deliveries are read as they are.
 /// - On cancellation the reader stops receiving (an in-flight long poll is allowed to

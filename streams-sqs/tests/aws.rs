@@ -635,7 +635,6 @@ async fn fifo_keeps_order_per_group() {
     let mut r = run(
         SqsReader::builder(client.clone())
             .wait_time(Duration::from_secs(1))
-            .pollers(2)
             .build(),
         &stream,
     );

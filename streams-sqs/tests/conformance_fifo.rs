@@ -32,12 +32,12 @@ impl Harness for SqsFifoHarness {
 
     async fn reader(&self) -> Result<Arc<dyn Reader>> {
         // Immediate redelivery: every message of one group fails once in the
-        // redelivery scenario, and each waits for the ones before it.
+        // redelivery scenario, and each waits for the ones before it. One poller: moto
+        // does not lock a message group across concurrent receives (SQS does).
         Ok(Arc::new(
             SqsReader::builder(self.client.clone())
                 .wait_time(Duration::from_secs(1))
                 .redelivery_backoff(Duration::ZERO, Duration::ZERO)
-                .pollers(4)
                 .build(),
         ))
     }
