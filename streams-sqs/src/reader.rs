@@ -39,6 +39,9 @@ use crate::wire::{decode, Delivery};
 ///   end, and what it returned is released at once), lets running handlers finish,
 ///   deletes what succeeded, and returns.
 ///
+/// The read task's `group` is not used: a queue has one set of consumers. For fan-out,
+/// subscribe one queue per consuming service to an SNS topic (see `streams-sns`).
+///
 /// Handlers see the headers `sqs-message-id`, `sqs-message-receipt-handle`,
 /// `sqs-message-body-md5` and `sqs-message-attributes-md5` besides the message's own.
 #[derive(Debug, Clone)]
