@@ -6,7 +6,7 @@
 //! `cargo bench -p streams-kafka --bench kafka_throughput`. `MESSAGES` sets the count
 //! (default 100,000), payloads are 256 bytes. Prints figures; asserts nothing.
 
-#![allow(missing_docs, clippy::print_stdout)]
+#![allow(missing_docs, clippy::print_stdout, clippy::print_stderr)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -198,7 +198,11 @@ fn row(what: &str, n: usize, ours: &Figures, raw: &Figures) {
         mb(raw),
         cpu(ours),
         cpu(raw),
-        cpu(ours) / cpu(raw).max(f64::MIN_POSITIVE),
+        if cpu(raw) > 0.0 {
+            cpu(ours) / cpu(raw)
+        } else {
+            f64::NAN
+        },
     );
 }
 
@@ -235,10 +239,14 @@ fn main() {
             create_topic(&config, &raw_topic, 3, 1)
                 .await
                 .expect("topic");
+            eprintln!("round {round}: produce through streams");
             keep(&mut best[0], produce_streams(&config, &topic, n).await);
+            eprintln!("round {round}: produce through raw rdkafka");
             keep(&mut best[1], produce_raw(&config, &raw_topic, n).await);
             // Both consumers read the same topic, so they see the same records.
+            eprintln!("round {round}: consume through streams");
             keep(&mut best[2], consume_streams(&config, &topic, n).await);
+            eprintln!("round {round}: consume through raw rdkafka");
             keep(&mut best[3], consume_raw(&config, &topic, n).await);
         }
         let [p, pr, c, cr] = best.map(|f| f.expect("measured"));

@@ -71,8 +71,10 @@ impl KafkaConfig {
         self.get("bootstrap.servers").unwrap_or_default()
     }
 
-    /// Messages a reader holds per partition before pausing that partition's fetching
-    /// (its handler is slow or failing); other partitions keep flowing. Default 256.
+    /// Messages a reader queues per partition for its handler. When a partition's queue
+    /// is full (its handler is slow or retrying a failed message) the reader waits
+    /// before taking more records, so memory stays bounded; other partitions' queued
+    /// messages keep being handled meanwhile. Default 256.
     pub fn with_max_in_flight_per_partition(mut self, n: usize) -> Self {
         self.max_in_flight_per_partition = n.max(1);
         self

@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,8 +38,11 @@ use crate::KafkaConfig;
 ///
 /// A failed handler call is retried for the same message, with backoff (see
 /// [`KafkaConfig::with_retry_backoff`]); the partition's later messages wait, other
-/// partitions go on. Bound retries with `RetryLayer` and a `DeadLetterLayer` in the
-/// handler to move poison messages aside.
+/// partitions go on. Each partition queues at most
+/// [`KafkaConfig::with_max_in_flight_per_partition`] messages; when one is full the
+/// reader waits before fetching more, so a message failing for long holds up the
+/// others once its partition's queue fills. Bound retries with `RetryLayer` and a
+/// `DeadLetterLayer` in the handler to move poison messages aside.
 #[derive(Debug, Clone)]
 pub struct KafkaReader {
     config: KafkaConfig,
@@ -143,9 +146,7 @@ struct Work {
 }
 
 struct Partition {
-    tx: mpsc::UnboundedSender<Work>,
-    queued: Arc<AtomicUsize>,
-    paused: bool,
+    tx: mpsc::Sender<Work>,
     epoch: u64,
 }
 
@@ -242,7 +243,6 @@ impl Reader for KafkaReader {
         let mut workers = tokio::task::JoinSet::new();
         let mut partitions: HashMap<i32, Partition> = HashMap::new();
         let limit = self.config.max_in_flight_per_partition;
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
         let mut watermarks = tokio::time::interval(self.config.watermark_refresh);
         let mut failure = None;
         loop {
@@ -250,10 +250,6 @@ impl Reader for KafkaReader {
                 biased;
                 _ = cancel.cancelled() => break,
                 r = consumer.recv() => r,
-                _ = tick.tick() => {
-                    resume_drained(&shared, &mut partitions, limit);
-                    continue;
-                }
                 _ = watermarks.tick() => {
                     refresh_watermarks(&shared, &partitions).await;
                     continue;
@@ -298,37 +294,31 @@ impl Reader for KafkaReader {
             let part = match partitions.get_mut(&p) {
                 Some(part) if part.epoch == epoch && !part.tx.is_closed() => part,
                 _ => {
-                    let (tx, rx) = mpsc::unbounded_channel();
-                    let queued = Arc::new(AtomicUsize::new(0));
+                    partitions.retain(|_, part| !part.tx.is_closed());
+                    let (tx, rx) = mpsc::channel(limit);
                     workers.spawn(partition_worker(
                         shared.clone(),
                         p,
                         rx,
                         handler.clone(),
-                        queued.clone(),
                         stop.clone(),
                     ));
-                    partitions.insert(
-                        p,
-                        Partition {
-                            tx,
-                            queued,
-                            paused: false,
-                            epoch,
-                        },
-                    );
+                    partitions.insert(p, Partition { tx, epoch });
                     partitions.get_mut(&p).expect("just inserted")
                 }
             };
-            let n = part.queued.fetch_add(1, Ordering::AcqRel) + 1;
-            let _ = part.tx.send(Work {
+            // A full partition queue makes the reader wait: memory stays bounded and
+            // nothing is fetched twice. (Pausing the partition instead would make
+            // librdkafka drop and refetch what it prefetched.)
+            let work = Work {
                 message,
                 offset,
                 epoch,
-            });
-            if n >= limit && !part.paused {
-                pause(&shared, p, true);
-                part.paused = true;
+            };
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                _ = part.tx.send(work) => {}
             }
         }
 
@@ -371,34 +361,6 @@ struct Shared {
     commits: bool,
 }
 
-fn pause(shared: &Shared, partition: i32, pause: bool) {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(&shared.topic, partition);
-    let r = if pause {
-        shared.consumer.pause(&tpl)
-    } else {
-        shared.consumer.resume(&tpl)
-    };
-    match r {
-        Ok(()) => {
-            tracing::debug!(topic = %shared.topic, partition, pause, "partition flow changed")
-        }
-        Err(e) => {
-            tracing::warn!(topic = %shared.topic, partition, pause, error = %e, "pause/resume failed")
-        }
-    }
-}
-
-fn resume_drained(shared: &Shared, partitions: &mut HashMap<i32, Partition>, limit: usize) {
-    partitions.retain(|_, part| !part.tx.is_closed());
-    for (p, part) in partitions.iter_mut() {
-        if part.paused && part.queued.load(Ordering::Acquire) <= limit / 2 {
-            pause(shared, *p, false);
-            part.paused = false;
-        }
-    }
-}
-
 async fn refresh_watermarks(shared: &Arc<Shared>, partitions: &HashMap<i32, Partition>) {
     let ps: Vec<i32> = partitions.keys().copied().collect();
     if ps.is_empty() {
@@ -423,9 +385,8 @@ async fn refresh_watermarks(shared: &Arc<Shared>, partitions: &HashMap<i32, Part
 async fn partition_worker(
     shared: Arc<Shared>,
     partition: i32,
-    mut rx: mpsc::UnboundedReceiver<Work>,
+    mut rx: mpsc::Receiver<Work>,
     mut handler: Handler,
-    queued: Arc<AtomicUsize>,
     stop: CancellationToken,
 ) {
     while let Some(work) = tokio::select! {
@@ -434,7 +395,6 @@ async fn partition_worker(
         w = rx.recv() => w,
     } {
         let done = handle_until_success(&shared, partition, &mut handler, &work, &stop).await;
-        queued.fetch_sub(1, Ordering::AcqRel);
         if !done {
             // Stopped or revoked before success: not stored, so delivered again.
             if stop.is_cancelled() {
