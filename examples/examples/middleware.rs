@@ -59,7 +59,9 @@ async fn main() -> Result<(), BoxError> {
             let handled = handled.clone();
             async move {
                 match &msg.data[..] {
-                    b"flaky" if n.is_multiple_of(2) => Err::<(), BoxError>("flaky dependency".into()),
+                    b"flaky" if n.is_multiple_of(2) => {
+                        Err::<(), BoxError>("flaky dependency".into())
+                    }
                     b"hopeless" => Err("this can never work".into()),
                     data => {
                         let text = String::from_utf8_lossy(data).into_owned();

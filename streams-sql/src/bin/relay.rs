@@ -63,6 +63,11 @@ struct Args {
     /// Do not use PostgreSQL LISTEN/NOTIFY; poll only.
     #[arg(long, env = "STREAMS_SQL_NO_LISTEN")]
     no_listen: bool,
+
+    /// Kafka bootstrap servers, for `--destination kafka`.
+    #[cfg(feature = "kafka")]
+    #[arg(long, env = "STREAMS_KAFKA_BROKERS", default_value = "localhost:9092")]
+    kafka_brokers: String,
 }
 
 /// Destinations. Kafka, SQS and SNS plug in here behind the cargo features of their
@@ -73,13 +78,34 @@ enum Destination {
     Stdout,
     /// One `tracing` event per message (RUST_LOG=info).
     Log,
+    /// Kafka topics named by the message streams (`--kafka-brokers`).
+    #[cfg(feature = "kafka")]
+    Kafka,
+    /// SQS queues named by the message streams (AWS settings from the environment,
+    /// `STREAMS_AWS_ENDPOINT` for an emulator).
+    #[cfg(feature = "sqs")]
+    Sqs,
+    /// SNS topics named by the message streams (AWS settings from the environment).
+    #[cfg(feature = "sns")]
+    Sns,
 }
 
 impl Destination {
-    fn writer(self) -> Result<Arc<dyn Writer>> {
+    async fn writer(self, args: &Args) -> Result<Arc<dyn Writer>> {
+        let _ = args;
         Ok(match self {
             Destination::Stdout => Arc::new(StdoutWriter),
             Destination::Log => Arc::new(LogWriter),
+            #[cfg(feature = "kafka")]
+            Destination::Kafka => Arc::new(streams_kafka::KafkaWriter::new(
+                &streams_kafka::KafkaConfig::new(&args.kafka_brokers),
+            )?),
+            #[cfg(feature = "sqs")]
+            Destination::Sqs => Arc::new(streams_sqs::SqsWriter::new(
+                streams_sqs::SqsClient::from_env().await,
+            )),
+            #[cfg(feature = "sns")]
+            Destination::Sns => Arc::new(streams_sns::SnsWriterBuilder::from_env().build().await?),
         })
     }
 }
@@ -159,7 +185,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         .init();
     let args = Args::parse();
     let shutdown = shutdown_signal()?;
-    let destination = args.destination.writer()?;
+    let destination = args.destination.writer(&args).await?;
     let lease = Duration::from_secs(args.lease_secs.max(1));
 
     let relay = if args.database_url.starts_with("postgres") {
