@@ -17,7 +17,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use streams_core::{
     BoxError, CancellationToken, Error, Handler, Message, ReadTask, Reader, Result,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tower::{Service, ServiceExt};
 
 use crate::record::{kafka_error, to_message, Origin};
@@ -141,14 +141,19 @@ fn commit_stored<C: Consumer<ReaderContext>>(consumer: &C, group: &str, why: &st
 /// A message on its way to a partition worker.
 struct Work {
     message: Message,
+    partition: i32,
     offset: i64,
     epoch: u64,
 }
 
 struct Partition {
-    tx: mpsc::Sender<Work>,
+    tx: mpsc::UnboundedSender<Vec<Work>>,
+    room: Arc<Semaphore>,
     epoch: u64,
 }
+
+/// Records taken from the consumer at most per turn of the read loop.
+const DRAIN_MAX: usize = 512;
 
 type Consumer_ = StreamConsumer<ReaderContext>;
 
@@ -245,8 +250,9 @@ impl Reader for KafkaReader {
         let limit = self.config.max_in_flight_per_partition;
         let mut watermarks = tokio::time::interval(self.config.watermark_refresh);
         let mut failure = None;
-        loop {
-            let record = tokio::select! {
+        let mut ready: HashMap<i32, Vec<Work>> = HashMap::new();
+        'read: loop {
+            let first = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
                 r = consumer.recv() => r,
@@ -255,70 +261,71 @@ impl Reader for KafkaReader {
                     continue;
                 }
             };
-            let record = match record {
-                Ok(r) => r,
-                Err(e) => {
-                    let fatal = matches!(
-                        e.rdkafka_error_code(),
-                        Some(RDKafkaErrorCode::Fatal | RDKafkaErrorCode::Authentication)
-                    );
-                    tracing::warn!(topic = %task.stream, error = %e, fatal, "kafka consume error");
-                    if fatal {
-                        failure = Some(kafka_error("consume", e));
-                        break;
+            // Take what else is already fetched, so each partition worker is woken once
+            // per batch rather than once per record.
+            let mut next = Some(first);
+            let mut taken = 0;
+            while let Some(record) = next.take() {
+                match record {
+                    Ok(record) => {
+                        if let Some(work) = shared.work(&record) {
+                            ready.entry(work.partition).or_default().push(work);
+                        }
                     }
-                    continue;
+                    Err(e) => {
+                        let fatal = matches!(
+                            e.rdkafka_error_code(),
+                            Some(RDKafkaErrorCode::Fatal | RDKafkaErrorCode::Authentication)
+                        );
+                        tracing::warn!(topic = %task.stream, error = %e, fatal, "kafka consume error");
+                        if fatal {
+                            failure = Some(kafka_error("consume", e));
+                            break 'read;
+                        }
+                    }
                 }
-            };
-            let p = rdkafka::Message::partition(&record);
-            let offset = rdkafka::Message::offset(&record);
-            let Some(epoch) = shared.ownership.epoch(p) else {
-                // Revoked between fetch and now: the new owner gets it.
-                continue;
-            };
-            let hwm = shared
-                .hwm
-                .lock()
-                .map(|m| m.get(&p).copied().unwrap_or(0))
-                .unwrap_or(0);
-            let message = to_message(
-                &record,
-                &Origin {
-                    hwm,
-                    client_id: &shared.client_id,
-                    group_id: &shared.group,
-                    init_offset: &shared.init_offset,
-                },
-            );
-            drop(record);
-            let part = match partitions.get_mut(&p) {
-                Some(part) if part.epoch == epoch && !part.tx.is_closed() => part,
-                _ => {
-                    partitions.retain(|_, part| !part.tx.is_closed());
-                    let (tx, rx) = mpsc::channel(limit);
-                    workers.spawn(partition_worker(
-                        shared.clone(),
-                        p,
-                        rx,
-                        handler.clone(),
-                        stop.clone(),
-                    ));
-                    partitions.insert(p, Partition { tx, epoch });
-                    partitions.get_mut(&p).expect("just inserted")
+                taken += 1;
+                if taken < DRAIN_MAX {
+                    next = consumer.recv().now_or_never();
                 }
-            };
-            // A full partition queue makes the reader wait: memory stays bounded and
-            // nothing is fetched twice. (Pausing the partition instead would make
-            // librdkafka drop and refetch what it prefetched.)
-            let work = Work {
-                message,
-                offset,
-                epoch,
-            };
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => break,
-                _ = part.tx.send(work) => {}
+            }
+            for (p, mut works) in ready.drain() {
+                let epoch = works[0].epoch;
+                let part = match partitions.get_mut(&p) {
+                    Some(part) if part.epoch == epoch && !part.tx.is_closed() => part,
+                    _ => {
+                        partitions.retain(|_, part| !part.tx.is_closed());
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        let room = Arc::new(Semaphore::new(limit));
+                        workers.spawn(partition_worker(
+                            shared.clone(),
+                            p,
+                            rx,
+                            handler.clone(),
+                            room.clone(),
+                            stop.clone(),
+                        ));
+                        partitions.insert(p, Partition { tx, room, epoch });
+                        partitions.get_mut(&p).expect("just inserted")
+                    }
+                };
+                // When a partition's queue is full the reader waits: memory stays
+                // bounded and nothing is fetched twice. (Pausing the partition instead
+                // would make librdkafka drop and refetch what it prefetched.)
+                while !works.is_empty() {
+                    let rest = works.split_off(works.len().min(limit));
+                    let permits = tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => break 'read,
+                        p = part.room.clone().acquire_many_owned(works.len() as u32) => p,
+                    };
+                    // The worker gives one permit back per message it is done with.
+                    if let Ok(p) = permits {
+                        p.forget();
+                    }
+                    let _ = part.tx.send(works);
+                    works = rest;
+                }
             }
         }
 
@@ -361,6 +368,36 @@ struct Shared {
     commits: bool,
 }
 
+impl Shared {
+    /// The work for a record of a partition this member owns; `None` for a record of a
+    /// partition revoked since it was fetched (its new owner gets it).
+    fn work(&self, record: &rdkafka::message::BorrowedMessage<'_>) -> Option<Work> {
+        let partition = rdkafka::Message::partition(record);
+        let offset = rdkafka::Message::offset(record);
+        let epoch = self.ownership.epoch(partition)?;
+        let hwm = self
+            .hwm
+            .lock()
+            .map(|m| m.get(&partition).copied().unwrap_or(0))
+            .unwrap_or(0);
+        let message = to_message(
+            record,
+            &Origin {
+                hwm,
+                client_id: &self.client_id,
+                group_id: &self.group,
+                init_offset: &self.init_offset,
+            },
+        );
+        Some(Work {
+            message,
+            partition,
+            offset,
+            epoch,
+        })
+    }
+}
+
 async fn refresh_watermarks(shared: &Arc<Shared>, partitions: &HashMap<i32, Partition>) {
     let ps: Vec<i32> = partitions.keys().copied().collect();
     if ps.is_empty() {
@@ -385,29 +422,39 @@ async fn refresh_watermarks(shared: &Arc<Shared>, partitions: &HashMap<i32, Part
 async fn partition_worker(
     shared: Arc<Shared>,
     partition: i32,
-    mut rx: mpsc::Receiver<Work>,
+    mut rx: mpsc::UnboundedReceiver<Vec<Work>>,
     mut handler: Handler,
+    room: Arc<Semaphore>,
     stop: CancellationToken,
 ) {
-    while let Some(work) = tokio::select! {
+    while let Some(batch) = tokio::select! {
         biased;
         _ = stop.cancelled() => None,
         w = rx.recv() => w,
     } {
-        let done = handle_until_success(&shared, partition, &mut handler, &work, &stop).await;
-        if !done {
-            // Stopped or revoked before success: not stored, so delivered again.
+        for work in batch {
             if stop.is_cancelled() {
                 return;
             }
-            continue;
-        }
-        if shared.commits && shared.ownership.owns(partition, work.epoch) {
-            if let Err(e) = shared
-                .consumer
-                .store_offset(&shared.topic, partition, work.offset)
-            {
-                tracing::warn!(topic = %shared.topic, partition, offset = work.offset, error = %e, "offset store failed");
+            let done = handle_until_success(&shared, partition, &mut handler, &work, &stop).await;
+            room.add_permits(1);
+            if !done {
+                // Stopped or revoked before success: not stored, so delivered again.
+                if stop.is_cancelled() {
+                    return;
+                }
+                continue;
+            }
+            if shared.commits && shared.ownership.owns(partition, work.epoch) {
+                if let Err(e) = shared
+                    .consumer
+                    .store_offset(&shared.topic, partition, work.offset)
+                {
+                    tracing::warn!(
+                        topic = %shared.topic, partition, offset = work.offset, error = %e,
+                        "offset store failed"
+                    );
+                }
             }
         }
     }
