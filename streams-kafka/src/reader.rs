@@ -13,6 +13,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use streams_core::{
     BoxError, CancellationToken, Error, Handler, Message, ReadTask, Reader, Result,
@@ -139,8 +140,11 @@ fn commit_stored<C: Consumer<ReaderContext>>(consumer: &C, group: &str, why: &st
 }
 
 /// A message on its way to a partition worker.
+/// A record on its way to a partition worker. The worker builds the `Message` from it
+/// for each attempt, so nothing is copied up front for a redelivery that rarely comes.
 struct Work {
-    message: Message,
+    record: OwnedMessage,
+    hwm: i64,
     partition: i32,
     offset: i64,
     epoch: u64,
@@ -371,7 +375,7 @@ struct Shared {
 impl Shared {
     /// The work for a record of a partition this member owns; `None` for a record of a
     /// partition revoked since it was fetched (its new owner gets it).
-    fn work(&self, record: &rdkafka::message::BorrowedMessage<'_>) -> Option<Work> {
+    fn work(&self, record: &BorrowedMessage<'_>) -> Option<Work> {
         let partition = rdkafka::Message::partition(record);
         let offset = rdkafka::Message::offset(record);
         let epoch = self.ownership.epoch(partition)?;
@@ -380,17 +384,9 @@ impl Shared {
             .lock()
             .map(|m| m.get(&partition).copied().unwrap_or(0))
             .unwrap_or(0);
-        let message = to_message(
-            record,
-            &Origin {
-                hwm,
-                client_id: &self.client_id,
-                group_id: &self.group,
-                init_offset: &self.init_offset,
-            },
-        );
         Some(Work {
-            message,
+            record: record.detach(),
+            hwm,
             partition,
             offset,
             epoch,
@@ -475,11 +471,20 @@ async fn handle_until_success(
         if !shared.ownership.owns(partition, work.epoch) {
             return false;
         }
-        match call(handler, work.message.clone()).await {
+        let message = to_message(
+            &work.record,
+            &Origin {
+                hwm: work.hwm,
+                client_id: &shared.client_id,
+                group_id: &shared.group,
+                init_offset: &shared.init_offset,
+            },
+        );
+        match call(handler, message).await {
             Ok(()) => return true,
             Err(error) => {
                 tracing::warn!(
-                    topic = %shared.topic, partition, offset = work.offset, id = %work.message.id,
+                    topic = %shared.topic, partition, offset = work.offset,
                     attempt, ?backoff, %error, "handler failed; delivering the message again"
                 );
             }
