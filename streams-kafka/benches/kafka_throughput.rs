@@ -148,7 +148,38 @@ async fn consume_streams(config: &KafkaConfig, topic: &str, n: usize) -> Figures
     figures
 }
 
-async fn consume_raw(config: &KafkaConfig, topic: &str, n: usize) -> Figures {
+/// Builds the `Message` the Go layout describes from a record by hand: what any
+/// application reading streams records with raw rdkafka has to do.
+fn decode_by_hand(m: &rdkafka::message::BorrowedMessage<'_>) -> Message {
+    use rdkafka::message::Headers as _;
+    let mut id = String::new();
+    let mut content_type = String::new();
+    let mut headers = streams_core::Headers::new();
+    if let Some(hs) = m.headers() {
+        for h in hs.iter() {
+            let v = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
+            match h.key {
+                "message_id" => id = v,
+                "content_type" => content_type = v,
+                k => {
+                    headers.insert(k.to_owned(), v);
+                }
+            }
+        }
+    }
+    Message {
+        id,
+        stream: m.topic().to_owned(),
+        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        headers,
+        content_type,
+        data: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+        time: chrono::DateTime::from_timestamp_millis(m.timestamp().to_millis().unwrap_or(0))
+            .unwrap_or_default(),
+    }
+}
+
+async fn consume_raw(config: &KafkaConfig, topic: &str, n: usize, decode: bool) -> Figures {
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", config.bootstrap_servers())
         .set("group.id", format!("bench-raw-{}", uuid()))
@@ -167,9 +198,13 @@ async fn consume_raw(config: &KafkaConfig, topic: &str, n: usize) -> Figures {
             t0 = Some(Instant::now());
             cpu0 = cpu_time();
         }
-        // The same work as the streams reader: copy the payload out, store the offset.
-        let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
-        std::hint::black_box(payload);
+        // At least once, as the streams reader: take the payload (or the whole message)
+        // out, then store the offset.
+        if decode {
+            std::hint::black_box(decode_by_hand(&m));
+        } else {
+            std::hint::black_box(Bytes::copy_from_slice(m.payload().unwrap_or_default()));
+        }
         consumer
             .store_offset(m.topic(), m.partition(), m.offset())
             .expect("store");
@@ -226,14 +261,24 @@ fn main() {
             "{:<8} {:>12} {:>12} {:>6} | {:>8} {:>8} | {:>9} {:>9} {:>6}",
             "", "streams/s", "raw/s", "ratio", "MB/s", "raw MB/s", "cpu us/m", "raw us/m", "ratio"
         );
-        let mut best: [Option<Figures>; 4] = [None, None, None, None];
+        let mut best: [Option<Figures>; 5] = [None, None, None, None, None];
         let keep = |slot: &mut Option<Figures>, f: Figures| {
             if slot.as_ref().is_none_or(|b| f.elapsed < b.elapsed) {
                 *slot = Some(f);
             }
         };
+        // PHASE=consume measures only the consumers (for profiling them).
+        let consume_only = std::env::var("PHASE").is_ok_and(|p| p == "consume");
         for round in 0..2 {
             let topic = format!("bench-{}-{round}", uuid());
+            if consume_only {
+                create_topic(&config, &topic, 3, 1).await.expect("topic");
+                produce_raw(&config, &topic, n).await;
+                keep(&mut best[2], consume_streams(&config, &topic, n).await);
+                keep(&mut best[3], consume_raw(&config, &topic, n, false).await);
+                keep(&mut best[4], consume_raw(&config, &topic, n, true).await);
+                continue;
+            }
             create_topic(&config, &topic, 3, 1).await.expect("topic");
             let raw_topic = format!("{topic}-raw");
             create_topic(&config, &raw_topic, 3, 1)
@@ -247,10 +292,18 @@ fn main() {
             eprintln!("round {round}: consume through streams");
             keep(&mut best[2], consume_streams(&config, &topic, n).await);
             eprintln!("round {round}: consume through raw rdkafka");
-            keep(&mut best[3], consume_raw(&config, &topic, n).await);
+            keep(&mut best[3], consume_raw(&config, &topic, n, false).await);
+            eprintln!("round {round}: consume through raw rdkafka, decoding messages by hand");
+            keep(&mut best[4], consume_raw(&config, &topic, n, true).await);
         }
-        let [p, pr, c, cr] = best.map(|f| f.expect("measured"));
-        row("produce", n, &p, &pr);
-        row("consume", n, &c, &cr);
+        let [p, pr, c, cr, cd] = best;
+        if let (Some(p), Some(pr)) = (p, pr) {
+            row("produce", n, &p, &pr);
+        }
+        let c = c.expect("measured");
+        row("consume", n, &c, &cr.expect("measured"));
+        // Against raw rdkafka that also builds the message (id, key, headers, payload,
+        // time) from each record: the reader's own overhead.
+        row("consume*", n, &c, &cd.expect("measured"));
     });
 }
