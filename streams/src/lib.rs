@@ -1,0 +1,86 @@
+//! `streams`: one dependency for the whole toolkit.
+//!
+//! This crate re-exports [`streams_core`] flat (messages, the [`Writer`] and [`Reader`]
+//! traits, typed events, [`middleware`], the outbox relay in [`egress`]) and each driver
+//! crate as a module behind a cargo feature:
+//!
+//! | feature | module | driver crate | on by default |
+//! |---|---|---|---|
+//! | `chanbuf` | `streams::chanbuf` | `streams-chanbuf`, the in-process bus | yes |
+//! | `kafka` | `streams::kafka` | `streams-kafka` | no |
+//! | `sqs` | `streams::sqs` | `streams-sqs` | no |
+//! | `sns` | `streams::sns` | `streams-sns` | no |
+//! | `sql` | `streams::sql` | `streams-sql` (PostgreSQL and MySQL/MariaDB outbox) | no |
+//!
+//! [`connect`] builds a writer and a reader from a URL, so an application moves from the
+//! in-process bus to Kafka or SQS by changing one environment variable
+//! ([`connect_from_env`] reads `STREAMS_URL`):
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> streams::Result<()> {
+//! use streams::{Message, ReadTask};
+//!
+//! // STREAMS_URL=kafka://broker:9092?group=billing in production, unset in tests.
+//! let conn = streams::connect_from_env().await?;
+//! let writer = conn.writer();
+//! writer.write(vec![Message::new("orders", "hello")]).await?;
+//! let reader = conn.reader()?; // an error on write-only platforms (sns, SQL outboxes)
+//! # let _ = (reader, ReadTask::new("orders"));
+//! # Ok(()) }
+//! ```
+//!
+//! # Connection URLs
+//!
+//! | URL | writer | reader | feature |
+//! |---|---|---|---|
+//! | `memory://[?capacity=N&concurrency=N]` | one `ChanBus`, shared | the same bus | `chanbuf` |
+//! | `kafka://[host:port[,host:port...]][?group=G&<librdkafka key>=<value>...]` | `KafkaWriter` | `KafkaReader`; tasks without a group get `G` ([`DefaultGroupReader`]) | `kafka` |
+//! | `sqs://[key:secret@][host:port][?region=R&tls=true]` | `SqsWriter` | `SqsReader` | `sqs` |
+//! | `sns://[key:secret@][host:port][?region=R&account_id=A&tls=true]` | `SnsWriter` | none | `sns` |
+//! | `postgres://...[?table=T&create_table=true&<sqlx parameters>]` (or `postgresql://`) | `PgOutboxWriter` owning a pool | none | `sql` |
+//! | `mysql://...[?table=T&create_table=true&<sqlx parameters>]` | `MySqlOutboxWriter` owning a pool | none | `sql` |
+//!
+//! - `memory://`: each [`connect`] call makes a bus of its own; `capacity` is the
+//!   buffer per subscriber (default 1024), `concurrency` the handlers per subscriber
+//!   when the read task sets none (default 1).
+//! - `kafka://`: brokers default to `localhost:9092`. `group` is the consumer group of
+//!   read tasks that name none; every other parameter is a librdkafka property passed
+//!   to `KafkaConfig::set` unchanged (`session.timeout.ms=6000`,
+//!   `security.protocol=SASL_SSL`, `sasl.username=...`), percent-decoded.
+//! - `sqs://` and `sns://`: without a host the AWS SDK resolves the endpoint; with one,
+//!   requests go to `http://host:port` (`https` with `tls=true`), as for an emulator.
+//!   Region and credentials come from the usual AWS environment unless the URL gives
+//!   them (`region=`, `key:secret@`, percent-encoded; meant for emulators, keep real
+//!   secrets in the environment). For SNS, `account_id` (else `AWS_ACCOUNT_ID`) and the
+//!   region build the topic ARNs.
+//! - `postgres://` and `mysql://`: the URL without `table` (default `streams_egress`)
+//!   and `create_table` (default false) is handed to sqlx; [`connect`] opens the pool,
+//!   so an unreachable database fails there. Each write is a transaction of its own;
+//!   to write in your own transaction use `PgOutbox`/`MySqlOutbox` from `streams::sql`
+//!   directly. A relay moves the rows to the real platform.
+//!
+//! Unknown schemes, schemes whose feature is off, malformed URLs and unknown parameters
+//! (except on `kafka://`, where they are librdkafka's) are [`Error::Invalid`]; the
+//! message lists the supported schemes and those enabled in this build, and never
+//! repeats the URL, which may carry a password.
+
+pub use streams_core::*;
+
+#[cfg(feature = "chanbuf")]
+pub use streams_chanbuf as chanbuf;
+#[cfg(feature = "kafka")]
+pub use streams_kafka as kafka;
+#[cfg(feature = "sns")]
+pub use streams_sns as sns;
+#[cfg(feature = "sql")]
+pub use streams_sql as sql;
+#[cfg(feature = "sqs")]
+pub use streams_sqs as sqs;
+
+mod connect;
+mod target;
+
+pub use connect::{
+    connect, connect_from_env, Connection, DefaultGroupReader, DEFAULT_URL, URL_ENV,
+};
