@@ -93,6 +93,8 @@ impl Connection {
 /// grammar.
 ///
 /// ```
+/// # #[cfg(not(feature = "chanbuf"))] fn main() {}
+/// # #[cfg(feature = "chanbuf")]
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> streams::Result<()> {
 /// let conn = streams::connect("memory://?capacity=256").await?;
@@ -256,8 +258,9 @@ async fn open(target: Target) -> Result<Connection> {
 ///
 /// ```
 /// use streams::{DefaultGroupReader, ReadTask};
+/// # #[derive(Debug)] struct KafkaReader;
 ///
-/// let reader = DefaultGroupReader::new(streams::chanbuf::ChanBus::new(), "billing");
+/// let reader = DefaultGroupReader::new(KafkaReader, "billing");
 /// assert_eq!(reader.group(), "billing");
 /// assert_eq!(reader.apply(ReadTask::new("orders")).group.as_deref(), Some("billing"));
 /// assert_eq!(

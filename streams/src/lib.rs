@@ -17,6 +17,8 @@
 //! ([`connect_from_env`] reads `STREAMS_URL`):
 //!
 //! ```
+//! # #[cfg(not(feature = "chanbuf"))] fn main() {}
+//! # #[cfg(feature = "chanbuf")]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> streams::Result<()> {
 //! use streams::{Message, ReadTask};
