@@ -2,19 +2,16 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_channel::{Receiver, Sender, TrySendError};
 use async_trait::async_trait;
-use futures::FutureExt;
 use streams_core::{
-    BoxError, CancellationToken, Error, FailedMessage, Handler, Message, ReadTask, Reader, Result,
-    Writer,
+    call_handler, BoxError, CancellationToken, Error, FailedMessage, Handler, Message, ReadTask,
+    Reader, Result, Writer,
 };
-use tower::{Service, ServiceExt};
 
 /// A [`Bus`](streams_core::Bus) over a new in-process [`ChanBus`] with default
 /// settings: the one-line way to get a working bus.
@@ -430,29 +427,17 @@ async fn handle(
     msg: Message,
     timeout: Option<Duration>,
 ) -> std::result::Result<(), BoxError> {
-    let svc = handler.ready().await?;
-    let call = AssertUnwindSafe(svc.call(msg)).catch_unwind();
-    let outcome = match timeout {
+    let call = call_handler(handler, msg);
+    match timeout {
         None => call.await,
-        Some(after) => match tokio::time::timeout(after, call).await {
-            Ok(r) => r,
-            Err(_) => {
-                return Err(Error::Timeout {
-                    operation: "handler",
-                    after,
-                }
-                .into())
+        Some(after) => tokio::time::timeout(after, call).await.unwrap_or_else(|_| {
+            Err(Error::Timeout {
+                operation: "handler",
+                after,
             }
-        },
-    };
-    outcome.unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-string panic".into());
-        Err(format!("handler panicked: {what}").into())
-    })
+            .into())
+        }),
+    }
 }
 
 impl fmt::Debug for ChanBus {

@@ -34,7 +34,7 @@ pub use message::{
     Headers, Message, CONTENT_TYPE_JSON, CONTENT_TYPE_OCTET_STREAM, CONTENT_TYPE_PROTOBUF,
 };
 pub use publisher::Publisher;
-pub use stream::{handler, Handler, ReadTask, Reader, Writer};
+pub use stream::{call_handler, handler, Handler, ReadTask, Reader, Writer};
 pub use subscriber::{typed, Subscriber, Typed};
 
 pub use async_trait::async_trait;

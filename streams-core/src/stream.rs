@@ -35,6 +35,30 @@ where
     BoxCloneSyncService::new(service.map_err(Into::into))
 }
 
+/// Calls a handler for one message the way readers do: waits until it is ready, and
+/// turns a panic into an error, so a buggy handler is a negative acknowledgement and
+/// never takes a reader down.
+///
+/// # Errors
+///
+/// The handler's error, or `handler panicked: ...`.
+pub async fn call_handler(handler: &mut Handler, msg: Message) -> Result<(), BoxError> {
+    use futures::FutureExt;
+    use tower::{Service, ServiceExt};
+    let svc = handler.ready().await?;
+    std::panic::AssertUnwindSafe(svc.call(msg))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic".into());
+            Err(format!("handler panicked: {what}").into())
+        })
+}
+
 /// Writes batches of messages to a platform.
 ///
 /// Object safe: `Arc<dyn Writer>` is how publishers, middleware and the outbox relay
@@ -170,6 +194,21 @@ mod tests {
     use super::*;
 
     fn assert_send_sync<T: Send + Sync>() {}
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_an_error() {
+        let mut h = handler(tower::service_fn(|m: Message| async move {
+            if &m.data[..] == b"boom" {
+                panic!("bad handler");
+            }
+            Ok::<_, BoxError>(())
+        }));
+        call_handler(&mut h, Message::new("s", "ok")).await.unwrap();
+        let err = call_handler(&mut h, Message::new("s", "boom"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "handler panicked: bad handler");
+    }
 
     #[test]
     fn traits_are_object_safe_and_send_sync() {

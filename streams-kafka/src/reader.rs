@@ -1,6 +1,5 @@
 use std::collections::HashMap;
 use std::fmt;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,11 +14,8 @@ use rdkafka::consumer::{
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
-use streams_core::{
-    BoxError, CancellationToken, Error, Handler, Message, ReadTask, Reader, Result,
-};
+use streams_core::{CancellationToken, Error, Handler, ReadTask, Reader, Result};
 use tokio::sync::{mpsc, Semaphore};
-use tower::{Service, ServiceExt};
 
 use crate::record::{kafka_error, to_message, Origin};
 use crate::KafkaConfig;
@@ -480,7 +476,7 @@ async fn handle_until_success(
                 init_offset: &shared.init_offset,
             },
         );
-        match call(handler, message).await {
+        match streams_core::call_handler(handler, message).await {
             Ok(()) => return true,
             Err(error) => {
                 tracing::warn!(
@@ -499,14 +495,6 @@ async fn handle_until_success(
             .mul_f64(0.75 + fastrand::f64() * 0.25);
         attempt += 1;
     }
-}
-
-async fn call(handler: &mut Handler, msg: Message) -> std::result::Result<(), BoxError> {
-    let svc = handler.ready().await?;
-    AssertUnwindSafe(svc.call(msg))
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|_| Err("handler panicked".into()))
 }
 
 impl fmt::Debug for Ownership {

@@ -12,7 +12,6 @@ use base64::Engine as _;
 use streams_core::{CancellationToken, Handler, Message, ReadTask, Reader, Result};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tower::{Service, ServiceExt};
 
 use crate::client::{is_fifo, sdk_error, SqsClient};
 use crate::wire::{decode, Delivery};
@@ -371,7 +370,7 @@ async fn handle(
     };
     let id = msg.id.clone();
     let mut svc = handler.clone();
-    let run = async move { svc.ready().await?.call(msg).await };
+    let run = async move { streams_core::call_handler(&mut svc, msg).await };
     tokio::pin!(run);
     let period = (ctx.opts.visibility_timeout / 2).max(Duration::from_secs(1));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
