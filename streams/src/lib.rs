@@ -62,6 +62,9 @@
 //!   to write in your own transaction use `PgOutbox`/`MySqlOutbox` from `streams::sql`
 //!   directly. A relay moves the rows to the real platform.
 //!
+//! Parameters are form-decoded, as the `url` crate reads queries: write a `+` in a value
+//! (a password, say) as `%2B`, since `+` stands for a space.
+//!
 //! Unknown schemes, schemes whose feature is off, malformed URLs and unknown parameters
 //! (except on `kafka://`, where they are librdkafka's) are [`Error::Invalid`]; the
 //! message lists the supported schemes and those enabled in this build, and never
