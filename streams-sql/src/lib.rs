@@ -53,11 +53,13 @@ mod ident;
 mod mysql;
 mod pg;
 mod relay;
+mod source;
 
 pub use ident::{TableName, MAX_TABLE_NAME_LEN};
 pub use mysql::{MySqlEgressStorage, MySqlOutbox, MySqlOutboxWriter};
 pub use pg::{PgEgressStorage, PgOutbox, PgOutboxWriter};
 pub use relay::Relay;
+pub use source::RelaySource;
 
 /// The `sqlx` this crate is built on, so callers use the same transaction types.
 pub use sqlx;

@@ -21,6 +21,22 @@ pub struct Connection {
     platform: &'static str,
     writer: Arc<dyn Writer>,
     reader: Option<Arc<dyn Reader>>,
+    admin: Admin,
+}
+
+/// What a connection can provision.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(any(feature = "chanbuf", feature = "sql")), allow(dead_code))]
+enum Admin {
+    /// Streams need no creating (the in-process bus, SQL outboxes).
+    Nothing,
+    /// The platform has streams but this build cannot create them (`sns`, or a
+    /// connection made with [`Connection::new`]).
+    Unsupported,
+    #[cfg(feature = "kafka")]
+    Kafka(streams_kafka::KafkaConfig),
+    #[cfg(feature = "sqs")]
+    Sqs(streams_sqs::SqsClient),
 }
 
 impl Connection {
@@ -34,7 +50,70 @@ impl Connection {
             platform,
             writer,
             reader,
+            admin: Admin::Unsupported,
         }
+    }
+
+    #[cfg_attr(
+        not(any(feature = "chanbuf", feature = "kafka", feature = "sqs", feature = "sql")),
+        allow(dead_code)
+    )]
+    fn with_admin(mut self, admin: Admin) -> Self {
+        self.admin = admin;
+        self
+    }
+
+    /// Creates `stream` where the platform needs streams created first: a Kafka topic
+    /// with `partitions` partitions (replication factor 1 is the broker default, so
+    /// use the platform's tools for production topics), an SQS queue (FIFO when the
+    /// name ends in `.fifo`). A stream that exists already is left as it is. On the
+    /// in-process bus and SQL outboxes there is nothing to create.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] where this connection cannot create streams (`sns://`, or a
+    /// connection built with [`Connection::new`]); a driver error from the platform.
+    pub async fn create_stream(&self, stream: &str, partitions: u32) -> Result<()> {
+        let _ = (stream, partitions);
+        match &self.admin {
+            Admin::Nothing => Ok(()),
+            Admin::Unsupported => Err(self.cannot("create")),
+            #[cfg(feature = "kafka")]
+            Admin::Kafka(config) => {
+                let partitions = i32::try_from(partitions.max(1)).unwrap_or(i32::MAX);
+                streams_kafka::create_topic(config, stream, partitions, 1).await
+            }
+            #[cfg(feature = "sqs")]
+            Admin::Sqs(client) => client.create_queue(stream).await.map(drop),
+        }
+    }
+
+    /// Deletes `stream` where [`create_stream`](Self::create_stream) would create it; a
+    /// missing Kafka topic is not an error.
+    ///
+    /// # Errors
+    ///
+    /// As [`create_stream`](Self::create_stream).
+    pub async fn delete_stream(&self, stream: &str) -> Result<()> {
+        let _ = stream;
+        match &self.admin {
+            Admin::Nothing => Ok(()),
+            Admin::Unsupported => Err(self.cannot("delete")),
+            #[cfg(feature = "kafka")]
+            Admin::Kafka(config) => streams_kafka::delete_topic(config, stream).await,
+            #[cfg(feature = "sqs")]
+            Admin::Sqs(client) => client.delete_queue(stream).await,
+        }
+    }
+
+    fn cannot(&self, what: &str) -> Error {
+        Error::invalid(
+            "stream",
+            format!(
+                "this `{}://` connection cannot {what} streams; use the platform's own tools",
+                self.platform
+            ),
+        )
     }
 
     /// The platform: `memory`, `kafka`, `sqs`, `sns`, `postgres` or `mysql`.
@@ -144,7 +223,7 @@ async fn open(target: Target) -> Result<Connection> {
                 builder = builder.concurrency(concurrency);
             }
             let bus = Arc::new(builder.build());
-            Ok(Connection::new("memory", bus.clone(), Some(bus)))
+            Ok(Connection::new("memory", bus.clone(), Some(bus)).with_admin(Admin::Nothing))
         }
         #[cfg(feature = "kafka")]
         Target::Kafka {
@@ -158,12 +237,12 @@ async fn open(target: Target) -> Result<Connection> {
                     c.set(k, v)
                 });
             let writer = Arc::new(streams_kafka::KafkaWriter::new(&config)?);
-            let reader = streams_kafka::KafkaReader::new(config);
+            let reader = streams_kafka::KafkaReader::new(config.clone());
             let reader: Arc<dyn Reader> = match group {
                 Some(group) => Arc::new(DefaultGroupReader::new(reader, group)),
                 None => Arc::new(reader),
             };
-            Ok(Connection::new("kafka", writer, Some(reader)))
+            Ok(Connection::new("kafka", writer, Some(reader)).with_admin(Admin::Kafka(config)))
         }
         #[cfg(feature = "sqs")]
         Target::Sqs(aws) => {
@@ -181,8 +260,9 @@ async fn open(target: Target) -> Result<Connection> {
             Ok(Connection::new(
                 "sqs",
                 Arc::new(streams_sqs::SqsWriter::new(client.clone())),
-                Some(Arc::new(streams_sqs::SqsReader::new(client))),
-            ))
+                Some(Arc::new(streams_sqs::SqsReader::new(client.clone()))),
+            )
+            .with_admin(Admin::Sqs(client)))
         }
         #[cfg(feature = "sns")]
         Target::Sns { aws, account_id } => {
@@ -224,7 +304,8 @@ async fn open(target: Target) -> Result<Connection> {
                 "postgres",
                 Arc::new(streams_sql::PgOutboxWriter::new(pool, outbox)),
                 None,
-            ))
+            )
+            .with_admin(Admin::Nothing))
         }
         #[cfg(feature = "sql")]
         Target::MySql(sql) => {
@@ -240,7 +321,8 @@ async fn open(target: Target) -> Result<Connection> {
                 "mysql",
                 Arc::new(streams_sql::MySqlOutboxWriter::new(pool, outbox)),
                 None,
-            ))
+            )
+            .with_admin(Admin::Nothing))
         }
         // Platforms whose feature is off; `connect` reported them already.
         #[allow(unreachable_patterns)]

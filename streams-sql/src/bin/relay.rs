@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use streams_core::{async_trait, CancellationToken, EgressStorage, Message, Result, Writer};
-use streams_sql::{sqlx, MySqlEgressStorage, PgEgressStorage, Relay};
+use streams_core::{async_trait, CancellationToken, Message, Result, Writer};
+use streams_sql::RelaySource;
 
 /// Relays batches from a transactional outbox table to a destination.
 #[derive(Debug, Parser)]
@@ -186,58 +186,18 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let shutdown = shutdown_signal()?;
     let destination = args.destination.writer(&args).await?;
-    let lease = Duration::from_secs(args.lease_secs.max(1));
-
-    let relay = if args.database_url.starts_with("postgres") {
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(4)
-            .connect(&args.database_url)
-            .await?;
-        let mut storage = PgEgressStorage::new(pool.clone(), &args.table)?
-            .with_lease(lease)
-            .with_parallel_claims(args.parallel);
-        if let Some(id) = &args.relay_id {
-            storage = storage.with_relay_id(id)?;
-        }
-        if args.create_table {
-            storage.migrate().await?;
-        }
-        tracing::info!(table = %args.table, relay_id = storage.relay_id(), "relaying from PostgreSQL");
-        let relay = Relay::new(
-            Arc::new(storage) as Arc<dyn EgressStorage>,
-            destination.clone(),
-        );
-        if args.no_listen {
-            relay
-        } else {
-            relay.with_pg_listen(pool, &args.table)?
-        }
-    } else if args.database_url.starts_with("mysql") || args.database_url.starts_with("mariadb") {
-        let url = args.database_url.replacen("mariadb://", "mysql://", 1);
-        let pool = sqlx::mysql::MySqlPoolOptions::new()
-            .max_connections(4)
-            .connect(&url)
-            .await?;
-        let mut storage = MySqlEgressStorage::new(pool, &args.table)?
-            .with_lease(lease)
-            .with_parallel_claims(args.parallel);
-        if let Some(id) = &args.relay_id {
-            storage = storage.with_relay_id(id)?;
-        }
-        if args.create_table {
-            storage.migrate().await?;
-        }
-        tracing::info!(table = %args.table, relay_id = storage.relay_id(), "relaying from MySQL");
-        Relay::new(
-            Arc::new(storage) as Arc<dyn EgressStorage>,
-            destination.clone(),
-        )
-    } else {
-        return Err("--database-url must start with postgres://, mysql:// or mariadb://".into());
-    };
-    let relay = relay
-        .with_fetch_limit(args.batch_size)
-        .with_poll_interval(Duration::from_millis(args.poll_interval_ms.max(1)));
+    let mut source = RelaySource::new(&args.database_url)
+        .table(&args.table)
+        .lease(Duration::from_secs(args.lease_secs))
+        .parallel(args.parallel)
+        .create_table(args.create_table)
+        .listen(!args.no_listen)
+        .fetch_limit(args.batch_size)
+        .poll_interval(Duration::from_millis(args.poll_interval_ms));
+    if let Some(id) = &args.relay_id {
+        source = source.relay_id(id);
+    }
+    let relay = source.open(destination.clone()).await?;
 
     let cancel = CancellationToken::new();
     let running = relay.spawn(cancel.clone());

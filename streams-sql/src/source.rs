@@ -1,0 +1,212 @@
+//! Opening a relay from a database URL, shared by the `streams-sql-relay` program and
+//! the `streams relay` command.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use streams_core::{EgressStorage, Error, Result, Writer};
+
+use crate::{MySqlEgressStorage, PgEgressStorage, Relay, DEFAULT_TABLE};
+
+/// Where a [`Relay`] reads from and how it claims: a database URL plus the storage
+/// settings, so a program can build a relay from its flags.
+///
+/// ```no_run
+/// # async fn demo(dest: std::sync::Arc<dyn streams_core::Writer>) -> streams_core::Result<()> {
+/// use std::time::Duration;
+/// use streams_core::CancellationToken;
+/// use streams_sql::RelaySource;
+///
+/// let relay = RelaySource::new("postgres://postgres@127.0.0.1:5432/test")
+///     .table("streams_egress")
+///     .lease(Duration::from_secs(30))
+///     .open(dest)
+///     .await?;
+/// relay.run(CancellationToken::new()).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RelaySource {
+    database_url: String,
+    table: String,
+    lease: Duration,
+    relay_id: Option<String>,
+    parallel: bool,
+    create_table: bool,
+    listen: bool,
+    fetch_limit: usize,
+    poll_interval: Duration,
+    max_connections: u32,
+}
+
+impl std::fmt::Debug for RelaySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("RelaySource")
+            .field("table", &self.table)
+            .field("lease", &self.lease)
+            .field("relay_id", &self.relay_id)
+            .field("parallel", &self.parallel)
+            .field("create_table", &self.create_table)
+            .field("listen", &self.listen)
+            .field("fetch_limit", &self.fetch_limit)
+            .field("poll_interval", &self.poll_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelaySource {
+    /// A source for `database_url` (`postgres://`, `postgresql://`, `mysql://` or
+    /// `mariadb://`), table [`DEFAULT_TABLE`], a 60 s lease, ordered claims,
+    /// LISTEN/NOTIFY on PostgreSQL, 100 batches per pass and a 1 s poll interval.
+    pub fn new(database_url: impl Into<String>) -> Self {
+        RelaySource {
+            database_url: database_url.into(),
+            table: DEFAULT_TABLE.to_owned(),
+            lease: Duration::from_secs(60),
+            relay_id: None,
+            parallel: false,
+            create_table: false,
+            listen: true,
+            fetch_limit: 100,
+            poll_interval: Duration::from_secs(1),
+            max_connections: 4,
+        }
+    }
+
+    /// The outbox table.
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// How long a claim lasts before another relay may take the rows over (at least
+    /// one second).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_secs(1));
+        self
+    }
+
+    /// A fixed relay id; a restarted relay with the same id resumes its claims at once.
+    pub fn relay_id(mut self, id: impl Into<String>) -> Self {
+        self.relay_id = Some(id.into());
+        self
+    }
+
+    /// Claim disjoint sets alongside other relays (no order across relays).
+    pub fn parallel(mut self, parallel: bool) -> Self {
+        self.parallel = parallel;
+        self
+    }
+
+    /// Create the outbox and quarantine tables if missing.
+    pub fn create_table(mut self, create: bool) -> Self {
+        self.create_table = create;
+        self
+    }
+
+    /// Wake on PostgreSQL `NOTIFY` (default true; MySQL always polls).
+    pub fn listen(mut self, listen: bool) -> Self {
+        self.listen = listen;
+        self
+    }
+
+    /// Batches claimed per pass (at least 1).
+    pub fn fetch_limit(mut self, limit: usize) -> Self {
+        self.fetch_limit = limit.max(1);
+        self
+    }
+
+    /// Sleep between polls when nothing wakes the relay (at least 1 ms).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Connects, prepares the storage and returns a relay to `destination`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] for a URL of another scheme or an invalid table or relay id;
+    /// a driver error when the database cannot be reached or the migration fails.
+    pub async fn open(&self, destination: Arc<dyn Writer>) -> Result<Relay> {
+        let url = self.database_url.trim();
+        let relay = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(self.max_connections)
+                .connect(url)
+                .await
+                .map_err(|e| Error::driver("postgres", "connect", true, e))?;
+            let mut storage = PgEgressStorage::new(pool.clone(), &self.table)?
+                .with_lease(self.lease)
+                .with_parallel_claims(self.parallel);
+            if let Some(id) = &self.relay_id {
+                storage = storage.with_relay_id(id)?;
+            }
+            if self.create_table {
+                storage.migrate().await?;
+            }
+            tracing::info!(table = %self.table, relay_id = storage.relay_id(), "relaying from PostgreSQL");
+            let relay = Relay::new(Arc::new(storage) as Arc<dyn EgressStorage>, destination);
+            if self.listen {
+                relay.with_pg_listen(pool, &self.table)?
+            } else {
+                relay
+            }
+        } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+            let url = url.replacen("mariadb://", "mysql://", 1);
+            let pool = sqlx::mysql::MySqlPoolOptions::new()
+                .max_connections(self.max_connections)
+                .connect(&url)
+                .await
+                .map_err(|e| Error::driver("mysql", "connect", true, e))?;
+            let mut storage = MySqlEgressStorage::new(pool, &self.table)?
+                .with_lease(self.lease)
+                .with_parallel_claims(self.parallel);
+            if let Some(id) = &self.relay_id {
+                storage = storage.with_relay_id(id)?;
+            }
+            if self.create_table {
+                storage.migrate().await?;
+            }
+            tracing::info!(table = %self.table, relay_id = storage.relay_id(), "relaying from MySQL");
+            Relay::new(Arc::new(storage) as Arc<dyn EgressStorage>, destination)
+        } else {
+            return Err(Error::invalid(
+                "database URL",
+                "must start with postgres://, postgresql://, mysql:// or mariadb://",
+            ));
+        };
+        Ok(relay
+            .with_fetch_limit(self.fetch_limit)
+            .with_poll_interval(self.poll_interval))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn other_schemes_are_rejected_without_echoing_the_url() {
+        #[derive(Debug)]
+        struct Nowhere;
+        #[streams_core::async_trait]
+        impl Writer for Nowhere {
+            async fn write(&self, _: Vec<streams_core::Message>) -> Result<()> {
+                Ok(())
+            }
+            async fn close(&self) -> Result<()> {
+                Ok(())
+            }
+        }
+        let err = RelaySource::new("redis://user:hunter2@localhost")
+            .open(Arc::new(Nowhere))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Invalid { .. }), "{err:?}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let dbg = format!("{:?}", RelaySource::new("postgres://u:hunter2@h/db"));
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+    }
+}
