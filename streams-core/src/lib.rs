@@ -8,6 +8,9 @@
 //! - [`middleware`] holds tower layers: retry, logging, deduplication, dead-letter,
 //!   timeout. Tower's own layers compose with them.
 //! - [`egress`] relays batches stored in a transactional outbox to any writer.
+//! - [`observe`] adds `tracing` spans and `metrics` counters and histograms to any writer
+//!   ([`ObservedWriter`]) or reader ([`ObservedReader`]), and with the `opentelemetry`
+//!   feature carries W3C trace context in message headers.
 //!
 //! Drivers live in their own crates (`streams-chanbuf`, `streams-kafka`, ...).
 
@@ -19,6 +22,7 @@ mod event;
 mod id;
 mod message;
 pub mod middleware;
+pub mod observe;
 mod proto;
 mod publisher;
 mod stream;
@@ -33,6 +37,7 @@ pub use id::{IdFactory, KsuidFactory, UuidFactory};
 pub use message::{
     Headers, Message, CONTENT_TYPE_JSON, CONTENT_TYPE_OCTET_STREAM, CONTENT_TYPE_PROTOBUF,
 };
+pub use observe::{Observe, ObserveLayer, ObservedReader, ObservedWriter};
 pub use publisher::Publisher;
 pub use stream::{call_handler, handler, Handler, ReadTask, Reader, Writer};
 pub use subscriber::{typed, Subscriber, Typed};

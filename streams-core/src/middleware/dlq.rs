@@ -111,6 +111,11 @@ where
             match writer.write(vec![dead]).await {
                 Ok(()) => {
                     tracing::warn!(stream = %source, %id, %dlq, error = %err, "message dead-lettered");
+                    metrics::counter!(
+                        crate::observe::MESSAGES_DEAD_LETTERED,
+                        crate::observe::STREAM_LABEL => source
+                    )
+                    .increment(1);
                     Ok(())
                 }
                 Err(write_err) => {

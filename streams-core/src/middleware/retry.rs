@@ -196,6 +196,11 @@ where
                 );
                 tokio::time::sleep(delay).await;
                 attempt += 1;
+                metrics::counter!(
+                    crate::observe::MESSAGES_RETRIED,
+                    crate::observe::STREAM_LABEL => msg.stream.clone()
+                )
+                .increment(1);
                 let ready = inner.ready().await.map_err(Into::into);
                 result = match ready {
                     Ok(svc) => svc.call(msg.clone()).await.map_err(Into::into),

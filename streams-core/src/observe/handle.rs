@@ -1,0 +1,279 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+use tower::{Layer, Service};
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
+
+use super::{
+    record_error, StreamLabel, HANDLER_DURATION, KAFKA_GROUP_HEADER, KAFKA_OFFSET_HEADER,
+    KAFKA_PARTITION_HEADER, MESSAGES_FAILED, MESSAGES_HANDLED, SQS_MESSAGE_ID_HEADER,
+    STREAM_LABEL,
+};
+use crate::{BoxError, Handler, Message, ReadTask, Reader, Result};
+
+/// Layer of [`Observe`].
+///
+/// ```
+/// use streams_core::observe::ObserveLayer;
+/// use streams_core::{BoxError, Message};
+///
+/// let handler = tower::ServiceBuilder::new()
+///     .layer(ObserveLayer::new().with_group("billing"))
+///     .service_fn(|_msg: Message| async { Ok::<_, BoxError>(()) });
+/// # let _ = streams_core::handler(handler);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ObserveLayer {
+    group: Option<Arc<str>>,
+    system: Option<&'static str>,
+}
+
+impl ObserveLayer {
+    /// A layer recording what the message itself says.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The consumer group to record on `streams.handle` spans when the driver does not
+    /// put one in the message's headers.
+    pub fn with_group(mut self, group: impl Into<Arc<str>>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+
+    /// The `messaging.system` to record, such as `kafka` or `aws_sqs`.
+    pub fn with_system(mut self, system: &'static str) -> Self {
+        self.system = Some(system);
+        self
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            group: self.group.clone(),
+            system: self.system,
+            label: StreamLabel::default(),
+        }
+    }
+}
+
+/// Runs each message's handler call inside a `streams.handle` span and records
+/// [`MESSAGES_HANDLED`], [`MESSAGES_FAILED`] and [`HANDLER_DURATION`]; the result passes
+/// through unchanged.
+///
+/// A call that never answers (it panicked, or a time-out or shutdown dropped it) counts
+/// as failed. See the [module documentation](super) for the span's fields and, with the
+/// `opentelemetry` feature, how the span joins the producer's trace.
+#[derive(Debug, Clone)]
+pub struct Observe<S> {
+    inner: S,
+    group: Option<Arc<str>>,
+    system: Option<&'static str>,
+    label: StreamLabel,
+}
+
+impl<S> Observe<S> {
+    /// Wraps a handler.
+    pub fn new(inner: S) -> Self {
+        ObserveLayer::new().layer(inner)
+    }
+
+    /// The wrapped handler.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the handler.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S> Service<Message> for Observe<S>
+where
+    S: Service<Message, Response = ()>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = ();
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<(), BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, msg: Message) -> Self::Future {
+        let outcome = Outcome {
+            stream: self.label.get(&msg.stream),
+            started: Instant::now(),
+            span: handle_span(&msg, self.group.as_deref(), self.system),
+            ok: None,
+        };
+        let span = outcome.span.clone();
+        let fut = {
+            let _entered = span.enter();
+            self.inner.call(msg)
+        };
+        Box::pin(
+            async move {
+                let mut outcome = outcome;
+                let result = fut.await.map_err(Into::into);
+                if let Err(err) = &result {
+                    record_error(&outcome.span, err.as_ref());
+                }
+                outcome.ok = Some(result.is_ok());
+                result
+            }
+            .instrument(span),
+        )
+    }
+}
+
+fn handle_span(msg: &Message, group: Option<&str>, system: Option<&'static str>) -> Span {
+    let span = tracing::info_span!(
+        "streams.handle",
+        "otel.kind" = "consumer",
+        "messaging.system" = system,
+        "messaging.operation.type" = "process",
+        "messaging.destination.name" = msg.stream.as_str(),
+        "messaging.message.id" = msg.id.as_str(),
+        "streams.key" = msg.key.as_deref(),
+        "messaging.destination.partition.id" = Empty,
+        "messaging.kafka.offset" = Empty,
+        "messaging.consumer.group.name" = Empty,
+        "streams.sqs.message_id" = Empty,
+        "otel.status_code" = Empty,
+        "error.type" = Empty,
+        "error.message" = Empty,
+    );
+    if span.is_disabled() {
+        return span;
+    }
+    if let Some(partition) = msg.header(KAFKA_PARTITION_HEADER) {
+        span.record("messaging.destination.partition.id", partition);
+    }
+    if let Some(offset) = msg.header(KAFKA_OFFSET_HEADER) {
+        // An integer when it parses, as the convention types it; the text otherwise.
+        match offset.parse::<i64>() {
+            Ok(offset) => span.record("messaging.kafka.offset", offset),
+            Err(_) => span.record("messaging.kafka.offset", offset),
+        };
+    }
+    if let Some(group) = msg.header(KAFKA_GROUP_HEADER).or(group) {
+        span.record("messaging.consumer.group.name", group);
+    }
+    if let Some(id) = msg.header(SQS_MESSAGE_ID_HEADER) {
+        span.record("streams.sqs.message_id", id);
+    }
+    #[cfg(feature = "opentelemetry")]
+    super::otel::set_parent_from_headers(&span, &msg.headers);
+    span
+}
+
+/// Records the metrics of one handler call when dropped: with the answer when there was
+/// one, as a failure when the call was dropped unanswered.
+struct Outcome {
+    stream: Arc<str>,
+    started: Instant,
+    span: Span,
+    ok: Option<bool>,
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        let ok = self.ok.unwrap_or_else(|| {
+            if !self.span.is_disabled() {
+                self.span.record("otel.status_code", "ERROR");
+                self.span.record("error.type", "cancelled");
+                self.span.record(
+                    "error.message",
+                    "handler call dropped before it answered (panic, time-out or shutdown)",
+                );
+            }
+            false
+        });
+        let name = if ok { MESSAGES_HANDLED } else { MESSAGES_FAILED };
+        metrics::counter!(name, STREAM_LABEL => self.stream.clone()).increment(1);
+        metrics::histogram!(HANDLER_DURATION, STREAM_LABEL => self.stream.clone())
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// A [`Reader`] that wraps every handler it is given in [`Observe`], so any driver reports
+/// `streams.handle` spans and handler metrics.
+///
+/// The consumer group of each read task is recorded on its spans unless the driver puts
+/// one in the headers.
+///
+/// ```
+/// use std::sync::Arc;
+/// use streams_core::observe::ObservedReader;
+/// use streams_core::Reader;
+///
+/// # fn demo(reader: Arc<dyn Reader>) {
+/// let reader: Arc<dyn Reader> = Arc::new(ObservedReader::new(reader).with_system("kafka"));
+/// # let _ = reader;
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct ObservedReader<R> {
+    inner: R,
+    system: Option<&'static str>,
+}
+
+impl<R> ObservedReader<R> {
+    /// Wraps a reader.
+    pub fn new(inner: R) -> Self {
+        ObservedReader {
+            inner,
+            system: None,
+        }
+    }
+
+    /// The `messaging.system` to record, such as `kafka` or `aws_sqs`.
+    pub fn with_system(mut self, system: &'static str) -> Self {
+        self.system = Some(system);
+        self
+    }
+
+    /// The wrapped reader.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    /// Unwraps the reader.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+#[async_trait]
+impl<R: Reader> Reader for ObservedReader<R> {
+    async fn read(
+        &self,
+        task: ReadTask,
+        handler: Handler,
+        cancel: CancellationToken,
+    ) -> Result<()> {
+        let mut layer = ObserveLayer::new();
+        if let Some(group) = &task.group {
+            layer = layer.with_group(group.as_str());
+        }
+        if let Some(system) = self.system {
+            layer = layer.with_system(system);
+        }
+        self.inner
+            .read(task, crate::handler(layer.layer(handler)), cancel)
+            .await
+    }
+}
