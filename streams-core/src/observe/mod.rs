@@ -78,6 +78,8 @@ mod handle;
 #[cfg(feature = "opentelemetry")]
 mod otel;
 mod publish;
+#[cfg(test)]
+mod tests;
 
 pub use handle::{Observe, ObserveLayer, ObservedReader};
 #[cfg(feature = "opentelemetry")]
