@@ -1,0 +1,95 @@
+//! Running one read task until a count, an idle time-out or a stop signal.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use streams::{BoxError, CancellationToken, EventRegistry, Message, ReadTask, Reader, Subscriber};
+
+/// How long stopping waits for handlers in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// When a message was last handled, shared between the handler and the watchdog.
+#[derive(Debug, Clone)]
+pub(crate) struct Activity {
+    start: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub(crate) fn touch(&self) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// Why a read ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// The handler said it was done.
+    Done,
+    /// Stopped from outside (Ctrl-C).
+    Stopped,
+    /// Nothing arrived for the idle time.
+    Idle,
+}
+
+/// Reads `task` with `service` until `done` or `stop` fires or, with `idle`, until no
+/// message was handled for that long; then stops the reader, waiting for handlers in
+/// flight. A reader that fails or ends by itself is an error.
+pub(crate) async fn read_until<S>(
+    reader: Arc<dyn Reader>,
+    task: ReadTask,
+    service: S,
+    done: CancellationToken,
+    stop: CancellationToken,
+    idle: Option<(Duration, Activity)>,
+) -> Result<Ended, BoxError>
+where
+    S: tower::Service<Message, Response = ()> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    let stream = task.stream.clone();
+    let mut sub = Subscriber::new(reader, Arc::new(EventRegistry::new()));
+    sub.subscribe(task, service);
+    sub.start();
+    let tick = idle
+        .as_ref()
+        .map_or(Duration::from_secs(3600), |(d, _)| (*d / 4).clamp(Duration::from_millis(10), Duration::from_millis(250)));
+    let ended = loop {
+        tokio::select! {
+            _ = done.cancelled() => break Ok(Ended::Done),
+            _ = stop.cancelled() => break Ok(Ended::Stopped),
+            r = sub.wait() => break match r {
+                Ok(()) => Err(format!("the reader of `{stream}` ended by itself").into()),
+                Err(e) => Err(BoxError::from(e)),
+            },
+            _ = tokio::time::sleep(tick), if idle.is_some() => {
+                if let Some((limit, activity)) = &idle {
+                    if activity.idle_for() >= *limit {
+                        break Ok(Ended::Idle);
+                    }
+                }
+            }
+        }
+    };
+    let shutdown = sub.shutdown(SHUTDOWN_GRACE).await;
+    match (ended, shutdown) {
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(e.into()),
+        (Ok(how), Ok(())) => Ok(how),
+    }
+}
