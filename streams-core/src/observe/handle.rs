@@ -11,8 +11,7 @@ use tracing::{Instrument, Span};
 
 use super::{
     record_error, StreamLabel, HANDLER_DURATION, KAFKA_GROUP_HEADER, KAFKA_OFFSET_HEADER,
-    KAFKA_PARTITION_HEADER, MESSAGES_FAILED, MESSAGES_HANDLED, SQS_MESSAGE_ID_HEADER,
-    STREAM_LABEL,
+    KAFKA_PARTITION_HEADER, MESSAGES_FAILED, MESSAGES_HANDLED, SQS_MESSAGE_ID_HEADER, STREAM_LABEL,
 };
 use crate::{BoxError, Handler, Message, ReadTask, Reader, Result};
 
@@ -202,7 +201,11 @@ impl Drop for Outcome {
             }
             false
         });
-        let name = if ok { MESSAGES_HANDLED } else { MESSAGES_FAILED };
+        let name = if ok {
+            MESSAGES_HANDLED
+        } else {
+            MESSAGES_FAILED
+        };
         metrics::counter!(name, STREAM_LABEL => self.stream.clone()).increment(1);
         metrics::histogram!(HANDLER_DURATION, STREAM_LABEL => self.stream.clone())
             .record(self.started.elapsed().as_secs_f64());

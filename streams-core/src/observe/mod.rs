@@ -57,10 +57,12 @@
 //! global text-map propagator, the one every OpenTelemetry setup configures; for W3C
 //! trace context (`traceparent`, `tracestate`) install it once at start-up:
 //!
-//! ```ignore
+//! ```
+//! # #[cfg(feature = "opentelemetry")] {
 //! opentelemetry::global::set_text_map_propagator(
 //!     opentelemetry_sdk::propagation::TraceContextPropagator::new(),
 //! );
+//! # }
 //! ```
 //!
 //! The global propagator, rather than a fixed W3C one, lets an application add baggage or

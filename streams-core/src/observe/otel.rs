@@ -1,6 +1,6 @@
 //! Trace context in message headers, through OpenTelemetry's global text-map propagator.
 
-use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::Context;
 use tracing::Span;
@@ -46,12 +46,16 @@ pub fn inject_context(cx: &Context, headers: &mut Headers) {
     });
 }
 
-/// Reads the context `headers` carry with the global text-map propagator (an empty
-/// context when they carry none).
+/// Reads the context `headers` carry with the global text-map propagator: an empty
+/// context when they carry none, never the current one.
 pub fn extract_context(headers: &Headers) -> Context {
-    opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&HeaderExtractor(headers))
-    })
+    opentelemetry::global::get_text_map_propagator(|propagator| extract(propagator, headers))
+}
+
+// `TextMapPropagator::extract` starts from the current context, so a message without a
+// context of its own would look as if it carried the caller's.
+fn extract(propagator: &dyn TextMapPropagator, headers: &Headers) -> Context {
+    propagator.extract_with_context(&Context::new(), &HeaderExtractor(headers))
 }
 
 /// Injects the context of a publish span into every message without a context of its own.
@@ -67,7 +71,7 @@ pub(super) fn inject_span_context(span: &Span, batch: &mut [Message]) {
         for msg in batch.iter_mut() {
             // The creation context wins: a relayed or dead-lettered message keeps the trace
             // of the producer that created it.
-            let own = propagator.extract(&HeaderExtractor(&msg.headers));
+            let own = extract(propagator, &msg.headers);
             if !own.span().span_context().is_valid() {
                 propagator.inject_context(&cx, &mut HeaderInjector(&mut msg.headers));
             }

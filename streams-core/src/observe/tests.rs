@@ -189,7 +189,9 @@ async fn retries_and_dead_letters_are_counted() {
         .await
         .unwrap();
     call(&mut svc, Message::new("orders", "bad")).await.unwrap();
-    call(&mut svc, Message::new("orders", "fine")).await.unwrap();
+    call(&mut svc, Message::new("orders", "fine"))
+        .await
+        .unwrap();
 
     let r = Recorded::take(&snapshotter);
     assert_eq!(r.counter(MESSAGES_RETRIED, "orders"), 1 + 2);
@@ -275,7 +277,11 @@ async fn published_and_failed_writes_are_counted() {
     let r = Recorded::take(&snapshotter);
     assert_eq!(r.counter(MESSAGES_PUBLISHED, "orders"), 3 + 2);
     assert_eq!(r.counter(PUBLISH_FAILED, "orders"), 1 + 2);
-    assert_eq!(r.samples(PUBLISH_DURATION, "orders"), 3, "one per write call");
+    assert_eq!(
+        r.samples(PUBLISH_DURATION, "orders"),
+        3,
+        "one per write call"
+    );
 
     // A batch over two streams counts each on its own, partial failures included.
     let mut mixed = batch("a", 2);
@@ -510,7 +516,10 @@ async fn publish_span_names_the_batch() {
         .unwrap();
     writer.get_ref().plan(Err(Error::Closed("writer")));
     writer
-        .write(vec![Message::new("orders", "x"), Message::new("orders", "y")])
+        .write(vec![
+            Message::new("orders", "x"),
+            Message::new("orders", "y"),
+        ])
         .await
         .unwrap_err();
 
