@@ -271,8 +271,16 @@ pub async fn bench(
     let style = ProgressStyle::with_template("{prefix:>8} [{bar:40}] {pos}/{len} {per_sec}")
         .map_err(|e| e.to_string())?
         .progress_chars("=> ");
-    let published_bar = bars.add(ProgressBar::new(args.count).with_style(style.clone()).with_prefix("publish"));
-    let consumed_bar = bars.add(ProgressBar::new(args.count).with_style(style).with_prefix("consume"));
+    let published_bar = bars.add(
+        ProgressBar::new(args.count)
+            .with_style(style.clone())
+            .with_prefix("publish"),
+    );
+    let consumed_bar = bars.add(
+        ProgressBar::new(args.count)
+            .with_style(style)
+            .with_prefix("consume"),
+    );
 
     let tally = Arc::new(Tally {
         seen: (0..count).map(|_| AtomicBool::new(false)).collect(),
@@ -310,10 +318,14 @@ pub async fn bench(
         let warm_deadline = Instant::now() + Duration::from_secs(60).max(args.timeout);
         while !tally.warm.is_cancelled() {
             if Instant::now() > warm_deadline {
-                return Err::<(f64, Instant), BoxError>("the reader saw no message within the time-out (warm-up)".into());
+                return Err::<(f64, Instant), BoxError>(
+                    "the reader saw no message within the time-out (warm-up)".into(),
+                );
             }
             writer
-                .write(vec![Message::new(&stream, "warm-up").with_header(WARM_UP, "1")])
+                .write(vec![
+                    Message::new(&stream, "warm-up").with_header(WARM_UP, "1")
+                ])
                 .await?;
             tokio::select! {
                 _ = tally.warm.cancelled() => {}
@@ -327,8 +339,12 @@ pub async fn bench(
         let start = Instant::now();
         futures::stream::iter((0..count).step_by(batch))
             .map(|first| {
-                let (writer, payload, stream, bar) =
-                    (writer.clone(), payload.clone(), stream.clone(), published_bar.clone());
+                let (writer, payload, stream, bar) = (
+                    writer.clone(),
+                    payload.clone(),
+                    stream.clone(),
+                    published_bar.clone(),
+                );
                 async move {
                     let last = (first + batch).min(count);
                     let sent = now_ns().to_string();
@@ -376,7 +392,8 @@ pub async fn bench(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .map_or(0.0, |t| t.duration_since(start).as_secs_f64());
-    let mut lat = std::mem::take(&mut *tally.latencies_us.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut lat =
+        std::mem::take(&mut *tally.latencies_us.lock().unwrap_or_else(|e| e.into_inner()));
     lat.sort_unstable();
     let report = BenchReport {
         platform: conn.platform().to_owned(),

@@ -266,7 +266,8 @@ pub fn duration(value: &str) -> Result<Duration, String> {
             Err(format!("`{value}` is not a duration"))
         };
     }
-    humantime::parse_duration(v).map_err(|e| format!("`{value}` is not a duration ({e}); try 500ms, 5s, 2m"))
+    humantime::parse_duration(v)
+        .map_err(|e| format!("`{value}` is not a duration ({e}); try 500ms, 5s, 2m"))
 }
 
 /// What a command reports on stderr when it succeeds.
@@ -321,7 +322,13 @@ pub async fn run(
         }
         command => {
             let conn = streams::connect(&url).await?;
-            run_on(&conn, command, stdin, out, stop).await
+            let result = run_on(&conn, command, stdin, out, stop).await;
+            // Flushes and releases the platform clients; a failure matters only when
+            // the command itself succeeded.
+            let closed = conn.writer().close().await;
+            let summary = result?;
+            closed?;
+            Ok(summary)
         }
     }
 }
@@ -383,7 +390,9 @@ pub async fn run_on(
                 stop,
             )
             .await?;
-            Ok(format!("consumed {n} message(s) from `{stream}` ({platform})"))
+            Ok(format!(
+                "consumed {n} message(s) from `{stream}` ({platform})"
+            ))
         }
         Command::Bench(cmd) => {
             let json = cmd.json;
@@ -443,7 +452,10 @@ pub async fn run_on(
                     report.moved
                 )
             } else {
-                format!("moved {} message(s) from `{stream}.dlq` to `{to}`", report.moved)
+                format!(
+                    "moved {} message(s) from `{stream}.dlq` to `{to}`",
+                    report.moved
+                )
             })
         }
         #[cfg(feature = "sql")]

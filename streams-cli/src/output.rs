@@ -192,10 +192,15 @@ impl JsonMessage {
                 .decode(b64.trim())
                 .map_err(|e| format!("`data_base64` is not base64: {e}"))?
                 .into(),
-            (Some(_), Some(_)) => return Err("give either `data` or `data_base64`, not both".into()),
+            (Some(_), Some(_)) => {
+                return Err("give either `data` or `data_base64`, not both".into())
+            }
             (None, None) => return Err("missing `data` (or `data_base64`)".into()),
         };
-        let mut msg = Message::new(self.stream.unwrap_or_else(|| default_stream.to_owned()), data);
+        let mut msg = Message::new(
+            self.stream.unwrap_or_else(|| default_stream.to_owned()),
+            data,
+        );
         if let Some(id) = self.id {
             msg = msg.with_id(id);
         }

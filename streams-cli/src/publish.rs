@@ -47,7 +47,8 @@ enum Source {
 }
 
 /// Publishes the messages `args` describes and returns how many were written. Blank
-/// input lines are skipped. The writer is closed (flushed) at the end.
+/// input lines are skipped. Each write has been acknowledged by the platform when it
+/// returns; the connection's writer is left open for its owner to close.
 ///
 /// # Errors
 ///
@@ -95,8 +96,7 @@ pub async fn publish(
             if line.trim().is_empty() && !matches!(source, Source::Args(_)) {
                 continue;
             }
-            let msg = build(&args, line)
-                .map_err(|e| format!("input line {line_no}: {e}"))?;
+            let msg = build(&args, line).map_err(|e| format!("input line {line_no}: {e}"))?;
             batch.push(msg);
             if batch.len() == batch_size {
                 let n = batch.len() as u64;
@@ -112,14 +112,9 @@ pub async fn publish(
         Ok(())
     }
     .await;
-    let closed = writer.close().await;
-    match result {
-        Ok(()) => {
-            closed?;
-            Ok(published)
-        }
-        Err(e) => Err(format!("{e} ({published} message(s) published before this)").into()),
-    }
+    result
+        .map(|()| published)
+        .map_err(|e| format!("{e} ({published} message(s) published before this)").into())
 }
 
 fn build(args: &PublishArgs, line: String) -> Result<Message, BoxError> {

@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 
 use streams::{BoxError, CancellationToken, EventRegistry, Message, ReadTask, Reader, Subscriber};
 
-/// How long stopping waits for handlers in flight.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+/// How long stopping waits for the reader: handlers in flight, and an SQS long poll
+/// (up to 20 s, `wait_time_seconds` in the URL) that must end before its messages are
+/// released.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// When a message was last handled, shared between the handler and the watchdog.
 #[derive(Debug, Clone)]
@@ -66,9 +68,9 @@ where
     let mut sub = Subscriber::new(reader, Arc::new(EventRegistry::new()));
     sub.subscribe(task, service);
     sub.start();
-    let tick = idle
-        .as_ref()
-        .map_or(Duration::from_secs(3600), |(d, _)| (*d / 4).clamp(Duration::from_millis(10), Duration::from_millis(250)));
+    let tick = idle.as_ref().map_or(Duration::from_secs(3600), |(d, _)| {
+        (*d / 4).clamp(Duration::from_millis(10), Duration::from_millis(250))
+    });
     let ended = loop {
         tokio::select! {
             _ = done.cancelled() => break Ok(Ended::Done),

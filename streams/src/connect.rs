@@ -55,7 +55,12 @@ impl Connection {
     }
 
     #[cfg_attr(
-        not(any(feature = "chanbuf", feature = "kafka", feature = "sqs", feature = "sql")),
+        not(any(
+            feature = "chanbuf",
+            feature = "kafka",
+            feature = "sqs",
+            feature = "sql"
+        )),
         allow(dead_code)
     )]
     fn with_admin(mut self, admin: Admin) -> Self {
@@ -245,7 +250,7 @@ async fn open(target: Target) -> Result<Connection> {
             Ok(Connection::new("kafka", writer, Some(reader)).with_admin(Admin::Kafka(config)))
         }
         #[cfg(feature = "sqs")]
-        Target::Sqs(aws) => {
+        Target::Sqs { aws, wait_secs } => {
             let mut builder = streams_sqs::SqsClient::builder();
             if let Some(endpoint) = aws.endpoint {
                 builder = builder.endpoint(endpoint);
@@ -260,7 +265,12 @@ async fn open(target: Target) -> Result<Connection> {
             Ok(Connection::new(
                 "sqs",
                 Arc::new(streams_sqs::SqsWriter::new(client.clone())),
-                Some(Arc::new(streams_sqs::SqsReader::new(client.clone()))),
+                Some(Arc::new(match wait_secs {
+                    Some(secs) => streams_sqs::SqsReader::builder(client.clone())
+                        .wait_time(std::time::Duration::from_secs(secs))
+                        .build(),
+                    None => streams_sqs::SqsReader::new(client.clone()),
+                })),
             )
             .with_admin(Admin::Sqs(client)))
         }

@@ -38,7 +38,7 @@
 //! |---|---|---|---|
 //! | `memory://[?capacity=N&concurrency=N]` | one `ChanBus`, shared | the same bus | `chanbuf` |
 //! | `kafka://[host:port[,host:port...]][?group=G&<librdkafka key>=<value>...]` | `KafkaWriter` | `KafkaReader`; tasks without a group get `G` ([`DefaultGroupReader`]) | `kafka` |
-//! | `sqs://[key:secret@][host:port][?region=R&tls=true]` | `SqsWriter` | `SqsReader` | `sqs` |
+//! | `sqs://[key:secret@][host:port][?region=R&tls=true&wait_time_seconds=S]` | `SqsWriter` | `SqsReader` | `sqs` |
 //! | `sns://[key:secret@][host:port][?region=R&account_id=A&tls=true]` | `SnsWriter` | none | `sns` |
 //! | `postgres://...[?table=T&create_table=true&<sqlx parameters>]` (or `postgresql://`) | `PgOutboxWriter` owning a pool | none | `sql` |
 //! | `mysql://...[?table=T&create_table=true&<sqlx parameters>]` | `MySqlOutboxWriter` owning a pool | none | `sql` |
@@ -54,7 +54,9 @@
 //!   requests go to `http://host:port` (`https` with `tls=true`), as for an emulator.
 //!   Region and credentials come from the usual AWS environment unless the URL gives
 //!   them (`region=`, `key:secret@`, percent-encoded; meant for emulators, keep real
-//!   secrets in the environment). For SNS, `account_id` (else `AWS_ACCOUNT_ID`) and the
+//!   secrets in the environment). For SQS, `wait_time_seconds` (0 to 20, default 20)
+//!   is the long-poll time of receives, which is also how long a reader may take to
+//!   stop. For SNS, `account_id` (else `AWS_ACCOUNT_ID`) and the
 //!   region build the topic ARNs.
 //! - `postgres://` and `mysql://`: the URL without `table` (default `streams_egress`)
 //!   and `create_table` (default false) is handed to sqlx; [`connect`] opens the pool,

@@ -162,7 +162,11 @@ pub(crate) enum Target {
         group: Option<String>,
         settings: Vec<(String, String)>,
     },
-    Sqs(Aws),
+    Sqs {
+        aws: Aws,
+        /// Long-poll time of receives, `wait_time_seconds` (0 to 20).
+        wait_secs: Option<u64>,
+    },
     Sns {
         aws: Aws,
         account_id: Option<String>,
@@ -226,11 +230,22 @@ impl Target {
             // Several brokers (`h1:9092,h2:9092`) are no valid URL authority, so the
             // broker list is split off before the `url` crate sees each broker.
             Scheme::Kafka => parse_kafka(url),
-            Scheme::Sqs => Ok(Target::Sqs(parse_aws(
-                scheme,
-                &parse_url(scheme, url)?,
-                &[],
-            )?)),
+            Scheme::Sqs => {
+                let parsed = parse_url(scheme, url)?;
+                let aws = parse_aws(scheme, &parsed, &["wait_time_seconds"])?;
+                let wait_secs = match parsed.query_pairs().find(|(k, _)| k == "wait_time_seconds") {
+                    None => None,
+                    Some((_, v)) => match v.parse::<u64>() {
+                        Ok(secs) if secs <= 20 => Some(secs),
+                        _ => {
+                            return Err(invalid(format!(
+                                "`wait_time_seconds` must be a whole number from 0 to 20, not `{v}`"
+                            )))
+                        }
+                    },
+                };
+                Ok(Target::Sqs { aws, wait_secs })
+            }
             Scheme::Sns => {
                 let parsed = parse_url(scheme, url)?;
                 let aws = parse_aws(scheme, &parsed, &["account_id"])?;
@@ -542,17 +557,31 @@ mod tests {
     fn sqs_endpoint_region_credentials() {
         assert_eq!(
             Target::parse("sqs://").unwrap(),
-            Target::Sqs(Aws::default())
+            Target::Sqs {
+                aws: Aws::default(),
+                wait_secs: None
+            }
         );
         assert_eq!(
             Target::parse("sqs://test:s%2Fcret@127.0.0.1:4566?region=us-east-1").unwrap(),
-            Target::Sqs(Aws {
-                endpoint: Some("http://127.0.0.1:4566".into()),
-                region: Some("us-east-1".into()),
-                credentials: Some(("test".into(), "s/cret".into())),
-            })
+            Target::Sqs {
+                aws: Aws {
+                    endpoint: Some("http://127.0.0.1:4566".into()),
+                    region: Some("us-east-1".into()),
+                    credentials: Some(("test".into(), "s/cret".into())),
+                },
+                wait_secs: None,
+            }
         );
-        let Target::Sqs(aws) = Target::parse("sqs://sqs.example.com?tls=true").unwrap() else {
+        let Target::Sqs { wait_secs, .. } = Target::parse("sqs://h:1?wait_time_seconds=2").unwrap()
+        else {
+            panic!("not sqs");
+        };
+        assert_eq!(wait_secs, Some(2));
+        assert!(parse_err("sqs://h:1?wait_time_seconds=21").contains("0 to 20"));
+        assert!(parse_err("sqs://h:1?wait_time_seconds=x").contains("0 to 20"));
+        let Target::Sqs { aws, .. } = Target::parse("sqs://sqs.example.com?tls=true").unwrap()
+        else {
             panic!("not sqs");
         };
         assert_eq!(aws.endpoint.as_deref(), Some("https://sqs.example.com"));

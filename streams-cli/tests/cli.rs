@@ -1,0 +1,125 @@
+//! The binary's argument handling and the in-process bus, end to end.
+
+mod common;
+
+use std::time::Duration;
+
+use common::streams;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn bad_arguments_are_one_line_and_exit_2() {
+    for args in [
+        &["publish"][..],
+        &["consume", "orders", "--count", "0"],
+        &["consume", "orders", "--idle", "soon"],
+        &["publish", "orders", "-H", "novalue", "x"],
+        &["publish", "orders", "-t", "yaml", "x"],
+        &["frobnicate"],
+        &["consume", "orders", "--offset", "3"],
+    ] {
+        let run = streams(args, "", LIMIT).await;
+        assert_eq!(run.code, 2, "{args:?}: {run:#?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {run:#?}");
+        assert!(
+            run.stderr.starts_with("streams: error: "),
+            "{args:?}: {run:#?}"
+        );
+        assert!(run.stdout.is_empty(), "{args:?}: {run:#?}");
+    }
+}
+
+#[tokio::test]
+async fn platform_errors_are_one_line_and_exit_1() {
+    let run = streams(&["--url", "nats://localhost", "consume", "x"], "", LIMIT).await;
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert_eq!(run.stderr.lines().count(), 1, "{run:#?}");
+    assert!(run.stderr.contains("unknown scheme `nats`"), "{run:#?}");
+    assert!(
+        run.stderr.contains("kafka://"),
+        "lists what is supported: {run:#?}"
+    );
+
+    // A password in a bad URL is never repeated.
+    let run = streams(
+        &["--url", "kafka://u:hunter2@h:1?group=", "consume", "x"],
+        "",
+        LIMIT,
+    )
+    .await;
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert!(!run.stderr.contains("hunter2"), "{run:#?}");
+}
+
+#[tokio::test]
+async fn help_and_version_succeed() {
+    let run = streams(&["--help"], "", LIMIT).await.ok();
+    for command in ["publish", "consume", "relay", "bench", "dlq"] {
+        assert!(
+            run.stdout.contains(command),
+            "{command} missing from help: {run:#?}"
+        );
+    }
+    let run = streams(&["dlq", "redrive", "--help"], "", LIMIT).await.ok();
+    assert!(run.stdout.contains("--dry-run"), "{run:#?}");
+    streams(&["--version"], "", LIMIT).await.ok();
+}
+
+#[tokio::test]
+async fn publish_from_stdin_on_memory_reports_and_warns() {
+    let run = streams(&["publish", "orders"], "a\n\nb\nc\n", LIMIT)
+        .await
+        .ok();
+    assert!(
+        run.stderr
+            .contains("published 3 message(s) to `orders` (memory)"),
+        "{run:#?}"
+    );
+    assert!(run.stderr.contains("in-process"), "{run:#?}");
+
+    let run = streams(
+        &["publish", "orders", "--format", "json"],
+        "{\"data\":\"x\"}\nnope\n",
+        LIMIT,
+    )
+    .await;
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert!(run.stderr.contains("input line 2"), "{run:#?}");
+    assert!(
+        run.stderr.contains("0 message(s) published before this"),
+        "{run:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_on_memory_reports_every_message() {
+    let run = streams(
+        &[
+            "bench",
+            "-n",
+            "5000",
+            "--size",
+            "64",
+            "--json",
+            "--no-progress",
+        ],
+        "",
+        LIMIT,
+    )
+    .await
+    .ok();
+    let report = &run.json_lines()[0];
+    assert_eq!(report["platform"], "memory");
+    assert_eq!(report["published"], 5000);
+    assert_eq!(report["received"], 5000);
+    assert_eq!(report["duplicates"], 0);
+    assert!(
+        report["latency"]["p99_us"].as_u64().unwrap()
+            >= report["latency"]["p50_us"].as_u64().unwrap()
+    );
+
+    let run = streams(&["bench", "-n", "300"], "", LIMIT).await.ok();
+    assert!(run.stdout.contains("msg/s"), "{run:#?}");
+    assert!(run.stdout.contains("p99"), "{run:#?}");
+}
