@@ -53,7 +53,8 @@ impl<S> Layer<S> for DeadLetterLayer {
 /// (driver headers such as partition and offset say where it came from), and gains
 /// [`DLQ_REASON`], [`DLQ_SOURCE_STREAM`] and [`DLQ_FAILED_AT`]. When the dead-letter
 /// write itself fails, the handler's error is returned so the message is not
-/// acknowledged and nothing is lost.
+/// acknowledged and nothing is lost. Each message written to the dead-letter stream
+/// counts in [`MESSAGES_DEAD_LETTERED`](crate::observe::MESSAGES_DEAD_LETTERED).
 #[derive(Debug, Clone)]
 pub struct DeadLetter<S> {
     inner: S,

@@ -3,7 +3,9 @@
 //! Stack them with [`tower::ServiceBuilder`]; the first layer added sees the message
 //! first. A typical order, outermost first: logging, dead-letter, deduplication, retry,
 //! timeout, then the handler. Dead-letter outside retry captures a message only once
-//! retries are exhausted; deduplication outside retry commits a message once.
+//! retries are exhausted; deduplication outside retry commits a message once. For spans
+//! and metrics per message, put [`ObserveLayer`](crate::ObserveLayer) outermost, or
+//! wrap the reader in [`ObservedReader`](crate::ObservedReader), which does that.
 //!
 //! ```
 //! use std::sync::Arc;

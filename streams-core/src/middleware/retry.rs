@@ -132,7 +132,8 @@ impl<S> Layer<S> for RetryLayer {
 /// Calls the handler again after a failure, with backoff, until it succeeds, the
 /// policy's bounds are reached, or the error is [unrecoverable](crate::Unrecoverable).
 ///
-/// The last error is returned unchanged.
+/// The last error is returned unchanged. Each retry counts in
+/// [`MESSAGES_RETRIED`](crate::observe::MESSAGES_RETRIED).
 #[derive(Debug, Clone)]
 pub struct Retry<S> {
     inner: S,

@@ -82,6 +82,15 @@ pub struct Observe<S> {
 
 impl<S> Observe<S> {
     /// Wraps a handler.
+    ///
+    /// ```
+    /// use streams_core::{handler, BoxError, Message, Observe};
+    ///
+    /// let observed = Observe::new(tower::service_fn(|_msg: Message| async {
+    ///     Ok::<_, BoxError>(())
+    /// }));
+    /// let _handler = handler(observed);
+    /// ```
     pub fn new(inner: S) -> Self {
         ObserveLayer::new().layer(inner)
     }

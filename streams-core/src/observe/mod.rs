@@ -123,6 +123,11 @@ pub const METRIC_NAMES: [&str; 8] = [
 ///
 /// Call it once after installing the recorder; exporters such as Prometheus print the
 /// help text. Metrics are recorded whether or not they were described.
+///
+/// ```
+/// // After installing a recorder, such as metrics-exporter-prometheus's:
+/// streams_core::observe::describe_metrics();
+/// ```
 pub fn describe_metrics() {
     use metrics::{describe_counter, describe_histogram, Unit};
     describe_counter!(

@@ -40,6 +40,27 @@ impl Extractor for HeaderExtractor<'_> {
 ///
 /// [`ObservedWriter`](super::ObservedWriter) does this for each message that carries no
 /// trace context yet; call it to propagate a context by hand.
+///
+/// ```
+/// use opentelemetry::trace::TraceContextExt;
+/// use streams_core::observe::{extract_context, inject_context};
+/// use streams_core::Headers;
+///
+/// opentelemetry::global::set_text_map_propagator(
+///     opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+/// );
+/// let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+/// let mut received = Headers::new();
+/// received.insert("traceparent".into(), traceparent.into());
+///
+/// let cx = extract_context(&received);
+/// assert!(cx.span().span_context().is_remote());
+///
+/// let mut forwarded = Headers::new();
+/// inject_context(&cx, &mut forwarded);
+/// assert_eq!(forwarded["traceparent"], traceparent);
+/// assert!(!forwarded.contains_key("tracestate"), "empty, so not written");
+/// ```
 pub fn inject_context(cx: &Context, headers: &mut Headers) {
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(cx, &mut HeaderInjector(headers));
