@@ -2,7 +2,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use streams_core::{
-    async_trait, Bus, CancellationToken, Error, Handler, ReadTask, Reader, Result, Writer,
+    async_trait, Bus, CancellationToken, Error, Handler, ObservedReader, ObservedWriter, ReadTask,
+    Reader, Result, Writer,
 };
 
 use crate::target::{ensure_enabled, scheme_of, Target};
@@ -111,6 +112,24 @@ impl Connection {
         }
     }
 
+    /// Wraps the writer in [`ObservedWriter`] and the reader in [`ObservedReader`], so
+    /// every connection from [`connect`] has publish and handle spans and metrics.
+    fn observed(mut self) -> Self {
+        // OpenTelemetry's `messaging.system` values where it has one.
+        let system = match self.platform {
+            "memory" => "in_process",
+            "sqs" => "aws_sqs",
+            "sns" => "aws_sns",
+            "postgres" | "mysql" => "outbox",
+            other => other,
+        };
+        self.writer = Arc::new(ObservedWriter::new(self.writer).with_system(system));
+        self.reader = self
+            .reader
+            .map(|r| Arc::new(ObservedReader::new(r).with_system(system)) as Arc<dyn Reader>);
+        self
+    }
+
     fn cannot(&self, what: &str) -> Error {
         Error::invalid(
             "stream",
@@ -197,7 +216,7 @@ pub async fn connect(url: &str) -> Result<Connection> {
     // The feature is checked before the details, so a disabled platform is reported as
     // such rather than as a detail of its URL.
     ensure_enabled(scheme_of(url)?)?;
-    open(Target::parse(url)?).await
+    Ok(open(Target::parse(url)?).await?.observed())
 }
 
 /// [`connect`] to the URL in `STREAMS_URL`, or `memory://` when it is unset or empty.

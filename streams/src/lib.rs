@@ -71,6 +71,19 @@
 //! (except on `kafka://`, where they are librdkafka's) are [`Error::Invalid`]; the
 //! message lists the supported schemes and those enabled in this build, and never
 //! repeats the URL, which may carry a password.
+//!
+//! # Observability
+//!
+//! Connections from [`connect`] are observed: the writer is an [`ObservedWriter`] and
+//! the reader an [`ObservedReader`], so each write has a `streams.publish` span and
+//! each handled message a `streams.handle` span (stream, message id, key and, on
+//! Kafka, partition, offset and group), and the [`metrics`](https://docs.rs/metrics)
+//! counters and histograms of [`observe`] are recorded (published, publish failures,
+//! handled, failed, retried, dead-lettered, publish and handler durations). With no
+//! `tracing` subscriber and no metrics recorder installed this costs a few atomic
+//! loads per message. Do not add [`ObserveLayer`] to handlers of such a connection,
+//! or every message is counted twice. The `opentelemetry` feature propagates the W3C
+//! trace context through message headers (see [`observe`]).
 
 pub use streams_core::*;
 
