@@ -8,7 +8,7 @@ use crate::{KafkaConfig, DRIVER};
 
 fn admin(config: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>> {
     config
-        .client_config(&[])
+        .client_config(crate::config::Role::Admin, &[])
         .create()
         .map_err(|e| kafka_error("create admin client", e))
 }

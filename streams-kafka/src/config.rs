@@ -8,7 +8,11 @@ use rdkafka::ClientConfig;
 ///
 /// Settings are librdkafka's own keys, passed through unchanged; the driver only sets
 /// defaults it needs (see [`KafkaWriter::new`](crate::KafkaWriter::new) and
-/// [`KafkaReader`](crate::KafkaReader)), and yours win.
+/// [`KafkaReader`](crate::KafkaReader)), and yours win. Properties librdkafka
+/// documents as consumer-only (`group.id`, `session.timeout.ms`, `fetch.*`, ...) are
+/// not given to the producer, and producer-only ones (`linger.ms`, `acks`,
+/// `queue.buffering.*`, ...) not to the consumer, so one config serves both without
+/// configuration warnings.
 ///
 /// ```
 /// use std::time::Duration;
@@ -101,16 +105,120 @@ impl KafkaConfig {
         self
     }
 
-    /// The rdkafka configuration: `defaults` first, then every property set here.
-    pub(crate) fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+    /// The rdkafka configuration of a client of `role`: `defaults` first, then every
+    /// property set here except those librdkafka documents for the other kind of
+    /// client (which it would only warn about), so one config serves both.
+    pub(crate) fn client_config(&self, role: Role, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut cc = ClientConfig::new();
         for (k, v) in defaults {
             cc.set(*k, *v);
         }
         for (k, v) in &self.settings {
-            cc.set(k, v);
+            let skip = match role {
+                Role::Producer => consumer_only(k),
+                Role::Consumer => producer_only(k),
+                Role::Admin => consumer_only(k) || producer_only(k),
+            };
+            if !skip {
+                cc.set(k, v);
+            }
         }
         cc
+    }
+}
+
+/// The kind of librdkafka client a configuration is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Producer,
+    Consumer,
+    /// The admin client, a producer handle that needs neither role's properties.
+    Admin,
+}
+
+/// Properties librdkafka's CONFIGURATION.md marks as consumer-only (`C`).
+fn consumer_only(key: &str) -> bool {
+    const KEYS: &[&str] = &[
+        "group.id",
+        "group.instance.id",
+        "group.protocol",
+        "group.protocol.type",
+        "group.remote.assignor",
+        "partition.assignment.strategy",
+        "session.timeout.ms",
+        "heartbeat.interval.ms",
+        "coordinator.query.interval.ms",
+        "max.poll.interval.ms",
+        "enable.auto.commit",
+        "auto.commit.interval.ms",
+        "enable.auto.offset.store",
+        "auto.offset.reset",
+        "isolation.level",
+        "enable.partition.eof",
+        "check.crcs",
+        "consume.callback.max.messages",
+        "offset.store.method",
+    ];
+    KEYS.contains(&key)
+        || key.starts_with("fetch.")
+        || key.starts_with("queued.")
+        || key.starts_with("auto.commit.")
+}
+
+/// Properties librdkafka's CONFIGURATION.md marks as producer-only (`P`).
+fn producer_only(key: &str) -> bool {
+    const KEYS: &[&str] = &[
+        "transactional.id",
+        "transaction.timeout.ms",
+        "enable.idempotence",
+        "enable.gapless.guarantee",
+        "linger.ms",
+        "message.send.max.retries",
+        "retries",
+        "batch.num.messages",
+        "batch.size",
+        "delivery.report.only.error",
+        "sticky.partitioning.linger.ms",
+        "compression.codec",
+        "compression.type",
+        "compression.level",
+        "acks",
+        "request.required.acks",
+        "request.timeout.ms",
+        "message.timeout.ms",
+        "delivery.timeout.ms",
+        "partitioner",
+        "queuing.strategy",
+    ];
+    KEYS.contains(&key) || key.starts_with("queue.buffering.")
+}
+
+#[cfg(test)]
+mod role_tests {
+    use super::*;
+
+    #[test]
+    fn each_client_gets_only_its_properties() {
+        let config = KafkaConfig::new("b:9092")
+            .set("session.timeout.ms", "6000")
+            .set("fetch.min.bytes", "1")
+            .set("linger.ms", "20")
+            .set("queue.buffering.max.ms", "20")
+            .set("security.protocol", "PLAINTEXT");
+        let get = |role| {
+            let cc = config.client_config(role, &[]);
+            [
+                "session.timeout.ms",
+                "fetch.min.bytes",
+                "linger.ms",
+                "queue.buffering.max.ms",
+                "security.protocol",
+            ]
+            .map(|k| cc.get(k).is_some())
+        };
+        assert_eq!(get(Role::Producer), [false, false, true, true, true]);
+        assert_eq!(get(Role::Consumer), [true, true, false, false, true]);
+        assert_eq!(get(Role::Admin), [false, false, false, false, true]);
     }
 }
 

@@ -189,13 +189,16 @@ impl Reader for KafkaReader {
             .get("client.id")
             .map(str::to_owned)
             .unwrap_or_else(|| format!("streams-{}", std::process::id()));
-        let mut cc = self.config.client_config(&[
-            ("auto.offset.reset", "earliest"),
-            ("enable.auto.commit", if direct { "false" } else { "true" }),
-            ("enable.auto.offset.store", "false"),
-            ("enable.partition.eof", "false"),
-            ("client.id", &client_id),
-        ]);
+        let mut cc = self.config.client_config(
+            crate::config::Role::Consumer,
+            &[
+                ("auto.offset.reset", "earliest"),
+                ("enable.auto.commit", if direct { "false" } else { "true" }),
+                ("enable.auto.offset.store", "false"),
+                ("enable.partition.eof", "false"),
+                ("client.id", &client_id),
+            ],
+        );
         // librdkafka wants a group id even for direct reads; nothing is committed there.
         let group_setting = if direct {
             format!("streams-direct-{client_id}")

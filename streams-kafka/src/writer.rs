@@ -30,7 +30,10 @@ impl KafkaWriter {
     /// A configuration librdkafka rejects.
     pub fn new(config: &KafkaConfig) -> Result<Self> {
         let producer: FutureProducer = config
-            .client_config(&[("enable.idempotence", "true"), ("linger.ms", "5")])
+            .client_config(
+                crate::config::Role::Producer,
+                &[("enable.idempotence", "true"), ("linger.ms", "5")],
+            )
             .create()
             .map_err(|e| kafka_error("create producer", e))?;
         Ok(KafkaWriter {
