@@ -1,13 +1,13 @@
 //! `streams consume`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use streams::{BoxError, CancellationToken, Connection, Message, ReadTask};
 
 use crate::output::{JsonMessage, Output};
-use crate::run::{read_until, Activity};
+use crate::run::{read_until, Activity, Failure};
 
 /// What `streams consume` reads.
 #[derive(Debug, Clone, Default)]
@@ -56,8 +56,8 @@ pub async fn consume(
         task = task.with_start_offset(o);
     }
     let printed = Arc::new(AtomicU64::new(0));
-    let failure = Arc::new(Mutex::new(None::<String>));
     let done = CancellationToken::new();
+    let failure = Failure::new(done.clone());
     let activity = Activity::new();
     let service = {
         let (printed, failure, done, activity, count) = (
@@ -88,13 +88,7 @@ pub async fn consume(
                 }
                 if let Err(e) = out.line(&JsonMessage::from_message(&msg).to_line()) {
                     printed.fetch_sub(1, Ordering::SeqCst);
-                    let reason = format!("cannot print: {e}");
-                    failure
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get_or_insert_with(|| reason.clone());
-                    done.cancel();
-                    return Err(reason.into());
+                    return Err(failure.set(format!("cannot print: {e}")));
                 }
                 activity.touch();
                 if count.is_some_and(|max| n >= max) {
@@ -113,7 +107,7 @@ pub async fn consume(
         args.idle.map(|d| (d, activity)),
     )
     .await?;
-    if let Some(reason) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+    if let Some(reason) = failure.take() {
         return Err(reason.into());
     }
     Ok(printed.load(Ordering::SeqCst))

@@ -9,7 +9,7 @@ use streams::middleware::dead_letter_stream;
 use streams::{BoxError, CancellationToken, Connection, Message, ReadTask};
 
 use crate::output::{is_dead_letter_header, is_reader_header, JsonMessage, Output};
-use crate::run::{read_until, Activity};
+use crate::run::{read_until, Activity, Failure};
 
 /// The consumer group a redrive reads the dead-letter stream with, where the platform
 /// has groups.
@@ -91,8 +91,8 @@ pub async fn redrive(
 
     let moved = Arc::new(AtomicU64::new(0));
     let seen = Arc::new(Mutex::new(HashSet::<String>::new()));
-    let failure = Arc::new(Mutex::new(None::<String>));
     let done = CancellationToken::new();
+    let failure = Failure::new(done.clone());
     let activity = Activity::new();
     let (dry_run, count) = (args.dry_run, args.count);
     let service = {
@@ -125,7 +125,7 @@ pub async fn redrive(
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(restored.id.clone());
                     if first {
-                        print(&out, &restored, &failure, &done)?;
+                        print(&out, &restored, &failure)?;
                         activity.touch();
                         let n = moved.fetch_add(1, Ordering::SeqCst) + 1;
                         if count.is_some_and(|c| n >= c) {
@@ -139,16 +139,10 @@ pub async fn redrive(
                     };
                 }
                 if let Err(e) = writer.write(vec![restored.clone()]).await {
-                    let reason = format!("writing to `{target}` failed: {e}");
-                    failure
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get_or_insert_with(|| reason.clone());
-                    done.cancel();
-                    return Err(reason.into());
+                    return Err(failure.set(format!("writing to `{target}` failed: {e}")));
                 }
                 // Written: printing is a report, its failure must not undo the move.
-                let _ = print(&out, &restored, &failure, &done);
+                let _ = print(&out, &restored, &failure);
                 activity.touch();
                 let n = moved.fetch_add(1, Ordering::SeqCst) + 1;
                 if count.is_some_and(|c| n >= c) {
@@ -168,7 +162,7 @@ pub async fn redrive(
     )
     .await?;
     tracing::debug!(?ended, "redrive ended");
-    if let Some(reason) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+    if let Some(reason) = failure.take() {
         return Err(format!(
             "{reason} ({} message(s) moved before this)",
             moved.load(Ordering::SeqCst)
@@ -181,22 +175,9 @@ pub async fn redrive(
     })
 }
 
-fn print(
-    out: &Output,
-    msg: &Message,
-    failure: &Mutex<Option<String>>,
-    done: &CancellationToken,
-) -> Result<(), BoxError> {
+fn print(out: &Output, msg: &Message, failure: &Failure) -> Result<(), BoxError> {
     out.line(&JsonMessage::from_message(msg).to_line())
-        .map_err(|e| {
-            let reason = format!("cannot print: {e}");
-            failure
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert_with(|| reason.clone());
-            done.cancel();
-            reason.into()
-        })
+        .map_err(|e| failure.set(format!("cannot print: {e}")))
 }
 
 #[cfg(test)]

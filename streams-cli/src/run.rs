@@ -1,7 +1,7 @@
 //! Running one read task until a count, an idle time-out or a stop signal.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use streams::{BoxError, CancellationToken, EventRegistry, Message, ReadTask, Reader, Subscriber};
@@ -34,6 +34,39 @@ impl Activity {
     fn idle_for(&self) -> Duration {
         let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
         self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// The first failure a handler reports, which also stops the read.
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    first: Arc<Mutex<Option<String>>>,
+    stop: CancellationToken,
+}
+
+impl Failure {
+    /// A failure slot that cancels `stop` when set.
+    pub(crate) fn new(stop: CancellationToken) -> Self {
+        Failure {
+            first: Arc::new(Mutex::new(None)),
+            stop,
+        }
+    }
+
+    /// Keeps `reason` unless a failure came first, stops the read and returns the
+    /// reason as the handler's error.
+    pub(crate) fn set(&self, reason: String) -> BoxError {
+        self.first
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(|| reason.clone());
+        self.stop.cancel();
+        reason.into()
+    }
+
+    /// The first failure, if any.
+    pub(crate) fn take(&self) -> Option<String> {
+        self.first.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
