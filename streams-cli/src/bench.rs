@@ -268,9 +268,10 @@ pub async fn bench(
         ProgressDrawTarget::hidden()
     };
     let bars = MultiProgress::with_draw_target(draw);
-    let style = ProgressStyle::with_template("{prefix:>8} [{bar:40}] {pos}/{len} {per_sec}")
-        .map_err(|e| e.to_string())?
-        .progress_chars("=> ");
+    let style =
+        ProgressStyle::with_template("{prefix:>8} [{bar:40}] {human_pos}/{human_len} {elapsed}")
+            .map_err(|e| e.to_string())?
+            .progress_chars("=> ");
     let published_bar = bars.add(
         ProgressBar::new(args.count)
             .with_style(style.clone())
