@@ -123,3 +123,46 @@ async fn bench_on_memory_reports_every_message() {
     assert!(run.stdout.contains("msg/s"), "{run:#?}");
     assert!(run.stdout.contains("p99"), "{run:#?}");
 }
+
+#[tokio::test]
+async fn publish_from_a_file_and_a_missing_file() {
+    let path = std::env::temp_dir().join(format!("{}.txt", common::unique("cli-input")));
+    std::fs::write(&path, "first\nsecond\n").unwrap();
+    let file = path.to_str().unwrap();
+    let run = streams(&["publish", "orders", "--file", file], "", LIMIT)
+        .await
+        .ok();
+    assert!(run.stderr.contains("published 2 message(s)"), "{run:#?}");
+    std::fs::remove_file(&path).unwrap();
+
+    let run = streams(&["publish", "orders", "--file", file], "", LIMIT).await;
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert!(run.stderr.contains("cannot open"), "{run:#?}");
+    assert_eq!(run.stderr.lines().count(), 1, "{run:#?}");
+}
+
+#[tokio::test]
+async fn consume_stops_on_sigint() {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_streams"))
+        .args(["consume", "quiet"])
+        .env_remove("STREAMS_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = child.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = tokio::time::timeout(LIMIT, child.wait_with_output())
+        .await
+        .expect("consume stops on Ctrl-C")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("consumed 0 message(s)"), "{stderr}");
+}
