@@ -193,6 +193,12 @@ fn producer_only(key: &str) -> bool {
     KEYS.contains(&key) || key.starts_with("queue.buffering.")
 }
 
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self::from_env()
+    }
+}
+
 #[cfg(test)]
 mod role_tests {
     use super::*;
@@ -219,11 +225,5 @@ mod role_tests {
         assert_eq!(get(Role::Producer), [false, false, true, true, true]);
         assert_eq!(get(Role::Consumer), [true, true, false, false, true]);
         assert_eq!(get(Role::Admin), [false, false, false, false, true]);
-    }
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        Self::from_env()
     }
 }
