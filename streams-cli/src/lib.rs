@@ -1,5 +1,5 @@
 //! The `streams` command-line tool, as a library: the argument grammar ([`Cli`]) and
-//! each command as an async function over a [`Connection`], so programs and tests can
+//! each command as an async function over a [`Connection`](streams::Connection), so programs and tests can
 //! run them in-process (on the in-process bus, for instance).
 //!
 //! ```text
@@ -235,7 +235,7 @@ pub enum DlqCommand {
 pub struct RedriveCmd {
     /// The stream whose dead letters to move (they are read from `<stream>.dlq`).
     pub stream: String,
-    /// Move them here instead of to <stream>.
+    /// Move them to this stream instead of back to the original one.
     #[arg(long)]
     pub to: Option<String>,
     /// Print what would move; move nothing.
