@@ -32,13 +32,14 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use aws_config::{BehaviorVersion, SdkConfig};
-use aws_sdk_dynamodb::config::{Credentials, Region};
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_config::SdkConfig;
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType, TimeToLiveSpecification,
 };
+use streams_aws::ClientConfig;
 use streams_core::middleware::DedupStore;
 use streams_core::{Error, Result};
 
@@ -57,7 +58,7 @@ pub const ATTR_EXPIRATION_TIME: &str = "expiration_time";
 pub const DEFAULT_TABLE: &str = "streams-deduplication";
 /// The environment variable [`DynamoDedupStoreBuilder::from_env`] reads an endpoint
 /// override from, for emulators such as LocalStack or moto.
-pub const ENDPOINT_ENV: &str = "STREAMS_AWS_ENDPOINT";
+pub const ENDPOINT_ENV: &str = streams_aws::ENDPOINT_ENV;
 
 /// Deduplication records in a DynamoDB table, expiring after a TTL.
 ///
@@ -85,10 +86,7 @@ impl fmt::Debug for DynamoDedupStore {
 #[derive(Debug, Clone)]
 pub struct DynamoDedupStoreBuilder {
     client: Option<aws_sdk_dynamodb::Client>,
-    sdk_config: Option<SdkConfig>,
-    endpoint: Option<String>,
-    region: Option<String>,
-    credentials: Option<Credentials>,
+    aws: ClientConfig,
     table: String,
     ttl: Duration,
 }
@@ -97,10 +95,7 @@ impl Default for DynamoDedupStoreBuilder {
     fn default() -> Self {
         DynamoDedupStoreBuilder {
             client: None,
-            sdk_config: None,
-            endpoint: None,
-            region: None,
-            credentials: None,
+            aws: ClientConfig::new(),
             table: DEFAULT_TABLE.to_owned(),
             ttl: Duration::from_secs(24 * 3600),
         }
@@ -112,7 +107,7 @@ impl DynamoDedupStoreBuilder {
     /// credentials come from the usual AWS environment at [`build`](Self::build).
     pub fn from_env() -> Self {
         DynamoDedupStoreBuilder {
-            endpoint: std::env::var(ENDPOINT_ENV).ok().filter(|e| !e.is_empty()),
+            aws: ClientConfig::from_env(),
             ..Self::default()
         }
     }
@@ -126,19 +121,19 @@ impl DynamoDedupStoreBuilder {
 
     /// Uses this AWS configuration instead of loading one.
     pub fn sdk_config(mut self, config: SdkConfig) -> Self {
-        self.sdk_config = Some(config);
+        self.aws = self.aws.sdk_config(config);
         self
     }
 
     /// Sends every request to this endpoint (an emulator, a VPC endpoint).
     pub fn endpoint(mut self, url: impl Into<String>) -> Self {
-        self.endpoint = Some(url.into());
+        self.aws = self.aws.endpoint(url);
         self
     }
 
     /// Sets the region.
     pub fn region(mut self, region: impl Into<String>) -> Self {
-        self.region = Some(region.into());
+        self.aws = self.aws.region(region);
         self
     }
 
@@ -148,13 +143,9 @@ impl DynamoDedupStoreBuilder {
         access_key_id: impl Into<String>,
         secret_access_key: impl Into<String>,
     ) -> Self {
-        self.credentials = Some(Credentials::new(
-            access_key_id,
-            secret_access_key,
-            None,
-            None,
-            "streams-static",
-        ));
+        self.aws = self
+            .aws
+            .static_credentials(access_key_id, secret_access_key);
         self
     }
 
@@ -175,34 +166,7 @@ impl DynamoDedupStoreBuilder {
     pub async fn build(self) -> DynamoDedupStore {
         let sdk = match self.client {
             Some(client) => client,
-            None => {
-                let config = match self.sdk_config {
-                    Some(config) => config,
-                    None => {
-                        // Region and credentials given here skip the provider chains,
-                        // which would otherwise probe the instance metadata service.
-                        let mut loader = aws_config::defaults(BehaviorVersion::latest());
-                        if let Some(region) = &self.region {
-                            loader = loader.region(Region::new(region.clone()));
-                        }
-                        if let Some(credentials) = &self.credentials {
-                            loader = loader.credentials_provider(credentials.clone());
-                        }
-                        loader.load().await
-                    }
-                };
-                let mut b = aws_sdk_dynamodb::config::Builder::from(&config);
-                if let Some(endpoint) = self.endpoint {
-                    b = b.endpoint_url(endpoint);
-                }
-                if let Some(region) = self.region {
-                    b = b.region(Region::new(region));
-                }
-                if let Some(credentials) = self.credentials {
-                    b = b.credentials_provider(credentials);
-                }
-                aws_sdk_dynamodb::Client::from_conf(b.build())
-            }
+            None => aws_sdk_dynamodb::Client::new(&self.aws.load().await),
         };
         DynamoDedupStore {
             sdk,
@@ -394,60 +358,11 @@ const TRANSIENT_CODES: &[&str] = &[
     "ServiceUnavailable",
 ];
 
-struct SdkFailure {
-    text: String,
-    source: Box<dyn std::error::Error + Send + Sync>,
-}
-
-impl fmt::Debug for SdkFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
-    }
-}
-
-impl fmt::Display for SdkFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
-    }
-}
-
-impl std::error::Error for SdkFailure {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(self.source.as_ref())
-    }
-}
-
 /// Maps an SDK error to a driver error: time-outs, connection failures, throttling and
 /// 5xx are retryable.
-fn sdk_error<E>(
-    operation: &'static str,
-    err: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
-) -> Error
+fn sdk_error<E>(operation: &'static str, err: SdkError<E, HttpResponse>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let retryable = match &err {
-        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
-        SdkError::DispatchFailure(f) => !f.is_user(),
-        SdkError::ServiceError(ctx) => {
-            let status = ctx.raw().status().as_u16();
-            status >= 500
-                || status == 429
-                || ctx
-                    .err()
-                    .code()
-                    .is_some_and(|c| TRANSIENT_CODES.contains(&c))
-        }
-        _ => false,
-    };
-    let text = DisplayErrorContext(&err).to_string();
-    Error::driver(
-        DRIVER,
-        operation,
-        retryable,
-        SdkFailure {
-            text,
-            source: Box::new(err),
-        },
-    )
+    streams_aws::sdk_error(DRIVER, operation, TRANSIENT_CODES, err)
 }

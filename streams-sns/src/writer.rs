@@ -4,20 +4,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use aws_config::{BehaviorVersion, SdkConfig};
-use aws_sdk_sns::config::{Credentials, Region};
-use aws_sdk_sns::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_config::SdkConfig;
+use aws_sdk_sns::config::http::HttpResponse;
+use aws_sdk_sns::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
-use futures::StreamExt;
-use streams_core::{Error, FailedMessage, Message, Result, Writer};
+use streams_aws::{
+    encode_by_stream, message_group_id, BatchRequest, BatchWrite, ClientConfig, EntryFailure,
+    RequestOutcome,
+};
+use streams_core::{Error, Message, Result, Writer};
 
-use crate::wire::{encode, valid_subject, Encoded};
+use crate::wire::{encode, valid_subject};
 
 const DRIVER: &str = "sns";
 
 /// The environment variable [`SnsWriterBuilder::from_env`] reads an endpoint override
 /// from, for emulators such as LocalStack or moto.
-pub const ENDPOINT_ENV: &str = "STREAMS_AWS_ENDPOINT";
+pub const ENDPOINT_ENV: &str = streams_aws::ENDPOINT_ENV;
 /// The environment variable [`SnsWriterBuilder::from_env`] reads the account id from.
 pub const ACCOUNT_ID_ENV: &str = "AWS_ACCOUNT_ID";
 /// The most SNS accepts in one message and in one `PublishBatch` request.
@@ -110,10 +113,7 @@ impl fmt::Debug for SnsWriter {
 #[derive(Debug, Clone)]
 pub struct SnsWriterBuilder {
     client: Option<aws_sdk_sns::Client>,
-    sdk_config: Option<SdkConfig>,
-    endpoint: Option<String>,
-    region: Option<String>,
-    credentials: Option<Credentials>,
+    aws: ClientConfig,
     account_id: Option<String>,
     arns: HashMap<String, String>,
     max_in_flight: usize,
@@ -124,10 +124,7 @@ impl Default for SnsWriterBuilder {
     fn default() -> Self {
         SnsWriterBuilder {
             client: None,
-            sdk_config: None,
-            endpoint: None,
-            region: None,
-            credentials: None,
+            aws: ClientConfig::new(),
             account_id: None,
             arns: HashMap::new(),
             max_in_flight: 8,
@@ -141,10 +138,9 @@ impl SnsWriterBuilder {
     /// `AWS_ACCOUNT_ID` when set; region and credentials come from the usual AWS
     /// environment at [`build`](Self::build).
     pub fn from_env() -> Self {
-        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
         SnsWriterBuilder {
-            endpoint: var(ENDPOINT_ENV),
-            account_id: var(ACCOUNT_ID_ENV),
+            aws: ClientConfig::from_env(),
+            account_id: std::env::var(ACCOUNT_ID_ENV).ok().filter(|v| !v.is_empty()),
             ..Self::default()
         }
     }
@@ -158,19 +154,19 @@ impl SnsWriterBuilder {
 
     /// Uses this AWS configuration instead of loading one.
     pub fn sdk_config(mut self, config: SdkConfig) -> Self {
-        self.sdk_config = Some(config);
+        self.aws = self.aws.sdk_config(config);
         self
     }
 
     /// Sends every request to this endpoint (an emulator, a VPC endpoint).
     pub fn endpoint(mut self, url: impl Into<String>) -> Self {
-        self.endpoint = Some(url.into());
+        self.aws = self.aws.endpoint(url);
         self
     }
 
     /// Sets the region (also used in topic ARNs).
     pub fn region(mut self, region: impl Into<String>) -> Self {
-        self.region = Some(region.into());
+        self.aws = self.aws.region(region);
         self
     }
 
@@ -180,13 +176,9 @@ impl SnsWriterBuilder {
         access_key_id: impl Into<String>,
         secret_access_key: impl Into<String>,
     ) -> Self {
-        self.credentials = Some(Credentials::new(
-            access_key_id,
-            secret_access_key,
-            None,
-            None,
-            "streams-static",
-        ));
+        self.aws = self
+            .aws
+            .static_credentials(access_key_id, secret_access_key);
         self
     }
 
@@ -222,40 +214,13 @@ impl SnsWriterBuilder {
     ///
     /// None today; kept so that validation can be added without breaking callers.
     pub async fn build(self) -> Result<SnsWriter> {
+        // The region set here names topics in ARNs even when a client was given.
+        let region = self.aws.region_override().map(str::to_owned);
         let sdk = match self.client {
             Some(client) => client,
-            None => {
-                let config = match self.sdk_config {
-                    Some(config) => config,
-                    None => {
-                        // Region and credentials given here skip the provider chains,
-                        // which would otherwise probe the instance metadata service.
-                        let mut loader = aws_config::defaults(BehaviorVersion::latest());
-                        if let Some(region) = &self.region {
-                            loader = loader.region(Region::new(region.clone()));
-                        }
-                        if let Some(credentials) = &self.credentials {
-                            loader = loader.credentials_provider(credentials.clone());
-                        }
-                        loader.load().await
-                    }
-                };
-                let mut b = aws_sdk_sns::config::Builder::from(&config);
-                if let Some(endpoint) = self.endpoint {
-                    b = b.endpoint_url(endpoint);
-                }
-                if let Some(region) = &self.region {
-                    b = b.region(Region::new(region.clone()));
-                }
-                if let Some(credentials) = self.credentials {
-                    b = b.credentials_provider(credentials);
-                }
-                aws_sdk_sns::Client::from_conf(b.build())
-            }
+            None => aws_sdk_sns::Client::new(&self.aws.load().await),
         };
-        let region = self
-            .region
-            .or_else(|| sdk.config().region().map(|r| r.to_string()));
+        let region = region.or_else(|| sdk.config().region().map(|r| r.to_string()));
         Ok(SnsWriter {
             inner: Arc::new(Inner {
                 sdk,
@@ -268,21 +233,6 @@ impl SnsWriterBuilder {
             }),
         })
     }
-}
-
-/// One `PublishBatch` request.
-struct Chunk {
-    arn: String,
-    fifo: bool,
-    entries: Vec<(Message, Encoded)>,
-}
-
-struct Outcome {
-    failed: Vec<FailedMessage>,
-    retryable: bool,
-    call_error: Option<Error>,
-    /// Skipped after an earlier failure rather than refused.
-    not_sent: bool,
 }
 
 impl SnsWriter {
@@ -376,9 +326,10 @@ impl SnsWriter {
         Ok(out.subscription_arn.unwrap_or_default())
     }
 
-    async fn send_chunk(&self, chunk: Chunk) -> Option<Outcome> {
-        let mut entries = Vec::with_capacity(chunk.entries.len());
-        for (i, (msg, enc)) in chunk.entries.iter().enumerate() {
+    /// Makes one `PublishBatch` call.
+    async fn send_request(&self, request: BatchRequest) -> RequestOutcome {
+        let mut entries = Vec::with_capacity(request.entries().len());
+        for (i, (msg, enc)) in request.entries().iter().enumerate() {
             let attributes: HashMap<String, MessageAttributeValue> = enc
                 .attributes
                 .iter()
@@ -398,10 +349,9 @@ impl SnsWriter {
             if let Some(key) = msg.key.as_deref().filter(|k| valid_subject(k)) {
                 entry = entry.subject(key);
             }
-            if chunk.fifo {
-                let group = msg.key.clone().unwrap_or_else(|| msg.stream.clone());
+            if request.is_fifo() {
                 entry = entry
-                    .message_group_id(group)
+                    .message_group_id(message_group_id(msg))
                     .message_deduplication_id(&msg.id);
             }
             entries.push(entry.build().expect("id and message are set"));
@@ -410,90 +360,23 @@ impl SnsWriter {
             .inner
             .sdk
             .publish_batch()
-            .topic_arn(&chunk.arn)
+            .topic_arn(request.destination())
             .set_publish_batch_request_entries(Some(entries))
             .send()
             .await;
         match result {
-            Err(e) => {
-                let err = sdk_error("PublishBatch", e);
-                Some(Outcome {
-                    failed: chunk
-                        .entries
-                        .iter()
-                        .map(|(m, _)| FailedMessage {
-                            id: m.id.clone(),
-                            reason: err.to_string(),
-                        })
-                        .collect(),
-                    retryable: err.is_retryable(),
-                    call_error: Some(err),
-                    not_sent: false,
-                })
-            }
-            Ok(out) => {
-                let failed_entries = out.failed.unwrap_or_default();
-                if failed_entries.is_empty() {
-                    return None;
-                }
-                let mut retryable = true;
-                let failed = failed_entries
-                    .iter()
-                    .map(|f| {
-                        retryable &= !f.sender_fault;
-                        let id =
-                            f.id.parse::<usize>()
-                                .ok()
-                                .and_then(|i| chunk.entries.get(i))
-                                .map(|(m, _)| m.id.clone())
-                                .unwrap_or_else(|| f.id.clone());
-                        FailedMessage {
-                            id,
-                            reason: format!(
-                                "{}: {}",
-                                f.code,
-                                f.message.as_deref().unwrap_or("no message")
-                            ),
-                        }
-                    })
-                    .collect();
-                Some(Outcome {
-                    failed,
-                    retryable,
-                    call_error: None,
-                    not_sent: false,
-                })
-            }
+            Err(e) => RequestOutcome::call_failed(&request, sdk_error("PublishBatch", e)),
+            Ok(out) => RequestOutcome::answered(
+                &request,
+                out.failed().iter().map(|f| EntryFailure {
+                    id: &f.id,
+                    code: &f.code,
+                    message: f.message.as_deref(),
+                    sender_fault: f.sender_fault,
+                }),
+            ),
         }
     }
-}
-
-fn chunk(arn: &str, fifo: bool, messages: Vec<(Message, Encoded)>, max_bytes: usize) -> Vec<Chunk> {
-    let mut chunks = Vec::new();
-    let mut current = Vec::new();
-    let mut bytes = 0;
-    for (msg, enc) in messages {
-        if !current.is_empty()
-            && (current.len() == MAX_BATCH_ENTRIES || bytes + enc.size > max_bytes)
-        {
-            chunks.push(Chunk {
-                arn: arn.to_owned(),
-                fifo,
-                entries: std::mem::take(&mut current),
-            });
-            bytes = 0;
-        }
-        bytes += enc.size;
-        current.push((msg, enc));
-    }
-    if !current.is_empty() {
-        chunks.push(Chunk {
-            arn: arn.to_owned(),
-            fifo,
-            entries: current,
-        });
-    }
-    chunks
 }
 
 #[async_trait]
@@ -502,91 +385,17 @@ impl Writer for SnsWriter {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed("sns writer"));
         }
-        let mut streams: Vec<(String, Vec<(Message, Encoded)>)> = Vec::new();
-        for msg in batch {
-            let enc = encode(&msg);
-            if enc.size > self.inner.max_message_bytes {
-                return Err(Error::invalid(
-                    "message",
-                    format!(
-                        "message {} is {} bytes in SNS form (message and attributes); the limit is {}",
-                        msg.id, enc.size, self.inner.max_message_bytes
-                    ),
-                ));
-            }
-            match streams.iter_mut().find(|(s, _)| *s == msg.stream) {
-                Some((_, list)) => list.push((msg, enc)),
-                None => streams.push((msg.stream.clone(), vec![(msg, enc)])),
-            }
-        }
-        let mut standard = Vec::new();
-        let mut fifo = Vec::new();
-        for (stream, messages) in streams {
+        let max_bytes = self.inner.max_message_bytes;
+        let form = "SNS form (message and attributes)";
+        let mut write = BatchWrite::new("topic", MAX_BATCH_ENTRIES, max_bytes);
+        for (stream, messages) in encode_by_stream(batch, encode, max_bytes, form)? {
             let arn = self.topic_arn(&stream)?;
-            let is_fifo = arn.ends_with(".fifo");
-            let chunks = chunk(&arn, is_fifo, messages, self.inner.max_message_bytes);
-            if is_fifo {
-                fifo.push(chunks);
-            } else {
-                standard.extend(chunks);
-            }
+            let fifo = arn.ends_with(".fifo");
+            write.add(&arn, fifo, messages);
         }
-        let total: usize = standard
-            .iter()
-            .chain(fifo.iter().flatten())
-            .map(|c| c.entries.len())
-            .sum();
-        let mut outcomes: Vec<Outcome> = futures::stream::iter(standard)
-            .map(|c| self.send_chunk(c))
-            .buffer_unordered(self.inner.max_in_flight)
-            .filter_map(std::future::ready)
-            .collect()
-            .await;
-        for chunks in fifo {
-            let mut chunks = chunks.into_iter();
-            while let Some(c) = chunks.next() {
-                if let Some(outcome) = self.send_chunk(c).await {
-                    outcomes.push(outcome);
-                    // Later messages of the topic would overtake the failed ones.
-                    let failed = chunks
-                        .by_ref()
-                        .flat_map(|c| c.entries)
-                        .map(|(m, _)| FailedMessage {
-                            id: m.id,
-                            reason: "not sent: an earlier request for this FIFO topic failed"
-                                .into(),
-                        })
-                        .collect();
-                    outcomes.push(Outcome {
-                        failed,
-                        retryable: true,
-                        call_error: None,
-                        not_sent: true,
-                    });
-                    break;
-                }
-            }
-        }
-        if outcomes.iter().all(|o| o.failed.is_empty()) {
-            return Ok(());
-        }
-        let failed_count: usize = outcomes.iter().map(|o| o.failed.len()).sum();
-        let entry_failures = outcomes
-            .iter()
-            .any(|o| o.call_error.is_none() && !o.not_sent && !o.failed.is_empty());
-        let mut call_errors: Vec<Error> = Vec::new();
-        let mut retryable = true;
-        let mut failed = Vec::new();
-        for o in outcomes {
-            retryable &= o.retryable || o.failed.is_empty();
-            failed.extend(o.failed);
-            call_errors.extend(o.call_error);
-        }
-        // Nothing was written because of one failed call: that error says it all.
-        if failed_count == total && call_errors.len() == 1 && !entry_failures {
-            return Err(call_errors.remove(0));
-        }
-        Err(Error::PartialWrite { failed, retryable })
+        write
+            .send(self.inner.max_in_flight, |r| self.send_request(r))
+            .await
     }
 
     async fn close(&self) -> Result<()> {
@@ -610,60 +419,11 @@ const TRANSIENT_CODES: &[&str] = &[
     "KMSThrottling",
 ];
 
-struct SdkFailure {
-    text: String,
-    source: Box<dyn std::error::Error + Send + Sync>,
-}
-
-impl fmt::Debug for SdkFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
-    }
-}
-
-impl fmt::Display for SdkFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
-    }
-}
-
-impl std::error::Error for SdkFailure {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(self.source.as_ref())
-    }
-}
-
 /// Maps an SDK error to a driver error: time-outs, connection failures, throttling and
 /// 5xx are retryable.
-fn sdk_error<E>(
-    operation: &'static str,
-    err: SdkError<E, aws_sdk_sns::config::http::HttpResponse>,
-) -> Error
+fn sdk_error<E>(operation: &'static str, err: SdkError<E, HttpResponse>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let retryable = match &err {
-        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
-        SdkError::DispatchFailure(f) => !f.is_user(),
-        SdkError::ServiceError(ctx) => {
-            let status = ctx.raw().status().as_u16();
-            status >= 500
-                || status == 429
-                || ctx
-                    .err()
-                    .code()
-                    .is_some_and(|c| TRANSIENT_CODES.contains(&c))
-        }
-        _ => false,
-    };
-    let text = DisplayErrorContext(&err).to_string();
-    Error::driver(
-        DRIVER,
-        operation,
-        retryable,
-        SdkFailure {
-            text,
-            source: Box::new(err),
-        },
-    )
+    streams_aws::sdk_error(DRIVER, operation, TRANSIENT_CODES, err)
 }

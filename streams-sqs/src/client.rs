@@ -2,15 +2,16 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
-use aws_config::{BehaviorVersion, SdkConfig};
-use aws_sdk_sqs::config::{Credentials, Region};
-use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_config::SdkConfig;
+use aws_sdk_sqs::config::http::HttpResponse;
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::QueueAttributeName;
+use streams_aws::ClientConfig;
 use streams_core::{Error, Result};
 
 /// The environment variable [`SqsClientBuilder::from_env`] reads an endpoint override
 /// from, for emulators such as LocalStack or moto.
-pub const ENDPOINT_ENV: &str = "STREAMS_AWS_ENDPOINT";
+pub const ENDPOINT_ENV: &str = streams_aws::ENDPOINT_ENV;
 
 pub(crate) const DRIVER: &str = "sqs";
 
@@ -67,40 +68,33 @@ impl fmt::Debug for SqsClient {
 /// optional overrides of endpoint, region and credentials.
 #[derive(Debug, Default, Clone)]
 pub struct SqsClientBuilder {
-    sdk_config: Option<SdkConfig>,
-    endpoint: Option<String>,
-    region: Option<String>,
-    credentials: Option<Credentials>,
+    aws: ClientConfig,
 }
 
 impl SqsClientBuilder {
     /// Reads the endpoint override from `STREAMS_AWS_ENDPOINT` when set; region and
     /// credentials come from the usual AWS environment at [`build`](Self::build).
     pub fn from_env() -> Self {
-        let mut b = Self::default();
-        if let Ok(endpoint) = std::env::var(ENDPOINT_ENV) {
-            if !endpoint.is_empty() {
-                b.endpoint = Some(endpoint);
-            }
+        SqsClientBuilder {
+            aws: ClientConfig::from_env(),
         }
-        b
     }
 
     /// Uses this AWS configuration instead of loading one.
     pub fn sdk_config(mut self, config: SdkConfig) -> Self {
-        self.sdk_config = Some(config);
+        self.aws = self.aws.sdk_config(config);
         self
     }
 
     /// Sends every request to this endpoint (an emulator, a VPC endpoint).
     pub fn endpoint(mut self, url: impl Into<String>) -> Self {
-        self.endpoint = Some(url.into());
+        self.aws = self.aws.endpoint(url);
         self
     }
 
     /// Sets the region.
     pub fn region(mut self, region: impl Into<String>) -> Self {
-        self.region = Some(region.into());
+        self.aws = self.aws.region(region);
         self
     }
 
@@ -110,44 +104,15 @@ impl SqsClientBuilder {
         access_key_id: impl Into<String>,
         secret_access_key: impl Into<String>,
     ) -> Self {
-        self.credentials = Some(Credentials::new(
-            access_key_id,
-            secret_access_key,
-            None,
-            None,
-            "streams-static",
-        ));
+        self.aws = self
+            .aws
+            .static_credentials(access_key_id, secret_access_key);
         self
     }
 
     /// Loads the AWS configuration (unless one was given) and builds the client.
     pub async fn build(self) -> SqsClient {
-        let config = match self.sdk_config {
-            Some(config) => config,
-            None => {
-                // Region and credentials given here skip the provider chains, which
-                // would otherwise probe the instance metadata service.
-                let mut loader = aws_config::defaults(BehaviorVersion::latest());
-                if let Some(region) = &self.region {
-                    loader = loader.region(Region::new(region.clone()));
-                }
-                if let Some(credentials) = &self.credentials {
-                    loader = loader.credentials_provider(credentials.clone());
-                }
-                loader.load().await
-            }
-        };
-        let mut b = aws_sdk_sqs::config::Builder::from(&config);
-        if let Some(endpoint) = self.endpoint {
-            b = b.endpoint_url(endpoint);
-        }
-        if let Some(region) = self.region {
-            b = b.region(Region::new(region));
-        }
-        if let Some(credentials) = self.credentials {
-            b = b.credentials_provider(credentials);
-        }
-        SqsClient::from_sdk(aws_sdk_sqs::Client::from_conf(b.build()))
+        SqsClient::from_sdk(aws_sdk_sqs::Client::new(&self.aws.load().await))
     }
 }
 
@@ -334,69 +299,11 @@ const TRANSIENT_CODES: &[&str] = &[
     "KMS.ThrottlingException",
 ];
 
-/// Whether an SDK error may go away if the call is tried again: time-outs, connection
-/// failures, throttling and server-side (5xx) errors.
-pub(crate) fn retryable<E: ProvideErrorMetadata, R>(
-    err: &SdkError<E, R>,
-    status: impl Fn(&R) -> u16,
-) -> bool {
-    match err {
-        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
-        SdkError::DispatchFailure(f) => !f.is_user(),
-        SdkError::ServiceError(ctx) => {
-            let code = status(ctx.raw());
-            code >= 500
-                || code == 429
-                || ctx
-                    .err()
-                    .code()
-                    .is_some_and(|c| TRANSIENT_CODES.contains(&c))
-        }
-        _ => false,
-    }
-}
-
-/// An SDK error with its full context in the message.
-struct SdkFailure {
-    text: String,
-    source: Box<dyn std::error::Error + Send + Sync>,
-}
-
-impl fmt::Debug for SdkFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
-    }
-}
-
-impl fmt::Display for SdkFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
-    }
-}
-
-impl std::error::Error for SdkFailure {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(self.source.as_ref())
-    }
-}
-
-/// Maps an SDK error to a driver error with the right retryable flag.
-pub(crate) fn sdk_error<E>(
-    operation: &'static str,
-    err: SdkError<E, aws_sdk_sqs::config::http::HttpResponse>,
-) -> Error
+/// Maps an SDK error to a driver error: time-outs, connection failures, throttling and
+/// 5xx are retryable.
+pub(crate) fn sdk_error<E>(operation: &'static str, err: SdkError<E, HttpResponse>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let retryable = retryable(&err, |r| r.status().as_u16());
-    let text = DisplayErrorContext(&err).to_string();
-    Error::driver(
-        DRIVER,
-        operation,
-        retryable,
-        SdkFailure {
-            text,
-            source: Box::new(err),
-        },
-    )
+    streams_aws::sdk_error(DRIVER, operation, TRANSIENT_CODES, err)
 }

@@ -1,0 +1,166 @@
+//! Where the drivers' SDK clients get their configuration.
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_credential_types::Credentials;
+use aws_types::origin::Origin;
+
+/// The environment variable [`ClientConfig::from_env`] reads an endpoint override from,
+/// for emulators such as LocalStack or moto.
+pub const ENDPOINT_ENV: &str = "STREAMS_AWS_ENDPOINT";
+
+/// Where an AWS SDK client gets its configuration: the usual AWS sources (environment,
+/// profile files, instance metadata) unless an [`SdkConfig`] is given, with optional
+/// overrides of endpoint, region and credentials.
+///
+/// Each driver builder keeps one and hands its `from_env`, `sdk_config`, `endpoint`,
+/// `region` and `static_credentials` to it; [`load`](Self::load) gives the configuration
+/// to create the service client from.
+///
+/// ```no_run
+/// # async fn demo() {
+/// let config = streams_aws::ClientConfig::new()
+///     .endpoint("http://127.0.0.1:4566")
+///     .region("us-east-1")
+///     .static_credentials("test", "test")
+///     .load()
+///     .await;
+/// assert_eq!(config.endpoint_url(), Some("http://127.0.0.1:4566"));
+/// # }
+/// ```
+#[derive(Debug, Default, Clone)]
+pub struct ClientConfig {
+    sdk_config: Option<SdkConfig>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    credentials: Option<Credentials>,
+}
+
+impl ClientConfig {
+    /// No overrides: the configuration is loaded from the usual AWS sources.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads the endpoint override from [`ENDPOINT_ENV`] when set and not empty; region
+    /// and credentials come from the usual AWS environment at [`load`](Self::load).
+    pub fn from_env() -> Self {
+        ClientConfig {
+            endpoint: std::env::var(ENDPOINT_ENV).ok().filter(|e| !e.is_empty()),
+            ..Self::default()
+        }
+    }
+
+    /// Uses this AWS configuration instead of loading one.
+    pub fn sdk_config(mut self, config: SdkConfig) -> Self {
+        self.sdk_config = Some(config);
+        self
+    }
+
+    /// Sends every request to this endpoint (an emulator, a VPC endpoint).
+    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
+        self.endpoint = Some(url.into());
+        self
+    }
+
+    /// Sets the region.
+    pub fn region(mut self, region: impl Into<String>) -> Self {
+        self.region = Some(region.into());
+        self
+    }
+
+    /// Uses fixed credentials (for emulators and tests).
+    pub fn static_credentials(
+        mut self,
+        access_key_id: impl Into<String>,
+        secret_access_key: impl Into<String>,
+    ) -> Self {
+        self.credentials = Some(Credentials::new(
+            access_key_id,
+            secret_access_key,
+            None,
+            None,
+            "streams-static",
+        ));
+        self
+    }
+
+    /// The region set with [`region`](Self::region), if any.
+    pub fn region_override(&self) -> Option<&str> {
+        self.region.as_deref()
+    }
+
+    /// The AWS configuration to create a service client from (`Client::new(&config)`):
+    /// the one given, or one loaded from the usual AWS sources, with the overrides
+    /// applied.
+    pub async fn load(self) -> SdkConfig {
+        let config = match self.sdk_config {
+            Some(config) => config,
+            None => {
+                // Region and credentials given here skip the provider chains, which
+                // would otherwise probe the instance metadata service.
+                let mut loader = aws_config::defaults(BehaviorVersion::latest());
+                if let Some(region) = &self.region {
+                    loader = loader.region(Region::new(region.clone()));
+                }
+                if let Some(credentials) = &self.credentials {
+                    loader = loader.credentials_provider(credentials.clone());
+                }
+                loader.load().await
+            }
+        };
+        let mut b = config.into_builder();
+        if let Some(endpoint) = self.endpoint {
+            // Marked as set in code, as when set on a service client, so that it wins
+            // over service-specific settings such as AWS_ENDPOINT_URL_SQS.
+            b.insert_origin("endpoint_url", Origin::shared_config());
+            b = b.endpoint_url(endpoint);
+        }
+        if let Some(region) = self.region {
+            b = b.region(Region::new(region));
+        }
+        if let Some(credentials) = self.credentials {
+            b = b.credentials_provider(SharedCredentialsProvider::new(credentials));
+        }
+        b.build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_credential_types::provider::ProvideCredentials;
+
+    #[test]
+    fn overrides_apply_to_a_given_config() {
+        let given = SdkConfig::builder()
+            .region(Region::new("eu-west-1"))
+            .endpoint_url("http://from-the-environment:1")
+            .build();
+        let config = ClientConfig::new()
+            .sdk_config(given.clone())
+            .endpoint("http://127.0.0.1:4566")
+            .region("us-east-1")
+            .static_credentials("id", "secret");
+        assert_eq!(config.region_override(), Some("us-east-1"));
+        let config = futures::executor::block_on(config.load());
+        assert_eq!(config.region().map(|r| r.as_ref()), Some("us-east-1"));
+        assert_eq!(config.endpoint_url(), Some("http://127.0.0.1:4566"));
+        assert!(config.get_origin("endpoint_url").is_client_config());
+        let credentials = futures::executor::block_on(
+            config
+                .credentials_provider()
+                .expect("credentials are set")
+                .provide_credentials(),
+        )
+        .expect("static credentials");
+        assert_eq!(credentials.access_key_id(), "id");
+
+        // Without overrides the given configuration is used as it is.
+        let config = futures::executor::block_on(ClientConfig::new().sdk_config(given).load());
+        assert_eq!(config.region().map(|r| r.as_ref()), Some("eu-west-1"));
+        assert_eq!(config.endpoint_url(), Some("http://from-the-environment:1"));
+        assert!(!config.get_origin("endpoint_url").is_client_config());
+        assert!(config.credentials_provider().is_none());
+    }
+}
