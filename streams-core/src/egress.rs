@@ -159,18 +159,21 @@ pub struct Forwarder {
     storage: Arc<dyn EgressStorage>,
     writer: Arc<dyn Writer>,
     fetch_limit: usize,
+    max_write_messages: usize,
     retry: RetryPolicy,
     poll_interval: Duration,
 }
 
 impl Forwarder {
-    /// A forwarder fetching 100 batches at a time, retrying destination failures with
-    /// the default [`RetryPolicy`] and polling every second when idle.
+    /// A forwarder fetching 100 batches at a time, combining them into writes of up to
+    /// 500 messages, retrying destination failures with the default [`RetryPolicy`] and
+    /// polling every second when idle.
     pub fn new(storage: Arc<dyn EgressStorage>, writer: Arc<dyn Writer>) -> Self {
         Forwarder {
             storage,
             writer,
             fetch_limit: 100,
+            max_write_messages: 500,
             retry: RetryPolicy::default(),
             poll_interval: Duration::from_secs(1),
         }
@@ -179,6 +182,17 @@ impl Forwarder {
     /// Batches fetched per pass (at least 1).
     pub fn with_fetch_limit(mut self, limit: usize) -> Self {
         self.fetch_limit = limit.max(1);
+        self
+    }
+
+    /// Messages per destination write (at least 1). Consecutive batches of a pass are
+    /// combined, in order, into one write up to this many messages, so an outbox of
+    /// one-message rows does not cost a destination round trip per row; a batch larger
+    /// than this is written alone. When a combined write fails, the batches are written
+    /// one by one (with retries) to find the one at fault, so the others may reach the
+    /// destination twice. 1 writes each batch on its own.
+    pub fn with_max_write_messages(mut self, messages: usize) -> Self {
+        self.max_write_messages = messages.max(1);
         self
     }
 
@@ -206,43 +220,78 @@ impl Forwarder {
             fetched: batches.len(),
             ..Default::default()
         };
-        let mut done = Vec::with_capacity(batches.len());
-        let mut failure = None;
-        let mut iter = batches.into_iter();
-        for stored in iter.by_ref() {
-            let messages = match decode_batch(&stored.raw) {
-                Ok(m) => m,
+        let mut decoded = Vec::with_capacity(batches.len());
+        for stored in batches {
+            match decode_batch(&stored.raw) {
+                Ok(messages) => decoded.push((stored.id, messages)),
                 Err(e) => {
                     tracing::error!(batch = %stored.id, error = %e, "quarantining undecodable outbox batch");
                     self.storage.quarantine(&stored.id, &e.to_string()).await?;
                     report.quarantined += 1;
-                    continue;
                 }
-            };
-            let count = messages.len();
-            match self.write_with_retry(messages).await {
-                Ok(()) => {
-                    done.push(stored.id);
-                    report.forwarded += 1;
-                    report.messages += count;
-                }
-                Err(e) if !e.is_retryable() => {
-                    tracing::error!(batch = %stored.id, error = %e, "destination rejected outbox batch; quarantining");
-                    self.storage.quarantine(&stored.id, &e.to_string()).await?;
-                    report.quarantined += 1;
-                }
-                Err(e) => {
-                    failure = Some((stored.id, e));
+            }
+        }
+        let mut done = Vec::with_capacity(decoded.len());
+        let mut failure = None;
+        let mut rest = decoded.into_iter().peekable();
+        'groups: while let Some(first) = rest.next() {
+            // Consecutive batches, in order, up to `max_write_messages` per write.
+            let mut total = first.1.len();
+            let mut group = vec![first];
+            while let Some((_, next)) = rest.peek() {
+                if total + next.len() > self.max_write_messages {
                     break;
+                }
+                total += next.len();
+                group.extend(rest.next());
+            }
+            if group.len() > 1 {
+                let all: Vec<Message> = group.iter().flat_map(|(_, m)| m.iter().cloned()).collect();
+                match self.writer.write(all).await {
+                    Ok(()) => {
+                        for (id, messages) in group {
+                            report.forwarded += 1;
+                            report.messages += messages.len();
+                            done.push(id);
+                        }
+                        continue;
+                    }
+                    // One write per batch finds the batch at fault; the others may be
+                    // delivered twice, as at-least-once allows.
+                    Err(e) => tracing::debug!(
+                        batches = group.len(), error = %e,
+                        "combined outbox write failed; writing batch by batch"
+                    ),
+                }
+            }
+            let mut group = group.into_iter();
+            while let Some((id, messages)) = group.next() {
+                let count = messages.len();
+                match self.write_with_retry(messages).await {
+                    Ok(()) => {
+                        done.push(id);
+                        report.forwarded += 1;
+                        report.messages += count;
+                    }
+                    Err(e) if !e.is_retryable() => {
+                        tracing::error!(batch = %id, error = %e, "destination rejected outbox batch; quarantining");
+                        self.storage.quarantine(&id, &e.to_string()).await?;
+                        report.quarantined += 1;
+                    }
+                    Err(e) => {
+                        let mut unsent = vec![id];
+                        unsent.extend(group.map(|(id, _)| id));
+                        unsent.extend(rest.map(|(id, _)| id));
+                        failure = Some((unsent, e));
+                        break 'groups;
+                    }
                 }
             }
         }
         if !done.is_empty() {
             self.storage.delete(&done).await?;
         }
-        if let Some((id, err)) = failure {
-            let mut unsent = vec![id];
-            unsent.extend(iter.map(|b| b.id));
+        if let Some((unsent, err)) = failure {
             self.storage.release(&unsent).await?;
             return Err(err);
         }

@@ -238,3 +238,73 @@ async fn memory_outbox_release_returns_batches_to_the_front() {
     let again = outbox.fetch(10).await.unwrap();
     assert_eq!(again, claimed);
 }
+
+/// Rejects, as not retryable, any write holding a message whose payload is `poison`.
+#[derive(Debug, Default)]
+struct RejectsPoison {
+    writes: Mutex<Vec<usize>>,
+    got: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl Writer for RejectsPoison {
+    async fn write(&self, batch: Vec<Message>) -> Result<()> {
+        self.writes.lock().unwrap().push(batch.len());
+        if batch.iter().any(|m| &m.data[..] == b"poison") {
+            return Err(Error::invalid("message", "poison"));
+        }
+        self.got.lock().unwrap().extend(
+            batch
+                .iter()
+                .map(|m| String::from_utf8(m.data.to_vec()).unwrap()),
+        );
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn consecutive_batches_share_one_write_up_to_the_limit() {
+    let outbox = Arc::new(MemoryOutbox::new());
+    for i in 0..7 {
+        outbox
+            .write(batch("s", 1, &format!("row{i}")))
+            .await
+            .unwrap();
+    }
+    let dest = Arc::new(RejectsPoison::default());
+    let fwd = Forwarder::new(outbox.clone(), dest.clone()).with_max_write_messages(3);
+    let report = fwd.forward_once().await.unwrap();
+    assert_eq!((report.forwarded, report.messages), (7, 7));
+    assert_eq!(*dest.writes.lock().unwrap(), [3, 3, 1]);
+    let expected: Vec<_> = (0..7).map(|i| format!("row{i}-0")).collect();
+    assert_eq!(*dest.got.lock().unwrap(), expected);
+    assert_eq!(outbox.pending(), 0);
+}
+
+#[tokio::test]
+async fn a_failed_combined_write_falls_back_to_one_write_per_batch() {
+    let outbox = Arc::new(MemoryOutbox::new());
+    for tag in ["a", "b"] {
+        outbox.write(batch("s", 1, tag)).await.unwrap();
+    }
+    outbox
+        .write(vec![Message::new("s", "poison")])
+        .await
+        .unwrap();
+    for tag in ["d", "e"] {
+        outbox.write(batch("s", 1, tag)).await.unwrap();
+    }
+    let dest = Arc::new(RejectsPoison::default());
+    let fwd = Forwarder::new(outbox.clone(), dest.clone()).with_retry(quick_retry());
+    let report = fwd.forward_once().await.unwrap();
+    assert_eq!((report.forwarded, report.quarantined), (4, 1));
+    // One combined try, then each batch alone.
+    assert_eq!(*dest.writes.lock().unwrap(), [5, 1, 1, 1, 1, 1]);
+    assert_eq!(*dest.got.lock().unwrap(), ["a-0", "b-0", "d-0", "e-0"]);
+    assert_eq!(outbox.quarantined().len(), 1);
+    assert_eq!(outbox.pending(), 0);
+}

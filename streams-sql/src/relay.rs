@@ -57,6 +57,13 @@ impl Relay {
         self
     }
 
+    /// Messages per destination write; see [`Forwarder::with_max_write_messages`]
+    /// (default 500).
+    pub fn with_max_write_messages(mut self, messages: usize) -> Self {
+        self.forwarder = self.forwarder.with_max_write_messages(messages);
+        self
+    }
+
     /// How long the relay sleeps when the outbox is empty and nothing wakes it.
     pub fn with_poll_interval(mut self, interval: Duration) -> Self {
         self.forwarder = self.forwarder.with_poll_interval(interval);
