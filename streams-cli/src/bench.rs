@@ -187,13 +187,19 @@ fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// Latencies and when the last distinct message arrived, under one lock.
+#[derive(Default)]
+struct Samples {
+    latencies_us: Vec<u64>,
+    last_at: Option<Instant>,
+}
+
 /// Everything the handler updates.
 struct Tally {
     seen: Vec<AtomicBool>,
     received: AtomicU64,
     duplicates: AtomicU64,
-    latencies_us: Mutex<Vec<u64>>,
-    last_at: Mutex<Option<Instant>>,
+    samples: Mutex<Samples>,
     warm: CancellationToken,
     all: CancellationToken,
     bar: ProgressBar,
@@ -220,11 +226,11 @@ impl Tally {
             return Ok(());
         }
         let latency = now_ns().saturating_sub(sent) / 1_000;
-        self.latencies_us
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(latency);
-        *self.last_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        {
+            let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+            samples.latencies_us.push(latency);
+            samples.last_at = Some(Instant::now());
+        }
         self.bar.inc(1);
         let n = self.received.fetch_add(1, Ordering::SeqCst) + 1;
         if n == self.seen.len() as u64 {
@@ -287,8 +293,10 @@ pub async fn bench(
         seen: (0..count).map(|_| AtomicBool::new(false)).collect(),
         received: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
-        latencies_us: Mutex::new(Vec::with_capacity(count)),
-        last_at: Mutex::new(None),
+        samples: Mutex::new(Samples {
+            latencies_us: Vec::with_capacity(count),
+            last_at: None,
+        }),
         warm: CancellationToken::new(),
         all: CancellationToken::new(),
         bar: consumed_bar.clone(),
@@ -388,13 +396,11 @@ pub async fn bench(
     read?;
 
     let received = tally.received.load(Ordering::SeqCst);
-    let consume_secs = tally
-        .last_at
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .map_or(0.0, |t| t.duration_since(start).as_secs_f64());
-    let mut lat =
-        std::mem::take(&mut *tally.latencies_us.lock().unwrap_or_else(|e| e.into_inner()));
+    let Samples {
+        latencies_us: mut lat,
+        last_at,
+    } = std::mem::take(&mut *tally.samples.lock().unwrap_or_else(|e| e.into_inner()));
+    let consume_secs = last_at.map_or(0.0, |t| t.duration_since(start).as_secs_f64());
     lat.sort_unstable();
     let report = BenchReport {
         platform: conn.platform().to_owned(),
