@@ -87,6 +87,21 @@ pub enum Error {
         retryable: bool,
     },
 
+    /// The destination refused these messages for what they are (too large, malformed,
+    /// not valid for the platform); writing them again unchanged fails again.
+    ///
+    /// This is a fault of the messages, not of the destination: an outbox relay
+    /// quarantines the batch holding them and goes on. A fault of the destination itself
+    /// (a missing queue or topic, denied access, an unreachable broker, a closed writer)
+    /// is never `Rejected`. Whether the other messages of the batch were written depends
+    /// on where the refusal happened: a writer that checks a limit before sending sends
+    /// nothing; one the platform answered per message wrote the others.
+    #[error("{} message(s) refused by the destination: {}", failed.len(), FailedList(failed))]
+    Rejected {
+        /// The refused messages, by id, with the reason.
+        failed: Vec<FailedMessage>,
+    },
+
     /// One or more readers failed; each entry names the stream.
     #[error("{} reader(s) failed: {}", .0.len(), ReaderErrors(.0))]
     Readers(Vec<(String, Error)>),
@@ -118,11 +133,30 @@ impl Error {
             Error::PartialWrite { retryable, .. } | Error::Driver { retryable, .. } => *retryable,
             Error::Readers(errors) => errors.iter().all(|(_, e)| e.is_retryable()),
             Error::Closed(_)
+            | Error::Rejected { .. }
             | Error::UnknownContentType { .. }
             | Error::Encode { .. }
             | Error::Decode { .. }
             | Error::EventNotRegistered(_)
             | Error::Invalid { .. } => false,
+        }
+    }
+
+    /// Whether this is a fault of the messages themselves rather than of the platform:
+    /// [`Error::Rejected`], or an [`Error::Encode`] of a payload. A relay quarantines
+    /// the messages behind such an error; for every other error it keeps them and tries
+    /// again later.
+    pub fn is_message_fault(&self) -> bool {
+        matches!(self, Error::Rejected { .. } | Error::Encode { .. })
+    }
+
+    /// Builds an [`Error::Rejected`] for one message.
+    pub fn rejected(id: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Rejected {
+            failed: vec![FailedMessage {
+                id: id.into(),
+                reason: reason.into(),
+            }],
         }
     }
 
@@ -243,6 +277,26 @@ mod tests {
         assert!(Error::driver("kafka", "produce", true, "broker down").is_retryable());
         assert!(!Error::driver("kafka", "produce", false, "too large").is_retryable());
         assert!(!Error::invalid("table", "bad").is_retryable());
+    }
+
+    #[test]
+    fn message_faults_are_only_rejections() {
+        let rejected = Error::rejected("m-1", "1048577 bytes; the limit is 1048576");
+        assert!(rejected.is_message_fault());
+        assert!(!rejected.is_retryable());
+        assert_eq!(
+            rejected.to_string(),
+            "1 message(s) refused by the destination: m-1: 1048577 bytes; the limit is 1048576"
+        );
+        // A destination that is missing or misconfigured is not the messages' fault.
+        assert!(!Error::driver("sqs", "SendMessageBatch", false, "no queue").is_message_fault());
+        assert!(!Error::Closed("writer").is_message_fault());
+        assert!(!Error::invalid("queue", "missing").is_message_fault());
+        let partial = Error::PartialWrite {
+            failed: vec![],
+            retryable: false,
+        };
+        assert!(!partial.is_message_fault());
     }
 
     #[test]

@@ -197,6 +197,7 @@ pub(crate) fn error_type(err: &(dyn std::error::Error + 'static)) -> &'static st
         Some(Error::Invalid { .. }) => "invalid",
         Some(Error::Timeout { .. }) => "timeout",
         Some(Error::PartialWrite { .. }) => "partial_write",
+        Some(Error::Rejected { .. }) => "rejected",
         Some(Error::Readers(_)) => "readers",
         Some(Error::Driver { .. }) => "driver",
         None if err.is::<crate::Unrecoverable>() => "unrecoverable",
