@@ -210,12 +210,28 @@ impl Forwarder {
 
     /// Fetches one set of batches and relays them.
     ///
+    /// A batch is quarantined only when it is at fault: it does not decode, or the
+    /// destination refused its messages for what they are
+    /// ([`Error::is_message_fault`]). Any other destination failure (a missing queue or
+    /// topic, denied access, an unreachable broker, a closed writer) is a fault of the
+    /// destination: the pass stops there, that batch and every later one stay in the
+    /// outbox in order, and the error is returned.
+    ///
     /// # Errors
     ///
-    /// A storage failure, or the destination's error once retries are exhausted; the
-    /// batches forwarded before it are deleted first, the rest released.
+    /// A storage failure, or the destination's error once retries are exhausted (or at
+    /// once when it is not retryable); the batches forwarded before it are deleted
+    /// first, the rest released.
     pub async fn forward_once(&self) -> Result<ForwardReport> {
-        let batches = self.storage.fetch(self.fetch_limit).await?;
+        self.pass().await.map_err(PassError::into_error)
+    }
+
+    async fn pass(&self) -> std::result::Result<ForwardReport, PassError> {
+        let batches = self
+            .storage
+            .fetch(self.fetch_limit)
+            .await
+            .map_err(PassError::Storage)?;
         let mut report = ForwardReport {
             fetched: batches.len(),
             ..Default::default()
@@ -226,7 +242,10 @@ impl Forwarder {
                 Ok(messages) => decoded.push((stored.id, messages)),
                 Err(e) => {
                     tracing::error!(batch = %stored.id, error = %e, "quarantining undecodable outbox batch");
-                    self.storage.quarantine(&stored.id, &e.to_string()).await?;
+                    self.storage
+                        .quarantine(&stored.id, &e.to_string())
+                        .await
+                        .map_err(PassError::Storage)?;
                     report.quarantined += 1;
                 }
             }
@@ -256,6 +275,14 @@ impl Forwarder {
                         }
                         continue;
                     }
+                    // The destination itself refuses: one write per batch would only
+                    // fail again, so everything stays in place.
+                    Err(e) if !e.is_message_fault() && !e.is_retryable() => {
+                        let mut unsent: Vec<String> = group.into_iter().map(|(id, _)| id).collect();
+                        unsent.extend(rest.map(|(id, _)| id));
+                        failure = Some((unsent, e));
+                        break 'groups;
+                    }
                     // One write per batch finds the batch at fault; the others may be
                     // delivered twice, as at-least-once allows.
                     Err(e) => tracing::debug!(
@@ -273,9 +300,12 @@ impl Forwarder {
                         report.forwarded += 1;
                         report.messages += count;
                     }
-                    Err(e) if !e.is_retryable() => {
-                        tracing::error!(batch = %id, error = %e, "destination rejected outbox batch; quarantining");
-                        self.storage.quarantine(&id, &e.to_string()).await?;
+                    Err(e) if e.is_message_fault() => {
+                        tracing::error!(batch = %id, error = %e, "destination refused the outbox batch's messages; quarantining it");
+                        self.storage
+                            .quarantine(&id, &e.to_string())
+                            .await
+                            .map_err(PassError::Storage)?;
                         report.quarantined += 1;
                     }
                     Err(e) => {
@@ -289,11 +319,20 @@ impl Forwarder {
             }
         }
         if !done.is_empty() {
-            self.storage.delete(&done).await?;
+            self.storage
+                .delete(&done)
+                .await
+                .map_err(PassError::Storage)?;
         }
-        if let Some((unsent, err)) = failure {
-            self.storage.release(&unsent).await?;
-            return Err(err);
+        if let Some((unsent, error)) = failure {
+            self.storage
+                .release(&unsent)
+                .await
+                .map_err(PassError::Storage)?;
+            return Err(PassError::Destination {
+                error,
+                left: unsent.len(),
+            });
         }
         Ok(report)
     }
@@ -323,26 +362,42 @@ impl Forwarder {
 
     /// Relays until `cancel` fires: passes follow each other while storage has full
     /// sets; when it runs dry the forwarder sleeps until `wake` is notified or the poll
-    /// interval passes. Failures are logged and retried after a backoff.
+    /// interval passes.
+    ///
+    /// A failed pass is logged at error level and tried again after a backoff that
+    /// grows with each failure in a row, capped by the retry policy's maximum backoff
+    /// (see [`with_retry`](Self::with_retry)). A destination that keeps refusing (a
+    /// missing queue, denied access) is retried the same way, with every batch kept in
+    /// the outbox in order, so everything is delivered once it is fixed.
     ///
     /// # Errors
     ///
-    /// None today; the result leaves room for fatal storage errors.
+    /// Fatal failures, which no waiting can mend: the destination writer is closed
+    /// ([`Error::Closed`]), or storage fails with an error that is not retryable (a
+    /// missing or unusable table, denied access). Batches stay in the outbox.
     pub async fn run(&self, wake: Option<Arc<Notify>>, cancel: CancellationToken) -> Result<()> {
         let mut failures = 0u32;
         while !cancel.is_cancelled() {
-            let idle = match self.forward_once().await {
+            let idle = match self.pass().await {
                 Ok(report) => {
+                    if failures > 0 {
+                        tracing::info!(failures, "outbox relay recovered");
+                    }
                     failures = 0;
                     if report.forwarded + report.quarantined > 0 {
                         tracing::debug!(?report, "outbox pass");
                     }
                     report.fetched < self.fetch_limit
                 }
+                Err(e) if e.is_fatal() => {
+                    let e = e.into_error();
+                    tracing::error!(error = %e, "outbox relay stopped");
+                    return Err(e);
+                }
                 Err(e) => {
-                    failures += 1;
+                    failures = failures.saturating_add(1);
                     let delay = self.retry.backoff(failures).max(Duration::from_millis(10));
-                    tracing::error!(error = %e, ?delay, "outbox pass failed");
+                    tracing::error!(error = %e, ?delay, failures, "outbox pass failed; trying again");
                     tokio::select! {
                         _ = cancel.cancelled() => break,
                         _ = tokio::time::sleep(delay) => {}
@@ -365,6 +420,41 @@ impl Forwarder {
             }
         }
         Ok(())
+    }
+}
+
+/// Why a pass failed, by side, so that [`Forwarder::run`] can tell what waiting mends.
+#[derive(Debug)]
+enum PassError {
+    Storage(Error),
+    Destination { error: Error, left: usize },
+}
+
+impl PassError {
+    fn is_fatal(&self) -> bool {
+        match self {
+            PassError::Storage(e) => !e.is_retryable(),
+            PassError::Destination { error, .. } => matches!(error, Error::Closed(_)),
+        }
+    }
+
+    fn into_error(self) -> Error {
+        match self {
+            PassError::Storage(e) => e,
+            PassError::Destination { error, .. } => error,
+        }
+    }
+}
+
+impl fmt::Display for PassError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PassError::Storage(e) => write!(f, "outbox storage: {e}"),
+            PassError::Destination { error, left, .. } => write!(
+                f,
+                "destination: {error} ({left} outbox batch(es) left in place, in order)"
+            ),
+        }
     }
 }
 

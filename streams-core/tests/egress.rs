@@ -162,16 +162,152 @@ async fn persistent_failure_keeps_batches_in_order_for_the_next_pass() {
 #[tokio::test]
 async fn rejected_batch_is_quarantined_not_retried() {
     let outbox = Arc::new(MemoryOutbox::new());
-    outbox.write(batch("s", 1, "too-big")).await.unwrap();
+    outbox
+        .write(vec![Message::new("s", "poison")])
+        .await
+        .unwrap();
+    let dest = Arc::new(RejectsPoison::default());
+    let fwd = Forwarder::new(outbox.clone(), dest.clone()).with_retry(quick_retry());
+    let report = fwd.forward_once().await.unwrap();
+    assert_eq!(report.quarantined, 1);
+    assert_eq!(*dest.writes.lock().unwrap(), [1], "not retried");
+    let q = outbox.quarantined();
+    assert!(q[0].1.contains("refused by the destination"), "{}", q[0].1);
+}
+
+fn texts(dest: &Recording) -> Vec<String> {
+    dest.got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|m| String::from_utf8(m.data.to_vec()).unwrap())
+        .collect()
+}
+
+/// A wrong queue name, a missing topic or denied access is the destination's fault:
+/// nothing is quarantined, every batch stays in order, and the error comes back.
+#[tokio::test]
+async fn a_misconfigured_destination_quarantines_nothing() {
+    let outbox = Arc::new(MemoryOutbox::new());
+    for tag in ["a", "b", "c"] {
+        outbox.write(batch("s", 1, tag)).await.unwrap();
+    }
     let dest = Arc::new(Recording {
-        fail: AtomicUsize::new(1),
+        fail: AtomicUsize::new(100),
         retryable: false,
         ..Default::default()
     });
     let fwd = Forwarder::new(outbox.clone(), dest.clone()).with_retry(quick_retry());
+    let err = fwd.forward_once().await.unwrap_err();
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("destination unavailable"), "{err}");
+    assert!(outbox.quarantined().is_empty(), "healthy rows quarantined");
+    assert_eq!(outbox.pending(), 3);
+    assert_eq!(
+        dest.calls.load(Ordering::SeqCst),
+        1,
+        "one combined try only"
+    );
+    // One batch alone: the same.
+    let fwd1 = fwd.clone().with_max_write_messages(1);
+    fwd1.forward_once().await.unwrap_err();
+    assert!(outbox.quarantined().is_empty());
+    assert_eq!(outbox.pending(), 3);
+    // Fixed: everything goes out, in order.
+    dest.fail.store(0, Ordering::SeqCst);
     let report = fwd.forward_once().await.unwrap();
-    assert_eq!(report.quarantined, 1);
-    assert_eq!(dest.calls.load(Ordering::SeqCst), 1);
+    assert_eq!((report.forwarded, report.quarantined), (3, 0));
+    assert_eq!(texts(&dest), ["a-0", "b-0", "c-0"]);
+}
+
+/// A closed destination writer is not the rows' fault either, and `run` stops on it.
+#[tokio::test]
+async fn a_closed_destination_stops_the_relay_and_keeps_the_rows() {
+    let outbox = Arc::new(MemoryOutbox::new());
+    outbox.write(batch("s", 2, "x")).await.unwrap();
+    let bus = Arc::new(ChanBus::new());
+    ChanBus::close(&bus);
+    let fwd = Forwarder::new(outbox.clone(), bus).with_retry(quick_retry());
+    let err = fwd.forward_once().await.unwrap_err();
+    assert!(matches!(err, Error::Closed(_)), "{err}");
+    let ran = tokio::time::timeout(
+        Duration::from_secs(5),
+        fwd.run(None, CancellationToken::new()),
+    )
+    .await
+    .expect("run returns on a closed destination");
+    assert!(matches!(ran, Err(Error::Closed(_))), "{ran:?}");
+    assert!(outbox.quarantined().is_empty());
+    assert_eq!(outbox.pending(), 1);
+}
+
+/// A long-running relay keeps trying a refusing destination with capped backoff and
+/// delivers everything, in order, once it is fixed.
+#[tokio::test]
+async fn run_waits_out_a_refusing_destination_and_then_delivers_in_order() {
+    let outbox = Arc::new(MemoryOutbox::new());
+    for tag in ["a", "b", "c", "d"] {
+        outbox.write(batch("s", 1, tag)).await.unwrap();
+    }
+    let dest = Arc::new(Recording {
+        fail: AtomicUsize::new(usize::MAX),
+        retryable: false,
+        ..Default::default()
+    });
+    let fwd = Forwarder::new(outbox.clone(), dest.clone())
+        .with_retry(quick_retry())
+        .with_poll_interval(Duration::from_millis(10));
+    let cancel = CancellationToken::new();
+    let relay = {
+        let (fwd, cancel) = (fwd.clone(), cancel.clone());
+        tokio::spawn(async move { fwd.run(None, cancel).await })
+    };
+    while dest.calls.load(Ordering::SeqCst) < 5 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!relay.is_finished(), "a refusing destination is not fatal");
+    assert!(outbox.quarantined().is_empty());
+    assert_eq!(outbox.pending(), 4);
+    dest.fail.store(0, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while outbox.pending() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("delivered once fixed");
+    cancel.cancel();
+    relay.await.unwrap().unwrap();
+    assert_eq!(texts(&dest), ["a-0", "b-0", "c-0", "d-0"]);
+}
+
+/// Storage that cannot work (a missing table) ends `run` with its error.
+#[derive(Debug)]
+struct BrokenStorage;
+
+#[async_trait]
+impl EgressStorage for BrokenStorage {
+    async fn fetch(&self, _limit: usize) -> Result<Vec<StoredBatch>> {
+        Err(Error::invalid("outbox table", "`missing` does not exist"))
+    }
+    async fn delete(&self, _ids: &[String]) -> Result<()> {
+        Ok(())
+    }
+    async fn quarantine(&self, _id: &str, _reason: &str) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn run_returns_fatal_storage_errors() {
+    let fwd = Forwarder::new(Arc::new(BrokenStorage), Arc::new(Recording::default()));
+    let ran = tokio::time::timeout(
+        Duration::from_secs(5),
+        fwd.run(None, CancellationToken::new()),
+    )
+    .await
+    .expect("run returns on a fatal storage error");
+    assert!(matches!(ran, Err(Error::Invalid { .. })), "{ran:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,7 +387,8 @@ impl Writer for RejectsPoison {
     async fn write(&self, batch: Vec<Message>) -> Result<()> {
         self.writes.lock().unwrap().push(batch.len());
         if batch.iter().any(|m| &m.data[..] == b"poison") {
-            return Err(Error::invalid("message", "poison"));
+            let poison = batch.iter().find(|m| &m.data[..] == b"poison").unwrap();
+            return Err(Error::rejected(&poison.id, "poison"));
         }
         self.got.lock().unwrap().extend(
             batch
