@@ -3,6 +3,7 @@
 //!
 //! - [`ClientConfig`]: where an SDK client gets its configuration, with the endpoint,
 //!   region and credential overrides every driver builder offers;
+//! - [`AwsUrl`]: endpoint, region and credentials of `sqs://` and `sns://` URLs;
 //! - [`sdk_error`]: an SDK error as a driver error that says whether to retry;
 //! - [`BatchWrite`]: a write with the SQS and SNS batch calls, split by entry count and
 //!   request size, FIFO destinations in order, partial failures reported per message;
@@ -15,6 +16,7 @@
 mod batch;
 mod config;
 mod error;
+mod url;
 mod wire;
 
 pub use batch::{
@@ -23,6 +25,7 @@ pub use batch::{
 };
 pub use config::{ClientConfig, ENDPOINT_ENV};
 pub use error::sdk_error;
+pub use url::{AwsUrl, AWS_URL_PARAMS};
 pub use wire::{
     attribute_name_ok, encode, message_group_id, xml_safe, Encoded, TimeFormat, ATTR_BODY_ENCODING,
     ATTR_CONTENT_TYPE, ATTR_HEADERS, ATTR_MESSAGE_ID, ATTR_MESSAGE_TIME, ATTR_STREAM_KEY,

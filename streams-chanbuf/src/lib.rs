@@ -37,5 +37,7 @@
 //! ```
 
 mod bus;
+mod connect;
 
 pub use bus::{bus, ChanBus, ChanBusBuilder};
+pub use connect::connect;

@@ -12,10 +12,14 @@
 //!   ([`ObservedWriter`]) or reader ([`ObservedReader`]), and with the `opentelemetry`
 //!   feature carries W3C trace context in message headers.
 //!
+//! - [`Connection`] is what a driver's `connect(url)` returns: writer, reader and
+//!   [`StreamAdmin`]; [`UrlParams`] gives every driver's URL parser the same rules.
+//!
 //! Drivers live in their own crates (`streams-chanbuf`, `streams-kafka`, ...).
 
 mod bus;
 mod codec;
+mod connection;
 pub mod egress;
 mod error;
 mod event;
@@ -30,6 +34,10 @@ mod subscriber;
 
 pub use bus::Bus;
 pub use codec::{Codec, CodecRegistry, JsonCodec, ProtobufCodec};
+pub use connection::{
+    invalid_url, ConnectUrl, Connection, DefaultGroupReader, NoStreamAdmin, StreamAdmin, UrlParams,
+    URL_ERROR_WHAT,
+};
 pub use egress::{decode_batch, encode_batch, EgressStorage, Forwarder, StoredBatch};
 pub use error::{is_unrecoverable, BoxError, Error, FailedMessage, Result, Unrecoverable};
 pub use event::{Event, EventRegistry};

@@ -31,12 +31,14 @@
 
 mod admin;
 mod config;
+mod connect;
 mod reader;
 mod record;
 mod writer;
 
 pub use admin::{create_topic, delete_topic};
 pub use config::KafkaConfig;
+pub use connect::{connect, DEFAULT_BROKERS};
 pub use reader::KafkaReader;
 pub use record::{
     HEADER_CLIENT_ID, HEADER_CONTENT_TYPE, HEADER_CURRENT_OFFSET, HEADER_GROUP_ID,

@@ -4,9 +4,11 @@
 //! enveloped. The attributes follow the Go library, so services written with either
 //! library share topics.
 
+mod connect;
 mod wire;
 mod writer;
 
+pub use connect::connect;
 pub use wire::{
     ATTR_BODY_ENCODING, ATTR_CONTENT_TYPE, ATTR_HEADERS, ATTR_MESSAGE_ID, ATTR_MESSAGE_TIME,
     ATTR_STREAM_KEY, ATTR_STREAM_NAME,

@@ -49,12 +49,14 @@
 //! ```
 
 mod common;
+mod connect;
 mod ident;
 mod mysql;
 mod pg;
 mod relay;
 mod source;
 
+pub use connect::{connect, DEFAULT_OUTBOX_TABLE};
 pub use ident::{TableName, MAX_TABLE_NAME_LEN};
 pub use mysql::{MySqlEgressStorage, MySqlOutbox, MySqlOutboxWriter};
 pub use pg::{PgEgressStorage, PgOutbox, PgOutboxWriter};

@@ -31,11 +31,13 @@
 //! ```
 
 mod client;
+mod connect;
 mod reader;
 mod wire;
 mod writer;
 
 pub use client::{queue_name, SqsClient, SqsClientBuilder, ENDPOINT_ENV};
+pub use connect::connect;
 pub use reader::{SqsReader, SqsReaderBuilder};
 pub use wire::{
     ATTR_BODY_ENCODING, ATTR_CONTENT_TYPE, ATTR_HEADERS, ATTR_MESSAGE_ID, ATTR_MESSAGE_TIME,

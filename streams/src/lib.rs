@@ -99,8 +99,5 @@ pub use streams_sql as sql;
 pub use streams_sqs as sqs;
 
 mod connect;
-mod target;
 
-pub use connect::{
-    connect, connect_from_env, Connection, DefaultGroupReader, DEFAULT_URL, URL_ENV,
-};
+pub use connect::{connect, connect_from_env, DEFAULT_URL, URL_ENV};

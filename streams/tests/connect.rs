@@ -121,7 +121,7 @@ async fn malformed_urls_are_invalid() {
     #[cfg(feature = "sqs")]
     {
         let reason = connect_err("sqs://host:70000").await;
-        assert!(reason.contains("malformed `sqs://` URL"), "{reason}");
+        assert!(reason.contains("malformed host `host:70000`"), "{reason}");
     }
 }
 
@@ -270,11 +270,8 @@ fn aws_host() -> String {
         .ok()
         .filter(|e| !e.is_empty())
         .unwrap_or_else(|| "http://127.0.0.1:4566".to_owned());
-    let url = url::Url::parse(&endpoint).expect("STREAMS_AWS_ENDPOINT is a URL");
-    match url.port() {
-        Some(port) => format!("{}:{port}", url.host_str().expect("host")),
-        None => url.host_str().expect("host").to_owned(),
-    }
+    let url = streams::ConnectUrl::parse("http", &endpoint).expect("STREAMS_AWS_ENDPOINT is a URL");
+    url.hosts
 }
 
 #[cfg(feature = "sqs")]

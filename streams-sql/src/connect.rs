@@ -1,0 +1,163 @@
+//! `postgres://` and `mysql://` connection URLs: an outbox writer owning a pool.
+
+use std::sync::Arc;
+
+use streams_core::{invalid_url, ConnectUrl, Connection, Error, NoStreamAdmin, Result};
+
+use crate::{MySqlOutbox, MySqlOutboxWriter, PgOutbox, PgOutboxWriter};
+
+/// Outbox table of a SQL URL without `table`: the Go library's table name.
+pub const DEFAULT_OUTBOX_TABLE: &str = "streams_egress";
+
+/// The parameters `streams` takes from a SQL URL; sqlx gets the others.
+const OWN_PARAMS: [&str; 2] = ["table", "create_table"];
+
+/// What a SQL URL says.
+#[derive(PartialEq, Eq)]
+struct Parsed {
+    platform: &'static str,
+    /// The URL handed to sqlx, without the parameters `streams` takes.
+    sqlx_url: String,
+    table: String,
+    create_table: bool,
+}
+
+impl std::fmt::Debug for Parsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password.
+        f.debug_struct("Parsed")
+            .field("platform", &self.platform)
+            .field("table", &self.table)
+            .field("create_table", &self.create_table)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an outbox writer owning a connection pool from a
+/// `postgres://...[?table=T&create_table=true&<sqlx parameters>]` URL (also
+/// `postgresql://`), or the same with `mysql://` (also `mariadb://`).
+///
+/// The URL without `table` (default `streams_egress`) and `create_table` (default
+/// false) is handed to sqlx, so its own parameters (`sslmode`, ...) work. The pool is
+/// opened here, so an unreachable database fails now. Each write is a transaction of
+/// its own; to write in your own transaction use [`PgOutbox`]/[`MySqlOutbox`]
+/// directly. A relay moves the rows to the real platform. Outbox connections are
+/// write-only.
+///
+/// ```no_run
+/// # async fn demo() -> streams_core::Result<()> {
+/// let conn = streams_sql::connect("postgres://postgres@127.0.0.1:5432/test?create_table=true").await?;
+/// conn.writer().write(vec![streams_core::Message::new("payments", "{}")]).await?;
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// [`Error::Invalid`] for another scheme or an invalid table name; a driver error when
+/// the database cannot be reached or the table cannot be created.
+pub async fn connect(url: &str) -> Result<Connection> {
+    let parsed = parse(url)?;
+    let writer: Arc<dyn streams_core::Writer> = match parsed.platform {
+        "postgres" => {
+            let pool = sqlx::PgPool::connect(&parsed.sqlx_url)
+                .await
+                .map_err(|e| Error::driver("postgres", "connect", true, e))?;
+            let outbox = PgOutbox::new(&parsed.table)?;
+            if parsed.create_table {
+                outbox.migrate(&pool).await?;
+            }
+            Arc::new(PgOutboxWriter::new(pool, outbox))
+        }
+        _ => {
+            let pool = sqlx::MySqlPool::connect(&parsed.sqlx_url)
+                .await
+                .map_err(|e| Error::driver("mysql", "connect", true, e))?;
+            let outbox = MySqlOutbox::new(&parsed.table)?;
+            if parsed.create_table {
+                outbox.migrate(&pool).await?;
+            }
+            Arc::new(MySqlOutboxWriter::new(pool, outbox))
+        }
+    };
+    Ok(Connection::new(parsed.platform, writer, None).with_admin(Arc::new(NoStreamAdmin)))
+}
+
+fn parse(url: &str) -> Result<Parsed> {
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    let platform = match scheme.to_ascii_lowercase().as_str() {
+        "postgres" | "postgresql" => "postgres",
+        "mysql" | "mariadb" => "mysql",
+        _ => {
+            return Err(invalid_url(
+                "expected a `postgres://`, `postgresql://`, `mysql://` or `mariadb://` URL",
+            ))
+        }
+    };
+    let split = ConnectUrl::parse(platform, url)?;
+    let mut params = split.params;
+    let table = params
+        .take("table")
+        .unwrap_or_else(|| DEFAULT_OUTBOX_TABLE.to_owned());
+    let create_table = params.take_bool("create_table")?.unwrap_or(false);
+    // Everything else is the database driver's, passed on as written.
+    let base = url.split_once('?').map_or(url, |(b, _)| b);
+    let base = match (platform, scheme) {
+        // sqlx knows `mysql://` only.
+        ("mysql", s) if !s.eq_ignore_ascii_case("mysql") => {
+            format!("mysql{}", &base[s.len()..])
+        }
+        _ => base.to_owned(),
+    };
+    let rest: Vec<&str> = split
+        .raw_query
+        .split('&')
+        .filter(|pair| {
+            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            !pair.is_empty() && !OWN_PARAMS.contains(&key)
+        })
+        .collect();
+    let sqlx_url = if rest.is_empty() {
+        base
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok(Parsed {
+        platform,
+        sqlx_url,
+        table,
+        create_table,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_and_driver_parameters() {
+        let p = parse(
+            "postgres://u:pw@db:5432/app?table=orders_outbox&create_table=true&sslmode=disable",
+        )
+        .unwrap();
+        assert_eq!(p.platform, "postgres");
+        assert_eq!(p.sqlx_url, "postgres://u:pw@db:5432/app?sslmode=disable");
+        assert_eq!(p.table, "orders_outbox");
+        assert!(p.create_table);
+        assert!(!format!("{p:?}").contains("pw"));
+        let p = parse("mysql://root@127.0.0.1:3306/test").unwrap();
+        assert_eq!(p.sqlx_url, "mysql://root@127.0.0.1:3306/test");
+        assert_eq!(p.table, DEFAULT_OUTBOX_TABLE);
+        assert!(!p.create_table);
+        assert_eq!(parse("postgresql://db/app").unwrap().platform, "postgres");
+        let p = parse("mariadb://root@db/app").unwrap();
+        assert_eq!(
+            (p.platform, p.sqlx_url.as_str()),
+            ("mysql", "mysql://root@db/app")
+        );
+        let e = parse("mysql://db/app?create_table=maybe")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("true or false"), "{e}");
+        assert!(parse("sqlite://x").is_err());
+    }
+}
