@@ -86,9 +86,8 @@ async fn main() -> Result<(), BoxError> {
         );
     subscriber.start();
 
-    // Keyed, so both copies go to the same lane one after the other: deduplication checks
-    // before and commits after the handler, so two copies handled at the very same
-    // time could both pass the check.
+    // A duplicate delivery: the copy that claims the id first is handled, the other is
+    // dropped (or waits while the first is being handled).
     let once = Message::new("payments", "charge-42").with_key("order-42");
     bus.write(vec![
         once.clone(),

@@ -1,11 +1,15 @@
 //! Amazon DynamoDB for `streams`: [`DynamoDedupStore`], a
 //! [`DedupStore`] that lets every worker of a
-//! service, on any host, skip messages another one already processed.
+//! service, on any host, skip messages another one already processed, and handle a
+//! message once when several copies arrive at the same instant.
 //!
 //! Table layout (shared with the Go library): partition key `worker_id` (S), sort key
 //! `message_id` (S), TTL attribute `expiration_time` (N, Unix seconds). DynamoDB deletes
 //! expired items late (up to days after), so the store treats an expired item as absent
-//! itself. [`create_table`] creates such a table with TTL enabled.
+//! itself. While a copy is being handled its item is a claim: it also holds
+//! `lease_owner` (S, the holder's token) and expires at the end of the lease; a
+//! committed item has no `lease_owner` (as the Go library's items) and expires after the
+//! TTL. [`create_table`] creates such a table with TTL enabled.
 //!
 //! ```no_run
 //! # async fn demo() -> streams_core::Result<()> {
@@ -35,12 +39,14 @@ use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType, TimeToLiveSpecification,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TimeToLiveSpecification,
 };
 use streams_aws::ClientConfig;
-use streams_core::middleware::DedupStore;
+use streams_core::middleware::{Claim, ClaimToken, DedupStore};
 use streams_core::{Error, Result};
 
 /// The AWS SDK for DynamoDB, for configuration and calls this crate does not wrap.
@@ -54,6 +60,9 @@ pub const ATTR_WORKER_ID: &str = "worker_id";
 pub const ATTR_MESSAGE_ID: &str = "message_id";
 /// TTL attribute: when the record expires, in Unix seconds.
 pub const ATTR_EXPIRATION_TIME: &str = "expiration_time";
+/// Claim attribute (S): the token of the copy being handled, present only while the
+/// message is claimed; a record without it is done.
+pub const ATTR_LEASE_OWNER: &str = "lease_owner";
 /// The default table name.
 pub const DEFAULT_TABLE: &str = "streams-deduplication";
 /// The environment variable [`DynamoDedupStoreBuilder::from_env`] reads an endpoint
@@ -62,10 +71,13 @@ pub const ENDPOINT_ENV: &str = streams_aws::ENDPOINT_ENV;
 
 /// Deduplication records in a DynamoDB table, expiring after a TTL.
 ///
-/// [`contains`](DedupStore::contains) reads consistently and ignores an expired item;
-/// [`commit`](DedupStore::commit) writes conditionally, so an unexpired record is never
-/// overwritten (its expiry does not move) and a concurrent commit of the same message
-/// by another worker is not an error.
+/// Every operation is one conditional write, so claims are atomic across hosts:
+/// [`claim`](DedupStore::claim) is a `PutItem` that succeeds only when no unexpired item
+/// exists (the item that failed the condition tells [`Claim::Done`] from
+/// [`Claim::Busy`]); [`commit`](DedupStore::commit) an `UpdateItem` by the claim's owner
+/// to the TTL (a done record is never overwritten, its expiry does not move);
+/// [`release`](DedupStore::release) a `DeleteItem` by the claim's owner. Expiry is kept
+/// in whole seconds: a lease is rounded up to the next second.
 #[derive(Clone)]
 pub struct DynamoDedupStore {
     sdk: aws_sdk_dynamodb::Client,
@@ -198,65 +210,132 @@ impl DynamoDedupStore {
     }
 }
 
-fn now_secs() -> u64 {
+fn now_millis() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_millis())
         .unwrap_or(0)
+}
+
+fn is_conditional_check_failed<E>(err: &SdkError<E, HttpResponse>) -> bool
+where
+    E: ProvideErrorMetadata,
+{
+    err.as_service_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "ConditionalCheckFailedException")
 }
 
 #[async_trait]
 impl DedupStore for DynamoDedupStore {
-    async fn contains(&self, worker: &str, message_id: &str) -> Result<bool> {
-        let out = self
+    async fn claim(&self, worker: &str, message_id: &str, lease: Duration) -> Result<Claim> {
+        // The item that failed the condition tells Done from Busy; should it vanish
+        // between the write and the answer, try again.
+        for _ in 0..3 {
+            let now = now_millis();
+            // Rounded up: a lease never ends before it was asked to.
+            let expires = (now + lease.as_millis()).div_ceil(1000);
+            let token = ClaimToken::generate();
+            let result = self
+                .sdk
+                .put_item()
+                .table_name(&self.table)
+                .item(ATTR_WORKER_ID, AttributeValue::S(worker.to_owned()))
+                .item(ATTR_MESSAGE_ID, AttributeValue::S(message_id.to_owned()))
+                .item(ATTR_EXPIRATION_TIME, AttributeValue::N(expires.to_string()))
+                .item(
+                    ATTR_LEASE_OWNER,
+                    AttributeValue::S(token.as_str().to_owned()),
+                )
+                .condition_expression("attribute_not_exists(#m) OR #e <= :now")
+                .expression_attribute_names("#m", ATTR_MESSAGE_ID)
+                .expression_attribute_names("#e", ATTR_EXPIRATION_TIME)
+                .expression_attribute_values(":now", AttributeValue::N((now / 1000).to_string()))
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                )
+                .send()
+                .await;
+            let err = match result {
+                Ok(_) => return Ok(Claim::Acquired(token)),
+                Err(e) => e,
+            };
+            let Some(PutItemError::ConditionalCheckFailedException(failed)) =
+                err.as_service_error()
+            else {
+                return Err(sdk_error("PutItem", err));
+            };
+            match failed.item() {
+                Some(item) if item.contains_key(ATTR_LEASE_OWNER) => return Ok(Claim::Busy),
+                Some(_) => return Ok(Claim::Done),
+                None => continue,
+            }
+        }
+        Ok(Claim::Busy)
+    }
+
+    async fn commit(&self, worker: &str, message_id: &str, token: &ClaimToken) -> Result<()> {
+        let now = now_millis() / 1000;
+        let expires = now + u128::from(self.ttl.as_secs().max(1));
+        let result = self
             .sdk
-            .get_item()
+            .update_item()
             .table_name(&self.table)
             .key(ATTR_WORKER_ID, AttributeValue::S(worker.to_owned()))
             .key(ATTR_MESSAGE_ID, AttributeValue::S(message_id.to_owned()))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| sdk_error("GetItem", e))?;
-        let Some(item) = out.item else {
-            return Ok(false);
-        };
-        // An item without a readable expiry never expires.
-        let expires = item
-            .get(ATTR_EXPIRATION_TIME)
-            .and_then(|v| v.as_n().ok())
-            .and_then(|n| n.parse::<u64>().ok());
-        Ok(!matches!(expires, Some(at) if at <= now_secs()))
-    }
-
-    async fn commit(&self, worker: &str, message_id: &str) -> Result<()> {
-        let now = now_secs();
-        let result = self
-            .sdk
-            .put_item()
-            .table_name(&self.table)
-            .item(ATTR_WORKER_ID, AttributeValue::S(worker.to_owned()))
-            .item(ATTR_MESSAGE_ID, AttributeValue::S(message_id.to_owned()))
-            .item(
-                ATTR_EXPIRATION_TIME,
-                AttributeValue::N((now + self.ttl.as_secs().max(1)).to_string()),
-            )
-            .condition_expression("attribute_not_exists(#m) OR #e <= :now")
+            .update_expression("SET #e = :expires REMOVE #o")
+            // Ours, or (lapsed and not taken over) free: the message was handled.
+            .condition_expression("#o = :token OR attribute_not_exists(#m) OR #e <= :now")
             .expression_attribute_names("#m", ATTR_MESSAGE_ID)
             .expression_attribute_names("#e", ATTR_EXPIRATION_TIME)
+            .expression_attribute_names("#o", ATTR_LEASE_OWNER)
+            .expression_attribute_values(":expires", AttributeValue::N(expires.to_string()))
             .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+            .expression_attribute_values(":token", AttributeValue::S(token.as_str().to_owned()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        let err = match result {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let Some(UpdateItemError::ConditionalCheckFailedException(failed)) = err.as_service_error()
+        else {
+            return Err(sdk_error("UpdateItem", err));
+        };
+        match failed.item() {
+            Some(item) if item.contains_key(ATTR_LEASE_OWNER) => Err(Error::invalid(
+                "deduplication claim",
+                format!(
+                    "message `{message_id}` of worker `{worker}` in table `{}` was claimed by \
+                     another copy after this claim's lease ran out; make the lease longer \
+                     than the handler takes",
+                    self.table
+                ),
+            )),
+            // Done already (by another copy, or a record of the Go library): its expiry
+            // does not move.
+            _ => Ok(()),
+        }
+    }
+
+    async fn release(&self, worker: &str, message_id: &str, token: &ClaimToken) -> Result<()> {
+        let result = self
+            .sdk
+            .delete_item()
+            .table_name(&self.table)
+            .key(ATTR_WORKER_ID, AttributeValue::S(worker.to_owned()))
+            .key(ATTR_MESSAGE_ID, AttributeValue::S(message_id.to_owned()))
+            .condition_expression("#o = :token")
+            .expression_attribute_names("#o", ATTR_LEASE_OWNER)
+            .expression_attribute_values(":token", AttributeValue::S(token.as_str().to_owned()))
             .send()
             .await;
         match result {
             Ok(_) => Ok(()),
-            // Already recorded and not expired: what commit wants is true.
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(sdk_error("PutItem", e)),
+            // Not ours any more: lapsed and taken over, or committed.
+            Err(e) if is_conditional_check_failed(&e) => Ok(()),
+            Err(e) => Err(sdk_error("DeleteItem", e)),
         }
     }
 }

@@ -37,7 +37,7 @@ mod logging;
 mod retry;
 mod timeout;
 
-pub use dedup::{Dedup, DedupLayer, DedupStore, MemoryDedupStore};
+pub use dedup::{Claim, ClaimToken, Dedup, DedupLayer, DedupStore, MemoryDedupStore};
 pub use dlq::{
     dead_letter_stream, DeadLetter, DeadLetterLayer, DLQ_FAILED_AT, DLQ_REASON, DLQ_SOURCE_STREAM,
 };
