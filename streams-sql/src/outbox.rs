@@ -1,0 +1,265 @@
+//! Writing outbox rows: inside the caller's transaction, or in one of the writer's own.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sqlx::{Pool, Transaction};
+use streams_core::{encode_batch, Error, IdFactory, KsuidFactory, Message, Result, Writer};
+use tokio::sync::Notify;
+
+use crate::common::db_err;
+use crate::dialect::{Arg, Dialect};
+use crate::{schema, TableName};
+
+/// Writes outbox batches into a table inside the caller's transaction: [`PgOutbox`]
+/// on PostgreSQL, [`MySqlOutbox`] on MySQL and MariaDB.
+///
+/// One row per batch: a KSUID batch id, the message count and the Protocol Buffers
+/// encoding of the batch, the format of the Go library's `streams_egress` table; only
+/// those columns are written, so a Go relay reads the rows too. On PostgreSQL the same
+/// statement sends `pg_notify(channel, batch_id)`, so a listening relay wakes up as
+/// soon as the transaction commits (the channel defaults to the table name, see
+/// [`with_channel`](Outbox::with_channel)); MySQL has no `NOTIFY`, so relays find
+/// batches by polling, or are woken in-process by [`commit`](Self::commit) in the
+/// agentless mode.
+///
+/// Writing needs a `&mut Transaction`: there is no way to write outside one.
+///
+/// ```compile_fail
+/// # async fn demo(pool: sqlx::PgPool, outbox: streams_sql::PgOutbox) {
+/// // A pool is not a transaction: this does not compile.
+/// outbox.write(&pool, &[]).await;
+/// # }
+/// ```
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+/// use streams_core::Message;
+/// use streams_sql::PgOutbox;
+///
+/// let outbox = PgOutbox::new("streams_egress")?;
+/// outbox.migrate(&pool).await?;
+/// let mut tx = pool.begin().await?;
+/// sqlx::query("UPDATE accounts SET balance = balance - 100 WHERE id = 7")
+///     .execute(&mut *tx)
+///     .await?;
+/// outbox
+///     .write(&mut tx, &[Message::new("payments.debited", r#"{"account":7}"#)])
+///     .await?;
+/// outbox.commit(tx).await?;
+/// # Ok(()) }
+/// ```
+pub struct Outbox<D: Dialect> {
+    table: TableName,
+    /// The `NOTIFY` channel; PostgreSQL only.
+    pub(crate) channel: Option<TableName>,
+    wake: Option<Arc<Notify>>,
+    insert_sql: Arc<str>,
+    insert_notify_sql: Option<Arc<str>>,
+    db: PhantomData<fn() -> D>,
+}
+
+/// The outbox on PostgreSQL.
+pub type PgOutbox = Outbox<sqlx::Postgres>;
+
+/// The outbox on MySQL and MariaDB.
+pub type MySqlOutbox = Outbox<sqlx::MySql>;
+
+impl<D: Dialect> Clone for Outbox<D> {
+    fn clone(&self) -> Self {
+        Outbox {
+            table: self.table.clone(),
+            channel: self.channel.clone(),
+            wake: self.wake.clone(),
+            insert_sql: self.insert_sql.clone(),
+            insert_notify_sql: self.insert_notify_sql.clone(),
+            db: PhantomData,
+        }
+    }
+}
+
+impl<D: Dialect> fmt::Debug for Outbox<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbox")
+            .field("database", &D::DRIVER)
+            .field("table", &self.table.as_str())
+            .field("channel", &self.channel.as_ref().map(TableName::as_str))
+            .field("wake", &self.wake.is_some())
+            .finish()
+    }
+}
+
+impl<D: Dialect> Outbox<D> {
+    /// An outbox writing to `table`; on PostgreSQL it notifies the channel of the same
+    /// name.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] when `table` is not a valid [`TableName`].
+    pub fn new(table: &str) -> Result<Self> {
+        let table = TableName::new(table)?;
+        let t = D::quote(&table);
+        let (p1, p2, p3) = (D::param(1), D::param(2), D::param(3));
+        let insert_notify_sql = D::insert_notify(&t).map(Arc::from);
+        Ok(Outbox {
+            insert_sql: format!(
+                "INSERT INTO {t} (batch_id, message_count, raw_data) VALUES ({p1}, {p2}, {p3})"
+            )
+            .into(),
+            channel: insert_notify_sql.is_some().then(|| table.clone()),
+            insert_notify_sql,
+            table,
+            wake: None,
+            db: PhantomData,
+        })
+    }
+
+    /// Wakes an in-process relay after [`commit`](Self::commit) (the agentless mode).
+    pub fn with_wake(mut self, wake: Arc<Notify>) -> Self {
+        self.wake = Some(wake);
+        self
+    }
+
+    /// The outbox table.
+    pub fn table(&self) -> &TableName {
+        &self.table
+    }
+
+    /// Creates the outbox table and its quarantine table if they do not exist, and adds
+    /// this crate's columns to a table the Go library created; under a lock, so
+    /// several processes may do it at once.
+    ///
+    /// # Errors
+    ///
+    /// A database failure.
+    pub async fn migrate(&self, pool: &Pool<D>) -> Result<()> {
+        schema::migrate(pool, &self.table, true).await
+    }
+
+    /// Writes `batch` as one outbox row in `tx` and returns the batch id; an empty
+    /// batch writes nothing and returns `None`.
+    ///
+    /// # Errors
+    ///
+    /// A database failure; the caller's transaction should then be rolled back.
+    pub async fn write(
+        &self,
+        tx: &mut Transaction<'_, D>,
+        batch: &[Message],
+    ) -> Result<Option<String>> {
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        let id = KsuidFactory.new_id();
+        let raw = encode_batch(batch);
+        let count = i32::try_from(batch.len())
+            .map_err(|_| Error::invalid("batch", "more than 2^31 messages"))?;
+        let mut args = vec![Arg::Text(&id), Arg::Count(count), Arg::Bytes(&raw)];
+        let sql = match (&self.channel, &self.insert_notify_sql) {
+            (Some(channel), Some(sql)) => {
+                args.push(Arg::Text(channel.as_str()));
+                sql
+            }
+            _ => &self.insert_sql,
+        };
+        D::execute(&mut **tx, sql, args)
+            .await
+            .map_err(|e| db_err::<D>("insert outbox batch", &self.table, e))?;
+        Ok(Some(id))
+    }
+
+    /// Commits `tx` and then wakes the in-process relay, if one was given.
+    ///
+    /// # Errors
+    ///
+    /// The commit failed; nothing was written.
+    pub async fn commit(&self, tx: Transaction<'_, D>) -> Result<()> {
+        tx.commit()
+            .await
+            .map_err(|e| db_err::<D>("commit outbox batch", &self.table, e))?;
+        if let Some(wake) = &self.wake {
+            wake.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// A [`Writer`] that owns a pool and writes each batch in a transaction of its own:
+/// [`PgOutboxWriter`] and [`MySqlOutboxWriter`].
+///
+/// For services that have no business transaction to join (and for benchmarks). Use
+/// [`Outbox::write`] to write atomically with your own changes. It writes the Go
+/// library's columns only, so it works on a table the Go library created as it is.
+pub struct OutboxWriter<D: Dialect> {
+    pool: Pool<D>,
+    outbox: Outbox<D>,
+    closed: Arc<AtomicBool>,
+}
+
+/// The outbox writer on PostgreSQL.
+pub type PgOutboxWriter = OutboxWriter<sqlx::Postgres>;
+
+/// The outbox writer on MySQL and MariaDB.
+pub type MySqlOutboxWriter = OutboxWriter<sqlx::MySql>;
+
+impl<D: Dialect> Clone for OutboxWriter<D> {
+    fn clone(&self) -> Self {
+        OutboxWriter {
+            pool: self.pool.clone(),
+            outbox: self.outbox.clone(),
+            closed: self.closed.clone(),
+        }
+    }
+}
+
+impl<D: Dialect> fmt::Debug for OutboxWriter<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboxWriter")
+            .field("outbox", &self.outbox)
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: Dialect> OutboxWriter<D> {
+    /// A writer using `pool` and `outbox`.
+    pub fn new(pool: Pool<D>, outbox: Outbox<D>) -> Self {
+        OutboxWriter {
+            pool,
+            outbox,
+            closed: Arc::default(),
+        }
+    }
+
+    /// The outbox it writes with.
+    pub fn outbox(&self) -> &Outbox<D> {
+        &self.outbox
+    }
+}
+
+#[async_trait]
+impl<D: Dialect> Writer for OutboxWriter<D> {
+    async fn write(&self, batch: Vec<Message>) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed("outbox writer"));
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| db_err::<D>("begin outbox transaction", &self.outbox.table, e))?;
+        self.outbox.write(&mut tx, &batch).await?;
+        self.outbox.commit(tx).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+}
