@@ -95,37 +95,29 @@ pub(crate) mod sealed {
     }
 
     /// The dialect's contents; private to this crate.
-    pub trait Sealed: Exec + Send + Sync + 'static {
+    pub trait Sealed: Exec + std::fmt::Debug + Send + Sync + 'static {
         /// The driver name in errors and logs.
         const DRIVER: &'static str;
         /// Whether [`lock`](Self::lock) takes a session-level lock, one that outlives the
         /// transaction and is only freed by [`unlock`](Self::unlock) or by closing the
         /// connection.
         const SESSION_LOCKS: bool;
-        /// Prefix of the lock name that serializes ordered claims on a table.
-        const CLAIM_LOCK: &'static str;
-        /// Prefix of the lock name that serializes migrations of a table.
-        const MIGRATE_LOCK: &'static str;
         /// The expression for the current schema or database.
         const SCHEMA: &'static str;
         /// The type text is cast to in a `SELECT`.
         const TEXT: &'static str;
         /// Column type of the batch bytes.
         const BLOB: &'static str;
-        /// Column definition of the Go library's `insert_time`.
-        const INSERT_TIME: &'static str;
         /// Column definition of `seq`: increasing, filled in by the database, indexed.
         const SEQ: &'static str;
-        /// Column type of `claimed_until`.
-        const LEASE_END: &'static str;
-        /// Column definition of the quarantine table's `quarantine_time`.
-        const QUARANTINE_TIME: &'static str;
-        /// The current time in a statement.
-        const NOW: &'static str;
+        /// Column type of a point in time to the microsecond.
+        const TIME: &'static str;
         /// Starts an `INSERT` that skips rows whose key exists, and ends it.
         const INSERT_IGNORE: (&'static str, &'static str);
         /// Run before the claim transaction begins.
         const BEFORE_CLAIM: Option<&'static str>;
+        /// The name of the lock that serializes `purpose` (`claim`, `migrate`) on `table`.
+        fn lock_name(purpose: &str, table: &TableName) -> String;
         /// Bounds how long the migration's DDL waits for table locks, when
         /// [`lock`](Self::lock) did not already.
         fn ddl_lock_wait(wait: Duration) -> Option<String>;
@@ -134,7 +126,7 @@ pub(crate) mod sealed {
         fn quote(name: &TableName) -> String;
         /// The `n`th placeholder (1-based).
         fn param(n: usize) -> String;
-        /// `NOW + <micros> microseconds`, with `micros` bound to `param`.
+        /// [`NOW`] plus `<micros>` microseconds, with `micros` bound to `param`.
         fn lease_end(param: &str) -> String;
         /// The insert of one outbox row that also notifies the channel bound as the
         /// fourth value, if the database can.
@@ -169,6 +161,9 @@ pub(crate) mod sealed {
         ) -> Fut<'c, Vec<Vec<Value>>>;
     }
 }
+
+/// The current time to the microsecond, in both databases.
+pub(crate) const NOW: &str = "CURRENT_TIMESTAMP(6)";
 
 pub(crate) use sealed::{Arg, Exec, Kind, Sealed, Value};
 

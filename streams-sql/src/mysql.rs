@@ -5,26 +5,21 @@ use std::time::Duration;
 use sqlx::mysql::MySqlConnectOptions;
 use sqlx::{MySql, MySqlConnection};
 
-use crate::dialect::{Endpoint, Fut, Sealed};
+use crate::dialect::{Endpoint, Fut, Sealed, NOW};
 use crate::TableName;
 
 impl Sealed for MySql {
-    const DRIVER: &'static str = "mysql";
     // GET_LOCK belongs to the session, not to the transaction: whoever takes it must
-    // release it or close the connection (see `storage::Session`).
+    // release it or close the connection (see `common::Session`).
     const SESSION_LOCKS: bool = true;
-    const CLAIM_LOCK: &'static str = "streams_sql.";
-    const MIGRATE_LOCK: &'static str = "streams_sql.m.";
-    const SCHEMA: &'static str = "DATABASE()";
-    const TEXT: &'static str = "CHAR";
+    const DRIVER: &'static str = "mysql";
     const BLOB: &'static str = "LONGBLOB";
-    const INSERT_TIME: &'static str = "TIMESTAMP NULL DEFAULT CURRENT_TIMESTAMP";
     // AUTO_INCREMENT needs a key.
     const SEQ: &'static str = "BIGINT NOT NULL AUTO_INCREMENT UNIQUE";
-    const LEASE_END: &'static str = "DATETIME(6)";
-    const QUARANTINE_TIME: &'static str = "TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)";
-    const NOW: &'static str = "NOW(6)";
+    const TIME: &'static str = "DATETIME(6)";
     const INSERT_IGNORE: (&'static str, &'static str) = ("INSERT IGNORE INTO", "");
+    const SCHEMA: &'static str = "DATABASE()";
+    const TEXT: &'static str = "CHAR";
     // Under REPEATABLE READ the locking scan takes gap locks that block (and deadlock
     // with) the service's outbox inserts; READ COMMITTED locks rows only. It applies to
     // the next transaction of the session only.
@@ -39,6 +34,15 @@ impl Sealed for MySql {
         ))
     }
 
+    fn lock_name(purpose: &str, table: &TableName) -> String {
+        // Lock names have at most 64 characters; the claim lock keeps the name earlier
+        // versions used, so that relays of both versions exclude each other.
+        match purpose {
+            "claim" => format!("streams_sql.{table}"),
+            _ => format!("streams_sql.m.{table}"),
+        }
+    }
+
     fn quote(name: &TableName) -> String {
         format!("`{name}`")
     }
@@ -48,7 +52,7 @@ impl Sealed for MySql {
     }
 
     fn lease_end(param: &str) -> String {
-        format!("NOW(6) + INTERVAL {param} MICROSECOND")
+        format!("{NOW} + INTERVAL {param} MICROSECOND")
     }
 
     fn insert_notify(_: &str) -> Option<String> {

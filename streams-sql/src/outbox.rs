@@ -1,6 +1,5 @@
 //! Writing outbox rows: inside the caller's transaction, or in one of the writer's own.
 
-use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -52,14 +51,12 @@ use crate::{schema, TableName};
 /// outbox.commit(tx).await?;
 /// # Ok(()) }
 /// ```
+#[derive(Debug)]
 pub struct Outbox<D: Dialect> {
-    table: TableName,
+    sql: Arc<OutboxSql<D>>,
     /// The `NOTIFY` channel; PostgreSQL only.
     pub(crate) channel: Option<TableName>,
     wake: Option<Arc<Notify>>,
-    insert_sql: Arc<str>,
-    insert_notify_sql: Option<Arc<str>>,
-    db: PhantomData<fn() -> D>,
 }
 
 /// The outbox on PostgreSQL.
@@ -68,27 +65,22 @@ pub type PgOutbox = Outbox<sqlx::Postgres>;
 /// The outbox on MySQL and MariaDB.
 pub type MySqlOutbox = Outbox<sqlx::MySql>;
 
+#[derive(Debug)]
+struct OutboxSql<D> {
+    table: TableName,
+    insert: String,
+    /// The insert that also notifies, where the database can.
+    insert_notify: Option<String>,
+    db: PhantomData<fn() -> D>,
+}
+
 impl<D: Dialect> Clone for Outbox<D> {
     fn clone(&self) -> Self {
         Outbox {
-            table: self.table.clone(),
+            sql: self.sql.clone(),
             channel: self.channel.clone(),
             wake: self.wake.clone(),
-            insert_sql: self.insert_sql.clone(),
-            insert_notify_sql: self.insert_notify_sql.clone(),
-            db: PhantomData,
         }
-    }
-}
-
-impl<D: Dialect> fmt::Debug for Outbox<D> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Outbox")
-            .field("database", &D::DRIVER)
-            .field("table", &self.table.as_str())
-            .field("channel", &self.channel.as_ref().map(TableName::as_str))
-            .field("wake", &self.wake.is_some())
-            .finish()
     }
 }
 
@@ -103,17 +95,19 @@ impl<D: Dialect> Outbox<D> {
         let table = TableName::new(table)?;
         let t = D::quote(&table);
         let (p1, p2, p3) = (D::param(1), D::param(2), D::param(3));
-        let insert_notify_sql = D::insert_notify(&t).map(Arc::from);
+        let insert_notify = D::insert_notify(&t);
         Ok(Outbox {
-            insert_sql: format!(
-                "INSERT INTO {t} (batch_id, message_count, raw_data) VALUES ({p1}, {p2}, {p3})"
-            )
-            .into(),
-            channel: insert_notify_sql.is_some().then(|| table.clone()),
-            insert_notify_sql,
-            table,
+            channel: insert_notify.is_some().then(|| table.clone()),
+            sql: Arc::new(OutboxSql {
+                insert: format!(
+                    "INSERT INTO {t} (batch_id, message_count, raw_data) \
+                     VALUES ({p1}, {p2}, {p3})"
+                ),
+                insert_notify,
+                table,
+                db: PhantomData,
+            }),
             wake: None,
-            db: PhantomData,
         })
     }
 
@@ -125,7 +119,7 @@ impl<D: Dialect> Outbox<D> {
 
     /// The outbox table.
     pub fn table(&self) -> &TableName {
-        &self.table
+        &self.sql.table
     }
 
     /// Creates the outbox table and its quarantine table if they do not exist, and adds
@@ -136,7 +130,7 @@ impl<D: Dialect> Outbox<D> {
     ///
     /// A database failure.
     pub async fn migrate(&self, pool: &Pool<D>) -> Result<()> {
-        schema::migrate(pool, &self.table, true).await
+        schema::migrate(pool, &self.sql.table, true).await
     }
 
     /// Writes `batch` as one outbox row in `tx` and returns the batch id; an empty
@@ -158,16 +152,16 @@ impl<D: Dialect> Outbox<D> {
         let count = i32::try_from(batch.len())
             .map_err(|_| Error::invalid("batch", "more than 2^31 messages"))?;
         let mut args = vec![Arg::Text(&id), Arg::Count(count), Arg::Bytes(&raw)];
-        let sql = match (&self.channel, &self.insert_notify_sql) {
+        let sql = match (&self.channel, &self.sql.insert_notify) {
             (Some(channel), Some(sql)) => {
                 args.push(Arg::Text(channel.as_str()));
                 sql
             }
-            _ => &self.insert_sql,
+            _ => &self.sql.insert,
         };
         D::execute(&mut **tx, sql, args)
             .await
-            .map_err(|e| db_err::<D>("insert outbox batch", &self.table, e))?;
+            .map_err(|e| db_err::<D>("insert outbox batch", self.table(), e))?;
         Ok(Some(id))
     }
 
@@ -179,7 +173,7 @@ impl<D: Dialect> Outbox<D> {
     pub async fn commit(&self, tx: Transaction<'_, D>) -> Result<()> {
         tx.commit()
             .await
-            .map_err(|e| db_err::<D>("commit outbox batch", &self.table, e))?;
+            .map_err(|e| db_err::<D>("commit outbox batch", self.table(), e))?;
         if let Some(wake) = &self.wake {
             wake.notify_one();
         }
@@ -193,6 +187,7 @@ impl<D: Dialect> Outbox<D> {
 /// For services that have no business transaction to join (and for benchmarks). Use
 /// [`Outbox::write`] to write atomically with your own changes. It writes the Go
 /// library's columns only, so it works on a table the Go library created as it is.
+#[derive(Debug)]
 pub struct OutboxWriter<D: Dialect> {
     pool: Pool<D>,
     outbox: Outbox<D>,
@@ -207,20 +202,12 @@ pub type MySqlOutboxWriter = OutboxWriter<sqlx::MySql>;
 
 impl<D: Dialect> Clone for OutboxWriter<D> {
     fn clone(&self) -> Self {
+        // Clones share whether the writer is closed.
+        let closed = self.closed.clone();
         OutboxWriter {
-            pool: self.pool.clone(),
-            outbox: self.outbox.clone(),
-            closed: self.closed.clone(),
+            closed,
+            ..OutboxWriter::new(self.pool.clone(), self.outbox.clone())
         }
-    }
-}
-
-impl<D: Dialect> fmt::Debug for OutboxWriter<D> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OutboxWriter")
-            .field("outbox", &self.outbox)
-            .field("closed", &self.closed.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
     }
 }
 
@@ -253,7 +240,7 @@ impl<D: Dialect> Writer for OutboxWriter<D> {
             .pool
             .begin()
             .await
-            .map_err(|e| db_err::<D>("begin outbox transaction", &self.outbox.table, e))?;
+            .map_err(|e| db_err::<D>("begin outbox transaction", self.outbox.table(), e))?;
         self.outbox.write(&mut tx, &batch).await?;
         self.outbox.commit(tx).await
     }

@@ -7,26 +7,25 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgConnection, Postgres};
 
 use crate::common::fnv1a;
-use crate::dialect::{Endpoint, Fut, Sealed};
+use crate::dialect::{Endpoint, Fut, Sealed, NOW};
 use crate::{Outbox, TableName};
 
 impl Sealed for Postgres {
     const DRIVER: &'static str = "postgres";
-    const SESSION_LOCKS: bool = false;
-    const CLAIM_LOCK: &'static str = "streams_sql.claim.";
-    const MIGRATE_LOCK: &'static str = "streams_sql.migrate.";
     const SCHEMA: &'static str = "current_schema()";
     const TEXT: &'static str = "TEXT";
+    const SESSION_LOCKS: bool = false;
     const BLOB: &'static str = "BYTEA";
-    const INSERT_TIME: &'static str = "TIMESTAMP DEFAULT NOW()";
     const SEQ: &'static str = "BIGSERIAL UNIQUE";
-    const LEASE_END: &'static str = "TIMESTAMPTZ";
-    const QUARANTINE_TIME: &'static str = "TIMESTAMPTZ NOT NULL DEFAULT NOW()";
-    const NOW: &'static str = "now()";
+    const TIME: &'static str = "TIMESTAMPTZ";
     const INSERT_IGNORE: (&'static str, &'static str) =
         ("INSERT INTO", " ON CONFLICT (batch_id) DO NOTHING");
     // PostgreSQL's default isolation, READ COMMITTED, is what claims need.
     const BEFORE_CLAIM: Option<&'static str> = None;
+
+    fn lock_name(purpose: &str, table: &TableName) -> String {
+        format!("streams_sql.{purpose}.{table}")
+    }
 
     fn ddl_lock_wait(_: Duration) -> Option<String> {
         // `lock` set `lock_timeout` for the whole transaction already.
@@ -42,7 +41,7 @@ impl Sealed for Postgres {
     }
 
     fn lease_end(param: &str) -> String {
-        format!("now() + {param}::float8 * interval '1 microsecond'")
+        format!("{NOW} + {param}::float8 * interval '1 microsecond'")
     }
 
     fn insert_notify(table: &str) -> Option<String> {

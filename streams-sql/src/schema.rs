@@ -7,7 +7,7 @@ use sqlx::Pool;
 use streams_core::{Error, Result};
 
 use crate::common::{db_err, one_line, retryable, Session};
-use crate::dialect::{Arg, Dialect, Kind};
+use crate::dialect::{Arg, Dialect, Kind, NOW};
 use crate::TableName;
 
 /// The columns this crate adds to the Go library's table: insert order and claims.
@@ -60,9 +60,9 @@ fn statements<D: Dialect>(table: &TableName, found: &Found) -> Vec<String> {
         // The Go library's table, unchanged.
         out.push(format!(
             "CREATE TABLE IF NOT EXISTS {t} (batch_id VARCHAR(27) NOT NULL PRIMARY KEY, \
-             message_count INTEGER, raw_data {} NOT NULL, insert_time {})",
+             message_count INTEGER, raw_data {} NOT NULL, \
+             insert_time TIMESTAMP NULL DEFAULT CURRENT_TIMESTAMP)",
             D::BLOB,
-            D::INSERT_TIME
         ));
     }
     // Defaults and NULLs keep the Go library's INSERT, SELECT and DELETE working.
@@ -72,7 +72,7 @@ fn statements<D: Dialect>(table: &TableName, found: &Found) -> Vec<String> {
         .map(|c| match *c {
             "seq" => format!("ADD COLUMN seq {}", D::SEQ),
             "claimed_by" => "ADD COLUMN claimed_by VARCHAR(64) NULL".to_owned(),
-            _ => format!("ADD COLUMN claimed_until {} NULL", D::LEASE_END),
+            _ => format!("ADD COLUMN claimed_until {} NULL", D::TIME),
         })
         .collect();
     if !adds.is_empty() {
@@ -88,10 +88,10 @@ fn statements<D: Dialect>(table: &TableName, found: &Found) -> Vec<String> {
         out.push(format!(
             "CREATE TABLE IF NOT EXISTS {} (batch_id VARCHAR(27) NOT NULL PRIMARY KEY, \
              message_count INTEGER, raw_data {} NOT NULL, insert_time TIMESTAMP NULL, \
-             quarantine_time {}, reason TEXT NOT NULL)",
+             quarantine_time {} NOT NULL DEFAULT {NOW}, reason TEXT NOT NULL)",
             D::quote(&quarantine),
             D::BLOB,
-            D::QUARANTINE_TIME
+            D::TIME,
         ));
     }
     out
@@ -133,7 +133,7 @@ pub(crate) async fn migrate<D: Dialect>(
     // serializes migrations, every step is checked again under it, and the connection is
     // closed afterwards (see `Session`), which frees the lock whatever happened.
     let mut tx = sqlx::Connection::begin(session.conn()).await.map_err(err)?;
-    let lock = format!("{}{table}", D::MIGRATE_LOCK);
+    let lock = D::lock_name("migrate", table);
     if !D::lock(&mut *tx, &lock, LOCK_WAIT).await.map_err(err)? {
         return Err(Error::Timeout {
             operation: "outbox migration lock",

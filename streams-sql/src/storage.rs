@@ -1,7 +1,5 @@
 //! Claiming, deleting, releasing and quarantining outbox rows for a relay.
 
-use std::fmt;
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +10,7 @@ use streams_core::{EgressStorage, Error, Result, StoredBatch};
 use tokio::sync::OnceCell;
 
 use crate::common::{db_err, Claims, Heartbeat, Session};
-use crate::dialect::{param_list, Arg, Dialect, Kind, Value};
+use crate::dialect::{param_list, Arg, Dialect, Kind, Value, NOW};
 use crate::{schema, TableName};
 
 /// Ids per `IN (...)` list, well below every database's placeholder limit.
@@ -42,14 +40,20 @@ const CLAIM_LOCK_WAIT: Duration = Duration::from_secs(10);
 /// Give each forwarder its own storage: a storage reclaims its own unfinished claims on
 /// the next fetch, which is how a restarted relay with a fixed
 /// [`relay id`](Self::with_relay_id) picks up at once where it stopped.
+#[derive(Debug)]
 pub struct OutboxStorage<D: Dialect> {
+    shared: Arc<Shared<D>>,
+    claims: Claims,
+}
+
+/// What the clones of a storage share.
+#[derive(Debug)]
+struct Shared<D: Dialect> {
     pool: Pool<D>,
     table: TableName,
-    claims: Claims,
-    sql: Arc<StorageSql>,
-    heartbeat: Arc<Heartbeat>,
-    schema_checked: Arc<OnceCell<()>>,
-    db: PhantomData<fn() -> D>,
+    sql: StorageSql,
+    heartbeat: Heartbeat,
+    schema_checked: OnceCell<()>,
 }
 
 /// The relay's storage on PostgreSQL.
@@ -60,8 +64,9 @@ pub type MySqlEgressStorage = OutboxStorage<sqlx::MySql>;
 
 /// The storage's SQL, built once per table; `*_in` statements end where an `IN` list
 /// of ids is appended.
+#[derive(Debug)]
 struct StorageSql {
-    renew: String,
+    renew: Arc<str>,
     live_foreign_lease: String,
     select_claimable: String,
     claim_in: String,
@@ -79,21 +84,21 @@ impl StorageSql {
         let t = D::quote(table);
         let q = D::quote(&table.derived("_quarantine"));
         let (p1, p2) = (D::param(1), D::param(2));
-        let now = D::NOW;
         let (insert_ignore, on_conflict) = D::INSERT_IGNORE;
         StorageSql {
             renew: format!(
                 "UPDATE {t} SET claimed_until = {} \
                  WHERE claimed_until IS NOT NULL AND claimed_by = {p2}",
                 D::lease_end(&p1)
-            ),
+            )
+            .into(),
             live_foreign_lease: format!(
                 "SELECT COUNT(*) FROM (SELECT 1 AS live FROM {t} \
-                 WHERE claimed_by <> {p1} AND claimed_until >= {now} LIMIT 1) AS busy"
+                 WHERE claimed_by <> {p1} AND claimed_until >= {NOW} LIMIT 1) AS busy"
             ),
             select_claimable: format!(
                 "SELECT seq, batch_id, raw_data FROM {t} \
-                 WHERE (claimed_until IS NULL OR claimed_until < {now} OR claimed_by = {p1}) \
+                 WHERE (claimed_until IS NULL OR claimed_until < {NOW} OR claimed_by = {p1}) \
                  ORDER BY seq LIMIT {p2} FOR UPDATE SKIP LOCKED"
             ),
             claim_in: format!(
@@ -115,7 +120,7 @@ impl StorageSql {
                 "SELECT batch_id, raw_data, reason FROM {q} ORDER BY quarantine_time, batch_id"
             ),
             pending: format!("SELECT COUNT(*) FROM {t}"),
-            claim_lock: format!("{}{table}", D::CLAIM_LOCK),
+            claim_lock: D::lock_name("claim", table),
         }
     }
 }
@@ -123,26 +128,9 @@ impl StorageSql {
 impl<D: Dialect> Clone for OutboxStorage<D> {
     fn clone(&self) -> Self {
         OutboxStorage {
-            pool: self.pool.clone(),
-            table: self.table.clone(),
+            shared: self.shared.clone(),
             claims: self.claims.clone(),
-            sql: self.sql.clone(),
-            heartbeat: self.heartbeat.clone(),
-            schema_checked: self.schema_checked.clone(),
-            db: PhantomData,
         }
-    }
-}
-
-impl<D: Dialect> fmt::Debug for OutboxStorage<D> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OutboxStorage")
-            .field("database", &D::DRIVER)
-            .field("table", &self.table.as_str())
-            .field("relay_id", &self.claims.relay_id)
-            .field("lease", &self.claims.lease)
-            .field("parallel", &self.claims.parallel)
-            .finish()
     }
 }
 
@@ -154,14 +142,16 @@ impl<D: Dialect> OutboxStorage<D> {
     /// [`Error::Invalid`] when `table` is not a valid [`TableName`].
     pub fn new(pool: Pool<D>, table: &str) -> Result<Self> {
         let table = TableName::new(table)?;
-        Ok(OutboxStorage {
-            sql: Arc::new(StorageSql::new::<D>(&table)),
+        let shared = Shared {
+            sql: StorageSql::new::<D>(&table),
             pool,
             table,
+            heartbeat: Heartbeat::default(),
+            schema_checked: OnceCell::new(),
+        };
+        Ok(OutboxStorage {
+            shared: Arc::new(shared),
             claims: Claims::default(),
-            heartbeat: Arc::default(),
-            schema_checked: Arc::default(),
-            db: PhantomData,
         })
     }
 
@@ -194,7 +184,7 @@ impl<D: Dialect> OutboxStorage<D> {
 
     /// The outbox table.
     pub fn table(&self) -> &TableName {
-        &self.table
+        &self.shared.table
     }
 
     /// This relay's id.
@@ -209,14 +199,15 @@ impl<D: Dialect> OutboxStorage<D> {
     ///
     /// A database failure.
     pub async fn migrate(&self) -> Result<()> {
-        schema::migrate(&self.pool, &self.table, true).await
+        schema::migrate(&self.shared.pool, &self.shared.table, true).await
     }
 
     /// Checks the table once per storage: adds the relay's columns to a table the Go
     /// library created; a missing table is an error.
     pub(crate) async fn check_schema(&self) -> Result<()> {
-        self.schema_checked
-            .get_or_try_init(|| schema::migrate(&self.pool, &self.table, false))
+        self.shared
+            .schema_checked
+            .get_or_try_init(|| schema::migrate(&self.shared.pool, &self.shared.table, false))
             .await
             .map(drop)
     }
@@ -228,7 +219,12 @@ impl<D: Dialect> OutboxStorage<D> {
     /// A database failure.
     pub async fn pending(&self) -> Result<u64> {
         let rows = self
-            .fetch_rows("count outbox", &self.sql.pending, Vec::new(), &[Kind::Int])
+            .fetch_rows(
+                "count outbox",
+                &self.shared.sql.pending,
+                Vec::new(),
+                &[Kind::Int],
+            )
             .await?;
         Ok(rows.first().map_or(0, |r| r[0].int()).max(0) as u64)
     }
@@ -243,7 +239,7 @@ impl<D: Dialect> OutboxStorage<D> {
         let rows = self
             .fetch_rows(
                 "list quarantine",
-                &self.sql.list_quarantine,
+                &self.shared.sql.list_quarantine,
                 Vec::new(),
                 kinds,
             )
@@ -267,8 +263,8 @@ impl<D: Dialect> OutboxStorage<D> {
         args: Vec<Arg<'_>>,
         kinds: &'static [Kind],
     ) -> Result<Vec<Vec<Value>>> {
-        let err = |e| db_err::<D>(operation, &self.table, e);
-        let mut conn = self.pool.acquire().await.map_err(err)?;
+        let err = |e| db_err::<D>(operation, &self.shared.table, e);
+        let mut conn = self.shared.pool.acquire().await.map_err(err)?;
         D::fetch(&mut conn, sql, args, kinds).await.map_err(err)
     }
 
@@ -280,8 +276,8 @@ impl<D: Dialect> OutboxStorage<D> {
         first: &[Arg<'_>],
         ids: &[String],
     ) -> Result<()> {
-        let err = |e| db_err::<D>(operation, &self.table, e);
-        let mut conn = self.pool.acquire().await.map_err(err)?;
+        let err = |e| db_err::<D>(operation, &self.shared.table, e);
+        let mut conn = self.shared.pool.acquire().await.map_err(err)?;
         for chunk in ids.chunks(IDS_PER_STATEMENT) {
             let sql = format!(
                 "{statement}{}",
@@ -295,11 +291,11 @@ impl<D: Dialect> OutboxStorage<D> {
     }
 
     async fn claim(&self, limit: usize) -> Result<Vec<StoredBatch>> {
-        let err = |e| db_err::<D>("claim outbox batches", &self.table, e);
+        let err = |e| db_err::<D>("claim outbox batches", &self.shared.table, e);
         let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
         let relay = Arg::Text(&self.claims.relay_id);
         let ordered = !self.claims.parallel;
-        let mut session = Session::new(self.pool.acquire().await.map_err(err)?);
+        let mut session = Session::new(self.shared.pool.acquire().await.map_err(err)?);
         if let Some(sql) = D::BEFORE_CLAIM {
             D::execute(session.conn(), sql, Vec::new())
                 .await
@@ -310,7 +306,7 @@ impl<D: Dialect> OutboxStorage<D> {
         // lease"; then nothing is claimed while another relay holds one.
         let mut busy = false;
         if ordered {
-            if !D::lock(&mut *tx, &self.sql.claim_lock, CLAIM_LOCK_WAIT)
+            if !D::lock(&mut *tx, &self.shared.sql.claim_lock, CLAIM_LOCK_WAIT)
                 .await
                 .map_err(err)?
             {
@@ -321,7 +317,7 @@ impl<D: Dialect> OutboxStorage<D> {
             }
             let live = D::fetch(
                 &mut *tx,
-                &self.sql.live_foreign_lease,
+                &self.shared.sql.live_foreign_lease,
                 vec![relay],
                 &[Kind::Int],
             )
@@ -333,19 +329,23 @@ impl<D: Dialect> OutboxStorage<D> {
         if !busy {
             let kinds = &[Kind::Int, Kind::Text, Kind::Bytes];
             let args = vec![relay, Arg::Int(limit)];
-            rows = D::fetch(&mut *tx, &self.sql.select_claimable, args, kinds)
+            rows = D::fetch(&mut *tx, &self.shared.sql.select_claimable, args, kinds)
                 .await
                 .map_err(err)?;
         }
         if !rows.is_empty() {
-            let sql = format!("{}{}", self.sql.claim_in, param_list::<D>(3, rows.len()));
+            let sql = format!(
+                "{}{}",
+                self.shared.sql.claim_in,
+                param_list::<D>(3, rows.len())
+            );
             let mut args = vec![relay, Arg::Int(self.lease_micros())];
             args.extend(rows.iter().map(|r| Arg::Text(r[1].as_text())));
             D::execute(&mut *tx, &sql, args).await.map_err(err)?;
         }
         tx.commit().await.map_err(err)?;
         if ordered {
-            D::unlock(session.conn(), &self.sql.claim_lock)
+            D::unlock(session.conn(), &self.shared.sql.claim_lock)
                 .await
                 .map_err(err)?;
         }
@@ -371,21 +371,23 @@ impl<D: Dialect> EgressStorage for OutboxStorage<D> {
         self.check_schema().await?;
         let claimed = self.claim(limit).await?;
         if !claimed.is_empty() {
-            let (pool, sql, relay_id, table) = (
-                self.pool.clone(),
-                self.sql.clone(),
-                self.claims.relay_id.clone(),
-                self.table.clone(),
+            // The renewal holds what it needs, not the storage, so that dropping the
+            // storage stops it.
+            let shared = &self.shared;
+            let (pool, sql, table) = (
+                shared.pool.clone(),
+                shared.sql.renew.clone(),
+                shared.table.clone(),
             );
-            let micros = self.lease_micros();
-            self.heartbeat.ensure(self.claims.lease, move || {
+            let (relay_id, micros) = (self.claims.relay_id.clone(), self.lease_micros());
+            shared.heartbeat.ensure(self.claims.lease, move || {
                 let (pool, sql, relay_id, table) =
                     (pool.clone(), sql.clone(), relay_id.clone(), table.clone());
                 async move {
                     let err = |e| db_err::<D>("renew outbox claims", &table, e);
                     let mut conn = pool.acquire().await.map_err(err)?;
                     let args = vec![Arg::Int(micros), Arg::Text(&relay_id)];
-                    D::execute(&mut conn, &sql.renew, args).await.map_err(err)
+                    D::execute(&mut conn, &sql, args).await.map_err(err)
                 }
             });
         }
@@ -393,22 +395,27 @@ impl<D: Dialect> EgressStorage for OutboxStorage<D> {
     }
 
     async fn delete(&self, batch_ids: &[String]) -> Result<()> {
-        self.by_ids("delete outbox batches", &self.sql.delete_in, &[], batch_ids)
-            .await
+        self.by_ids(
+            "delete outbox batches",
+            &self.shared.sql.delete_in,
+            &[],
+            batch_ids,
+        )
+        .await
     }
 
     async fn quarantine(&self, batch_id: &str, reason: &str) -> Result<()> {
-        let err = |e| db_err::<D>("quarantine outbox batch", &self.table, e);
+        let err = |e| db_err::<D>("quarantine outbox batch", &self.shared.table, e);
         // PostgreSQL text cannot hold NUL.
         let reason = reason.replace('\0', "");
-        let mut tx = self.pool.begin().await.map_err(err)?;
+        let mut tx = self.shared.pool.begin().await.map_err(err)?;
         let copy = vec![Arg::Text(&reason), Arg::Text(batch_id)];
-        D::execute(&mut *tx, &self.sql.quarantine_copy, copy)
+        D::execute(&mut *tx, &self.shared.sql.quarantine_copy, copy)
             .await
             .map_err(err)?;
         D::execute(
             &mut *tx,
-            &self.sql.quarantine_delete,
+            &self.shared.sql.quarantine_delete,
             vec![Arg::Text(batch_id)],
         )
         .await
@@ -420,7 +427,7 @@ impl<D: Dialect> EgressStorage for OutboxStorage<D> {
         let relay = [Arg::Text(&self.claims.relay_id)];
         self.by_ids(
             "release outbox batches",
-            &self.sql.release_in,
+            &self.shared.sql.release_in,
             &relay,
             batch_ids,
         )

@@ -6,51 +6,14 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{go_encoded_batch, Db, Recorder};
+use common::{both, go_encoded_batch, Db, Recorder};
 use streams_core::{decode_batch, Message, Writer};
 use streams_sql::{MySqlOutbox, MySqlOutboxWriter, PgOutbox, PgOutboxWriter, RelaySource};
-
-/// Runs a scenario against both databases, as two tests.
-macro_rules! both {
-    ($scenario:ident) => {
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$scenario(super::Db::pg().await).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mysql() {
-                super::$scenario(super::Db::mysql().await).await;
-            }
-        }
-    };
-}
 
 fn url(db: &Db) -> String {
     match db {
         Db::Pg(_) => common::pg_url(),
         Db::My(_) => common::mysql_url(),
-    }
-}
-
-/// A table exactly as the Go library creates it.
-async fn go_table(db: &Db, test: &str) -> common::Table {
-    let name = common::unique_name(test);
-    let ddl = match db {
-        Db::Pg(_) => format!(
-            "CREATE TABLE {name}(batch_id VARCHAR(27) PRIMARY KEY, message_count INTEGER, \
-             raw_data BYTEA NOT NULL, insert_time TIMESTAMP DEFAULT NOW())"
-        ),
-        Db::My(_) => format!(
-            "CREATE TABLE {name}(batch_id VARCHAR(27) PRIMARY KEY, message_count INTEGER, \
-             raw_data BLOB NOT NULL, insert_time TIMESTAMP DEFAULT CURRENT_TIMESTAMP)"
-        ),
-    };
-    db.exec(&ddl).await;
-    common::Table {
-        db: db.clone(),
-        name,
     }
 }
 
@@ -108,7 +71,7 @@ fn assert_one_readable_line(text: &str) {
 }
 
 async fn writer_on_go_table_writes_rows_a_go_relay_reads(db: Db) {
-    let table = go_table(&db, "gowriter").await;
+    let table = db.go_table("gowriter").await;
     let sent = Message::new("payments.created", r#"{"n":1}"#).with_key("acct-1");
     writer(&table)
         .write(vec![sent.clone()])
@@ -119,17 +82,16 @@ async fn writer_on_go_table_writes_rows_a_go_relay_reads(db: Db) {
         ["batch_id", "insert_time", "message_count", "raw_data"],
         "the writer does not change the table"
     );
-    assert_eq!(go_relay_reads(&table).await, [sent]);
+    let read = go_relay_reads(&table).await;
+    assert_eq!(read.len(), 3, "the Go row's two messages and ours");
+    assert_eq!(read[2], sent);
     table.drop_tables().await;
 }
 both!(writer_on_go_table_writes_rows_a_go_relay_reads);
 
 async fn relay_on_go_table_adds_its_columns(db: Db) {
-    let table = go_table(&db, "gorelay").await;
-    // Rows the Go writer inserted, and one of ours, before any relay ran.
-    table
-        .insert_go_row("2Yb9GNQzJ1kQWQHhGyHB7n7lZ3A", 2, &go_encoded_batch())
-        .await;
+    let table = db.go_table("gorelay").await;
+    // A row the Go writer inserted, and one of ours, before any relay ran.
     let ours = Message::new("payments.created", r#"{"n":3}"#);
     writer(&table).write(vec![ours.clone()]).await.unwrap();
 
@@ -173,10 +135,7 @@ async fn relay_on_go_table_adds_its_columns(db: Db) {
 both!(relay_on_go_table_adds_its_columns);
 
 async fn library_storage_on_go_table_adds_its_columns(db: Db) {
-    let table = go_table(&db, "golib").await;
-    table
-        .insert_go_row("2Yb9GNQzJ1kQWQHhGyHB7n7lZ3A", 2, &go_encoded_batch())
-        .await;
+    let table = db.go_table("golib").await;
     let storage = table.storage().dyn_storage();
     let batches = storage
         .fetch(10)
@@ -190,10 +149,7 @@ async fn library_storage_on_go_table_adds_its_columns(db: Db) {
 both!(library_storage_on_go_table_adds_its_columns);
 
 async fn concurrent_migrations_of_a_go_table(db: Db) {
-    let table = go_table(&db, "gomigrate").await;
-    table
-        .insert_go_row("2Yb9GNQzJ1kQWQHhGyHB7n7lZ3A", 2, &go_encoded_batch())
-        .await;
+    let table = db.go_table("gomigrate").await;
     let runs: Vec<_> = (0..4)
         .map(|_| {
             let table = table.clone();
@@ -210,11 +166,7 @@ async fn concurrent_migrations_of_a_go_table(db: Db) {
     }
     assert_eq!(columns(&table).await.len(), 7);
     let received = Recorder::new();
-    let report = streams_sql::Relay::new(table.storage().dyn_storage(), received.clone())
-        .forwarder()
-        .forward_once()
-        .await
-        .unwrap();
+    let report = table.storage().forward_once(received.clone()).await;
     assert_eq!(report.messages, 2);
     table.drop_tables().await;
 }
