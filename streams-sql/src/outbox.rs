@@ -4,9 +4,10 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use sqlx::{Pool, Transaction};
-use streams_core::{encode_batch, Error, IdFactory, KsuidFactory, Message, Result, Writer};
+use streams_core::{
+    async_trait, encode_batch, Error, IdFactory, KsuidFactory, Message, Result, Writer,
+};
 use tokio::sync::Notify;
 
 use crate::common::db_err;

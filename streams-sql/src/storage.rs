@@ -3,10 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use sqlx::Pool;
-use streams_core::{EgressStorage, Error, Result, StoredBatch};
+use streams_core::{async_trait, EgressStorage, Error, Result, StoredBatch};
 use tokio::sync::OnceCell;
 
 use crate::common::{db_err, Claims, Heartbeat, Session};
@@ -249,7 +247,7 @@ impl<D: Dialect> OutboxStorage<D> {
             .map(|mut r| {
                 let batch = StoredBatch {
                     id: r[0].text(),
-                    raw: Bytes::from(r[1].bytes()),
+                    raw: r[1].bytes().into(),
                 };
                 (batch, r[2].text())
             })
@@ -355,7 +353,7 @@ impl<D: Dialect> OutboxStorage<D> {
             .into_iter()
             .map(|mut r| StoredBatch {
                 id: r[1].text(),
-                raw: Bytes::from(r[2].bytes()),
+                raw: r[2].bytes().into(),
             })
             .collect())
     }
