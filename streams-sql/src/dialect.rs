@@ -118,9 +118,8 @@ pub(crate) mod sealed {
         const BEFORE_CLAIM: Option<&'static str>;
         /// The name of the lock that serializes `purpose` (`claim`, `migrate`) on `table`.
         fn lock_name(purpose: &str, table: &TableName) -> String;
-        /// Bounds how long the migration's DDL waits for table locks, when
-        /// [`lock`](Self::lock) did not already.
-        fn ddl_lock_wait(wait: Duration) -> Option<String>;
+        /// Bounds how long the migration's DDL waits for table locks.
+        fn ddl_lock_wait(wait: Duration) -> String;
 
         /// The identifier quoted.
         fn quote(name: &TableName) -> String;

@@ -26,12 +26,9 @@ impl Sealed for MySql {
     const BEFORE_CLAIM: Option<&'static str> =
         Some("SET TRANSACTION ISOLATION LEVEL READ COMMITTED");
 
-    fn ddl_lock_wait(wait: Duration) -> Option<String> {
+    fn ddl_lock_wait(wait: Duration) -> String {
         // A session setting; the migration closes its connection afterwards.
-        Some(format!(
-            "SET SESSION lock_wait_timeout = {}",
-            wait.as_secs().max(1)
-        ))
+        format!("SET SESSION lock_wait_timeout = {}", wait.as_secs().max(1))
     }
 
     fn lock_name(purpose: &str, table: &TableName) -> String {

@@ -27,9 +27,9 @@ impl Sealed for Postgres {
         format!("streams_sql.{purpose}.{table}")
     }
 
-    fn ddl_lock_wait(_: Duration) -> Option<String> {
-        // `lock` set `lock_timeout` for the whole transaction already.
-        None
+    fn ddl_lock_wait(wait: Duration) -> String {
+        // For the rest of the transaction.
+        format!("SET LOCAL lock_timeout = '{}ms'", wait.as_millis().max(1))
     }
 
     fn quote(name: &TableName) -> String {

@@ -13,8 +13,13 @@ use crate::TableName;
 /// The columns this crate adds to the Go library's table: insert order and claims.
 const RELAY_COLUMNS: [&str; 3] = ["seq", "claimed_by", "claimed_until"];
 
-/// How long a migration waits for its lock and for the table locks its DDL needs.
+/// How long a migration waits for its lock (another process migrating the table).
 const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// How long its DDL waits for a table lock. While it waits, the statements of Go
+/// writers and relays that come after it wait behind it, so this is short: the
+/// migration fails (retryably) rather than stall them.
+const DDL_LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// What exists of the outbox and quarantine tables: `table.column` names.
 #[derive(Debug)]
@@ -103,7 +108,10 @@ fn statements<D: Dialect>(table: &TableName, found: &Found) -> Vec<String> {
 ///
 /// The changes are safe while a Go relay or writer uses the table: they add nullable
 /// or defaulted columns only, which its `SELECT`, `INSERT` and `DELETE` of the four Go
-/// columns do not see; they wait at most [`LOCK_WAIT`] for the table lock.
+/// columns do not see; they wait at most [`DDL_LOCK_WAIT`] for the table lock. On
+/// PostgreSQL adding `seq` rewrites the table under an exclusive lock, which is quick
+/// for an outbox (its rows are deleted as they are relayed); on MySQL the table is
+/// copied while reads go on and writes wait.
 pub(crate) async fn migrate<D: Dialect>(
     pool: &Pool<D>,
     table: &TableName,
@@ -140,9 +148,10 @@ pub(crate) async fn migrate<D: Dialect>(
             after: LOCK_WAIT,
         });
     }
-    if let Some(sql) = D::ddl_lock_wait(LOCK_WAIT) {
-        D::execute(&mut *tx, &sql, Vec::new()).await.map_err(err)?;
-    }
+    let bound = D::ddl_lock_wait(DDL_LOCK_WAIT);
+    D::execute(&mut *tx, &bound, Vec::new())
+        .await
+        .map_err(err)?;
     // Another process may have migrated while this one waited for the lock.
     let found = inspect::<D>(&mut *tx, table).await.map_err(err)?;
     let todo = statements::<D>(table, &found);
@@ -156,17 +165,20 @@ pub(crate) async fn migrate<D: Dialect>(
     Ok(())
 }
 
-/// The database refused a step (often: the relay's user may not alter the table): one
-/// line with the database's reason and the SQL that does it by hand.
+/// The database refused a step: one line with its reason and what to do. A table
+/// another transaction holds (a lock time-out) is retryable; anything else (often: the
+/// relay's user may not alter the table) comes with the SQL that does it by hand.
 fn upgrade_failed<D: Dialect>(table: &TableName, e: sqlx::Error, todo: &[String]) -> Error {
+    let retry = retryable(&e);
+    let advice = if retry {
+        "another transaction holds the table; try again".to_owned()
+    } else {
+        format!("to do it by hand, run: {};", todo.join("; "))
+    };
     Error::driver(
         D::DRIVER,
         "migrate outbox table",
-        retryable(&e),
-        format!(
-            "table `{table}`: {}; to do it by hand, run: {};",
-            one_line(&e),
-            todo.join("; ")
-        ),
+        retry,
+        format!("table `{table}`: {}; {advice}", one_line(&e)),
     )
 }

@@ -172,6 +172,104 @@ async fn concurrent_migrations_of_a_go_table(db: Db) {
 }
 both!(concurrent_migrations_of_a_go_table);
 
+/// A Go relay in the middle of a transaction on its table: the upgrade waits a few
+/// seconds for it, then gives up with one line instead of stalling the Go relay and
+/// everything queued behind it; once the Go relay is done, the upgrade goes through.
+async fn busy_go_table_is_upgraded_once_free(db: Db) {
+    let table = db.go_table("gobusy").await;
+    let lock = format!("SELECT batch_id FROM {} FOR UPDATE", table.name);
+    let go_relay = match &db {
+        Db::Pg(pool) => {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query(&lock).fetch_all(&mut *tx).await.unwrap();
+            GoTx::Pg(tx)
+        }
+        Db::My(pool) => {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query(&lock).fetch_all(&mut *tx).await.unwrap();
+            GoTx::My(tx)
+        }
+    };
+    let started = Instant::now();
+    let err = RelaySource::new(url(&db))
+        .table(&table.name)
+        .open(Recorder::new())
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(30), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("migrate outbox table"), "{text}");
+    assert!(text.contains("try again"), "{text}");
+    assert_one_readable_line(&text);
+    assert!(err.is_retryable(), "{text}");
+    match go_relay {
+        GoTx::Pg(tx) => tx.commit().await.unwrap(),
+        GoTx::My(tx) => tx.commit().await.unwrap(),
+    }
+    let received = Recorder::new();
+    let relay = RelaySource::new(url(&db))
+        .table(&table.name)
+        .open(received.clone())
+        .await
+        .expect("the upgrade goes through once the table is free");
+    let report = relay.forwarder().forward_once().await.unwrap();
+    assert_eq!(report.messages, 2);
+    table.drop_tables().await;
+}
+both!(busy_go_table_is_upgraded_once_free);
+
+/// A relay whose database user may use the Go table but not alter it: one line with
+/// the database's refusal and the SQL to run by hand.
+async fn go_table_the_relay_may_not_alter(db: Db) {
+    let table = db.go_table("gonoalter").await;
+    let user = common::unique_name("relay");
+    let t = &table.name;
+    let (setup, url, teardown) = match &db {
+        Db::Pg(_) => (
+            vec![
+                format!("CREATE ROLE {user} LOGIN"),
+                format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO {user}"),
+            ],
+            common::pg_url().replacen("postgres@", &format!("{user}@"), 1),
+            vec![
+                format!("REVOKE ALL ON {t} FROM {user}"),
+                format!("DROP ROLE {user}"),
+            ],
+        ),
+        Db::My(_) => (
+            vec![
+                format!("CREATE USER '{user}'@'%'"),
+                format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO '{user}'@'%'"),
+            ],
+            common::mysql_url().replacen("root@", &format!("{user}@"), 1),
+            vec![format!("DROP USER '{user}'@'%'")],
+        ),
+    };
+    for sql in &setup {
+        db.exec(sql).await;
+    }
+    let opened = RelaySource::new(url).table(t).open(Recorder::new()).await;
+    for sql in &teardown {
+        db.exec(sql).await;
+    }
+    let err = opened.unwrap_err();
+    let text = err.to_string();
+    assert!(!text.contains('\n'), "{text}");
+    assert!(text.contains("migrate outbox table"), "{text}");
+    assert!(
+        text.contains("to do it by hand, run: ALTER TABLE"),
+        "{text}"
+    );
+    assert!(!err.is_retryable(), "{text}");
+    table.drop_tables().await;
+}
+both!(go_table_the_relay_may_not_alter);
+
+enum GoTx {
+    Pg(sqlx::Transaction<'static, sqlx::Postgres>),
+    My(sqlx::Transaction<'static, sqlx::MySql>),
+}
+
 async fn missing_table_is_one_line_saying_what_to_do(db: Db) {
     let name = common::unique_name("missing");
     let err = RelaySource::new(url(&db))
