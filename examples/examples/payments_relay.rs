@@ -2,16 +2,17 @@
 //!
 //! This program is only the service: each payment and its `payments.created` event are
 //! written in one PostgreSQL transaction, and the commit sends a `NOTIFY`. The relay
-//! is the `streams-sql-relay` program, running on its own, which moves the events to
-//! its destination (here standard output; Kafka, SQS or SNS in production).
+//! is `streams relay` of the `streams` tool, running on its own, which moves the events
+//! to its destination (here standard output; Kafka, SQS or SNS in production, with
+//! `streams --url kafka://... relay ...` and no `--to`).
 //!
 //! Needs PostgreSQL (`STREAMS_POSTGRES_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/test`). In one terminal start the relay:
 //!
 //! ```text
-//! cargo run -p streams-sql --bin streams-sql-relay -- \
-//!     --database-url postgres://postgres@127.0.0.1:5432/test \
-//!     --table payments_egress --create-table --destination stdout
+//! cargo run -p streams-cli -- relay \
+//!     --from postgres://postgres@127.0.0.1:5432/test \
+//!     --table payments_egress --create-table --to stdout
 //! ```
 //!
 //! and in another run the service (as often as you like):
@@ -79,7 +80,7 @@ async fn main() -> Result<(), BoxError> {
             batch_id.unwrap_or_default()
         );
     }
-    println!("done: the streams-sql-relay process publishes the events");
+    println!("done: the `streams relay` process publishes the events");
     Ok(())
 }
 

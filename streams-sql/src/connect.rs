@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use streams_core::{invalid_url, ConnectUrl, Connection, Error, NoStreamAdmin, Result};
+use streams_core::{invalid_url, ConnectUrl, Connection, NoStreamAdmin, Result};
 
-use crate::{MySqlOutbox, MySqlOutboxWriter, PgOutbox, PgOutboxWriter};
-
-/// Outbox table of a SQL URL without `table`: the Go library's table name.
-pub const DEFAULT_OUTBOX_TABLE: &str = "streams_egress";
+use crate::{
+    open_pool, MySqlOutbox, MySqlOutboxWriter, PgOutbox, PgOutboxWriter, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_TABLE,
+};
 
 /// The parameters `streams` takes from a SQL URL; sqlx gets the others.
 const OWN_PARAMS: [&str; 2] = ["table", "create_table"];
@@ -37,9 +37,11 @@ impl std::fmt::Debug for Parsed {
 /// `postgres://...[?table=T&create_table=true&<sqlx parameters>]` URL (also
 /// `postgresql://`), or the same with `mysql://` (also `mariadb://`).
 ///
-/// The URL without `table` (default `streams_egress`) and `create_table` (default
-/// false) is handed to sqlx, so its own parameters (`sslmode`, ...) work. The pool is
-/// opened here, so an unreachable database fails now. Each write is a transaction of
+/// The URL without `table` (default `streams_egress`), `create_table` (default
+/// false) and `connect_timeout` (default [`DEFAULT_CONNECT_TIMEOUT`], e.g. `5s`) is
+/// handed to sqlx, so its own parameters (`sslmode`, ...) work. The pool is opened
+/// here, so an unreachable database fails now, within the bound, with one line
+/// naming the database and its address. Each write is a transaction of
 /// its own; to write in your own transaction use [`PgOutbox`]/[`MySqlOutbox`]
 /// directly. A relay moves the rows to the real platform. Outbox connections are
 /// write-only.
@@ -59,9 +61,7 @@ pub async fn connect(url: &str) -> Result<Connection> {
     let parsed = parse(url)?;
     let writer: Arc<dyn streams_core::Writer> = match parsed.platform {
         "postgres" => {
-            let pool = sqlx::PgPool::connect(&parsed.sqlx_url)
-                .await
-                .map_err(|e| Error::driver("postgres", "connect", true, e))?;
+            let pool = open_pool::<sqlx::Postgres>(&parsed.sqlx_url, pool_options()).await?;
             let outbox = PgOutbox::new(&parsed.table)?;
             if parsed.create_table {
                 outbox.migrate(&pool).await?;
@@ -69,9 +69,7 @@ pub async fn connect(url: &str) -> Result<Connection> {
             Arc::new(PgOutboxWriter::new(pool, outbox))
         }
         _ => {
-            let pool = sqlx::MySqlPool::connect(&parsed.sqlx_url)
-                .await
-                .map_err(|e| Error::driver("mysql", "connect", true, e))?;
+            let pool = open_pool::<sqlx::MySql>(&parsed.sqlx_url, pool_options()).await?;
             let outbox = MySqlOutbox::new(&parsed.table)?;
             if parsed.create_table {
                 outbox.migrate(&pool).await?;
@@ -82,22 +80,34 @@ pub async fn connect(url: &str) -> Result<Connection> {
     Ok(Connection::new(parsed.platform, writer, None).with_admin(Arc::new(NoStreamAdmin)))
 }
 
+fn pool_options<D: crate::Dialect>() -> sqlx::pool::PoolOptions<D> {
+    sqlx::pool::PoolOptions::new().acquire_timeout(DEFAULT_CONNECT_TIMEOUT)
+}
+
+/// The database of a SQL URL's scheme, `postgres` or `mysql`.
+///
+/// # Errors
+///
+/// [`Error::Invalid`] for any other scheme.
+pub(crate) fn platform_of(url: &str) -> Result<&'static str> {
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    match scheme.to_ascii_lowercase().as_str() {
+        "postgres" | "postgresql" => Ok("postgres"),
+        "mysql" | "mariadb" => Ok("mysql"),
+        _ => Err(invalid_url(
+            "expected a `postgres://`, `postgresql://`, `mysql://` or `mariadb://` URL",
+        )),
+    }
+}
+
 fn parse(url: &str) -> Result<Parsed> {
     let scheme = url.split_once("://").map_or("", |(s, _)| s);
-    let platform = match scheme.to_ascii_lowercase().as_str() {
-        "postgres" | "postgresql" => "postgres",
-        "mysql" | "mariadb" => "mysql",
-        _ => {
-            return Err(invalid_url(
-                "expected a `postgres://`, `postgresql://`, `mysql://` or `mariadb://` URL",
-            ))
-        }
-    };
+    let platform = platform_of(url)?;
     let split = ConnectUrl::parse(platform, url)?;
     let mut params = split.params;
     let table = params
         .take("table")
-        .unwrap_or_else(|| DEFAULT_OUTBOX_TABLE.to_owned());
+        .unwrap_or_else(|| DEFAULT_TABLE.to_owned());
     let create_table = params.take_bool("create_table")?.unwrap_or(false);
     // Everything else is the database driver's, passed on as written.
     let base = url.split_once('?').map_or(url, |(b, _)| b);
@@ -146,7 +156,7 @@ mod tests {
         assert!(!format!("{p:?}").contains("pw"));
         let p = parse("mysql://root@127.0.0.1:3306/test").unwrap();
         assert_eq!(p.sqlx_url, "mysql://root@127.0.0.1:3306/test");
-        assert_eq!(p.table, DEFAULT_OUTBOX_TABLE);
+        assert_eq!(p.table, DEFAULT_TABLE);
         assert!(!p.create_table);
         assert_eq!(parse("postgresql://db/app").unwrap().platform, "postgres");
         let p = parse("mariadb://root@db/app").unwrap();

@@ -39,16 +39,6 @@ impl TableName {
         &self.0
     }
 
-    /// The name quoted for PostgreSQL (`"name"`).
-    pub(crate) fn pg(&self) -> String {
-        format!("\"{}\"", self.0)
-    }
-
-    /// The name quoted for MySQL/MariaDB (`` `name` ``).
-    pub(crate) fn mysql(&self) -> String {
-        format!("`{}`", self.0)
-    }
-
     /// A derived name (`<name><suffix>`); the suffix is a constant of this crate.
     pub(crate) fn derived(&self, suffix: &'static str) -> TableName {
         debug_assert!(suffix
@@ -142,10 +132,8 @@ mod tests {
     }
 
     #[test]
-    fn quotes_per_dialect_and_derives_names() {
+    fn derives_names() {
         let t: TableName = "streams_egress".parse().unwrap();
-        assert_eq!(t.pg(), "\"streams_egress\"");
-        assert_eq!(t.mysql(), "`streams_egress`");
         assert_eq!(
             t.derived("_quarantine").as_str(),
             "streams_egress_quarantine"

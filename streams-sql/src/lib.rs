@@ -14,9 +14,19 @@
 //!   again, never lost.
 //! - Wake-ups: PostgreSQL `LISTEN/NOTIFY`, an in-process notifier (the agentless mode,
 //!   relay and service in one process), and polling as a fallback.
+//! - One implementation over both databases: [`Outbox`], [`OutboxWriter`] and
+//!   [`OutboxStorage`] are generic over the sealed [`Dialect`] ([`sqlx::Postgres`],
+//!   [`sqlx::MySql`]); `PgOutbox`, `MySqlOutbox` and the others are their names per
+//!   database.
+//! - A table the Go library created works as it is: the writer writes only its columns,
+//!   and a relay adds its own columns on first use (under a lock, safe while a Go relay
+//!   runs).
 //! - Table names are validated [`TableName`]s; no SQL is built from unchecked text.
-//! - The `streams-sql-relay` program (feature `cli`, on by default) runs a relay
-//!   configured by flags and environment.
+//! - Errors are one line naming the operation, the table and the database's code and
+//!   message; [`open_pool`] fails within a bound ([`DEFAULT_CONNECT_TIMEOUT`]) naming the
+//!   database and its address.
+//! - The relay program is `streams relay` in the `streams` tool; [`RelaySource`] opens
+//!   the storage side of it from a database URL.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -50,18 +60,25 @@
 
 mod common;
 mod connect;
+mod dialect;
 mod ident;
 mod mysql;
+mod outbox;
 mod pg;
+mod pool;
 mod relay;
+mod schema;
 mod source;
+mod storage;
 
-pub use connect::{connect, DEFAULT_OUTBOX_TABLE};
+pub use connect::connect;
+pub use dialect::Dialect;
 pub use ident::{TableName, MAX_TABLE_NAME_LEN};
-pub use mysql::{MySqlEgressStorage, MySqlOutbox, MySqlOutboxWriter};
-pub use pg::{PgEgressStorage, PgOutbox, PgOutboxWriter};
+pub use outbox::{MySqlOutbox, MySqlOutboxWriter, Outbox, OutboxWriter, PgOutbox, PgOutboxWriter};
+pub use pool::{open_pool, DEFAULT_CONNECT_TIMEOUT};
 pub use relay::Relay;
 pub use source::RelaySource;
+pub use storage::{MySqlEgressStorage, OutboxStorage, PgEgressStorage};
 
 /// The `sqlx` this crate is built on, so callers use the same transaction types.
 pub use sqlx;

@@ -52,34 +52,20 @@ impl Relay {
     }
 
     /// Batches fetched per pass (at least 1).
-    pub fn with_fetch_limit(mut self, limit: usize) -> Self {
-        self.forwarder = self.forwarder.with_fetch_limit(limit);
-        self
-    }
-
-    /// Messages per destination write; see [`Forwarder::with_max_write_messages`]
-    /// (default 500).
-    pub fn with_max_write_messages(mut self, messages: usize) -> Self {
-        self.forwarder = self.forwarder.with_max_write_messages(messages);
-        self
-    }
-
-    /// How long the relay sleeps when the outbox is empty and nothing wakes it.
-    pub fn with_poll_interval(mut self, interval: Duration) -> Self {
-        self.forwarder = self.forwarder.with_poll_interval(interval);
-        self
-    }
-
-    /// How destination failures are retried within a pass.
-    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.forwarder = self.forwarder.with_retry(retry);
-        self
+    pub fn with_fetch_limit(self, limit: usize) -> Self {
+        self.forwarding(|f| f.with_fetch_limit(limit))
     }
 
     /// Wakes on `wake` instead of the relay's own notifier.
     pub fn with_wake(mut self, wake: Arc<Notify>) -> Self {
         self.wake = wake;
         self
+    }
+
+    /// Messages per destination write; see [`Forwarder::with_max_write_messages`]
+    /// (default 500).
+    pub fn with_max_write_messages(self, messages: usize) -> Self {
+        self.forwarding(|f| f.with_max_write_messages(messages))
     }
 
     /// Wakes on PostgreSQL notifications on `channel` (see
@@ -95,11 +81,26 @@ impl Relay {
         Ok(self)
     }
 
+    /// How long the relay sleeps when the outbox is empty and nothing wakes it.
+    pub fn with_poll_interval(self, interval: Duration) -> Self {
+        self.forwarding(|f| f.with_poll_interval(interval))
+    }
+
     /// The notifier that wakes this relay; give it to
     /// [`PgOutbox::with_wake`](crate::PgOutbox::with_wake) or
     /// [`MySqlOutbox::with_wake`](crate::MySqlOutbox::with_wake) in the agentless mode.
     pub fn wake(&self) -> Arc<Notify> {
         self.wake.clone()
+    }
+
+    /// How destination failures are retried within a pass.
+    pub fn with_retry(self, retry: RetryPolicy) -> Self {
+        self.forwarding(|f| f.with_retry(retry))
+    }
+
+    fn forwarding(mut self, configure: impl FnOnce(Forwarder) -> Forwarder) -> Self {
+        self.forwarder = configure(self.forwarder);
+        self
     }
 
     /// The forwarder, for one-off passes ([`Forwarder::forward_once`]).

@@ -1,12 +1,13 @@
-//! Opening a relay from a database URL, shared by the `streams-sql-relay` program and
-//! the `streams relay` command.
+//! Opening a relay from a database URL, for the `streams relay` command.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use streams_core::{EgressStorage, Error, Result, Writer};
+use sqlx::pool::PoolOptions;
+use sqlx::Pool;
+use streams_core::{EgressStorage, Result, Writer};
 
-use crate::{MySqlEgressStorage, PgEgressStorage, Relay, DEFAULT_TABLE};
+use crate::{open_pool, Dialect, OutboxStorage, Relay, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TABLE};
 
 /// Where a [`Relay`] reads from and how it claims: a database URL plus the storage
 /// settings, so a program can build a relay from its flags.
@@ -36,6 +37,7 @@ pub struct RelaySource {
     listen: bool,
     fetch_limit: usize,
     poll_interval: Duration,
+    connect_timeout: Duration,
     max_connections: u32,
 }
 
@@ -51,6 +53,7 @@ impl std::fmt::Debug for RelaySource {
             .field("listen", &self.listen)
             .field("fetch_limit", &self.fetch_limit)
             .field("poll_interval", &self.poll_interval)
+            .field("connect_timeout", &self.connect_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -58,7 +61,8 @@ impl std::fmt::Debug for RelaySource {
 impl RelaySource {
     /// A source for `database_url` (`postgres://`, `postgresql://`, `mysql://` or
     /// `mariadb://`), table [`DEFAULT_TABLE`], a 60 s lease, ordered claims,
-    /// LISTEN/NOTIFY on PostgreSQL, 100 batches per pass and a 1 s poll interval.
+    /// LISTEN/NOTIFY on PostgreSQL, 100 batches per pass, a 1 s poll interval and
+    /// [`DEFAULT_CONNECT_TIMEOUT`] to open the database.
     pub fn new(database_url: impl Into<String>) -> Self {
         RelaySource {
             database_url: database_url.into(),
@@ -70,6 +74,7 @@ impl RelaySource {
             listen: true,
             fetch_limit: 100,
             poll_interval: Duration::from_secs(1),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_connections: 4,
         }
     }
@@ -99,7 +104,8 @@ impl RelaySource {
         self
     }
 
-    /// Create the outbox and quarantine tables if missing.
+    /// Create the outbox and quarantine tables if missing. Without it the outbox table
+    /// must exist; one the Go library created gets the relay's columns either way.
     pub fn create_table(mut self, create: bool) -> Self {
         self.create_table = create;
         self
@@ -123,69 +129,72 @@ impl RelaySource {
         self
     }
 
+    /// How long opening the database may take before [`open`](Self::open) fails
+    /// (default [`DEFAULT_CONNECT_TIMEOUT`]; `connect_timeout=<seconds>` in the URL
+    /// overrides it).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
     /// Connects, prepares the storage and returns a relay to `destination`.
     ///
     /// # Errors
     ///
-    /// [`Error::Invalid`] for a URL of another scheme or an invalid table or relay id;
+    /// [`Error::Invalid`](streams_core::Error::Invalid) for a URL of another scheme or an invalid table or relay id;
     /// a driver error when the database cannot be reached or the migration fails.
     pub async fn open(&self, destination: Arc<dyn Writer>) -> Result<Relay> {
         let url = self.database_url.trim();
-        let relay = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(self.max_connections)
-                .connect(url)
-                .await
-                .map_err(|e| Error::driver("postgres", "connect", true, e))?;
-            let mut storage = PgEgressStorage::new(pool.clone(), &self.table)?
-                .with_lease(self.lease)
-                .with_parallel_claims(self.parallel);
-            if let Some(id) = &self.relay_id {
-                storage = storage.with_relay_id(id)?;
-            }
-            if self.create_table {
-                storage.migrate().await?;
-            }
-            tracing::info!(table = %self.table, relay_id = storage.relay_id(), "relaying from PostgreSQL");
-            let relay = Relay::new(Arc::new(storage) as Arc<dyn EgressStorage>, destination);
+        let relay = if crate::connect::platform_of(url)? == "postgres" {
+            let (pool, storage) = self.storage::<sqlx::Postgres>(url).await?;
+            let relay = Relay::new(storage, destination);
             if self.listen {
                 relay.with_pg_listen(pool, &self.table)?
             } else {
                 relay
             }
-        } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
-            let url = url.replacen("mariadb://", "mysql://", 1);
-            let pool = sqlx::mysql::MySqlPoolOptions::new()
-                .max_connections(self.max_connections)
-                .connect(&url)
-                .await
-                .map_err(|e| Error::driver("mysql", "connect", true, e))?;
-            let mut storage = MySqlEgressStorage::new(pool, &self.table)?
-                .with_lease(self.lease)
-                .with_parallel_claims(self.parallel);
-            if let Some(id) = &self.relay_id {
-                storage = storage.with_relay_id(id)?;
-            }
-            if self.create_table {
-                storage.migrate().await?;
-            }
-            tracing::info!(table = %self.table, relay_id = storage.relay_id(), "relaying from MySQL");
-            Relay::new(Arc::new(storage) as Arc<dyn EgressStorage>, destination)
         } else {
-            return Err(Error::invalid(
-                "database URL",
-                "must start with postgres://, postgresql://, mysql:// or mariadb://",
-            ));
+            let url = match url.split_once("://") {
+                Some((_, rest)) => format!("mysql://{rest}"),
+                None => url.to_owned(),
+            };
+            Relay::new(self.storage::<sqlx::MySql>(&url).await?.1, destination)
         };
         Ok(relay
             .with_fetch_limit(self.fetch_limit)
             .with_poll_interval(self.poll_interval))
+    }
+
+    async fn storage<D: Dialect>(&self, url: &str) -> Result<(Pool<D>, Arc<dyn EgressStorage>)> {
+        let options = PoolOptions::new()
+            .max_connections(self.max_connections)
+            .acquire_timeout(self.connect_timeout);
+        let pool = open_pool::<D>(url, options).await?;
+        let mut storage = OutboxStorage::new(pool.clone(), &self.table)?
+            .with_lease(self.lease)
+            .with_parallel_claims(self.parallel);
+        if let Some(id) = &self.relay_id {
+            storage = storage.with_relay_id(id)?;
+        }
+        if self.create_table {
+            storage.migrate().await?;
+        } else {
+            storage.check_schema().await?;
+        }
+        tracing::info!(
+            table = %self.table,
+            relay_id = storage.relay_id(),
+            database = D::DRIVER,
+            "relaying from the outbox"
+        );
+        Ok((pool, Arc::new(storage)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use streams_core::Error;
 
     #[tokio::test]
     async fn other_schemes_are_rejected_without_echoing_the_url() {

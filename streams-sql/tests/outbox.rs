@@ -10,26 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{go_encoded_batch, Db, HangAfterPublish, Recorder, PATIENCE};
+use common::{both, go_encoded_batch, Db, HangAfterPublish, Recorder, PATIENCE};
 use streams_core::{handler, BoxError, CancellationToken, Message, ReadTask, Reader, Writer};
 use streams_sql::{MySqlEgressStorage, MySqlOutbox, PgEgressStorage, PgOutbox, Relay};
-
-/// Runs a scenario against both databases, as two tests.
-macro_rules! both {
-    ($scenario:ident) => {
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$scenario(super::Db::pg().await).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mysql() {
-                super::$scenario(super::Db::mysql().await).await;
-            }
-        }
-    };
-}
 
 fn payment(i: usize, key: &str) -> Message {
     Message::new("payments.created", format!(r#"{{"n":{i}}}"#))
@@ -147,11 +130,7 @@ async fn relay_killed_after_publish_delivers_again(db: Db) {
 
     // ...but relay a, restarted with its id, relays it again at once.
     let restarted = table.storage_with(Some("relay-a"), None, false);
-    let report = Relay::new(restarted.dyn_storage(), delivered.clone())
-        .forwarder()
-        .forward_once()
-        .await
-        .unwrap();
+    let report = restarted.forward_once(delivered.clone()).await;
     assert_eq!(report.forwarded, 1);
     let got = delivered.messages();
     assert_eq!(got.len(), 2, "delivered twice: at least once, never lost");
@@ -266,11 +245,7 @@ async fn poison_row_is_quarantined(db: Db) {
 
     let storage = table.storage();
     let received = Recorder::new();
-    let report = Relay::new(storage.dyn_storage(), received.clone())
-        .forwarder()
-        .forward_once()
-        .await
-        .unwrap();
+    let report = storage.forward_once(received.clone()).await;
     assert_eq!((report.forwarded, report.quarantined), (2, 1));
     let got = received.messages();
     assert_eq!(got.iter().map(seq_of).collect::<Vec<_>>(), [1, 2]);
@@ -286,50 +261,10 @@ both!(poison_row_is_quarantined);
 
 async fn go_library_row_is_relayed(db: Db) {
     // The table as the Go library creates it, before this crate's migration.
-    let name = common::unique_name("go");
-    let ddl = match db {
-        Db::Pg(_) => format!(
-            "CREATE TABLE {name}(batch_id VARCHAR(27) PRIMARY KEY, message_count INTEGER, \
-             raw_data BYTEA NOT NULL, insert_time TIMESTAMP DEFAULT NOW())"
-        ),
-        Db::My(_) => format!(
-            "CREATE TABLE {name}(batch_id VARCHAR(27) PRIMARY KEY, message_count INTEGER, \
-             raw_data BLOB NOT NULL, insert_time TIMESTAMP DEFAULT CURRENT_TIMESTAMP)"
-        ),
-    };
-    db.exec(&ddl).await;
-    let table = common::Table {
-        db: db.clone(),
-        name,
-    };
-    table
-        .insert_go_row("2Yb9GNQzJ1kQWQHhGyHB7n7lZ3A", 2, &go_encoded_batch())
-        .await;
-    match &db {
-        Db::Pg(pool) => PgOutbox::new(&table.name)
-            .unwrap()
-            .migrate(pool)
-            .await
-            .unwrap(),
-        Db::My(pool) => MySqlOutbox::new(&table.name)
-            .unwrap()
-            .migrate(pool)
-            .await
-            .unwrap(),
-    }
+    let table = db.go_table("go").await;
+    db.migrate(&table.name).await;
     // Migrating again changes nothing.
-    match &db {
-        Db::Pg(pool) => PgOutbox::new(&table.name)
-            .unwrap()
-            .migrate(pool)
-            .await
-            .unwrap(),
-        Db::My(pool) => MySqlOutbox::new(&table.name)
-            .unwrap()
-            .migrate(pool)
-            .await
-            .unwrap(),
-    }
+    db.migrate(&table.name).await;
     // The Go writer keeps working on the migrated table.
     table
         .insert_go_row("2Yb9GNQzJ1kQWQHhGyHB7n7lZ3B", 2, &go_encoded_batch())
@@ -337,11 +272,7 @@ async fn go_library_row_is_relayed(db: Db) {
 
     let received = Recorder::new();
     let storage = table.storage();
-    let report = Relay::new(storage.dyn_storage(), received.clone())
-        .forwarder()
-        .forward_once()
-        .await
-        .unwrap();
+    let report = storage.forward_once(received.clone()).await;
     assert_eq!(report.forwarded, 2);
     let got = received.messages();
     assert_eq!(got.len(), 4);
@@ -438,11 +369,7 @@ async fn outbox_writer_uses_its_own_transaction(db: Db) {
     ));
 
     let received = Recorder::new();
-    let report = Relay::new(table.storage().dyn_storage(), received.clone())
-        .forwarder()
-        .forward_once()
-        .await
-        .unwrap();
+    let report = table.storage().forward_once(received.clone()).await;
     assert_eq!((report.forwarded, report.messages), (1, 2));
     assert_eq!(
         received.messages().iter().map(seq_of).collect::<Vec<_>>(),

@@ -6,12 +6,30 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::mysql::MySqlPoolOptions;
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{MySqlPool, PgPool};
+use sqlx::pool::PoolOptions;
+use sqlx::{MySqlPool, PgPool, Pool};
+use streams_core::egress::ForwardReport;
 use streams_core::{async_trait, EgressStorage, Message, Result, StoredBatch, Writer};
-use streams_sql::{MySqlEgressStorage, MySqlOutbox, PgEgressStorage, PgOutbox};
+use streams_sql::{Dialect, MySqlEgressStorage, Outbox, OutboxStorage, PgEgressStorage, Relay};
 use tokio::sync::Notify;
+
+/// Runs a scenario against both databases, as two tests.
+macro_rules! both {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$scenario(super::Db::pg().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                super::$scenario(super::Db::mysql().await).await;
+            }
+        }
+    };
+}
+pub(crate) use both;
 
 /// How long a test waits for something that should take milliseconds before failing.
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -34,43 +52,58 @@ pub enum Db {
 
 impl Db {
     pub async fn pg() -> Db {
-        let url = pg_url();
-        let pool = PgPoolOptions::new()
-            .max_connections(6)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect(&url)
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {url} is unreachable: {e}"));
-        Db::Pg(pool)
+        Db::Pg(pool(&pg_url()).await)
     }
 
     pub async fn mysql() -> Db {
-        let url = mysql_url();
-        let pool = MySqlPoolOptions::new()
-            .max_connections(6)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect(&url)
-            .await
-            .unwrap_or_else(|e| panic!("MySQL/MariaDB at {url} is unreachable: {e}"));
-        Db::My(pool)
+        Db::My(pool(&mysql_url()).await)
+    }
+
+    /// A table exactly as the Go library creates it, holding one row the Go way.
+    pub async fn go_table(&self, test: &str) -> Table {
+        let name = unique_name(test);
+        let (bytes, now) = match self {
+            Db::Pg(_) => ("BYTEA", "NOW()"),
+            Db::My(_) => ("BLOB", "CURRENT_TIMESTAMP"),
+        };
+        self.exec(&format!(
+            "CREATE TABLE {name}(batch_id VARCHAR(27) PRIMARY KEY, message_count INTEGER, \
+             raw_data {bytes} NOT NULL, insert_time TIMESTAMP DEFAULT {now})"
+        ))
+        .await;
+        let table = Table {
+            db: self.clone(),
+            name,
+        };
+        table
+            .insert_go_row("2Yb9GNQzJ1kQWQHhGyHB7n7lZ3A", 2, &go_encoded_batch())
+            .await;
+        table
     }
 
     /// A fresh, migrated outbox table for one test.
     pub async fn table(&self, test: &str) -> Table {
-        let name = unique_name(test);
         let t = Table {
             db: self.clone(),
-            name,
+            name: unique_name(test),
         };
-        match &t.db {
-            Db::Pg(pool) => PgOutbox::new(&t.name).unwrap().migrate(pool).await.unwrap(),
-            Db::My(pool) => MySqlOutbox::new(&t.name)
+        self.migrate(&t.name).await;
+        t
+    }
+
+    /// Runs the outbox migration of `table`.
+    pub async fn migrate(&self, table: &str) {
+        async fn migrate<D: Dialect>(pool: &Pool<D>, table: &str) {
+            Outbox::<D>::new(table)
                 .unwrap()
                 .migrate(pool)
                 .await
-                .unwrap(),
+                .unwrap();
         }
-        t
+        match self {
+            Db::Pg(pool) => migrate(pool, table).await,
+            Db::My(pool) => migrate(pool, table).await,
+        }
     }
 
     pub async fn exec(&self, sql: &str) {
@@ -80,6 +113,16 @@ impl Db {
         }
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
+}
+
+/// A pool on `url`; an unreachable database fails the test.
+async fn pool<D: Dialect>(url: &str) -> Pool<D> {
+    let options = PoolOptions::new()
+        .max_connections(6)
+        .acquire_timeout(Duration::from_secs(30));
+    streams_sql::open_pool(url, options)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub fn unique_name(test: &str) -> String {
@@ -101,67 +144,46 @@ impl Table {
         commit: bool,
         wake: Option<Arc<Notify>>,
     ) -> String {
+        async fn write<D: Dialect>(
+            pool: &Pool<D>,
+            table: &str,
+            batch: &[Message],
+            commit: bool,
+            wake: Option<Arc<Notify>>,
+        ) -> String {
+            let mut outbox = Outbox::<D>::new(table).unwrap();
+            if let Some(w) = wake {
+                outbox = outbox.with_wake(w);
+            }
+            let mut tx = pool.begin().await.unwrap();
+            let id = outbox.write(&mut tx, batch).await.unwrap().unwrap();
+            if commit {
+                outbox.commit(tx).await.unwrap();
+            } else {
+                tx.rollback().await.unwrap();
+            }
+            id
+        }
         match &self.db {
-            Db::Pg(pool) => {
-                let mut outbox = PgOutbox::new(&self.name).unwrap();
-                if let Some(w) = wake {
-                    outbox = outbox.with_wake(w);
-                }
-                let mut tx = pool.begin().await.unwrap();
-                let id = outbox.write(&mut tx, batch).await.unwrap().unwrap();
-                if commit {
-                    outbox.commit(tx).await.unwrap();
-                } else {
-                    tx.rollback().await.unwrap();
-                }
-                id
-            }
-            Db::My(pool) => {
-                let mut outbox = MySqlOutbox::new(&self.name).unwrap();
-                if let Some(w) = wake {
-                    outbox = outbox.with_wake(w);
-                }
-                let mut tx = pool.begin().await.unwrap();
-                let id = outbox.write(&mut tx, batch).await.unwrap().unwrap();
-                if commit {
-                    outbox.commit(tx).await.unwrap();
-                } else {
-                    tx.rollback().await.unwrap();
-                }
-                id
-            }
+            Db::Pg(pool) => write(pool, &self.name, batch, commit, wake).await,
+            Db::My(pool) => write(pool, &self.name, batch, commit, wake).await,
         }
     }
 
     /// Inserts a row the way the Go library does: only its own columns.
     pub async fn insert_go_row(&self, batch_id: &str, count: i32, raw: &[u8]) {
-        let sql = match &self.db {
-            Db::Pg(_) => format!(
-                "INSERT INTO {}(batch_id, message_count, raw_data) VALUES ($1, $2, $3)",
-                self.name
-            ),
-            Db::My(_) => format!(
-                "INSERT INTO {}(batch_id, message_count, raw_data) VALUES (?, ?, ?)",
-                self.name
-            ),
+        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let bytes = match &self.db {
+            Db::Pg(_) => format!("'\\x{hex}'::bytea"),
+            Db::My(_) => format!("X'{hex}'"),
         };
-        match &self.db {
-            Db::Pg(pool) => sqlx::query(&sql)
-                .bind(batch_id)
-                .bind(count)
-                .bind(raw)
-                .execute(pool)
-                .await
-                .map(drop),
-            Db::My(pool) => sqlx::query(&sql)
-                .bind(batch_id)
-                .bind(count)
-                .bind(raw)
-                .execute(pool)
-                .await
-                .map(drop),
-        }
-        .unwrap();
+        self.db
+            .exec(&format!(
+                "INSERT INTO {}(batch_id, message_count, raw_data) \
+                 VALUES ('{batch_id}', {count}, {bytes})",
+                self.name
+            ))
+            .await;
     }
 
     pub fn storage(&self) -> Storage {
@@ -174,31 +196,27 @@ impl Table {
         lease: Option<Duration>,
         parallel: bool,
     ) -> Storage {
+        fn storage<D: Dialect>(
+            pool: &Pool<D>,
+            table: &str,
+            relay_id: Option<&str>,
+            lease: Option<Duration>,
+            parallel: bool,
+        ) -> Arc<OutboxStorage<D>> {
+            let mut s = OutboxStorage::new(pool.clone(), table)
+                .unwrap()
+                .with_parallel_claims(parallel);
+            if let Some(id) = relay_id {
+                s = s.with_relay_id(id).unwrap();
+            }
+            if let Some(l) = lease {
+                s = s.with_lease(l);
+            }
+            Arc::new(s)
+        }
         match &self.db {
-            Db::Pg(pool) => {
-                let mut s = PgEgressStorage::new(pool.clone(), &self.name)
-                    .unwrap()
-                    .with_parallel_claims(parallel);
-                if let Some(id) = relay_id {
-                    s = s.with_relay_id(id).unwrap();
-                }
-                if let Some(l) = lease {
-                    s = s.with_lease(l);
-                }
-                Storage::Pg(Arc::new(s))
-            }
-            Db::My(pool) => {
-                let mut s = MySqlEgressStorage::new(pool.clone(), &self.name)
-                    .unwrap()
-                    .with_parallel_claims(parallel);
-                if let Some(id) = relay_id {
-                    s = s.with_relay_id(id).unwrap();
-                }
-                if let Some(l) = lease {
-                    s = s.with_lease(l);
-                }
-                Storage::My(Arc::new(s))
-            }
+            Db::Pg(pool) => Storage::Pg(storage(pool, &self.name, relay_id, lease, parallel)),
+            Db::My(pool) => Storage::My(storage(pool, &self.name, relay_id, lease, parallel)),
         }
     }
 
@@ -222,6 +240,15 @@ pub enum Storage {
 }
 
 impl Storage {
+    /// One pass of a relay to `destination`.
+    pub async fn forward_once(&self, destination: Arc<dyn Writer>) -> ForwardReport {
+        Relay::new(self.dyn_storage(), destination)
+            .forwarder()
+            .forward_once()
+            .await
+            .unwrap()
+    }
+
     pub fn dyn_storage(&self) -> Arc<dyn EgressStorage> {
         match self {
             Storage::Pg(s) => s.clone(),
