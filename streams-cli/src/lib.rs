@@ -289,11 +289,25 @@ pub async fn run(
     match cli.command {
         #[cfg(feature = "sql")]
         Command::Relay(cmd) => {
-            let destination: std::sync::Arc<dyn streams::Writer> = match cmd.to.as_deref() {
-                Some("stdout" | "-") => std::sync::Arc::new(relay::PrintWriter(out)),
-                Some(to) => streams::connect(to).await?.writer(),
-                None => streams::connect(&url).await?.writer(),
+            let (destination, to): (std::sync::Arc<dyn streams::Writer>, &str) = match cmd
+                .to
+                .as_deref()
+            {
+                Some("stdout" | "-") => (std::sync::Arc::new(relay::PrintWriter(out)), "stdout"),
+                Some(to) => {
+                    let conn = streams::connect(to).await?;
+                    (conn.writer(), conn.platform())
+                }
+                None => {
+                    let conn = streams::connect(&url).await?;
+                    (conn.writer(), conn.platform())
+                }
             };
+            let from = cmd
+                .from
+                .split_once("://")
+                .map_or("outbox", |(s, _)| s)
+                .to_owned();
             let report = relay::relay(
                 relay::RelayArgs {
                     from: cmd.from,
@@ -310,7 +324,10 @@ pub async fn run(
                 destination,
                 stop,
             )
-            .await?;
+            .await
+            // The error names the failing side (its table, queue or topic); this names
+            // the relay, and says that nothing was lost.
+            .map_err(|e| format!("relay from {from} to {to} stopped, the outbox rows not relayed stay in place: {e}"))?;
             Ok(if cmd.once {
                 format!(
                     "relayed {} message(s) in {} batch(es), {} quarantined",

@@ -68,3 +68,58 @@ async fn bench_on_sqs() {
     let report = cli().bench(300, &[]).await;
     assert_eq!(report["platform"], "sqs");
 }
+
+/// Issue "failure paths", item 1: a relay pointed at a queue that does not exist is a
+/// fault of the destination. `--once` exits 1 with one line naming the relay and the
+/// queue, nothing is quarantined, and once the queue exists every row goes out in
+/// order.
+#[cfg(feature = "sql")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_to_a_missing_queue_quarantines_nothing() {
+    let cli = cli();
+    let db = std::env::var("STREAMS_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let table = unique("mq").replace('-', "_");
+    let stream = unique("cli-sqs-missing");
+    let outbox = Cli::new(format!("{db}?table={table}&create_table=true"));
+    for n in ["one", "two", "three"] {
+        // One row per message, as three separate transactions would write them.
+        outbox.ok(&["publish", &stream, n], "").await;
+    }
+    let relay = ["relay", "--from", &db, "--table", &table, "--once"];
+    let mut args = vec!["--url", cli.url.as_str()];
+    args.extend_from_slice(&relay);
+    let run = common::streams(&args, "", std::time::Duration::from_secs(120)).await;
+    assert_eq!(run.code, 1, "{run:#?}");
+    let stderr = run.stderr.trim();
+    assert_eq!(stderr.lines().count(), 1, "{run:#?}");
+    assert!(
+        stderr.contains("relay from postgres to sqs stopped"),
+        "{run:#?}"
+    );
+    assert!(
+        stderr.contains(&stream.replace('.', "-")),
+        "names the queue: {run:#?}"
+    );
+    assert!(!stderr.contains("quarantined"), "{run:#?}");
+
+    // Fixed: the three rows go out, in order, and nothing was quarantined.
+    cli.ok(&["create", &stream], "").await;
+    let run = cli.ok(&relay, "").await;
+    assert!(
+        run.stderr
+            .contains("relayed 3 message(s) in 3 batch(es), 0 quarantined"),
+        "{run:#?}"
+    );
+    let got: Vec<String> = cli
+        .ok(&["consume", &stream, "--count", "3"], "")
+        .await
+        .json_lines()
+        .iter()
+        .map(|l| l["data"].as_str().unwrap().to_owned())
+        .collect();
+    let mut sorted = got.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["one", "three", "two"], "{got:?}");
+    cli.ok(&["delete", &stream], "").await;
+}
