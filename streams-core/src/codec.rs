@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::message::{CONTENT_TYPE_JSON, CONTENT_TYPE_PROTOBUF};
-use crate::{Error, Result};
+use crate::{Error, Message, Result};
 
 /// Encodes and decodes values of type `T` in one content type.
 ///
@@ -52,11 +52,15 @@ where
     }
 
     fn decode(&self, data: &[u8]) -> Result<T> {
-        serde_json::from_slice(data).map_err(|e| Error::Decode {
-            content_type: CONTENT_TYPE_JSON.into(),
-            source: e.into(),
-        })
+        json_decode(data)
     }
+}
+
+fn json_decode<T: serde::de::DeserializeOwned>(data: &[u8]) -> Result<T> {
+    serde_json::from_slice(data).map_err(|e| Error::Decode {
+        content_type: CONTENT_TYPE_JSON.into(),
+        source: e.into(),
+    })
 }
 
 /// Protocol Buffers through prost (`application/x-google-protobuf`).
@@ -125,13 +129,7 @@ impl<T: 'static> CodecRegistry<T> {
         if let Some(codec) = self.codecs.get(content_type) {
             return Some(codec);
         }
-        let essence = content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
-        self.codecs.get(&essence)
+        self.codecs.get(&essence(content_type))
     }
 
     /// The registered content types, sorted.
@@ -153,6 +151,60 @@ impl<T: 'static> CodecRegistry<T> {
                 supported: self.content_types().join(", "),
             }),
         }
+    }
+}
+
+/// The media type of a content type without parameters (`; charset=...`), in lower case.
+fn essence(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+// Decoding lives with the codecs, so the message model does not depend on them.
+impl Message {
+    /// Decodes the payload with the codec the registry holds for the message's content
+    /// type.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownContentType`](crate::Error::UnknownContentType) when the registry
+    /// has no codec for the content type, [`Error::Decode`](crate::Error::Decode) when the
+    /// payload does not decode. Neither is retryable.
+    ///
+    /// ```
+    /// use streams_core::{CodecRegistry, Message, CONTENT_TYPE_JSON};
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    /// struct Order { id: u32 }
+    ///
+    /// let msg = Message::new("orders", r#"{"id":7}"#).with_content_type(CONTENT_TYPE_JSON);
+    /// let order: Order = msg.decode_with(&CodecRegistry::json()).unwrap();
+    /// assert_eq!(order, Order { id: 7 });
+    ///
+    /// let bad = Message::new("orders", "{").with_content_type("text/csv");
+    /// assert!(bad.decode_with::<Order>(&CodecRegistry::json()).is_err());
+    /// ```
+    pub fn decode_with<T: 'static>(&self, codecs: &CodecRegistry<T>) -> Result<T> {
+        codecs.decode(&self.content_type, &self.data)
+    }
+
+    /// Decodes a JSON payload into a serde type, whatever the registry.
+    ///
+    /// # Errors
+    ///
+    /// As [`Message::decode_with`] with a JSON-only registry.
+    pub fn decode_json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        if essence(&self.content_type) != CONTENT_TYPE_JSON {
+            return Err(Error::UnknownContentType {
+                content_type: self.content_type.clone(),
+                supported: CONTENT_TYPE_JSON.into(),
+            });
+        }
+        json_decode(&self.data)
     }
 }
 

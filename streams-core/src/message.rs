@@ -4,9 +4,6 @@ use std::fmt;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use crate::codec::CodecRegistry;
-use crate::Result;
-
 /// Message headers: string keys to string values, ordered by key.
 pub type Headers = BTreeMap<String, String>;
 
@@ -100,56 +97,6 @@ impl Message {
     /// A header's value, if present.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(String::as_str)
-    }
-
-    /// Decodes the payload with the codec the registry holds for the message's content
-    /// type.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::UnknownContentType`](crate::Error::UnknownContentType) when the registry
-    /// has no codec for the content type, [`Error::Decode`](crate::Error::Decode) when the
-    /// payload does not decode. Neither is retryable.
-    ///
-    /// ```
-    /// use streams_core::{CodecRegistry, Message, CONTENT_TYPE_JSON};
-    ///
-    /// #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
-    /// struct Order { id: u32 }
-    ///
-    /// let msg = Message::new("orders", r#"{"id":7}"#).with_content_type(CONTENT_TYPE_JSON);
-    /// let order: Order = msg.decode_with(&CodecRegistry::json()).unwrap();
-    /// assert_eq!(order, Order { id: 7 });
-    ///
-    /// let bad = Message::new("orders", "{").with_content_type("text/csv");
-    /// assert!(bad.decode_with::<Order>(&CodecRegistry::json()).is_err());
-    /// ```
-    pub fn decode_with<T: 'static>(&self, codecs: &CodecRegistry<T>) -> Result<T> {
-        codecs.decode(&self.content_type, &self.data)
-    }
-
-    /// Decodes a JSON payload into a serde type, whatever the registry.
-    ///
-    /// # Errors
-    ///
-    /// As [`Message::decode_with`] with a JSON-only registry.
-    pub fn decode_json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        let essence = self
-            .content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim();
-        if !essence.eq_ignore_ascii_case(crate::CONTENT_TYPE_JSON) {
-            return Err(crate::Error::UnknownContentType {
-                content_type: self.content_type.clone(),
-                supported: crate::CONTENT_TYPE_JSON.into(),
-            });
-        }
-        serde_json::from_slice(&self.data).map_err(|e| crate::Error::Decode {
-            content_type: self.content_type.clone(),
-            source: e.into(),
-        })
     }
 }
 
