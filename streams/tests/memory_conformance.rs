@@ -1,6 +1,5 @@
 //! The shared conformance suite on a `memory://` connection: the writer and reader that
 //! `connect` returns are one working bus.
-#![cfg(feature = "chanbuf")]
 
 use std::sync::Arc;
 
