@@ -20,6 +20,7 @@ impl Harness for MemoryHarness {
         // The in-process bus: at most once, nothing kept for a closed group.
         Capabilities::none()
             .ordered_per_key(true)
+            .ordered_across_members(true)
             .consumer_groups(true)
     }
 
