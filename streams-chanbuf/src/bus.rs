@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_channel::{Receiver, Sender, TrySendError};
 use async_trait::async_trait;
 use streams_core::{
-    call_handler, BoxError, CancellationToken, Error, FailedMessage, Handler, Message, ReadTask,
-    Reader, Result, Writer,
+    call_handler, CancellationToken, Error, FailedMessage, Handler, Message, ReadTask, Reader,
+    Result, Writer,
 };
 
 /// A [`Bus`](streams_core::Bus) over a new in-process [`ChanBus`] with default
@@ -460,8 +460,8 @@ async fn join_all(workers: &mut tokio::task::JoinSet<()>, stream: &str) {
     }
 }
 
-/// Serves one lane of a group for one member: takes the lane's turn, one message,
-/// handles it, gives the turn back.
+/// Serves one lane of a group for one member: takes the lane's turn, handles a message
+/// (and those already waiting behind it, a burst at most), gives the turn back.
 async fn lane_worker(
     stream: String,
     group: Arc<Group>,
@@ -494,21 +494,29 @@ async fn lane_worker(
             },
             _ = stop.cancelled() => return,
         };
-        if let Err(error) = handle(&mut handler, msg, timeout).await {
-            tracing::warn!(%stream, %error, "handler failed; the in-process bus does not redeliver");
+        handle(&stream, &mut handler, msg, timeout).await;
+        // While it has the turn, the member also takes what is already waiting (a burst
+        // at most), so that a lone member does not pay for the turn per message.
+        for _ in 1..BURST {
+            if stop.is_cancelled() {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(msg) => handle(&stream, &mut handler, msg, timeout).await,
+                Err(_) => break,
+            }
         }
         // The turn passes only now, so the next message of this lane waits for this one.
         drop(rx);
     }
 }
 
-async fn handle(
-    handler: &mut Handler,
-    msg: Message,
-    timeout: Option<Duration>,
-) -> std::result::Result<(), BoxError> {
+/// Most messages a member handles from a lane before giving the other members a turn.
+const BURST: usize = 32;
+
+async fn handle(stream: &str, handler: &mut Handler, msg: Message, timeout: Option<Duration>) {
     let call = call_handler(handler, msg);
-    match timeout {
+    let result = match timeout {
         None => call.await,
         Some(after) => tokio::time::timeout(after, call).await.unwrap_or_else(|_| {
             Err(Error::Timeout {
@@ -517,6 +525,9 @@ async fn handle(
             }
             .into())
         }),
+    };
+    if let Err(error) = result {
+        tracing::warn!(%stream, %error, "handler failed; the in-process bus does not redeliver");
     }
 }
 
