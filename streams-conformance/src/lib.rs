@@ -221,7 +221,7 @@ struct LedgerState {
     overlaps: Vec<String>,
     first: HashSet<String>,
     seqs: BTreeMap<String, Vec<u32>>,
-    deliveries: usize,
+    per_member: BTreeMap<usize, usize>,
 }
 
 impl KeyLedger {
@@ -233,11 +233,11 @@ impl KeyLedger {
         }
     }
 
-    fn exit(&self, m: &Message) {
+    fn exit(&self, m: &Message, member: usize) {
         let key = m.key.clone().unwrap_or_default();
         let mut s = self.inner.lock().expect("lock");
         s.busy.remove(&key);
-        s.deliveries += 1;
+        *s.per_member.entry(member).or_default() += 1;
         if s.first.insert(m.id.clone()) {
             let seq = m
                 .header("seq")
@@ -256,7 +256,7 @@ async fn subscribe_tracked(
     h: &dyn Harness,
     task: ReadTask,
     fail: Option<FailFn>,
-    ledger: Option<Arc<KeyLedger>>,
+    ledger: Option<(Arc<KeyLedger>, usize)>,
 ) -> std::result::Result<Sub, String> {
     let reader = h.reader().await.map_err(|e| format!("reader: {e}"))?;
     let (tx, rx) = mpsc::unbounded_channel();
@@ -272,11 +272,11 @@ async fn subscribe_tracked(
                 r.notify_one();
                 return Ok(());
             }
-            if let Some(ledger) = &ledger {
+            if let Some((ledger, member)) = &ledger {
                 ledger.enter(&m);
                 // Long enough for a second handler of the same key to show up.
                 tokio::time::sleep(Duration::from_millis(2)).await;
-                ledger.exit(&m);
+                ledger.exit(&m, *member);
             }
             let failed = fail.as_ref().is_some_and(|f| f(&m));
             let _ = tx.send(m);
@@ -672,8 +672,8 @@ pub async fn order_per_key(h: &dyn Harness) -> ScenarioResult {
     Ok(Outcome::Passed)
 }
 
-/// Two members of one consumer group read one stream with several keys: each key's
-/// messages are handled in publish order (first deliveries, where the driver
+/// Two members of one consumer group read one stream with several keys: both take part,
+/// each key's messages are handled in publish order (first deliveries, where the driver
 /// redelivers), never two of one key at once, and every message is handled.
 pub async fn group_members_keep_order_per_key(h: &dyn Harness) -> ScenarioResult {
     if let Some(skip) = Need::OrderAcrossMembers.skip(h) {
@@ -684,9 +684,9 @@ pub async fn group_members_keep_order_per_key(h: &dyn Harness) -> ScenarioResult
     let task = h.task(&stream, "members");
     // One member at a time, each receiving before the next joins, and nothing published
     // until both are: on Kafka a group whose members join together may stall.
-    let a = subscribe_tracked(h, task.clone(), None, Some(ledger.clone())).await?;
+    let a = subscribe_tracked(h, task.clone(), None, Some((ledger.clone(), 0))).await?;
     a.wait_ready(writer.as_ref(), &stream, h.patience()).await?;
-    let b = subscribe_tracked(h, task, None, Some(ledger.clone())).await?;
+    let b = subscribe_tracked(h, task, None, Some((ledger.clone(), 1))).await?;
     b.wait_ready(writer.as_ref(), &stream, h.patience()).await?;
     let (keys, per_key) = (6u32, 30u32);
     let mut batch = Vec::new();
@@ -727,6 +727,12 @@ pub async fn group_members_keep_order_per_key(h: &dyn Harness) -> ScenarioResult
             format!("key {key} out of order: {seqs:?}")
         })?;
     }
+    ensure(s.per_member.len() == 2, || {
+        format!(
+            "one member handled everything (messages per member: {:?})",
+            s.per_member
+        )
+    })?;
     Ok(Outcome::Passed)
 }
 
