@@ -106,8 +106,9 @@ struct Inner {
 /// Messages with one key go to one lane. Every member runs a worker per lane, and a
 /// worker holds its lane's lock from taking a message until its handler returns: a lane
 /// is served by one member at a time, one message at a time, in order, and the members
-/// take turns (the lock is fair). A member that leaves stops taking messages; the others
-/// go on where it stopped.
+/// take turns (the lock is fair; a turn covers up to [`BURST`] messages already
+/// waiting). A member that leaves stops taking messages; the others go on where it
+/// stopped.
 struct Group {
     name: String,
     lanes: Vec<Sender<Message>>,
