@@ -3,14 +3,14 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_channel::{Receiver, Sender, TrySendError};
 use async_trait::async_trait;
 use streams_core::{
-    call_handler, BoxError, CancellationToken, Error, FailedMessage, Handler, Message, ReadTask,
-    Reader, Result, Writer,
+    call_handler, CancellationToken, Error, FailedMessage, Handler, Message, ReadTask, Reader,
+    Result, Writer,
 };
 
 /// A [`Bus`](streams_core::Bus) over a new in-process [`ChanBus`] with default
@@ -74,6 +74,7 @@ impl ChanBusBuilder {
             inner: Arc::new(Inner {
                 config: self,
                 streams: RwLock::new(HashMap::new()),
+                draining: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
                 next_anonymous: AtomicU64::new(0),
             }),
@@ -92,17 +93,33 @@ struct Inner {
     // Copy-on-write list of subscriber groups per stream, so publishing takes the lock
     // only long enough to clone an `Arc`.
     streams: RwLock<HashMap<String, Arc<[Arc<Group>]>>>,
+    // Groups whose last member left and is still handling their backlog, by stream and
+    // group name: a member rejoining under that name waits for it, so that one key's
+    // messages are never handled by two members at once. Locked inside `streams`.
+    draining: Mutex<HashMap<(String, String), CancellationToken>>,
     closed: AtomicBool,
     next_anonymous: AtomicU64,
 }
 
 /// One subscriber, or every reader sharing a consumer group.
+///
+/// Messages with one key go to one lane. Every member runs a worker per lane, and a
+/// worker holds its lane's lock from taking a message until its handler returns: a lane
+/// is served by one member at a time, one message at a time, in order, and the members
+/// take turns (the lock is fair; a turn covers up to [`BURST`] messages already
+/// waiting). A member that leaves stops taking messages; the others go on where it
+/// stopped.
 struct Group {
     name: String,
     lanes: Vec<Sender<Message>>,
-    receivers: Vec<Receiver<Message>>,
+    receivers: Vec<tokio::sync::Mutex<Receiver<Message>>>,
     members: AtomicUsize,
     next_lane: AtomicUsize,
+    /// Cancelled once the last member has handled the backlog.
+    drained: CancellationToken,
+    /// The `drained` of the previous group of this name, still draining when this one
+    /// was made: workers start after it.
+    after: Option<CancellationToken>,
 }
 
 impl Group {
@@ -245,13 +262,28 @@ impl ChanBus {
             .unwrap_or(self.inner.config.concurrency)
             .max(1);
         let per_lane = (self.inner.config.capacity / lanes).max(1);
-        let (senders, receivers) = (0..lanes).map(|_| async_channel::bounded(per_lane)).unzip();
+        let (senders, receivers) = (0..lanes)
+            .map(|_| {
+                let (tx, rx) = async_channel::bounded(per_lane);
+                (tx, tokio::sync::Mutex::new(rx))
+            })
+            .unzip();
+        let after = self
+            .inner
+            .draining
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(task.stream.clone(), name.clone()))
+            .filter(|d| !d.is_cancelled())
+            .cloned();
         let group = Arc::new(Group {
             name,
             lanes: senders,
             receivers,
             members: AtomicUsize::new(1),
             next_lane: AtomicUsize::new(0),
+            drained: CancellationToken::new(),
+            after,
         });
         if self.is_closed() {
             group.close();
@@ -273,6 +305,14 @@ impl ChanBus {
         if group.members.fetch_sub(1, Ordering::AcqRel) != 1 {
             return false;
         }
+        self.inner
+            .draining
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                (stream.to_owned(), group.name.clone()),
+                group.drained.clone(),
+            );
         if let Some(groups) = streams.get_mut(stream) {
             let list: Vec<_> = groups
                 .iter()
@@ -287,6 +327,21 @@ impl ChanBus {
         }
         group.close();
         true
+    }
+
+    /// Marks a group whose last member left as drained: its backlog is handled.
+    fn drained(&self, stream: &str, group: &Group) {
+        group.drained.cancel();
+        let mut draining = self
+            .inner
+            .draining
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let key = (stream.to_owned(), group.name.clone());
+        // A later group of the same name may have left since and be draining in turn.
+        if draining.get(&key).is_some_and(|d| d.is_cancelled()) {
+            draining.remove(&key);
+        }
     }
 }
 
@@ -364,49 +419,73 @@ impl Reader for ChanBus {
         let group = self.join(&task);
         let stop = CancellationToken::new();
         let mut workers = tokio::task::JoinSet::new();
-        for rx in group.receivers.iter().cloned() {
+        for lane in 0..group.receivers.len() {
             workers.spawn(lane_worker(
                 task.stream.clone(),
-                rx,
+                group.clone(),
+                lane,
                 handler.clone(),
                 stop.clone(),
                 self.inner.config.handler_timeout,
             ));
         }
         drop(handler);
-        tokio::select! {
-            _ = cancel.cancelled() => {}
-            _ = async { while workers.join_next().await.is_some() {} } => {
+        let last = tokio::select! {
+            _ = cancel.cancelled() => {
+                // The last member drains the backlog (its lanes are closed by `leave`);
+                // other members leave it to the rest of the group.
+                let last = self.leave(&task.stream, &group);
+                if !last {
+                    stop.cancel();
+                }
+                last
+            }
+            _ = join_all(&mut workers, &task.stream) => {
                 // Every lane closed: the bus was closed and the backlog delivered.
-                self.leave(&task.stream, &group);
-                return Ok(());
+                self.leave(&task.stream, &group)
             }
-        }
-        // The last member drains the backlog (its lanes are closed by `leave`); other
-        // members leave it to the rest of the group.
-        if !self.leave(&task.stream, &group) {
-            stop.cancel();
-        }
-        while let Some(joined) = workers.join_next().await {
-            if let Err(e) = joined {
-                tracing::error!(stream = %task.stream, error = %e, "in-process bus worker failed");
-            }
+        };
+        join_all(&mut workers, &task.stream).await;
+        if last {
+            self.drained(&task.stream, &group);
         }
         Ok(())
     }
 }
 
+async fn join_all(workers: &mut tokio::task::JoinSet<()>, stream: &str) {
+    while let Some(joined) = workers.join_next().await {
+        if let Err(e) = joined {
+            tracing::error!(%stream, error = %e, "in-process bus worker failed");
+        }
+    }
+}
+
+/// Serves one lane of a group for one member: takes the lane's turn, handles a message
+/// (and those already waiting behind it, a burst at most), gives the turn back.
 async fn lane_worker(
     stream: String,
-    rx: Receiver<Message>,
+    group: Arc<Group>,
+    lane: usize,
     mut handler: Handler,
     stop: CancellationToken,
     timeout: Option<Duration>,
 ) {
+    if let Some(after) = &group.after {
+        tokio::select! {
+            _ = after.cancelled() => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+    let lane = &group.receivers[lane];
     loop {
         if stop.is_cancelled() {
             return;
         }
+        let rx = tokio::select! {
+            rx = lane.lock() => rx,
+            _ = stop.cancelled() => return,
+        };
         // `biased`: a waiting message is taken before cancellation is looked at.
         let msg = tokio::select! {
             biased;
@@ -416,19 +495,29 @@ async fn lane_worker(
             },
             _ = stop.cancelled() => return,
         };
-        if let Err(error) = handle(&mut handler, msg, timeout).await {
-            tracing::warn!(%stream, %error, "handler failed; the in-process bus does not redeliver");
+        handle(&stream, &mut handler, msg, timeout).await;
+        // While it has the turn, the member also takes what is already waiting (a burst
+        // at most), so that a lone member does not pay for the turn per message.
+        for _ in 1..BURST {
+            if stop.is_cancelled() {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(msg) => handle(&stream, &mut handler, msg, timeout).await,
+                Err(_) => break,
+            }
         }
+        // The turn passes only now, so the next message of this lane waits for this one.
+        drop(rx);
     }
 }
 
-async fn handle(
-    handler: &mut Handler,
-    msg: Message,
-    timeout: Option<Duration>,
-) -> std::result::Result<(), BoxError> {
+/// Most messages a member handles from a lane before giving the other members a turn.
+const BURST: usize = 32;
+
+async fn handle(stream: &str, handler: &mut Handler, msg: Message, timeout: Option<Duration>) {
     let call = call_handler(handler, msg);
-    match timeout {
+    let result = match timeout {
         None => call.await,
         Some(after) => tokio::time::timeout(after, call).await.unwrap_or_else(|_| {
             Err(Error::Timeout {
@@ -437,6 +526,9 @@ async fn handle(
             }
             .into())
         }),
+    };
+    if let Err(error) = result {
+        tracing::warn!(%stream, %error, "handler failed; the in-process bus does not redeliver");
     }
 }
 

@@ -7,6 +7,13 @@
 //! most `concurrency` handlers at once, one per lane; messages with the same key go to
 //! the same lane, so order per key holds.
 //!
+//! Readers sharing a consumer group share its lanes (as many as the first reader's
+//! `concurrency`) and take turns on each: one key's messages are handled one at a time,
+//! in publish order, by one member at a time, while the members share the load. A member
+//! that leaves stops taking messages and the others go on where it stopped; the last
+//! member to leave handles what the group holds before its read ends, and a reader that
+//! joins the group again meanwhile starts after it.
+//!
 //! Delivery is at most once: nothing is persisted and a failed handler is not retried
 //! by the bus (put [`RetryLayer`](streams_core::middleware::RetryLayer) in front of
 //! the handler). Graceful shutdown delivers what was already accepted.

@@ -253,3 +253,240 @@ async fn empty_stream_name_is_rejected() {
         .unwrap_err();
     assert!(matches!(err, Error::Invalid { .. }));
 }
+
+/// What the members of one group did: per key, the sequence numbers in the order they
+/// were handled; keys handled by two members (or twice) at once; messages per member.
+#[derive(Default)]
+struct Ledger {
+    busy: std::collections::HashSet<String>,
+    seqs: std::collections::BTreeMap<String, Vec<u32>>,
+    overlaps: Vec<String>,
+    per_member: std::collections::HashMap<&'static str, usize>,
+}
+
+type SharedLedger = Arc<std::sync::Mutex<Ledger>>;
+
+/// A member's handler: records into the ledger and takes a little time per message, so
+/// that two handlers of one key would overlap.
+fn member(name: &'static str, ledger: SharedLedger, pause: Duration) -> streams_core::Handler {
+    handler(tower::service_fn(move |m: Message| {
+        let ledger = ledger.clone();
+        async move {
+            let key = m.key.clone().unwrap_or_default();
+            {
+                let mut l = ledger.lock().unwrap();
+                if !l.busy.insert(key.clone()) {
+                    l.overlaps.push(key.clone());
+                }
+            }
+            if pause.is_zero() {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(pause).await;
+            }
+            let seq = m
+                .header("seq")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(u32::MAX);
+            let mut l = ledger.lock().unwrap();
+            l.busy.remove(&key);
+            l.seqs.entry(key).or_default().push(seq);
+            *l.per_member.entry(name).or_default() += 1;
+            Ok::<_, BoxError>(())
+        }
+    }))
+}
+
+fn keyed(stream: &str, keys: u32, from: u32, to: u32) -> Vec<Message> {
+    let mut batch = Vec::new();
+    for seq in from..to {
+        for k in 0..keys {
+            batch.push(
+                Message::new(stream, format!("{k}:{seq}"))
+                    .with_key(format!("key-{k}"))
+                    .with_header("seq", seq.to_string()),
+            );
+        }
+    }
+    batch
+}
+
+struct Member {
+    cancel: CancellationToken,
+    join: tokio::task::JoinHandle<streams_core::Result<()>>,
+}
+
+impl Member {
+    fn start(bus: &Arc<ChanBus>, stream: &str, h: streams_core::Handler) -> Member {
+        let cancel = CancellationToken::new();
+        let (bus, c) = (bus.clone(), cancel.clone());
+        let task = ReadTask::new(stream).with_group("g").with_concurrency(4);
+        let join = tokio::spawn(async move { bus.read(task, h, c).await });
+        Member { cancel, join }
+    }
+
+    async fn leave(self) {
+        self.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.join)
+            .await
+            .expect("member leaves")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+async fn handled(ledger: &SharedLedger, n: usize) {
+    for _ in 0..3000 {
+        if ledger
+            .lock()
+            .unwrap()
+            .seqs
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+            >= n
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("not all {n} messages handled within 30 s");
+}
+
+/// Every key's sequence numbers were handled once each, in publish order, and never two
+/// of one key at once.
+fn assert_in_order(ledger: &SharedLedger, keys: u32, per_key: u32) {
+    let l = ledger.lock().unwrap();
+    assert!(
+        l.overlaps.is_empty(),
+        "keys handled twice at once: {:?}",
+        l.overlaps
+    );
+    assert_eq!(
+        l.seqs.len(),
+        keys as usize,
+        "keys seen: {:?}",
+        l.seqs.keys()
+    );
+    let want: Vec<u32> = (0..per_key).collect();
+    for (key, seqs) in &l.seqs {
+        assert_eq!(seqs, &want, "{key} handled out of order, lost or twice");
+    }
+}
+
+/// Publishes keyless probes until every named member handled one, so that a test
+/// starts with all members taking turns.
+async fn until_members_take_part(
+    bus: &ChanBus,
+    stream: &str,
+    ledger: &SharedLedger,
+    names: &[&str],
+) {
+    for _ in 0..1000 {
+        if names
+            .iter()
+            .all(|n| ledger.lock().unwrap().per_member.contains_key(n))
+        {
+            return;
+        }
+        bus.write(vec![Message::new(stream, "probe")])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("members {names:?} never all took part");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_members_of_a_group_keep_order_per_key() {
+    let bus = Arc::new(ChanBus::builder().capacity(64).build());
+    let ledger = SharedLedger::default();
+    let pause = Duration::from_millis(1);
+    let a = Member::start(&bus, "two", member("a", ledger.clone(), pause));
+    let b = Member::start(&bus, "two", member("b", ledger.clone(), pause));
+    until_subscribed(&bus, "two", 1).await;
+    until_members_take_part(&bus, "two", &ledger, &["a", "b"]).await;
+    // Probes are keyless: wait until they are all handled before counting.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    *ledger.lock().unwrap() = Ledger::default();
+
+    for chunk in keyed("two", 8, 0, 40).chunks(16) {
+        bus.write(chunk.to_vec()).await.unwrap();
+    }
+    handled(&ledger, 8 * 40).await;
+    a.leave().await;
+    b.leave().await;
+    assert_in_order(&ledger, 8, 40);
+    let l = ledger.lock().unwrap();
+    assert!(
+        l.per_member.get("a").is_some_and(|n| *n > 0)
+            && l.per_member.get("b").is_some_and(|n| *n > 0),
+        "both members share the load: {:?}",
+        l.per_member
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_joining_and_leaving_mid_stream_lose_and_reorder_nothing() {
+    let bus = Arc::new(ChanBus::builder().capacity(32).build());
+    let ledger = SharedLedger::default();
+    let pause = Duration::from_micros(300);
+    let (keys, per_key) = (8, 80);
+    let a = Member::start(&bus, "churn", member("a", ledger.clone(), pause));
+    until_subscribed(&bus, "churn", 1).await;
+    // A quarter with one member, a quarter with two, then the first leaves, a third
+    // joins, the second leaves, and the third, the last, drains the rest.
+    bus.write(keyed("churn", keys, 0, 20)).await.unwrap();
+    let b = Member::start(&bus, "churn", member("b", ledger.clone(), pause));
+    bus.write(keyed("churn", keys, 20, 40)).await.unwrap();
+    a.leave().await;
+    bus.write(keyed("churn", keys, 40, 50)).await.unwrap();
+    let c = Member::start(&bus, "churn", member("c", ledger.clone(), pause));
+    bus.write(keyed("churn", keys, 50, 65)).await.unwrap();
+    b.leave().await;
+    bus.write(keyed("churn", keys, 65, per_key)).await.unwrap();
+    c.leave().await;
+    assert_eq!(bus.subscribers("churn"), 0, "the last member left");
+    assert_in_order(&ledger, keys, per_key);
+    let l = ledger.lock().unwrap();
+    for name in ["a", "b", "c"] {
+        assert!(
+            l.per_member.get(name).is_some_and(|n| *n > 0),
+            "{name} took part: {:?}",
+            l.per_member
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejoining_while_the_last_member_drains_waits_for_the_backlog() {
+    let bus = Arc::new(ChanBus::builder().capacity(256).build());
+    let ledger = SharedLedger::default();
+    let a = Member::start(
+        &bus,
+        "rejoin",
+        member("a", ledger.clone(), Duration::from_millis(10)),
+    );
+    until_subscribed(&bus, "rejoin", 1).await;
+    bus.write(keyed("rejoin", 8, 0, 10)).await.unwrap();
+    // The last member leaves with a backlog to handle; a new member of the same group
+    // joins meanwhile and gets the next messages of the same keys.
+    a.cancel.cancel();
+    for _ in 0..1000 {
+        if bus.subscribers("rejoin") == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let b = Member::start(&bus, "rejoin", member("b", ledger.clone(), Duration::ZERO));
+    until_subscribed(&bus, "rejoin", 1).await;
+    bus.write(keyed("rejoin", 8, 10, 20)).await.unwrap();
+    assert!(
+        !a.join.is_finished(),
+        "the test needs a backlog still draining"
+    );
+    a.join.await.unwrap().unwrap();
+    handled(&ledger, 8 * 20).await;
+    b.leave().await;
+    assert_in_order(&ledger, 8, 20);
+}

@@ -20,6 +20,7 @@ impl Harness for ChanHarness {
         // In memory and at most once: no redelivery, nothing kept for a closed group.
         Capabilities::none()
             .ordered_per_key(true)
+            .ordered_across_members(true)
             .consumer_groups(true)
     }
 

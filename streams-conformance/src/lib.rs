@@ -1,23 +1,40 @@
 //! Conformance scenarios written once and run by every driver's tests.
 //!
 //! A driver implements [`Harness`] (how to get a writer and a reader, which
-//! [`Capabilities`] it promises) and expands [`conformance_tests!`] in a test file:
+//! [`Capabilities`] it promises) and expands [`conformance_tests!`] in a test file, which
+//! writes the file's `main`:
 //!
 //! ```ignore
 //! async fn harness() -> MyHarness { MyHarness::new().await }
 //! streams_conformance::conformance_tests!(harness());
 //! ```
 //!
-//! Each scenario uses its own unique stream, so scenarios run in parallel. A scenario
-//! the driver does not promise is skipped with a line on standard error saying so.
+//! and declares that test target without libtest's harness in its `Cargo.toml`:
+//!
+//! ```toml
+//! [[test]]
+//! name = "conformance"
+//! harness = false
+//! ```
+//!
+//! Each scenario is one test named after it (`cargo test -p my-driver -- order_per_key`
+//! runs one), with libtest's command line and output. A scenario needing what the
+//! driver does not promise shows as `ignored` and is counted as such in the closing
+//! `test result:` line. Each scenario uses its own unique stream, so scenarios run in
+//! parallel.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::future::Future;
+use std::process::ExitCode;
+
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::future::BoxFuture;
+use libtest_mimic::Trial;
 use streams_core::{BoxError, CancellationToken, Message, ReadTask, Reader, Result, Writer};
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
@@ -34,6 +51,10 @@ pub struct Capabilities {
     pub ordered_per_key: bool,
     /// Every consumer group receives every message.
     pub consumer_groups: bool,
+    /// Readers sharing a consumer group (or a queue) split its messages and still handle
+    /// one key's messages one at a time, in publish order. Checked together with
+    /// [`ordered_per_key`](Self::ordered_per_key).
+    pub ordered_across_members: bool,
 }
 
 impl Capabilities {
@@ -63,6 +84,12 @@ impl Capabilities {
     /// Sets [`consumer_groups`](Self::consumer_groups).
     pub fn consumer_groups(mut self, yes: bool) -> Self {
         self.consumer_groups = yes;
+        self
+    }
+
+    /// Sets [`ordered_across_members`](Self::ordered_across_members).
+    pub fn ordered_across_members(mut self, yes: bool) -> Self {
+        self.ordered_across_members = yes;
         self
     }
 }
@@ -99,13 +126,48 @@ pub trait Harness: Send + Sync + 'static {
     }
 }
 
-/// How a scenario ended when it did not fail.
+/// How a scenario ended when it did not fail (when called directly; the test binary
+/// that [`conformance_tests!`] writes reports a skipped scenario as ignored before
+/// running it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Every check held.
     Passed,
     /// Not run: the driver does not promise what it checks.
     Skipped(&'static str),
+}
+
+/// What a scenario needs beyond delivery to a live subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Nothing,
+    Redelivery,
+    Persistence,
+    OrderPerKey,
+    OrderAcrossMembers,
+    ConsumerGroups,
+}
+
+impl Need {
+    /// What the driver does not promise, if it does not.
+    fn missing(self, c: &Capabilities) -> Option<&'static str> {
+        let (met, what) = match self {
+            Need::Nothing => (true, ""),
+            Need::Redelivery => (c.redelivery, "redelivery after handler failure"),
+            Need::Persistence => (c.persistent, "persistence across a closed subscriber"),
+            Need::OrderPerKey => (c.ordered_per_key, "order per key"),
+            Need::OrderAcrossMembers => (
+                c.ordered_per_key && c.ordered_across_members,
+                "order per key across the members of a group",
+            ),
+            Need::ConsumerGroups => (c.consumer_groups, "consumer groups"),
+        };
+        (!met).then_some(what)
+    }
+
+    fn skip(self, h: &dyn Harness) -> Option<Outcome> {
+        self.missing(&h.capabilities()).map(Outcome::Skipped)
+    }
 }
 
 type ScenarioResult = std::result::Result<Outcome, String>;
@@ -143,6 +205,59 @@ async fn subscribe(
     task: ReadTask,
     fail: Option<FailFn>,
 ) -> std::result::Result<Sub, String> {
+    subscribe_tracked(h, task, fail, None).await
+}
+
+/// Records, across the members of one group, which keys are being handled and in which
+/// order each key's messages were first handled.
+#[derive(Debug, Default)]
+struct KeyLedger {
+    inner: Mutex<LedgerState>,
+}
+
+#[derive(Debug, Default)]
+struct LedgerState {
+    busy: HashSet<String>,
+    overlaps: Vec<String>,
+    first: HashSet<String>,
+    seqs: BTreeMap<String, Vec<u32>>,
+    per_member: BTreeMap<usize, usize>,
+}
+
+impl KeyLedger {
+    fn enter(&self, m: &Message) {
+        let key = m.key.clone().unwrap_or_default();
+        let mut s = self.inner.lock().expect("lock");
+        if !s.busy.insert(key.clone()) {
+            s.overlaps.push(key);
+        }
+    }
+
+    fn exit(&self, m: &Message, member: usize) {
+        let key = m.key.clone().unwrap_or_default();
+        let mut s = self.inner.lock().expect("lock");
+        s.busy.remove(&key);
+        *s.per_member.entry(member).or_default() += 1;
+        if s.first.insert(m.id.clone()) {
+            let seq = m
+                .header("seq")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(u32::MAX);
+            s.seqs.entry(key).or_default().push(seq);
+        }
+    }
+
+    fn distinct(&self) -> usize {
+        self.inner.lock().expect("lock").first.len()
+    }
+}
+
+async fn subscribe_tracked(
+    h: &dyn Harness,
+    task: ReadTask,
+    fail: Option<FailFn>,
+    ledger: Option<(Arc<KeyLedger>, usize)>,
+) -> std::result::Result<Sub, String> {
     let reader = h.reader().await.map_err(|e| format!("reader: {e}"))?;
     let (tx, rx) = mpsc::unbounded_channel();
     let ready = Arc::new(tokio::sync::Notify::new());
@@ -151,10 +266,17 @@ async fn subscribe(
         let tx = tx.clone();
         let r = r.clone();
         let fail = fail.clone();
+        let ledger = ledger.clone();
         async move {
             if m.header(PROBE).is_some() {
                 r.notify_one();
                 return Ok(());
+            }
+            if let Some((ledger, member)) = &ledger {
+                ledger.enter(&m);
+                // Long enough for a second handler of the same key to show up.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                ledger.exit(&m, *member);
             }
             let failed = fail.as_ref().is_some_and(|f| f(&m));
             let _ = tx.send(m);
@@ -405,8 +527,8 @@ pub async fn streams_are_isolated(h: &dyn Harness) -> ScenarioResult {
 
 /// A message whose handler failed is delivered again while the reader keeps running.
 pub async fn redelivery_after_failure(h: &dyn Harness) -> ScenarioResult {
-    if !h.capabilities().redelivery {
-        return Ok(Outcome::Skipped("redelivery after handler failure"));
+    if let Some(skip) = Need::Redelivery.skip(h) {
+        return Ok(skip);
     }
     let (stream, writer) = setup(h, "redelivery").await?;
     let failed_once = Arc::new(Mutex::new(HashSet::new()));
@@ -451,8 +573,8 @@ pub async fn redelivery_after_failure(h: &dyn Harness) -> ScenarioResult {
 
 /// Messages published while a group's reader is closed arrive when it reopens.
 pub async fn resume_after_reopen(h: &dyn Harness) -> ScenarioResult {
-    if !h.capabilities().persistent {
-        return Ok(Outcome::Skipped("persistence across a closed subscriber"));
+    if let Some(skip) = Need::Persistence.skip(h) {
+        return Ok(skip);
     }
     let (stream, writer) = setup(h, "resume").await?;
     let task = h.task(&stream, "resume");
@@ -496,8 +618,8 @@ pub async fn resume_after_reopen(h: &dyn Harness) -> ScenarioResult {
 
 /// Messages with the same key arrive in the order they were published.
 pub async fn order_per_key(h: &dyn Harness) -> ScenarioResult {
-    if !h.capabilities().ordered_per_key {
-        return Ok(Outcome::Skipped("order per key"));
+    if let Some(skip) = Need::OrderPerKey.skip(h) {
+        return Ok(skip);
     }
     let (stream, writer) = setup(h, "order").await?;
     let mut sub = subscribe(h, h.task(&stream, "order"), None).await?;
@@ -550,10 +672,74 @@ pub async fn order_per_key(h: &dyn Harness) -> ScenarioResult {
     Ok(Outcome::Passed)
 }
 
+/// Two members of one consumer group read one stream with several keys: both take part,
+/// each key's messages are handled in publish order (first deliveries, where the driver
+/// redelivers), never two of one key at once, and every message is handled.
+pub async fn group_members_keep_order_per_key(h: &dyn Harness) -> ScenarioResult {
+    if let Some(skip) = Need::OrderAcrossMembers.skip(h) {
+        return Ok(skip);
+    }
+    let (stream, writer) = setup(h, "members_order").await?;
+    let ledger = Arc::new(KeyLedger::default());
+    let task = h.task(&stream, "members");
+    // One member at a time, each receiving before the next joins, and nothing published
+    // until both are: on Kafka a group whose members join together may stall.
+    let a = subscribe_tracked(h, task.clone(), None, Some((ledger.clone(), 0))).await?;
+    a.wait_ready(writer.as_ref(), &stream, h.patience()).await?;
+    let b = subscribe_tracked(h, task, None, Some((ledger.clone(), 1))).await?;
+    b.wait_ready(writer.as_ref(), &stream, h.patience()).await?;
+    let (keys, per_key) = (6u32, 30u32);
+    let mut batch = Vec::new();
+    for seq in 0..per_key {
+        for k in 0..keys {
+            batch.push(
+                Message::new(&stream, format!("{k}:{seq}"))
+                    .with_key(format!("key-{k}"))
+                    .with_header("seq", seq.to_string()),
+            );
+        }
+    }
+    for chunk in batch.chunks(20) {
+        writer
+            .write(chunk.to_vec())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+    }
+    let total = (keys * per_key) as usize;
+    let deadline = Instant::now() + h.patience();
+    while ledger.distinct() < total && Instant::now() < deadline {
+        if a.join.is_finished() || b.join.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.stop().await?;
+    b.stop().await?;
+    let s = ledger.inner.lock().expect("lock");
+    ensure(s.overlaps.is_empty(), || {
+        format!("keys handled twice at once: {:?}", s.overlaps)
+    })?;
+    ensure(s.first.len() == total, || {
+        format!("handled {} of {total} messages", s.first.len())
+    })?;
+    for (key, seqs) in &s.seqs {
+        ensure(seqs.windows(2).all(|w| w[0] < w[1]), || {
+            format!("key {key} out of order: {seqs:?}")
+        })?;
+    }
+    ensure(s.per_member.len() == 2, || {
+        format!(
+            "one member handled everything (messages per member: {:?})",
+            s.per_member
+        )
+    })?;
+    Ok(Outcome::Passed)
+}
+
 /// Each of two consumer groups receives every message.
 pub async fn each_group_receives_everything(h: &dyn Harness) -> ScenarioResult {
-    if !h.capabilities().consumer_groups {
-        return Ok(Outcome::Skipped("consumer groups"));
+    if let Some(skip) = Need::ConsumerGroups.skip(h) {
+        return Ok(skip);
     }
     let (stream, writer) = setup(h, "groups").await?;
     let mut a = subscribe(h, h.task(&stream, "group-a"), None).await?;
@@ -604,59 +790,118 @@ pub async fn publish_after_shutdown(h: &dyn Harness) -> ScenarioResult {
     }
 }
 
-/// Runs a scenario and returns how it ended; the tests [`conformance_tests!`] expands
-/// to report a skip on standard error.
-///
-/// # Panics
-///
-/// When the scenario fails, with what failed: that is how the test fails.
-pub async fn run<H: Harness>(
-    h: &H,
-    name: &str,
-    scenario: for<'a> fn(&'a dyn Harness) -> futures::future::BoxFuture<'a, ScenarioResult>,
-) -> Outcome {
-    match scenario(h).await {
-        Ok(outcome) => outcome,
-        Err(e) => panic!("{}::{name} failed: {e}", h.name()),
-    }
+type ScenarioFn = for<'a> fn(&'a dyn Harness) -> BoxFuture<'a, ScenarioResult>;
+
+/// Every scenario: its name (the test's name), what it needs, how to run it.
+fn scenarios() -> Vec<(&'static str, Need, ScenarioFn)> {
+    vec![
+        ("round_trip", Need::Nothing, |h| Box::pin(round_trip(h))),
+        ("concurrent_publishers", Need::Nothing, |h| {
+            Box::pin(concurrent_publishers(h))
+        }),
+        ("streams_are_isolated", Need::Nothing, |h| {
+            Box::pin(streams_are_isolated(h))
+        }),
+        ("redelivery_after_failure", Need::Redelivery, |h| {
+            Box::pin(redelivery_after_failure(h))
+        }),
+        ("resume_after_reopen", Need::Persistence, |h| {
+            Box::pin(resume_after_reopen(h))
+        }),
+        ("order_per_key", Need::OrderPerKey, |h| {
+            Box::pin(order_per_key(h))
+        }),
+        (
+            "group_members_keep_order_per_key",
+            Need::OrderAcrossMembers,
+            |h| Box::pin(group_members_keep_order_per_key(h)),
+        ),
+        (
+            "each_group_receives_everything",
+            Need::ConsumerGroups,
+            |h| Box::pin(each_group_receives_everything(h)),
+        ),
+        ("cancel_ends_subscription", Need::Nothing, |h| {
+            Box::pin(cancel_ends_subscription(h))
+        }),
+        ("publish_after_shutdown", Need::Nothing, |h| {
+            Box::pin(publish_after_shutdown(h))
+        }),
+    ]
 }
 
-/// Expands to one `#[tokio::test]` per scenario, each building its harness with the
-/// given async expression. The calling crate needs `tokio` with `macros` and
-/// `rt-multi-thread`.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime for a conformance scenario")
+}
+
+/// The `main` of a conformance test binary, which [`conformance_tests!`] writes: runs
+/// every scenario as a test with libtest's command line (name filters, `--exact`,
+/// `--skip`, `--test-threads`, `--list`, `--ignored`) and output.
+///
+/// `make` builds a harness; it is called once to read the harness's
+/// [`capabilities`](Harness::capabilities) and once per scenario, each on its own tokio
+/// runtime. A scenario needing what the driver does not promise is reported as
+/// `ignored`, and counted in the closing `test result:` line; `--include-ignored` runs it
+/// anyway (it then passes without checking anything). Scenarios run in parallel.
+pub fn main<H, M, F>(make: M) -> ExitCode
+where
+    H: Harness,
+    M: Fn() -> F + Send + Sync + 'static,
+    F: Future<Output = H>,
+{
+    let args = libtest_mimic::Arguments::from_args();
+    let make = Arc::new(make);
+    let capabilities = runtime().block_on(async { make().await.capabilities() });
+    let trials = scenarios()
+        .into_iter()
+        .map(|(name, need, scenario)| {
+            let make = make.clone();
+            Trial::test(name, move || {
+                runtime().block_on(async {
+                    let h = make().await;
+                    scenario(&h)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| format!("{}::{name} failed: {e}", h.name()).into())
+                })
+            })
+            .with_ignored_flag(need.missing(&capabilities).is_some())
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+/// Writes the `main` of a conformance test binary: one test per scenario, each building
+/// its harness with the given async expression (see [`main`](crate::main)).
+///
+/// The test target needs `harness = false` in the driver's `Cargo.toml`, so that this
+/// `main` runs instead of libtest's:
+///
+/// ```toml
+/// [[test]]
+/// name = "conformance"
+/// harness = false
+/// ```
+///
+/// Without it the binary runs one test, which fails saying so.
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:expr) => {
-        $crate::__scenario!($make, round_trip);
-        $crate::__scenario!($make, concurrent_publishers);
-        $crate::__scenario!($make, streams_are_isolated);
-        $crate::__scenario!($make, redelivery_after_failure);
-        $crate::__scenario!($make, resume_after_reopen);
-        $crate::__scenario!($make, order_per_key);
-        $crate::__scenario!($make, each_group_receives_everything);
-        $crate::__scenario!($make, cancel_ends_subscription);
-        $crate::__scenario!($make, publish_after_shutdown);
-    };
-}
+        fn main() -> ::std::process::ExitCode {
+            $crate::main(|| $make)
+        }
 
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __scenario {
-    ($make:expr, $name:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        #[allow(clippy::print_stderr)]
-        async fn $name() {
-            let harness = $make.await;
-            let outcome =
-                $crate::run(&harness, stringify!($name), |h| Box::pin($crate::$name(h))).await;
-            if let $crate::Outcome::Skipped(what) = outcome {
-                // The test says it skipped, in the test runner's output.
-                eprintln!(
-                    "SKIPPED {}::{}: the driver does not promise {what}",
-                    $crate::Harness::name(&harness),
-                    stringify!($name)
-                );
-            }
+        // Compiled only under libtest, that is when `harness = false` was forgotten.
+        #[test]
+        fn conformance_tests_need_harness_false() {
+            panic!(
+                "this conformance test target needs `harness = false` in its [[test]] \
+                 entry of Cargo.toml; no scenario ran"
+            );
         }
     };
 }

@@ -22,6 +22,8 @@ impl Harness for KafkaHarness {
             .redelivery(true)
             .persistent(true)
             .ordered_per_key(true)
+            // A partition has one owner in a group.
+            .ordered_across_members(true)
             .consumer_groups(true)
     }
 

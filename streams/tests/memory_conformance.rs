@@ -1,6 +1,5 @@
 //! The shared conformance suite on a `memory://` connection: the writer and reader that
 //! `connect` returns are one working bus.
-#![cfg(feature = "chanbuf")]
 
 use std::sync::Arc;
 
@@ -21,6 +20,7 @@ impl Harness for MemoryHarness {
         // The in-process bus: at most once, nothing kept for a closed group.
         Capabilities::none()
             .ordered_per_key(true)
+            .ordered_across_members(true)
             .consumer_groups(true)
     }
 
