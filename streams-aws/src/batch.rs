@@ -12,14 +12,15 @@ use crate::wire::Encoded;
 pub type EncodedMessage = (Message, Encoded);
 
 /// Encodes a batch and groups it by stream, streams and messages in batch order. Every
-/// message is encoded and checked here, so an oversized one fails the write before any
-/// call is made.
+/// message is encoded and checked against `max_message_bytes` here, before any call, so
+/// a batch holding an oversized message sends nothing at all.
 ///
 /// `form` names the wire form in the error, such as `SQS form (body and attributes)`.
 ///
 /// # Errors
 ///
-/// [`Error::Invalid`] for the first message over `max_message_bytes` in wire form.
+/// [`Error::Rejected`] naming every message over `max_message_bytes` in wire form, with
+/// its exact size and the limit.
 pub fn encode_by_stream(
     batch: Vec<Message>,
     encode: impl Fn(&Message) -> Encoded,
@@ -27,21 +28,26 @@ pub fn encode_by_stream(
     form: &str,
 ) -> Result<Vec<(String, Vec<EncodedMessage>)>> {
     let mut streams: Vec<(String, Vec<EncodedMessage>)> = Vec::new();
+    let mut oversized = Vec::new();
     for msg in batch {
         let enc = encode(&msg);
         if enc.size > max_message_bytes {
-            return Err(Error::invalid(
-                "message",
-                format!(
-                    "message {} is {} bytes in {form}; the limit is {max_message_bytes}",
-                    msg.id, enc.size
+            oversized.push(FailedMessage {
+                reason: format!(
+                    "{} bytes in {form}; the limit is {max_message_bytes}",
+                    enc.size
                 ),
-            ));
+                id: msg.id,
+            });
+            continue;
         }
         match streams.iter_mut().find(|(s, _)| *s == msg.stream) {
             Some((_, list)) => list.push((msg, enc)),
             None => streams.push((msg.stream.clone(), vec![(msg, enc)])),
         }
+    }
+    if !oversized.is_empty() {
+        return Err(Error::Rejected { failed: oversized });
     }
     Ok(streams)
 }
@@ -408,10 +414,25 @@ mod tests {
         assert_eq!(layout, vec![("a", 2), ("b", 1)]);
         assert_eq!(streams[0].1[1].0.data.as_ref(), b"3");
 
-        let batch = vec![Message::new("a", "ok"), Message::new("a", "x".repeat(2000))];
-        let err = encode_by_stream(batch, encode, 1000, "test form").unwrap_err();
-        assert!(matches!(err, Error::Invalid { .. }), "{err}");
-        assert!(err.to_string().contains("in test form"), "{err}");
+        let ok = Message::new("a", "ok");
+        let big = Message::new("a", "x".repeat(2000));
+        let size = encode(&big).size;
+        let err =
+            encode_by_stream(vec![ok, big.clone()], encode, size - 1, "test form").unwrap_err();
+        match &err {
+            Error::Rejected { failed } => {
+                assert_eq!(failed.len(), 1);
+                assert_eq!(failed[0].id, big.id);
+                assert_eq!(
+                    failed[0].reason,
+                    format!("{size} bytes in test form; the limit is {}", size - 1)
+                );
+            }
+            other => panic!("want Rejected, got {other:?}"),
+        }
+        assert!(err.is_message_fault() && !err.is_retryable());
+        // Exactly at the limit is fine.
+        encode_by_stream(vec![big], encode, size, "test form").unwrap();
     }
 
     /// Sends a plan, failing the calls whose first message id is in `fail_calls` and the
