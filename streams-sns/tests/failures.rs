@@ -176,8 +176,7 @@ async fn nothing_listening_fails_within_the_bound() {
     let writer = builder(endpoint).build().await.unwrap();
     assert_eq!(writer.endpoint(), endpoint);
     let started = Instant::now();
-    let err = writer
-        .write(vec![Message::new("orders", "x")])
+    let err = within(BOUND, writer.write(vec![Message::new("orders", "x")]))
         .await
         .unwrap_err();
     assert_unreachable(&err, started, "PublishBatch", endpoint, BOUND);
@@ -188,8 +187,19 @@ async fn nothing_listening_fails_within_the_bound() {
     );
 
     let started = Instant::now();
-    let err = writer.create_topic("orders").await.unwrap_err();
+    let err = within(BOUND, writer.create_topic("orders"))
+        .await
+        .unwrap_err();
     assert_unreachable(&err, started, "CreateTopic", endpoint, BOUND);
+}
+
+/// Awaits `fut` for at most `limit` plus a margin for a loaded machine, failing the test
+/// instead of hanging when a call is not bounded.
+async fn within<T>(limit: Duration, fut: impl std::future::Future<Output = T>) -> T {
+    let margin = limit + Duration::from_secs(15);
+    tokio::time::timeout(margin, fut)
+        .await
+        .unwrap_or_else(|_| panic!("still waiting after {margin:?}"))
 }
 
 /// A TCP endpoint that accepts connections and never answers.
@@ -214,8 +224,7 @@ async fn a_silent_endpoint_fails_within_the_operation_timeout() {
         .await
         .unwrap();
     let started = Instant::now();
-    let err = writer
-        .write(vec![Message::new("orders", "x")])
+    let err = within(BOUND, writer.write(vec![Message::new("orders", "x")]))
         .await
         .unwrap_err();
     assert_unreachable(
@@ -230,6 +239,8 @@ async fn a_silent_endpoint_fails_within_the_operation_timeout() {
     // The default bound holds without any setting.
     let writer = builder(&endpoint).build().await.unwrap();
     let started = Instant::now();
-    let err = writer.create_topic("orders").await.unwrap_err();
+    let err = within(BOUND, writer.create_topic("orders"))
+        .await
+        .unwrap_err();
     assert_unreachable(&err, started, "CreateTopic", &endpoint, BOUND);
 }

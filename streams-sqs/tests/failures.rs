@@ -31,7 +31,7 @@ async fn read_until_done(
     let task = ReadTask::new(stream);
     tokio::time::timeout(within, reader.read(task, noop(), cancel))
         .await
-        .expect("the reader returned instead of looping")
+        .expect("the reader should have returned, not looped")
 }
 
 fn is_missing_queue(text: &str) -> bool {
@@ -281,28 +281,36 @@ async fn nothing_listening_fails_within_the_bound() {
     assert_eq!(client.endpoint(), endpoint);
 
     let started = Instant::now();
-    let err = client.create_queue("orders").await.unwrap_err();
+    let err = common::within(BOUND, client.create_queue("orders"))
+        .await
+        .unwrap_err();
     assert_unreachable(&err, started, "CreateQueue", endpoint, BOUND);
     assert!(err.to_string().contains("queue orders"), "{err}");
 
     let started = Instant::now();
-    let err = client.delete_queue("orders").await.unwrap_err();
+    let err = common::within(BOUND, client.delete_queue("orders"))
+        .await
+        .unwrap_err();
     assert_unreachable(&err, started, "GetQueueUrl", endpoint, BOUND);
 
     let started = Instant::now();
-    let err = SqsWriter::new(client.clone())
-        .write(vec![Message::new("orders", "x")])
-        .await
-        .unwrap_err();
+    let err = common::within(
+        BOUND,
+        SqsWriter::new(client.clone()).write(vec![Message::new("orders", "x")]),
+    )
+    .await
+    .unwrap_err();
     assert_unreachable(&err, started, "GetQueueUrl", endpoint, BOUND);
 
     // With the queue URL known, the calls on the queue itself.
     client.set_queue_url("orders", format!("{endpoint}/{}/orders", common::ACCOUNT));
     let started = Instant::now();
-    let err = SqsWriter::new(client.clone())
-        .write(vec![Message::new("orders", "x")])
-        .await
-        .unwrap_err();
+    let err = common::within(
+        BOUND,
+        SqsWriter::new(client.clone()).write(vec![Message::new("orders", "x")]),
+    )
+    .await
+    .unwrap_err();
     assert_unreachable(&err, started, "SendMessageBatch", endpoint, BOUND);
 
     let started = Instant::now();
@@ -312,7 +320,9 @@ async fn nothing_listening_fails_within_the_bound() {
     assert_unreachable(&err, started, "ReceiveMessage", endpoint, BOUND);
 
     let started = Instant::now();
-    let err = client.delete_queue("orders").await.unwrap_err();
+    let err = common::within(BOUND, client.delete_queue("orders"))
+        .await
+        .unwrap_err();
     assert_unreachable(&err, started, "DeleteQueue", endpoint, BOUND);
 }
 
@@ -323,10 +333,12 @@ async fn a_silent_endpoint_fails_within_the_operation_timeout() {
     let client = common::client_of(&endpoint).await;
     client.set_queue_url("orders", format!("{endpoint}/{}/orders", common::ACCOUNT));
     let started = Instant::now();
-    let err = SqsWriter::new(client)
-        .write(vec![Message::new("orders", "x")])
-        .await
-        .unwrap_err();
+    let err = common::within(
+        BOUND,
+        SqsWriter::new(client).write(vec![Message::new("orders", "x")]),
+    )
+    .await
+    .unwrap_err();
     assert_unreachable(&err, started, "SendMessageBatch", &endpoint, BOUND);
     assert!(err.to_string().contains("no answer from"), "{err}");
 
@@ -339,7 +351,9 @@ async fn a_silent_endpoint_fails_within_the_operation_timeout() {
         .build()
         .await;
     let started = Instant::now();
-    let err = client.create_queue("orders").await.unwrap_err();
+    let err = common::within(BOUND, client.create_queue("orders"))
+        .await
+        .unwrap_err();
     assert_unreachable(
         &err,
         started,

@@ -82,3 +82,12 @@ pub fn assert_one_line(err: &streams_core::Error) -> String {
     );
     text
 }
+
+/// Awaits `fut` for at most `limit` (plus a margin for a loaded machine), failing the
+/// test instead of hanging when a call is not bounded.
+pub async fn within<T>(limit: std::time::Duration, fut: impl std::future::Future<Output = T>) -> T {
+    let margin = limit + std::time::Duration::from_secs(15);
+    tokio::time::timeout(margin, fut)
+        .await
+        .unwrap_or_else(|_| panic!("still waiting after {margin:?}"))
+}
