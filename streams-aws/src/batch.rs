@@ -245,8 +245,8 @@ impl BatchWrite {
     ///
     /// # Errors
     ///
-    /// When nothing was delivered because of one failed call (or failed
-    /// [`fail`](Self::fail)), that call's error; otherwise, when any message failed,
+    /// When nothing was delivered because calls failed (or were failed with
+    /// [`fail`](Self::fail)) all with the same error, that error; otherwise, when any message failed,
     /// [`Error::PartialWrite`] with each, retryable when every failure is.
     pub async fn send<F, Fut>(self, max_in_flight: usize, send: F) -> Result<()>
     where
@@ -348,9 +348,14 @@ impl Report {
         if self.failed.is_empty() {
             return Ok(());
         }
-        // Nothing was written because of one failed call: that error says it all.
-        if self.delivered == 0 && self.call_errors.len() == 1 && !self.entry_failures {
-            return Err(self.call_errors.remove(0));
+        // Nothing was written because calls failed, all alike (a missing queue, an
+        // unreachable endpoint): that one error says it all, in one line, rather than a
+        // list repeating it for every message.
+        if self.delivered == 0 && !self.entry_failures && !self.call_errors.is_empty() {
+            let first = self.call_errors[0].to_string();
+            if self.call_errors.iter().all(|e| e.to_string() == first) {
+                return Err(self.call_errors.remove(0));
+            }
         }
         Err(Error::PartialWrite {
             failed: self.failed,
@@ -493,13 +498,21 @@ mod tests {
     }
 
     #[test]
-    fn one_failed_call_that_delivered_nothing_is_its_error() {
+    fn failed_calls_that_delivered_nothing_are_their_error() {
         let mut write = BatchWrite::new("queue", 10, 262_144);
         write.add("q", false, messages("s", 3));
         let (result, _) = run(write, &["s-0"], &[]);
         let err = result.unwrap_err();
         assert!(matches!(err, Error::Driver { .. }), "{err}");
         assert!(err.is_retryable());
+
+        // Every call failed alike (25 messages, 3 calls, one missing queue): one error.
+        let mut write = BatchWrite::new("queue", 10, 262_144);
+        write.add("q", false, messages("s", 25));
+        let (result, calls) = run(write, &["s-0", "s-10", "s-20"], &[]);
+        assert_eq!(calls.len(), 3);
+        let err = result.unwrap_err();
+        assert_eq!(err.to_string(), "test: Send failed: unavailable");
 
         let mut write = BatchWrite::new("queue", 10, 262_144);
         write.fail(messages("s", 2), Error::invalid("queue", "no such queue"));

@@ -61,10 +61,11 @@ async fn publishing_to_a_missing_topic_fails_in_one_line() {
     let stream = unique("missing");
     let arn = writer.topic_arn(&stream).unwrap();
     let started = Instant::now();
-    let err = writer
-        .write(vec![Message::new(&stream, "x"), Message::new(&stream, "y")])
-        .await
-        .unwrap_err();
+    // 25 messages, three calls, all refused alike: one error, not a list repeating it.
+    let batch = (0..25)
+        .map(|i| Message::new(&stream, format!("{i}")))
+        .collect();
+    let err = writer.write(batch).await.unwrap_err();
     let text = one_line(&err);
     assert!(text.starts_with("sns: PublishBatch failed: "), "{text}");
     assert!(text.contains(&format!("topic {arn}")), "{text}");

@@ -116,10 +116,11 @@ async fn writing_a_missing_queue_fails_in_one_line() {
         queue_name(&stream)
     );
     client.set_queue_url(&stream, &url);
-    let err = writer
-        .write(vec![Message::new(&stream, "x"), Message::new(&stream, "y")])
-        .await
-        .unwrap_err();
+    // 25 messages, three calls, all refused alike: one error, not a list repeating it.
+    let batch = (0..25)
+        .map(|i| Message::new(&stream, format!("{i}")))
+        .collect();
+    let err = writer.write(batch).await.unwrap_err();
     let text = common::assert_one_line(&err);
     assert!(
         matches!(
