@@ -12,14 +12,15 @@ use crate::wire::Encoded;
 pub type EncodedMessage = (Message, Encoded);
 
 /// Encodes a batch and groups it by stream, streams and messages in batch order. Every
-/// message is encoded and checked here, so an oversized one fails the write before any
-/// call is made.
+/// message is encoded and checked against `max_message_bytes` here, before any call, so
+/// a batch holding an oversized message sends nothing at all.
 ///
 /// `form` names the wire form in the error, such as `SQS form (body and attributes)`.
 ///
 /// # Errors
 ///
-/// [`Error::Invalid`] for the first message over `max_message_bytes` in wire form.
+/// [`Error::Rejected`] naming every message over `max_message_bytes` in wire form, with
+/// its exact size and the limit.
 pub fn encode_by_stream(
     batch: Vec<Message>,
     encode: impl Fn(&Message) -> Encoded,
@@ -27,21 +28,26 @@ pub fn encode_by_stream(
     form: &str,
 ) -> Result<Vec<(String, Vec<EncodedMessage>)>> {
     let mut streams: Vec<(String, Vec<EncodedMessage>)> = Vec::new();
+    let mut oversized = Vec::new();
     for msg in batch {
         let enc = encode(&msg);
         if enc.size > max_message_bytes {
-            return Err(Error::invalid(
-                "message",
-                format!(
-                    "message {} is {} bytes in {form}; the limit is {max_message_bytes}",
-                    msg.id, enc.size
+            oversized.push(FailedMessage {
+                reason: format!(
+                    "{} bytes in {form}; the limit is {max_message_bytes}",
+                    enc.size
                 ),
-            ));
+                id: msg.id,
+            });
+            continue;
         }
         match streams.iter_mut().find(|(s, _)| *s == msg.stream) {
             Some((_, list)) => list.push((msg, enc)),
             None => streams.push((msg.stream.clone(), vec![(msg, enc)])),
         }
+    }
+    if !oversized.is_empty() {
+        return Err(Error::Rejected { failed: oversized });
     }
     Ok(streams)
 }
@@ -239,8 +245,8 @@ impl BatchWrite {
     ///
     /// # Errors
     ///
-    /// When nothing was delivered because of one failed call (or failed
-    /// [`fail`](Self::fail)), that call's error; otherwise, when any message failed,
+    /// When nothing was delivered because calls failed (or were failed with
+    /// [`fail`](Self::fail)) all with the same error, that error; otherwise, when any message failed,
     /// [`Error::PartialWrite`] with each, retryable when every failure is.
     pub async fn send<F, Fut>(self, max_in_flight: usize, send: F) -> Result<()>
     where
@@ -342,9 +348,14 @@ impl Report {
         if self.failed.is_empty() {
             return Ok(());
         }
-        // Nothing was written because of one failed call: that error says it all.
-        if self.delivered == 0 && self.call_errors.len() == 1 && !self.entry_failures {
-            return Err(self.call_errors.remove(0));
+        // Nothing was written because calls failed, all alike (a missing queue, an
+        // unreachable endpoint): that one error says it all, in one line, rather than a
+        // list repeating it for every message.
+        if self.delivered == 0 && !self.entry_failures && !self.call_errors.is_empty() {
+            let first = self.call_errors[0].to_string();
+            if self.call_errors.iter().all(|e| e.to_string() == first) {
+                return Err(self.call_errors.remove(0));
+            }
         }
         Err(Error::PartialWrite {
             failed: self.failed,
@@ -408,10 +419,25 @@ mod tests {
         assert_eq!(layout, vec![("a", 2), ("b", 1)]);
         assert_eq!(streams[0].1[1].0.data.as_ref(), b"3");
 
-        let batch = vec![Message::new("a", "ok"), Message::new("a", "x".repeat(2000))];
-        let err = encode_by_stream(batch, encode, 1000, "test form").unwrap_err();
-        assert!(matches!(err, Error::Invalid { .. }), "{err}");
-        assert!(err.to_string().contains("in test form"), "{err}");
+        let ok = Message::new("a", "ok");
+        let big = Message::new("a", "x".repeat(2000));
+        let size = encode(&big).size;
+        let err =
+            encode_by_stream(vec![ok, big.clone()], encode, size - 1, "test form").unwrap_err();
+        match &err {
+            Error::Rejected { failed } => {
+                assert_eq!(failed.len(), 1);
+                assert_eq!(failed[0].id, big.id);
+                assert_eq!(
+                    failed[0].reason,
+                    format!("{size} bytes in test form; the limit is {}", size - 1)
+                );
+            }
+            other => panic!("want Rejected, got {other:?}"),
+        }
+        assert!(err.is_message_fault() && !err.is_retryable());
+        // Exactly at the limit is fine.
+        encode_by_stream(vec![big], encode, size, "test form").unwrap();
     }
 
     /// Sends a plan, failing the calls whose first message id is in `fail_calls` and the
@@ -472,13 +498,21 @@ mod tests {
     }
 
     #[test]
-    fn one_failed_call_that_delivered_nothing_is_its_error() {
+    fn failed_calls_that_delivered_nothing_are_their_error() {
         let mut write = BatchWrite::new("queue", 10, 262_144);
         write.add("q", false, messages("s", 3));
         let (result, _) = run(write, &["s-0"], &[]);
         let err = result.unwrap_err();
         assert!(matches!(err, Error::Driver { .. }), "{err}");
         assert!(err.is_retryable());
+
+        // Every call failed alike (25 messages, 3 calls, one missing queue): one error.
+        let mut write = BatchWrite::new("queue", 10, 262_144);
+        write.add("q", false, messages("s", 25));
+        let (result, calls) = run(write, &["s-0", "s-10", "s-20"], &[]);
+        assert_eq!(calls.len(), 3);
+        let err = result.unwrap_err();
+        assert_eq!(err.to_string(), "test: Send failed: unavailable");
 
         let mut write = BatchWrite::new("queue", 10, 262_144);
         write.fail(messages("s", 2), Error::invalid("queue", "no such queue"));

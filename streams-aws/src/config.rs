@@ -1,5 +1,8 @@
 //! Where the drivers' SDK clients get their configuration.
 
+use std::time::Duration;
+
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_credential_types::Credentials;
@@ -9,13 +12,33 @@ use aws_types::origin::Origin;
 /// for emulators such as LocalStack or moto.
 pub const ENDPOINT_ENV: &str = "STREAMS_AWS_ENDPOINT";
 
+/// How long a connection attempt to AWS may take unless set otherwise:
+/// [`ClientConfig::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one AWS call may take, its retries included, unless set otherwise:
+/// [`ClientConfig::operation_timeout`].
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Where an AWS SDK client gets its configuration: the usual AWS sources (environment,
 /// profile files, instance metadata) unless an [`SdkConfig`] is given, with optional
-/// overrides of endpoint, region and credentials.
+/// overrides of endpoint, region, credentials and time limits.
 ///
 /// Each driver builder keeps one and hands its `from_env`, `sdk_config`, `endpoint`,
-/// `region` and `static_credentials` to it; [`load`](Self::load) gives the configuration
-/// to create the service client from.
+/// `region`, `static_credentials`, `connect_timeout` and `operation_timeout` to it;
+/// [`load`](Self::load) gives the configuration to create the service client from.
+///
+/// # Time limits
+///
+/// Every call is bounded, so a wrong or unreachable endpoint fails within seconds rather
+/// than hanging: a connection attempt gives up after the
+/// [connect timeout](Self::connect_timeout) (default 5 s), and a call, its retries
+/// included, after the [operation timeout](Self::operation_timeout) (default 20 s).
+/// The SDK's standard retry policy applies within that bound (3 attempts with jittered
+/// backoff, for connection failures, time-outs, throttling and 5xx answers). Against an
+/// endpoint where nothing listens a call therefore fails in well under 30 s. A long poll
+/// (SQS `ReceiveMessage`) gets its wait time on top of the operation timeout, so a
+/// healthy poll is never cut.
 ///
 /// ```no_run
 /// # async fn demo() {
@@ -34,6 +57,8 @@ pub struct ClientConfig {
     endpoint: Option<String>,
     region: Option<String>,
     credentials: Option<Credentials>,
+    connect_timeout: Option<Duration>,
+    operation_timeout: Option<Duration>,
 }
 
 impl ClientConfig {
@@ -85,6 +110,21 @@ impl ClientConfig {
         self
     }
 
+    /// How long a connection attempt may take before it fails (and is retried while the
+    /// operation timeout allows). Default 5 s ([`DEFAULT_CONNECT_TIMEOUT`]).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// How long one call may take, retries included, before it fails with a retryable
+    /// error naming the endpoint. Default 20 s ([`DEFAULT_OPERATION_TIMEOUT`]); long
+    /// polls get their wait time on top.
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = Some(timeout);
+        self
+    }
+
     /// The region set with [`region`](Self::region), if any.
     pub fn region_override(&self) -> Option<&str> {
         self.region.as_deref()
@@ -92,14 +132,20 @@ impl ClientConfig {
 
     /// The AWS configuration to create a service client from (`Client::new(&config)`):
     /// the one given, or one loaded from the usual AWS sources, with the overrides
-    /// applied.
+    /// applied. A given configuration keeps its own time limits where it sets them and
+    /// gets the defaults where it does not; time limits set here win over both.
     pub async fn load(self) -> SdkConfig {
+        let defaults = TimeoutConfig::builder()
+            .connect_timeout(DEFAULT_CONNECT_TIMEOUT)
+            .operation_timeout(DEFAULT_OPERATION_TIMEOUT)
+            .build();
         let config = match self.sdk_config {
             Some(config) => config,
             None => {
                 // Region and credentials given here skip the provider chains, which
                 // would otherwise probe the instance metadata service.
-                let mut loader = aws_config::defaults(BehaviorVersion::latest());
+                let mut loader = aws_config::defaults(BehaviorVersion::latest())
+                    .timeout_config(defaults.clone());
                 if let Some(region) = &self.region {
                     loader = loader.region(Region::new(region.clone()));
                 }
@@ -109,7 +155,20 @@ impl ClientConfig {
                 loader.load().await
             }
         };
+        let mut explicit = TimeoutConfig::builder();
+        if let Some(t) = self.connect_timeout {
+            explicit = explicit.connect_timeout(t);
+        }
+        if let Some(t) = self.operation_timeout {
+            explicit = explicit.operation_timeout(t);
+        }
+        let mut timeouts = explicit.build();
+        if let Some(given) = config.timeout_config() {
+            timeouts.take_defaults_from(given);
+        }
+        timeouts.take_defaults_from(&defaults);
         let mut b = config.into_builder();
+        b.set_timeout_config(Some(timeouts));
         if let Some(endpoint) = self.endpoint {
             // Marked as set in code, as when set on a service client, so that it wins
             // over service-specific settings such as AWS_ENDPOINT_URL_SQS.
@@ -162,5 +221,55 @@ mod tests {
         assert_eq!(config.endpoint_url(), Some("http://from-the-environment:1"));
         assert!(!config.get_origin("endpoint_url").is_client_config());
         assert!(config.credentials_provider().is_none());
+    }
+
+    #[test]
+    fn time_limits_default_and_can_be_set() {
+        let timeouts = |config: ClientConfig| {
+            let loaded = futures::executor::block_on(config.load());
+            let t = loaded
+                .timeout_config()
+                .expect("time limits are set")
+                .clone();
+            (t.connect_timeout(), t.operation_timeout())
+        };
+        let bare = || {
+            SdkConfig::builder()
+                .region(Region::new("us-east-1"))
+                .build()
+        };
+        assert_eq!(
+            timeouts(ClientConfig::new().sdk_config(bare())),
+            (
+                Some(DEFAULT_CONNECT_TIMEOUT),
+                Some(DEFAULT_OPERATION_TIMEOUT)
+            )
+        );
+        // A given configuration keeps what it sets; settings here win over it.
+        let given = SdkConfig::builder()
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(1))
+                    .build(),
+            )
+            .build();
+        assert_eq!(
+            timeouts(ClientConfig::new().sdk_config(given.clone())),
+            (
+                Some(Duration::from_secs(1)),
+                Some(DEFAULT_OPERATION_TIMEOUT)
+            )
+        );
+        let set = ClientConfig::new()
+            .sdk_config(given)
+            .connect_timeout(Duration::from_millis(250))
+            .operation_timeout(Duration::from_secs(3));
+        assert_eq!(
+            timeouts(set),
+            (
+                Some(Duration::from_millis(250)),
+                Some(Duration::from_secs(3))
+            )
+        );
     }
 }

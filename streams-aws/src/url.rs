@@ -1,6 +1,7 @@
 //! The part of `sqs://` and `sns://` connection URLs the AWS drivers share.
 
 use std::fmt;
+use std::time::Duration;
 
 use streams_core::{invalid_url, ConnectUrl, Result};
 
@@ -10,6 +11,10 @@ use streams_core::{invalid_url, ConnectUrl, Result};
 /// Without a host the SDK resolves the endpoint; with one, requests go to
 /// `http://host:port` (`https` with `tls=true`), as for an emulator. Region and
 /// credentials come from the usual AWS environment unless the URL gives them.
+/// `connect_timeout` and `operation_timeout` (`5s`, `500ms`) bound every call (defaults
+/// [`DEFAULT_CONNECT_TIMEOUT`](crate::DEFAULT_CONNECT_TIMEOUT) and
+/// [`DEFAULT_OPERATION_TIMEOUT`](crate::DEFAULT_OPERATION_TIMEOUT)); `max_message_bytes`
+/// sets the writer's size limit (for emulators and topics configured otherwise).
 #[derive(Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct AwsUrl {
@@ -19,6 +24,12 @@ pub struct AwsUrl {
     pub region: Option<String>,
     /// Access key id and secret.
     pub credentials: Option<(String, String)>,
+    /// `connect_timeout`: how long opening a connection may take.
+    pub connect_timeout: Option<Duration>,
+    /// `operation_timeout`: how long one call may take, retries included.
+    pub operation_timeout: Option<Duration>,
+    /// `max_message_bytes`: the largest message the writer sends.
+    pub max_message_bytes: Option<usize>,
 }
 
 impl fmt::Debug for AwsUrl {
@@ -26,6 +37,9 @@ impl fmt::Debug for AwsUrl {
         f.debug_struct("AwsUrl")
             .field("endpoint", &self.endpoint)
             .field("region", &self.region)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("max_message_bytes", &self.max_message_bytes)
             .field(
                 "access_key_id",
                 &self.credentials.as_ref().map(|(id, _)| id),
@@ -35,7 +49,13 @@ impl fmt::Debug for AwsUrl {
 }
 
 /// The parameters [`AwsUrl::take`] consumes.
-pub const AWS_URL_PARAMS: [&str; 2] = ["region", "tls"];
+pub const AWS_URL_PARAMS: [&str; 5] = [
+    "region",
+    "tls",
+    "connect_timeout",
+    "operation_timeout",
+    "max_message_bytes",
+];
 
 impl AwsUrl {
     /// Takes endpoint, region and credentials from `url`, leaving the driver's own
@@ -59,6 +79,9 @@ impl AwsUrl {
         let platform = url.platform;
         let mut aws = AwsUrl {
             region: url.params.take_nonempty("region")?,
+            connect_timeout: url.params.take_duration("connect_timeout")?,
+            operation_timeout: url.params.take_duration("operation_timeout")?,
+            max_message_bytes: url.params.take_positive("max_message_bytes")?,
             ..AwsUrl::default()
         };
         let tls = url.params.take_bool("tls")?.unwrap_or(false);
@@ -118,5 +141,12 @@ mod tests {
         assert!(err("sqs://host/path").contains("no path"));
         assert!(!err("sqs://id:hunter2@host/path").contains("hunter2"));
         assert!(err("sqs://host?region=").contains("`region` is empty"));
+        let aws =
+            take("sqs://h?connect_timeout=2s&operation_timeout=500ms&max_message_bytes=262144")
+                .unwrap();
+        assert_eq!(aws.connect_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(aws.operation_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(aws.max_message_bytes, Some(262_144));
+        assert!(err("sqs://h?connect_timeout=never").contains("`connect_timeout`"));
     }
 }

@@ -443,5 +443,7 @@ fn sdk_error<E>(operation: &'static str, err: SdkError<E, HttpResponse>) -> Erro
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    streams_aws::sdk_error(DRIVER, operation, TRANSIENT_CODES, err)
+    streams_aws::SdkErrors::new(DRIVER)
+        .transient_codes(TRANSIENT_CODES)
+        .map(operation, "", err)
 }

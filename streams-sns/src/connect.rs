@@ -15,7 +15,8 @@ struct Parsed {
 }
 
 /// Builds an SNS writer from an
-/// `sns://[key:secret@][host:port][?region=R&account_id=A&tls=true]` URL. SNS
+/// `sns://[key:secret@][host:port][?region=R&account_id=A&tls=true&connect_timeout=D&operation_timeout=D&max_message_bytes=N]`
+/// URL. SNS
 /// connections are write-only: read what a topic delivers from an SQS queue subscribed
 /// to it.
 ///
@@ -51,6 +52,15 @@ pub async fn connect(url: &str) -> Result<Connection> {
         .or_else(|| std::env::var(ACCOUNT_ID_ENV).ok().filter(|a| !a.is_empty()));
     if let Some(account_id) = account_id {
         builder = builder.account_id(account_id);
+    }
+    if let Some(t) = parsed.aws.connect_timeout {
+        builder = builder.connect_timeout(t);
+    }
+    if let Some(t) = parsed.aws.operation_timeout {
+        builder = builder.operation_timeout(t);
+    }
+    if let Some(bytes) = parsed.aws.max_message_bytes {
+        builder = builder.max_message_bytes(bytes);
     }
     Ok(Connection::new(
         "sns",

@@ -2,6 +2,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_config::SdkConfig;
@@ -10,7 +11,7 @@ use aws_sdk_sns::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 use streams_aws::{
     encode_by_stream, message_group_id, BatchRequest, BatchWrite, ClientConfig, EntryFailure,
-    RequestOutcome,
+    RequestOutcome, SdkErrors,
 };
 use streams_core::{Error, Message, Result, Writer};
 
@@ -23,8 +24,15 @@ const DRIVER: &str = "sns";
 pub const ENDPOINT_ENV: &str = streams_aws::ENDPOINT_ENV;
 /// The environment variable [`SnsWriterBuilder::from_env`] reads the account id from.
 pub const ACCOUNT_ID_ENV: &str = "AWS_ACCOUNT_ID";
-/// The most SNS accepts in one message and in one `PublishBatch` request.
+/// The most SNS accepts in one message and in one `PublishBatch` request on a topic with
+/// the default `MaximumMessageSize`: 256 KiB (262,144 bytes), the writer's default limit.
+/// A topic whose `MaximumMessageSize` attribute is raised (up to
+/// [`MAX_TOPIC_MESSAGE_BYTES`]) takes more: set the limit with
+/// [`SnsWriterBuilder::max_message_bytes`].
 pub const MAX_REQUEST_BYTES: usize = 262_144;
+/// The most any SNS topic accepts in one message, once its `MaximumMessageSize`
+/// attribute is raised to the maximum: 1 MiB (1,048,576 bytes).
+pub const MAX_TOPIC_MESSAGE_BYTES: usize = 1_048_576;
 /// The most entries SNS accepts in one `PublishBatch` request.
 pub const MAX_BATCH_ENTRIES: usize = 10;
 
@@ -57,10 +65,10 @@ pub fn topic_arn(region: &str, account_id: &str, stream: &str) -> String {
 
 /// Publishes messages to SNS topics with `PublishBatch`, one topic per stream.
 ///
-/// Batches are split into requests of at most ten entries and 256 KiB, sent
-/// concurrently for standard topics and in order for FIFO topics (stream name ending in
-/// `.fifo`: group id = stream key, else the stream name; deduplication id = message
-/// id). Attributes follow the Go library (`streams-message-time` as RFC 3339); the
+/// Batches are split into requests of at most ten entries and the size limit (256 KiB by
+/// default), sent concurrently for standard topics and in order for FIFO topics (stream
+/// name ending in `.fifo`: group id = stream key, else the stream name; deduplication
+/// id = message id). Attributes follow the Go library (`streams-message-time` as RFC 3339); the
 /// subject is the stream key when SNS accepts it as one. Payloads that are not XML-safe
 /// UTF-8 are sent base64-encoded with `streams-body-encoding: base64`; the
 /// `streams-sqs` reader decodes them from raw and enveloped deliveries alike.
@@ -68,6 +76,27 @@ pub fn topic_arn(region: &str, account_id: &str, stream: &str) -> String {
 /// The Go writer sends `MessageStructure=json` with the data under every protocol key;
 /// every subscriber receives the same data from a plain message, which leaves the whole
 /// size limit to the payload, so this writer sends plain messages.
+///
+/// # Size limit
+///
+/// AWS documents 256 KiB (262,144 bytes) for a message and for a `PublishBatch` request
+/// on a topic as created, and up to 1 MiB on a topic whose `MaximumMessageSize`
+/// attribute is raised ([large message payloads]). Each message is measured in SNS form
+/// (message plus attribute names, types and values; a binary payload is base64) before
+/// anything is sent; when any message of a batch is over the limit, the write sends
+/// nothing of the batch and fails with [`Error::Rejected`] naming each such message with
+/// its exact size and the limit. A missing topic, denied access or an unreachable
+/// endpoint is an [`Error::Driver`] (retryable only for transient trouble), never
+/// `Rejected`.
+///
+/// [large message payloads]: https://docs.aws.amazon.com/sns/latest/dg/large-message-payloads.html
+///
+/// # Errors and time limits
+///
+/// Every call is bounded (see [`SnsWriterBuilder::connect_timeout`] and
+/// [`SnsWriterBuilder::operation_timeout`]); errors read as one line naming the
+/// operation, the topic and AWS's error code and message, or the endpoint that could
+/// not be reached.
 ///
 /// ```no_run
 /// # async fn demo() -> streams_core::Result<()> {
@@ -91,6 +120,7 @@ pub struct SnsWriter {
 
 struct Inner {
     sdk: aws_sdk_sns::Client,
+    errors: SdkErrors,
     region: Option<String>,
     account_id: Option<String>,
     arns: RwLock<HashMap<String, String>>,
@@ -102,6 +132,7 @@ struct Inner {
 impl fmt::Debug for SnsWriter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SnsWriter")
+            .field("endpoint", &self.inner.errors.endpoint_label())
             .field("region", &self.inner.region)
             .field("account_id", &self.inner.account_id)
             .field("closed", &self.inner.closed)
@@ -201,9 +232,27 @@ impl SnsWriterBuilder {
         self
     }
 
-    /// The size limit of one message and of one request. Default 256 KiB.
+    /// The size limit of one message, in SNS form, and of one request. Default 256 KiB
+    /// ([`MAX_REQUEST_BYTES`]), what a topic accepts unless its `MaximumMessageSize`
+    /// attribute is raised; set up to 1 MiB ([`MAX_TOPIC_MESSAGE_BYTES`]) for topics
+    /// configured so.
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes.max(1);
+        self
+    }
+
+    /// How long a connection attempt to SNS may take. Default 5 s; see
+    /// [`ClientConfig`](streams_aws::ClientConfig#time-limits). Ignored when a
+    /// [`client`](Self::client) is given.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.aws = self.aws.connect_timeout(timeout);
+        self
+    }
+
+    /// How long one SNS call may take, retries included. Default 20 s. Ignored when a
+    /// [`client`](Self::client) is given.
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.aws = self.aws.operation_timeout(timeout);
         self
     }
 
@@ -212,18 +261,35 @@ impl SnsWriterBuilder {
     ///
     /// # Errors
     ///
-    /// None today; kept so that validation can be added without breaking callers.
+    /// [`Error::Invalid`] for a size limit over 1 MiB.
     pub async fn build(self) -> Result<SnsWriter> {
+        if self.max_message_bytes > MAX_TOPIC_MESSAGE_BYTES {
+            return Err(Error::invalid(
+                "max_message_bytes",
+                format!(
+                    "{} is over the SNS maximum of {MAX_TOPIC_MESSAGE_BYTES} bytes",
+                    self.max_message_bytes
+                ),
+            ));
+        }
         // The region set here names topics in ARNs even when a client was given.
         let region = self.aws.region_override().map(str::to_owned);
-        let sdk = match self.client {
-            Some(client) => client,
-            None => aws_sdk_sns::Client::new(&self.aws.load().await),
+        let (sdk, endpoint) = match self.client {
+            Some(client) => (client, None),
+            None => {
+                let config = self.aws.load().await;
+                let endpoint = config.endpoint_url().map(str::to_owned);
+                (aws_sdk_sns::Client::new(&config), endpoint)
+            }
         };
         let region = region.or_else(|| sdk.config().region().map(|r| r.to_string()));
+        let errors = SdkErrors::new(DRIVER)
+            .transient_codes(TRANSIENT_CODES)
+            .endpoint_of(endpoint.as_deref(), region.as_deref());
         Ok(SnsWriter {
             inner: Arc::new(Inner {
                 sdk,
+                errors,
                 region,
                 account_id: self.account_id,
                 arns: RwLock::new(self.arns),
@@ -282,10 +348,15 @@ impl SnsWriter {
         if stream.ends_with(".fifo") {
             req = req.attributes("FifoTopic", "true");
         }
-        let out = req.send().await.map_err(|e| sdk_error("CreateTopic", e))?;
-        let arn = out
-            .topic_arn
-            .ok_or_else(|| Error::driver(DRIVER, "CreateTopic", false, "no topic ARN returned"))?;
+        let name = format!("topic {}", topic_name(stream));
+        let out = req
+            .send()
+            .await
+            .map_err(|e| self.error("CreateTopic", &name, e))?;
+        let arn = out.topic_arn.ok_or_else(|| {
+            let reason = format!("{name}: no topic ARN in the answer");
+            Error::driver(DRIVER, "CreateTopic", false, reason)
+        })?;
         self.inner
             .arns
             .write()
@@ -315,15 +386,37 @@ impl SnsWriter {
             .inner
             .sdk
             .subscribe()
-            .topic_arn(arn)
+            .topic_arn(&arn)
             .protocol("sqs")
             .endpoint(queue_arn)
             .return_subscription_arn(true);
         if raw {
             req = req.attributes("RawMessageDelivery", "true");
         }
-        let out = req.send().await.map_err(|e| sdk_error("Subscribe", e))?;
+        let out = req
+            .send()
+            .await
+            .map_err(|e| self.error("Subscribe", &format!("topic {arn}"), e))?;
         Ok(out.subscription_arn.unwrap_or_default())
+    }
+
+    /// The endpoint as errors name it: the endpoint override, else the SNS endpoint of
+    /// the region.
+    pub fn endpoint(&self) -> &str {
+        self.inner.errors.endpoint_label()
+    }
+
+    /// Maps an SDK error of `operation` on `resource` (`topic ARN`).
+    fn error<E>(
+        &self,
+        operation: &'static str,
+        resource: &str,
+        err: SdkError<E, HttpResponse>,
+    ) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        self.inner.errors.map(operation, resource, err)
     }
 
     /// Makes one `PublishBatch` call.
@@ -365,7 +458,11 @@ impl SnsWriter {
             .send()
             .await;
         match result {
-            Err(e) => RequestOutcome::call_failed(&request, sdk_error("PublishBatch", e)),
+            Err(e) => {
+                let topic = format!("topic {}", request.destination());
+                let err = self.error("PublishBatch", &topic, e);
+                RequestOutcome::call_failed(&request, err)
+            }
             Ok(out) => RequestOutcome::answered(
                 &request,
                 out.failed().iter().map(|f| EntryFailure {
@@ -405,25 +502,6 @@ impl Writer for SnsWriter {
     }
 }
 
-/// Error codes that mean "slow down" or "try later" whatever the HTTP status.
-const TRANSIENT_CODES: &[&str] = &[
-    "Throttling",
-    "ThrottlingException",
-    "ThrottledException",
-    "RequestThrottled",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "ServiceUnavailable",
-    "InternalError",
-    "InternalFailure",
-    "KMSThrottling",
-];
-
-/// Maps an SDK error to a driver error: time-outs, connection failures, throttling and
-/// 5xx are retryable.
-fn sdk_error<E>(operation: &'static str, err: SdkError<E, HttpResponse>) -> Error
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    streams_aws::sdk_error(DRIVER, operation, TRANSIENT_CODES, err)
-}
+/// SNS error codes that mean "try later" besides the throttling codes every AWS service
+/// shares.
+const TRANSIENT_CODES: &[&str] = &["KMSThrottling"];

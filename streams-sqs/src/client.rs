@@ -1,12 +1,13 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use aws_config::SdkConfig;
 use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::QueueAttributeName;
-use streams_aws::ClientConfig;
+use streams_aws::{ClientConfig, SdkErrors};
 use streams_core::{Error, Result};
 
 /// The environment variable [`SqsClientBuilder::from_env`] reads an endpoint override
@@ -39,6 +40,13 @@ pub(crate) fn is_fifo(queue: &str) -> bool {
 ///
 /// Cloning is cheap and shares the cache.
 ///
+/// Every call is bounded by the client's time limits (see
+/// [`SqsClientBuilder::connect_timeout`] and [`SqsClientBuilder::operation_timeout`]),
+/// so against a wrong or unreachable endpoint writes, reads and queue administration
+/// fail within seconds. Errors read as one line naming the operation, the queue and
+/// AWS's error code and message, or the endpoint that could not be reached; a missing
+/// queue, denied access or invalid credentials are not retryable.
+///
 /// ```no_run
 /// # async fn demo() -> streams_core::Result<()> {
 /// let client = streams_sqs::SqsClient::builder()
@@ -53,12 +61,14 @@ pub(crate) fn is_fifo(queue: &str) -> bool {
 #[derive(Clone)]
 pub struct SqsClient {
     sdk: aws_sdk_sqs::Client,
+    errors: SdkErrors,
     urls: Arc<RwLock<HashMap<String, String>>>,
 }
 
 impl fmt::Debug for SqsClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqsClient")
+            .field("endpoint", &self.errors.endpoint_label())
             .field("cached_queue_urls", &self.urls.read().map(|u| u.len()).ok())
             .finish_non_exhaustive()
     }
@@ -110,9 +120,30 @@ impl SqsClientBuilder {
         self
     }
 
+    /// How long a connection attempt to SQS may take. Default 5 s; see
+    /// [`ClientConfig`](streams_aws::ClientConfig#time-limits).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.aws = self.aws.connect_timeout(timeout);
+        self
+    }
+
+    /// How long one SQS call may take, retries included. Default 20 s; a receive gets
+    /// its long-poll wait on top, so a healthy long poll is never cut.
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.aws = self.aws.operation_timeout(timeout);
+        self
+    }
+
     /// Loads the AWS configuration (unless one was given) and builds the client.
     pub async fn build(self) -> SqsClient {
-        SqsClient::from_sdk(aws_sdk_sqs::Client::new(&self.aws.load().await))
+        let config = self.aws.load().await;
+        let errors =
+            errors().endpoint_of(config.endpoint_url(), config.region().map(|r| r.as_ref()));
+        SqsClient {
+            sdk: aws_sdk_sqs::Client::new(&config),
+            errors,
+            urls: Arc::default(),
+        }
     }
 }
 
@@ -127,12 +158,42 @@ impl SqsClient {
         SqsClientBuilder::from_env().build().await
     }
 
-    /// Wraps an existing SDK client.
+    /// Wraps an existing SDK client, with its own time limits (the SDK sets none by
+    /// default but a connect timeout). Errors name the SQS endpoint of its region.
     pub fn from_sdk(sdk: aws_sdk_sqs::Client) -> SqsClient {
+        let errors = errors().endpoint_of(None, sdk.config().region().map(|r| r.as_ref()));
         SqsClient {
             sdk,
+            errors,
             urls: Arc::default(),
         }
+    }
+
+    /// The endpoint as errors name it: the endpoint override, else the SQS endpoint of
+    /// the region.
+    pub fn endpoint(&self) -> &str {
+        self.errors.endpoint_label()
+    }
+
+    /// The operation timeout of the client's calls, if it has one.
+    pub(crate) fn operation_timeout(&self) -> Option<Duration> {
+        self.sdk
+            .config()
+            .timeout_config()
+            .and_then(|t| t.operation_timeout())
+    }
+
+    /// Maps an SDK error of `operation` on `resource` (`queue NAME` or `queue URL`).
+    pub(crate) fn error<E>(
+        &self,
+        operation: &'static str,
+        resource: &str,
+        err: SdkError<E, HttpResponse>,
+    ) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        self.errors.map(operation, resource, err)
     }
 
     /// The SDK client, for calls this crate does not wrap.
@@ -162,16 +223,18 @@ impl SqsClient {
         {
             return Ok(url.clone());
         }
+        let name = queue_name(stream);
         let out = self
             .sdk
             .get_queue_url()
-            .queue_name(queue_name(stream))
+            .queue_name(&name)
             .send()
             .await
-            .map_err(|e| sdk_error("GetQueueUrl", e))?;
-        let url = out
-            .queue_url
-            .ok_or_else(|| Error::driver(DRIVER, "GetQueueUrl", false, "no queue URL returned"))?;
+            .map_err(|e| self.error("GetQueueUrl", &format!("queue {name}"), e))?;
+        let url = out.queue_url.ok_or_else(|| {
+            let reason = format!("queue {name}: no queue URL in the answer");
+            Error::driver(DRIVER, "GetQueueUrl", false, reason)
+        })?;
         self.set_queue_url(stream, url.clone());
         Ok(url)
     }
@@ -197,17 +260,22 @@ impl SqsClient {
         stream: &str,
         attributes: impl IntoIterator<Item = (QueueAttributeName, String)>,
     ) -> Result<String> {
-        let mut req = self.sdk.create_queue().queue_name(queue_name(stream));
-        if is_fifo(&queue_name(stream)) {
+        let name = queue_name(stream);
+        let mut req = self.sdk.create_queue().queue_name(&name);
+        if is_fifo(&name) {
             req = req.attributes(QueueAttributeName::FifoQueue, "true");
         }
-        for (name, value) in attributes {
-            req = req.attributes(name, value);
+        for (attribute, value) in attributes {
+            req = req.attributes(attribute, value);
         }
-        let out = req.send().await.map_err(|e| sdk_error("CreateQueue", e))?;
-        let url = out
-            .queue_url
-            .ok_or_else(|| Error::driver(DRIVER, "CreateQueue", false, "no queue URL returned"))?;
+        let out = req
+            .send()
+            .await
+            .map_err(|e| self.error("CreateQueue", &format!("queue {name}"), e))?;
+        let url = out.queue_url.ok_or_else(|| {
+            let reason = format!("queue {name}: no queue URL in the answer");
+            Error::driver(DRIVER, "CreateQueue", false, reason)
+        })?;
         self.set_queue_url(stream, url.clone());
         Ok(url)
     }
@@ -223,14 +291,17 @@ impl SqsClient {
         let out = self
             .sdk
             .get_queue_attributes()
-            .queue_url(url)
+            .queue_url(&url)
             .attribute_names(QueueAttributeName::QueueArn)
             .send()
             .await
-            .map_err(|e| sdk_error("GetQueueAttributes", e))?;
+            .map_err(|e| self.error("GetQueueAttributes", &format!("queue {url}"), e))?;
         out.attributes
             .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
-            .ok_or_else(|| Error::driver(DRIVER, "GetQueueAttributes", false, "no QueueArn"))
+            .ok_or_else(|| {
+                let reason = format!("queue {url}: no QueueArn in the answer");
+                Error::driver(DRIVER, "GetQueueAttributes", false, reason)
+            })
     }
 
     /// Sets a redrive policy: after `max_receive_count` failed receives SQS moves a
@@ -254,11 +325,11 @@ impl SqsClient {
         .to_string();
         self.sdk
             .set_queue_attributes()
-            .queue_url(url)
+            .queue_url(&url)
             .attributes(QueueAttributeName::RedrivePolicy, policy)
             .send()
             .await
-            .map_err(|e| sdk_error("SetQueueAttributes", e))?;
+            .map_err(|e| self.error("SetQueueAttributes", &format!("queue {url}"), e))?;
         Ok(())
     }
 
@@ -271,10 +342,10 @@ impl SqsClient {
         let url = self.queue_url(stream).await?;
         self.sdk
             .delete_queue()
-            .queue_url(url)
+            .queue_url(&url)
             .send()
             .await
-            .map_err(|e| sdk_error("DeleteQueue", e))?;
+            .map_err(|e| self.error("DeleteQueue", &format!("queue {url}"), e))?;
         self.urls
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -283,27 +354,11 @@ impl SqsClient {
     }
 }
 
-/// Error codes that mean "slow down" or "try later" whatever the HTTP status.
-const TRANSIENT_CODES: &[&str] = &[
-    "Throttling",
-    "ThrottlingException",
-    "ThrottledException",
-    "RequestThrottled",
-    "RequestThrottledException",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "ServiceUnavailable",
-    "InternalError",
-    "InternalFailure",
-    "KmsThrottled",
-    "KMS.ThrottlingException",
-];
+/// SQS error codes that mean "try later" besides the throttling codes every AWS service
+/// shares.
+const TRANSIENT_CODES: &[&str] = &["KmsThrottled", "KMS.ThrottlingException"];
 
-/// Maps an SDK error to a driver error: time-outs, connection failures, throttling and
-/// 5xx are retryable.
-pub(crate) fn sdk_error<E>(operation: &'static str, err: SdkError<E, HttpResponse>) -> Error
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    streams_aws::sdk_error(DRIVER, operation, TRANSIENT_CODES, err)
+/// How SQS errors are mapped: see [`SdkErrors`].
+fn errors() -> SdkErrors {
+    SdkErrors::new(DRIVER).transient_codes(TRANSIENT_CODES)
 }

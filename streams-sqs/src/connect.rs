@@ -17,14 +17,18 @@ struct Parsed {
 }
 
 /// Builds an SQS writer and reader sharing one client from an
-/// `sqs://[key:secret@][host:port][?region=R&tls=true&wait_time_seconds=S]` URL.
+/// `sqs://[key:secret@][host:port][?region=R&tls=true&wait_time_seconds=S&connect_timeout=D&operation_timeout=D&max_message_bytes=N]`
+/// URL.
 ///
 /// Without a host the AWS SDK resolves the endpoint; with one, requests go to
 /// `http://host:port` (`https` with `tls=true`), as for an emulator. Region and
 /// credentials come from the usual AWS environment unless the URL gives them (meant
 /// for emulators: keep real secrets in the environment). `wait_time_seconds` (0 to 20,
 /// default 20) is the long-poll time of receives, which is also how long a reader may
-/// take to stop. The connection creates and deletes queues.
+/// take to stop. `connect_timeout` and `operation_timeout` (`5s`, `500ms`) bound every
+/// call, so an unreachable endpoint fails within seconds (defaults 5 s and 20 s, a long
+/// poll's wait added to receives); `max_message_bytes` lowers the writer's 1 MiB limit
+/// for emulators and older regions. The connection creates and deletes queues.
 ///
 /// ```no_run
 /// # async fn demo() -> streams_core::Result<()> {
@@ -49,14 +53,24 @@ pub async fn connect(url: &str) -> Result<Connection> {
     if let Some((id, secret)) = parsed.aws.credentials {
         builder = builder.static_credentials(id, secret);
     }
+    if let Some(t) = parsed.aws.connect_timeout {
+        builder = builder.connect_timeout(t);
+    }
+    if let Some(t) = parsed.aws.operation_timeout {
+        builder = builder.operation_timeout(t);
+    }
     let client = builder.build().await;
+    let mut writer = SqsWriter::builder(client.clone());
+    if let Some(bytes) = parsed.aws.max_message_bytes {
+        writer = writer.max_message_bytes(bytes);
+    }
     let mut reader = SqsReader::builder(client.clone());
     if let Some(secs) = parsed.wait_secs {
         reader = reader.wait_time(Duration::from_secs(secs));
     }
     Ok(Connection::new(
         "sqs",
-        Arc::new(SqsWriter::new(client.clone())),
+        Arc::new(writer.build()?),
         Some(Arc::new(reader.build())),
     )
     .with_admin(Arc::new(QueueAdmin(client))))
@@ -116,7 +130,8 @@ mod tests {
         assert!(err("sqs://h:1?wait_time_seconds=x").contains("0 to 20"));
         let e = err("sqs://host?queue=x");
         assert!(e.contains("unknown parameter `queue`"), "{e}");
-        assert!(e.contains("region, tls, wait_time_seconds"), "{e}");
+        assert!(e.contains("region, tls, connect_timeout"), "{e}");
+        assert!(e.contains("wait_time_seconds"), "{e}");
         assert!(!err("sqs://id:hunter2@host?nope=1").contains("hunter2"));
     }
 }

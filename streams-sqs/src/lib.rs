@@ -7,6 +7,23 @@
 //! not XML-safe UTF-8 (which SQS bodies must be) are sent base64-encoded with the
 //! attribute `streams-body-encoding: base64`, so any bytes round-trip.
 //!
+//! On a bad day:
+//!
+//! - Messages up to 1 MiB in SQS form are sent (the SQS limit since 2025; lower it with
+//!   [`SqsWriterBuilder::max_message_bytes`] for queues, emulators or regions that take
+//!   less). A batch holding a larger one sends nothing and fails with
+//!   [`Error::Rejected`](streams_core::Error::Rejected), naming the message, its exact
+//!   size and the limit.
+//! - Every call is bounded: a connection attempt by
+//!   [`SqsClientBuilder::connect_timeout`] (default 5 s), a call with its retries by
+//!   [`SqsClientBuilder::operation_timeout`] (default 20 s; a receive gets its long-poll
+//!   wait on top). Against an endpoint where nothing listens, writes, reads and queue
+//!   administration fail within seconds.
+//! - Errors are one line naming the operation, the queue and AWS's error code and message
+//!   (or the endpoint that could not be reached). A missing queue, denied access, invalid
+//!   credentials or an invalid parameter is not retryable, and a reader returns it at
+//!   once; throttling, 5xx answers, time-outs and lost connections are retryable.
+//!
 //! ```no_run
 //! # async fn demo() -> streams_core::Result<()> {
 //! use streams_core::{handler, BoxError, CancellationToken, Message, ReadTask, Reader, Writer};

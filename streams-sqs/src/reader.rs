@@ -1,8 +1,10 @@
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_sdk_sqs::config::timeout::TimeoutConfig;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
     Message as SqsMessage, MessageSystemAttributeName,
@@ -13,7 +15,7 @@ use streams_core::{CancellationToken, Handler, Message, ReadTask, Reader, Result
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::client::{is_fifo, sdk_error, SqsClient};
+use crate::client::{is_fifo, SqsClient};
 use crate::wire::{decode, Delivery};
 
 /// Reads an SQS queue with long polling and hands each message to a handler.
@@ -34,6 +36,15 @@ use crate::wire::{decode, Delivery};
 ///   poller for FIFO queues there.
 /// - SNS notification envelopes (subscriptions without raw delivery) are unwrapped;
 ///   raw deliveries are read as they are.
+/// - Until a first receive has succeeded, any failure ends the read with that error (the
+///   SDK has retried it within the client's time limits): a missing queue, denied
+///   access, or an endpoint where nothing listens shows at once, as one line naming the
+///   queue or the endpoint, instead of a reader that loops. After that, retryable
+///   failures (throttling, 5xx, time-outs, lost connections) are retried with a
+///   backoff of up to 20 s and logged; a failure that is not retryable (the queue was
+///   deleted, access was revoked) ends the read.
+/// - A receive long-polls for [`SqsReaderBuilder::wait_time`] on top of the client's
+///   operation timeout, so the time limit never cuts a healthy poll.
 /// - On cancellation the reader stops receiving (an in-flight long poll is allowed to
 ///   end, and what it returned is released at once), lets running handlers finish,
 ///   deletes what succeeded, and returns.
@@ -161,6 +172,8 @@ struct Ctx {
     fifo: bool,
     opts: Options,
     deletes: mpsc::UnboundedSender<String>,
+    /// Whether a receive has succeeded: until then, every failure ends the read.
+    received: AtomicBool,
 }
 
 #[async_trait]
@@ -188,6 +201,7 @@ impl Reader for SqsReader {
             stream: task.stream,
             opts: self.opts.clone(),
             deletes: tx,
+            received: AtomicBool::new(false),
         });
         let stop = cancel.child_token();
         let loops = (0..self.opts.pollers)
@@ -239,10 +253,11 @@ async fn poll_loop(
                 break Ok(());
             }
             Ok(messages) => {
+                ctx.received.store(true, Ordering::Relaxed);
                 pause = Duration::from_millis(100);
                 dispatch(&ctx, &handler, messages, held, &mut units);
             }
-            Err(e) if e.is_retryable() && !stopping => {
+            Err(e) if e.is_retryable() && !stopping && ctx.received.load(Ordering::Relaxed) => {
                 tracing::warn!(stream = %ctx.stream, error = %e, retry_in = ?pause, "sqs receive failed");
                 tokio::select! {
                     _ = stop.cancelled() => break Ok(()),
@@ -263,7 +278,7 @@ async fn poll_loop(
 }
 
 async fn receive(ctx: &Ctx, max: usize) -> Result<Vec<SqsMessage>> {
-    let out = ctx
+    let call = ctx
         .client
         .sdk()
         .receive_message()
@@ -272,11 +287,38 @@ async fn receive(ctx: &Ctx, max: usize) -> Result<Vec<SqsMessage>> {
         .wait_time_seconds(ctx.opts.wait_time.as_secs() as i32)
         .visibility_timeout(secs(ctx.opts.visibility_timeout))
         .message_attribute_names("All")
-        .message_system_attribute_names(MessageSystemAttributeName::All)
-        .send()
-        .await
-        .map_err(|e| sdk_error("ReceiveMessage", e))?;
+        .message_system_attribute_names(MessageSystemAttributeName::All);
+    // The server holds a long poll open for up to the wait time: allow for it on top of
+    // the client's operation timeout.
+    let result = match ctx.client.operation_timeout() {
+        Some(limit) => {
+            let timeouts = TimeoutConfig::builder()
+                .operation_timeout(limit + ctx.opts.wait_time)
+                .build();
+            call.customize()
+                .config_override(aws_sdk_sqs::Config::builder().timeout_config(timeouts))
+                .send()
+                .await
+        }
+        None => call.send().await,
+    };
+    let out = result.map_err(|e| ctx.error("ReceiveMessage", e))?;
     Ok(out.messages.unwrap_or_default())
+}
+
+impl Ctx {
+    /// Maps an SDK error of a call on this read task's queue.
+    fn error<E>(
+        &self,
+        operation: &'static str,
+        err: aws_sdk_sqs::error::SdkError<E, aws_sdk_sqs::config::http::HttpResponse>,
+    ) -> streams_core::Error
+    where
+        E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        self.client
+            .error(operation, &format!("queue {}", self.url), err)
+    }
 }
 
 /// Groups a receive into units handled one message after another: one message each on
@@ -460,7 +502,7 @@ async fn change_visibility<'a>(
                 tracing::warn!(stream = %ctx.stream, why, failed = out.failed.len(), "visibility change partly failed")
             }
             Err(e) => {
-                let error = sdk_error("ChangeMessageVisibilityBatch", e);
+                let error = ctx.error("ChangeMessageVisibilityBatch", e);
                 tracing::warn!(stream = %ctx.stream, why, %error, "visibility change failed");
             }
         }
@@ -512,7 +554,7 @@ async fn delete_batch(client: &SqsClient, url: &str, batch: Vec<String>) {
             tracing::warn!(queue = %url, failed = out.failed.len(), "some acknowledged messages were not deleted and will be redelivered")
         }
         Err(e) => {
-            let error = sdk_error("DeleteMessageBatch", e);
+            let error = client.error("DeleteMessageBatch", &format!("queue {url}"), e);
             tracing::warn!(queue = %url, %error, "acknowledged messages were not deleted and will be redelivered");
         }
     }

@@ -10,21 +10,34 @@ use streams_aws::{
 };
 use streams_core::{Error, Message, Result, Writer};
 
-use crate::client::{is_fifo, sdk_error, SqsClient};
+use crate::client::{is_fifo, SqsClient};
 use crate::wire::encode;
 
-/// The most SQS accepts in one message and in one `SendMessageBatch` request.
-pub const MAX_REQUEST_BYTES: usize = 262_144;
+/// The most SQS accepts in one message and in one `SendMessageBatch` request: 1 MiB
+/// (1,048,576 bytes) since August 2025, the writer's default limit. Queues whose
+/// `MaximumMessageSize` is lower, older emulators and some regions may accept less:
+/// set the limit with [`SqsWriterBuilder::max_message_bytes`].
+pub const MAX_REQUEST_BYTES: usize = 1_048_576;
 /// The most entries SQS accepts in one `SendMessageBatch` request.
 pub const MAX_BATCH_ENTRIES: usize = 10;
 
 /// Writes messages to SQS queues with `SendMessageBatch`, one queue per stream (see
 /// [`queue_name`](crate::queue_name)).
 ///
-/// A batch is split into requests of at most ten entries and 256 KiB; requests for
-/// standard queues go out concurrently, those for FIFO queues one after another so
-/// order per group holds. FIFO messages get the stream key as group id (the stream name
-/// when there is no key) and the message id as deduplication id.
+/// A batch is split into requests of at most ten entries and the size limit (1 MiB by
+/// default); requests for standard queues go out concurrently, those for FIFO queues one
+/// after another so order per group holds. FIFO messages get the stream key as group id
+/// (the stream name when there is no key) and the message id as deduplication id.
+///
+/// # Size limit
+///
+/// Each message is measured in SQS form (body plus attribute names, types and values;
+/// a binary payload is base64, a third larger) before anything is sent. When any message
+/// of a batch is over the limit, the write sends nothing of the batch and fails with
+/// [`Error::Rejected`] naming each such message with its exact size and the limit: the
+/// fault is the message's, and an outbox relay quarantines it. A missing queue, denied
+/// access or an unreachable endpoint is an [`Error::Driver`] (retryable only for
+/// transient trouble), never `Rejected`.
 ///
 /// ```no_run
 /// # async fn demo() -> streams_core::Result<()> {
@@ -72,8 +85,10 @@ impl SqsWriterBuilder {
         self
     }
 
-    /// The size limit of one message and of one request. Default 256 KiB, the SQS
-    /// limit; raise it only for queues configured for larger messages.
+    /// The size limit of one message, in SQS form, and of one request. Default 1 MiB
+    /// ([`MAX_REQUEST_BYTES`], the SQS limit since 2025); lower it for queues whose
+    /// `MaximumMessageSize` is lower, for emulators and for regions that still refuse
+    /// more than 256 KiB (262,144 bytes).
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes.max(1);
         self
@@ -83,8 +98,17 @@ impl SqsWriterBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::Invalid`] for a delay over 15 minutes.
+    /// [`Error::Invalid`] for a delay over 15 minutes or a size limit over 1 MiB.
     pub fn build(self) -> Result<SqsWriter> {
+        if self.max_message_bytes > MAX_REQUEST_BYTES {
+            return Err(Error::invalid(
+                "max_message_bytes",
+                format!(
+                    "{} is over the SQS maximum of {MAX_REQUEST_BYTES} bytes",
+                    self.max_message_bytes
+                ),
+            ));
+        }
         let delay_seconds = match self.delay {
             None => None,
             Some(d) if d <= Duration::from_secs(900) => Some(d.as_secs() as i32),
@@ -167,7 +191,11 @@ impl SqsWriter {
             .send()
             .await;
         match result {
-            Err(e) => RequestOutcome::call_failed(&request, sdk_error("SendMessageBatch", e)),
+            Err(e) => {
+                let queue = format!("queue {}", request.destination());
+                let err = self.inner.client.error("SendMessageBatch", &queue, e);
+                RequestOutcome::call_failed(&request, err)
+            }
             Ok(out) => RequestOutcome::answered(
                 &request,
                 out.failed.iter().map(|f| EntryFailure {

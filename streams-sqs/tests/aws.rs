@@ -181,7 +181,7 @@ async fn batches_are_split_by_count_and_size() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_message_fails_before_any_call() {
-    // No emulator behind this endpoint: an error other than Invalid would mean a call.
+    // No emulator behind this endpoint: an error other than Rejected would mean a call.
     let client = SqsClient::builder()
         .endpoint("http://127.0.0.1:9")
         .region(common::REGION)
@@ -190,14 +190,18 @@ async fn oversized_message_fails_before_any_call() {
         .await;
     client.set_queue_url("big", "http://127.0.0.1:9/123456789012/big");
     let writer = SqsWriter::new(client);
+    let big = Message::new("big", vec![b'x'; streams_sqs::MAX_REQUEST_BYTES]);
     let err = writer
-        .write(vec![
-            Message::new("big", "ok"),
-            Message::new("big", vec![b'x'; 262_144]),
-        ])
+        .write(vec![Message::new("big", "ok"), big.clone()])
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Invalid { .. }), "{err}");
+    match &err {
+        Error::Rejected { failed } => {
+            assert_eq!(failed.len(), 1);
+            assert_eq!(failed[0].id, big.id);
+        }
+        other => panic!("want Rejected, got {other}"),
+    }
     assert!(!err.is_retryable());
 }
 
@@ -688,11 +692,55 @@ async fn sns_batches_over_the_size_limit_arrive_and_oversized_fails_early() {
     for m in &big {
         assert_eq!(by_id.get(&m.id), Some(&m.data));
     }
+    // One byte over the limit: refused with the exact size, and nothing of the batch is
+    // published (the queue stays empty).
+    let over = Message::new(&topic, vec![b'x'; 200_000]);
+    let size = streams_aws::encode(&over, streams_aws::TimeFormat::Rfc3339).size;
+    let limited = streams_sns::SnsWriter::builder()
+        .endpoint(common::endpoint())
+        .region(common::REGION)
+        .static_credentials("test", "test")
+        .account_id(common::ACCOUNT)
+        .max_message_bytes(size - 1)
+        .build()
+        .await
+        .unwrap();
+    let err = limited
+        .write(vec![Message::new(&topic, "fits"), over.clone()])
+        .await
+        .unwrap_err();
+    match &err {
+        Error::Rejected { failed } => {
+            assert_eq!(failed.len(), 1, "{err}");
+            assert_eq!(failed[0].id, over.id);
+            assert_eq!(
+                failed[0].reason,
+                format!(
+                    "{size} bytes in SNS form (message and attributes); the limit is {}",
+                    size - 1
+                )
+            );
+        }
+        other => panic!("want Rejected, got {other}"),
+    }
+    let out = client
+        .sdk()
+        .receive_message()
+        .queue_url(client.queue_url(&queue).await.unwrap())
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .unwrap();
+    assert!(out.messages.unwrap_or_default().is_empty());
+    // The default limit is what a topic takes unless configured otherwise: 256 KiB.
     let err = sns
         .write(vec![Message::new(&topic, vec![b'x'; 262_144])])
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Invalid { .. }), "{err}");
+    assert!(
+        matches!(&err, Error::Rejected { failed } if failed[0].reason.ends_with("the limit is 262144")),
+        "{err}"
+    );
     // A topic that does not exist: a service error that retrying cannot fix.
     let err = sns
         .write(vec![Message::new(common::unique("nosuchtopic"), "x")])
