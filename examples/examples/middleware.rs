@@ -15,7 +15,7 @@ use std::time::Duration;
 use streams_chanbuf::ChanBus;
 use streams_core::middleware::{
     DeadLetterLayer, DedupLayer, LoggingLayer, MemoryDedupStore, RetryLayer, RetryPolicy,
-    TimeoutLayer, DLQ_REASON,
+    DLQ_REASON,
 };
 use streams_core::{BoxError, Message, Subscriber, Writer};
 use tokio::sync::mpsc;
@@ -46,7 +46,7 @@ async fn main() -> Result<(), BoxError> {
                 .with_max_attempts(4)
                 .with_initial_backoff(Duration::from_millis(10)),
         ))
-        .layer(TimeoutLayer::new(Duration::from_secs(2)))
+        .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(2)))
         // Tower's: the buffer makes the rate limiter cloneable for concurrent lanes.
         .layer(tower::buffer::BufferLayer::new(128))
         .layer(tower::limit::RateLimitLayer::new(

@@ -4,7 +4,6 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use async_channel::{Receiver, Sender, TrySendError};
 use async_trait::async_trait;
@@ -25,7 +24,6 @@ pub fn bus() -> streams_core::Bus {
 pub struct ChanBusBuilder {
     capacity: usize,
     concurrency: usize,
-    handler_timeout: Option<Duration>,
     fail_fast: bool,
 }
 
@@ -34,7 +32,6 @@ impl Default for ChanBusBuilder {
         ChanBusBuilder {
             capacity: 1024,
             concurrency: 1,
-            handler_timeout: None,
             fail_fast: false,
         }
     }
@@ -52,12 +49,6 @@ impl ChanBusBuilder {
     /// set one. Default 1.
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency.max(1);
-        self
-    }
-
-    /// Fails a handler call running longer than this (a negative acknowledgement).
-    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
-        self.handler_timeout = Some(timeout);
         self
     }
 
@@ -426,7 +417,6 @@ impl Reader for ChanBus {
                 lane,
                 handler.clone(),
                 stop.clone(),
-                self.inner.config.handler_timeout,
             ));
         }
         drop(handler);
@@ -469,7 +459,6 @@ async fn lane_worker(
     lane: usize,
     mut handler: Handler,
     stop: CancellationToken,
-    timeout: Option<Duration>,
 ) {
     if let Some(after) = &group.after {
         tokio::select! {
@@ -495,7 +484,7 @@ async fn lane_worker(
             },
             _ = stop.cancelled() => return,
         };
-        handle(&stream, &mut handler, msg, timeout).await;
+        handle(&stream, &mut handler, msg).await;
         // While it has the turn, the member also takes what is already waiting (a burst
         // at most), so that a lone member does not pay for the turn per message.
         for _ in 1..BURST {
@@ -503,7 +492,7 @@ async fn lane_worker(
                 break;
             }
             match rx.try_recv() {
-                Ok(msg) => handle(&stream, &mut handler, msg, timeout).await,
+                Ok(msg) => handle(&stream, &mut handler, msg).await,
                 Err(_) => break,
             }
         }
@@ -515,20 +504,11 @@ async fn lane_worker(
 /// Most messages a member handles from a lane before giving the other members a turn.
 const BURST: usize = 32;
 
-async fn handle(stream: &str, handler: &mut Handler, msg: Message, timeout: Option<Duration>) {
-    let call = call_handler(handler, msg);
-    let result = match timeout {
-        None => call.await,
-        Some(after) => tokio::time::timeout(after, call).await.unwrap_or_else(|_| {
-            Err(Error::Timeout {
-                operation: "handler",
-                after,
-            }
-            .into())
-        }),
-    };
-    if let Err(error) = result {
-        tracing::warn!(%stream, %error, "handler failed; the in-process bus does not redeliver");
+async fn handle(stream: &str, handler: &mut Handler, msg: Message) {
+    if let Err(error) = call_handler(handler, msg).await {
+        // `LoggingLayer` logs failures at the level the user chose; this is the bus's
+        // own account of them.
+        tracing::debug!(%stream, %error, "handler failed; the in-process bus does not redeliver");
     }
 }
 

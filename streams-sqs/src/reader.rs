@@ -428,7 +428,8 @@ async fn handle(
     match result {
         Ok(()) => true,
         Err(error) => {
-            tracing::warn!(stream = %ctx.stream, %id, %error, "handler failed; message will be redelivered");
+            // `LoggingLayer` logs failures at the level the user chose.
+            tracing::debug!(stream = %ctx.stream, %id, %error, "handler failed; message will be redelivered");
             false
         }
     }

@@ -3,13 +3,25 @@ use std::time::Instant;
 
 use futures::future::BoxFuture;
 use tower::{Layer, Service};
+use tracing::Level;
 
 use crate::{BoxError, Message};
 
 /// Layer of [`Logging`].
-#[derive(Debug, Clone, Copy, Default)]
+///
+/// This is where a failed message is logged at the level you choose: readers log a
+/// handler's failure at `DEBUG` only, so one failed message makes one line.
+#[derive(Debug, Clone, Copy)]
 pub struct LoggingLayer {
-    _priv: (),
+    level: Level,
+}
+
+impl Default for LoggingLayer {
+    fn default() -> Self {
+        LoggingLayer {
+            level: Level::ERROR,
+        }
+    }
 }
 
 impl LoggingLayer {
@@ -17,13 +29,20 @@ impl LoggingLayer {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Logs handler failures at `level` instead (`WARN` for handlers whose failures
+    /// are retried and expected now and then).
+    pub fn with_level(mut self, level: Level) -> Self {
+        self.level = level;
+        self
+    }
 }
 
 impl<S> Layer<S> for LoggingLayer {
     type Service = Logging<S>;
 
     fn layer(&self, inner: S) -> Logging<S> {
-        Logging::new(inner)
+        Logging::new(inner).with_level(self.level)
     }
 }
 
@@ -32,12 +51,22 @@ impl<S> Layer<S> for LoggingLayer {
 #[derive(Debug, Clone)]
 pub struct Logging<S> {
     inner: S,
+    level: Level,
 }
 
 impl<S> Logging<S> {
-    /// Wraps a handler.
+    /// Wraps a handler, logging failures at `ERROR`.
     pub fn new(inner: S) -> Self {
-        Logging { inner }
+        Logging {
+            inner,
+            level: Level::ERROR,
+        }
+    }
+
+    /// Logs failures at `level`.
+    pub fn with_level(mut self, level: Level) -> Self {
+        self.level = level;
+        self
     }
 
     /// The wrapped handler.
@@ -70,15 +99,29 @@ where
         let id = msg.id.clone();
         let key = msg.key.clone();
         let started = Instant::now();
+        let level = self.level;
         let fut = self.inner.call(msg);
         Box::pin(async move {
             let result = fut.await.map_err(Into::into);
             match &result {
                 Ok(()) => tracing::trace!(%stream, %id, elapsed = ?started.elapsed(), "handled"),
-                Err(error) => tracing::error!(
-                    %stream, %id, key = key.as_deref().unwrap_or(""),
-                    elapsed = ?started.elapsed(), error = %error, "handler failed"
-                ),
+                Err(error) => {
+                    let key = key.as_deref().unwrap_or("");
+                    let elapsed = started.elapsed();
+                    // `tracing` needs the level as a constant at each call site.
+                    macro_rules! failed {
+                        ($lvl:expr) => {
+                            tracing::event!($lvl, %stream, %id, key, ?elapsed, %error, "handler failed")
+                        };
+                    }
+                    match level {
+                        Level::ERROR => failed!(Level::ERROR),
+                        Level::WARN => failed!(Level::WARN),
+                        Level::INFO => failed!(Level::INFO),
+                        Level::DEBUG => failed!(Level::DEBUG),
+                        Level::TRACE => failed!(Level::TRACE),
+                    }
+                }
             }
             result
         })

@@ -2,7 +2,9 @@
 //!
 //! Stack them with [`tower::ServiceBuilder`]; the first layer added sees the message
 //! first. A typical order, outermost first: logging, dead-letter, deduplication, retry,
-//! timeout, then the handler. Dead-letter outside retry captures a message only once
+//! timeout, then the handler. Time-outs, concurrency and rate limits are tower's own
+//! layers (`tower::timeout::TimeoutLayer`, ...): this module adds only what tower has
+//! not. Dead-letter outside retry captures a message only once
 //! retries are exhausted; deduplication outside retry commits a message once. For spans
 //! and metrics per message, put [`ObserveLayer`](crate::ObserveLayer) outermost, or
 //! wrap the reader in [`ObservedReader`](crate::ObservedReader), which does that.
@@ -12,7 +14,6 @@
 //! use std::time::Duration;
 //! use streams_core::middleware::{
 //!     DeadLetterLayer, DedupLayer, LoggingLayer, MemoryDedupStore, RetryLayer, RetryPolicy,
-//!     TimeoutLayer,
 //! };
 //! use streams_core::{BoxError, Message, Writer};
 //!
@@ -22,7 +23,7 @@
 //!     .layer(DeadLetterLayer::new(dlq_writer))
 //!     .layer(DedupLayer::new("billing", Arc::new(MemoryDedupStore::default())))
 //!     .layer(RetryLayer::new(RetryPolicy::default().with_max_attempts(5)))
-//!     .layer(TimeoutLayer::new(Duration::from_secs(10)))
+//!     .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(10)))
 //!     .service_fn(|msg: Message| async move {
 //!         tracing::info!(id = %msg.id, "handled");
 //!         Ok::<_, BoxError>(())
@@ -35,7 +36,6 @@ mod dedup;
 mod dlq;
 mod logging;
 mod retry;
-mod timeout;
 
 pub use dedup::{Claim, ClaimToken, Dedup, DedupLayer, DedupStore, MemoryDedupStore};
 pub use dlq::{
@@ -43,4 +43,3 @@ pub use dlq::{
 };
 pub use logging::{Logging, LoggingLayer};
 pub use retry::{Retry, RetryLayer, RetryPolicy};
-pub use timeout::{Timeout, TimeoutLayer};
