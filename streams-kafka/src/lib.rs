@@ -30,12 +30,15 @@
 //! ```
 
 mod admin;
+mod client;
 mod config;
+mod error;
 mod reader;
 mod record;
 mod writer;
 
 pub use admin::{create_topic, delete_topic};
+pub use client::KafkaContext;
 pub use config::KafkaConfig;
 pub use reader::KafkaReader;
 pub use record::{
