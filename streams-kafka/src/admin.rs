@@ -24,7 +24,7 @@ async fn connect(config: &KafkaConfig, topic: &str) -> Result<Admin> {
             .create_with_context(context.clone())
             .map_err(|e| kafka_error("create admin client", None, e))?;
         // Only whether a broker answers: the admin request itself reports on the topic.
-        first_contact(admin.inner(), &context, &config, &topic)?;
+        first_contact(admin.inner(), &context, &config, &topic, || {})?;
         Ok(admin)
     })
     .await

@@ -55,6 +55,14 @@ impl KafkaContext {
         if keep {
             return;
         }
+        // librdkafka's log lines start with the thread: `[thrd:HOST:PORT/bootstrap]: `.
+        let text = match text
+            .strip_prefix("[thrd:")
+            .and_then(|t| t.split_once("]: "))
+        {
+            Some((_, rest)) => rest,
+            None => text,
+        };
         *last = Some(Cause {
             code,
             text: one_line(text),
@@ -131,16 +139,23 @@ impl TopicInfo {
 ///
 /// `connect` when no broker answered in time (retryable unless librdkafka reported a
 /// misconfiguration such as failed authentication).
+///
+/// `serve` runs before a failure is reported: a consumer serves its queued events there,
+/// so that librdkafka's account of the failure reaches `context`.
 pub(crate) fn first_contact<C: ClientContext>(
     client: &Client<C>,
     context: &KafkaContext,
     config: &KafkaConfig,
     topic: &str,
+    serve: impl FnOnce(),
 ) -> Result<TopicInfo> {
     let timeout = config.connect_timeout;
     let metadata = match client.fetch_metadata(Some(topic), timeout) {
         Ok(m) => m,
-        Err(e) => return Err(connect_failed(config, timeout, context.cause(), &e)),
+        Err(e) => {
+            serve();
+            return Err(connect_failed(config, timeout, context.cause(), &e));
+        }
     };
     let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
         return Ok(TopicInfo {
@@ -164,7 +179,7 @@ pub(crate) fn connect_failed(
     let retryable = cause
         .as_ref()
         .and_then(|c| c.code)
-        .map_or(true, |code| fault(code) == Fault::Transient);
+        .is_none_or(|code| fault(code) == Fault::Transient);
     let why = match cause {
         Some(c) => c.text,
         None => crate::error::describe(e),

@@ -267,12 +267,17 @@ impl Reader for KafkaReader {
             let consumer: Consumer_ = cc
                 .create_with_context(context)
                 .map_err(|e| kafka_error("create consumer", None, e))?;
-            let info = first_contact(
-                consumer.client(),
-                &consumer.context().client,
-                &config,
-                &t.stream,
-            )?;
+            let context = &consumer.context().client;
+            let info = first_contact(consumer.client(), context, &config, &t.stream, || {
+                // Errors and log lines reach a consumer's context when it is polled.
+                for _ in 0..32 {
+                    match consumer.poll(Duration::ZERO) {
+                        Some(Err(e)) => context.record(e.rdkafka_error_code(), &e.to_string()),
+                        Some(Ok(_)) => {}
+                        None => break,
+                    }
+                }
+            })?;
             match t.partition {
                 Some(p) => {
                     info.misconfigured("assign", &t.stream)?;

@@ -80,7 +80,7 @@ impl KafkaWriter {
         let config = self.config.clone();
         let t = topic.to_owned();
         let info = tokio::task::spawn_blocking(move || {
-            first_contact(producer.client(), &context, &config, &t)
+            first_contact(producer.client(), &context, &config, &t, || {})
         })
         .await
         .map_err(|e| Error::driver(DRIVER, "connect", true, e))??;
