@@ -66,13 +66,6 @@ impl KafkaWriter {
         &self.producer
     }
 
-    fn is_known(&self, topic: &str) -> bool {
-        self.known
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(topic)
-    }
-
     /// The first contact for a topic not written to yet; blocking, so off the runtime.
     async fn check_topic(&self, topic: &str) -> Result<()> {
         let producer = self.producer.clone();
@@ -139,11 +132,14 @@ impl Writer for KafkaWriter {
         if batch.iter().any(|m| m.stream.is_empty()) {
             return Err(Error::invalid("message", "stream (topic) is empty"));
         }
-        let new: BTreeSet<&str> = batch
-            .iter()
-            .map(|m| m.stream.as_str())
-            .filter(|t| !self.is_known(t))
-            .collect();
+        let new: BTreeSet<&str> = {
+            let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            batch
+                .iter()
+                .map(|m| m.stream.as_str())
+                .filter(|t| !known.contains(*t))
+                .collect()
+        };
         for topic in new {
             self.check_topic(topic).await?;
         }
