@@ -29,7 +29,9 @@ use crate::{KafkaConfig, DRIVER};
 /// librdkafka, which reconnects on its own when a broker goes away (a write then waits
 /// up to librdkafka's `message.timeout.ms`).
 pub struct KafkaWriter {
-    producer: FutureProducer<KafkaContext>,
+    /// Always `Some` until dropped: dropping a producer blocks (it flushes and joins its
+    /// thread), so [`Drop`] moves it to a blocking thread.
+    producer: Option<FutureProducer<KafkaContext>>,
     closed: AtomicBool,
     config: KafkaConfig,
     /// Topics a first write found.
@@ -53,7 +55,7 @@ impl KafkaWriter {
             .create_with_context(context.clone())
             .map_err(|e| kafka_error("create producer", None, e))?;
         Ok(KafkaWriter {
-            producer,
+            producer: Some(producer),
             closed: AtomicBool::new(false),
             config: config.clone(),
             known: Mutex::new(HashSet::new()),
@@ -63,12 +65,12 @@ impl KafkaWriter {
 
     /// The underlying rdkafka producer, for what this type does not cover.
     pub fn producer(&self) -> &FutureProducer<KafkaContext> {
-        &self.producer
+        self.producer.as_ref().expect("present until dropped")
     }
 
     /// The first contact for a topic not written to yet; blocking, so off the runtime.
     async fn check_topic(&self, topic: &str) -> Result<()> {
-        let producer = self.producer.clone();
+        let producer = self.producer().clone();
         let context = self.context.clone();
         let config = self.config.clone();
         let t = topic.to_owned();
@@ -152,7 +154,7 @@ impl Writer for KafkaWriter {
                 record = record.key(key);
             }
             // A full local queue waits (backpressure) rather than failing.
-            self.producer.send(record, Timeout::Never)
+            self.producer().send(record, Timeout::Never)
         });
         let results = join_all(deliveries).await;
         let mut rejected = Vec::new();
@@ -213,12 +215,23 @@ impl Writer for KafkaWriter {
     /// Refuses further writes and waits for queued records to be delivered.
     async fn close(&self) -> Result<()> {
         self.closed.store(true, Ordering::Release);
-        let producer = self.producer.clone();
+        let producer = self.producer().clone();
         let timeout = self.config.operation_timeout;
         tokio::task::spawn_blocking(move || producer.flush(timeout))
             .await
             .map_err(|e| Error::driver(DRIVER, "flush", false, e))?
             .map_err(|e| kafka_error("flush", None, e))
+    }
+}
+
+impl Drop for KafkaWriter {
+    fn drop(&mut self) {
+        let Some(producer) = self.producer.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn_blocking(move || drop(producer));
+        }
     }
 }
 
