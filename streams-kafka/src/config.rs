@@ -30,8 +30,8 @@ use rdkafka::ClientConfig;
 ///
 /// A reader queues at most
 /// [`with_max_in_flight_per_partition`](Self::with_max_in_flight_per_partition) records
-/// per partition for its handler; a partition whose queue is full is paused and resumed
-/// once its handler made room, while the consumer keeps polling. Set
+/// per partition for its handler; a partition whose queue stays full is paused and
+/// resumed once its handler made room, while the consumer keeps polling. Set
 /// `max.poll.interval.ms` and `session.timeout.ms` as usual: since the reader polls
 /// throughout, a slow or retrying handler does not make the member leave its group.
 ///
@@ -99,9 +99,10 @@ impl KafkaConfig {
     }
 
     /// Records a reader queues per partition for its handler. When a partition's queue
-    /// is full (its handler is slow or retrying a failed message) the reader pauses that
-    /// partition, so memory stays bounded, and resumes it from the first record not yet
-    /// queued once the handler has worked through half the queue. Other partitions,
+    /// stays full for half a second (its handler is stuck or retrying a failed message)
+    /// the reader pauses that partition, so memory stays bounded, and resumes it from
+    /// the first record not yet queued once the handler has worked through half the
+    /// queue. Other partitions,
     /// group membership and rebalances go on meanwhile. Default 256.
     pub fn with_max_in_flight_per_partition(mut self, n: usize) -> Self {
         self.max_in_flight_per_partition = n.max(1);

@@ -50,11 +50,14 @@ use crate::{KafkaConfig, DRIVER};
 /// A failed handler call is retried for the same message, with backoff (see
 /// [`KafkaConfig::with_retry_backoff`]); the partition's later records wait behind it.
 /// Each partition queues at most [`KafkaConfig::with_max_in_flight_per_partition`]
-/// records for its worker; when a queue is full the reader pauses that partition (the
-/// other partitions go on), and once the worker has worked through half the queue it
-/// seeks the partition back to the first record not queued and resumes it, so nothing is
-/// skipped or handed twice and memory stays bounded. librdkafka drops what it had
-/// prefetched for a paused partition and fetches it again after the resume. Bound
+/// records for its worker. When a queue is full and its worker makes no room within
+/// half a second (a handler stuck or retrying, not merely busy), the reader pauses that
+/// partition (the other partitions go on), and once the worker has worked through half
+/// the queue it seeks the partition back to the first record not queued and resumes it,
+/// so nothing is skipped or handed twice and memory stays bounded. librdkafka drops what
+/// it had prefetched for a paused partition and fetches it again after the resume (a
+/// broker must be able to fetch from inside a record batch for that, as Apache Kafka
+/// does; tansu cannot). Bound
 /// retries with `RetryLayer` and a `DeadLetterLayer` in the handler to move poison
 /// messages aside.
 ///
@@ -205,6 +208,11 @@ const DRAIN_MAX: usize = 512;
 /// How long one poll waits for a record; also how soon a partition with room resumes
 /// when nothing else arrives.
 const POLL_WAIT: Duration = Duration::from_millis(50);
+/// How long a full partition's worker may take to make room before the partition is
+/// paused. A pause makes librdkafka drop what it prefetched and fetch it again, so a
+/// handler that is merely busy is waited for (the consumer is not polled meanwhile,
+/// which a group tolerates for far longer); one that is stuck or retrying is not.
+const FULL_PATIENCE: Duration = Duration::from_millis(500);
 
 type Consumer_ = BaseConsumer<ReaderContext>;
 
@@ -552,6 +560,10 @@ impl Poller {
         if state.paused {
             return;
         }
+        if state.next_offset.is_some_and(|next| offset < next) {
+            // Handed already (fetched again after a seek): never twice.
+            return;
+        }
         ready
             .entry(p)
             .or_default()
@@ -559,8 +571,32 @@ impl Poller {
         state.queued += 1;
         state.next_offset = Some(offset + 1);
         if state.queued >= self.limit {
-            self.pause(p);
+            self.make_room_or_pause(p, ready);
         }
+    }
+
+    /// Hands out what is ready and waits up to [`FULL_PATIENCE`] for partition `p`'s
+    /// worker to make room; pauses `p` if it does not.
+    fn make_room_or_pause(&mut self, p: i32, ready: &mut HashMap<i32, Vec<Work>>) {
+        for (q, works) in ready.drain() {
+            if let Some(state) = self.partitions.get(&q) {
+                let _ = state.tx.send(works);
+            }
+        }
+        let deadline = Instant::now() + FULL_PATIENCE;
+        loop {
+            self.take_done();
+            match self.partitions.get(&p) {
+                Some(state) if state.queued >= self.limit => {}
+                // Room (or the partition was revoked meanwhile).
+                _ => return,
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.pause(p);
     }
 
     fn pause(&mut self, p: i32) {
