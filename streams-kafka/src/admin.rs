@@ -1,16 +1,46 @@
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::RDKafkaErrorCode;
 use streams_core::{Error, Result};
 
-use crate::record::kafka_error;
-use crate::{KafkaConfig, DRIVER};
+use crate::client::{first_contact, KafkaContext};
+use crate::error::{code_error, kafka_error};
+use crate::KafkaConfig;
 
-fn admin(config: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>> {
-    config
-        .client_config(crate::config::Role::Admin, &[])
-        .create()
-        .map_err(|e| kafka_error("create admin client", e))
+type Admin = AdminClient<KafkaContext>;
+
+/// An admin client that reached the cluster within the connect time-out. Creating it,
+/// the first contact and dropping it block, so they run off the async runtime.
+async fn connect(config: &KafkaConfig, topic: &str) -> Result<Admin> {
+    let config = config.clone();
+    let topic = topic.to_owned();
+    spawn_blocking(move || {
+        let context = KafkaContext::default();
+        // A metadata request must not create the topic it asks about.
+        let admin: Admin = config
+            .client_config(
+                crate::config::Role::Admin,
+                &[("allow.auto.create.topics", "false")],
+            )
+            .create_with_context(context.clone())
+            .map_err(|e| kafka_error("create admin client", None, e))?;
+        // Only whether a broker answers: the admin request itself reports on the topic.
+        first_contact(admin.inner(), &context, &config, &topic, || {})?;
+        Ok(admin)
+    })
+    .await
+}
+
+async fn spawn_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::driver(crate::DRIVER, "admin", false, e))?
+}
+
+/// Drops an admin client off the async runtime (dropping joins its threads).
+fn close(admin: Admin) {
+    tokio::task::spawn_blocking(move || drop(admin));
 }
 
 /// Creates a topic with `partitions` partitions and replication factor `replication`;
@@ -18,7 +48,9 @@ fn admin(config: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>> {
 ///
 /// # Errors
 ///
-/// A broker or configuration error.
+/// `kafka: connect failed: no broker answered at ...` when no broker answers within
+/// [`KafkaConfig::with_connect_timeout`]; the broker's refusal with its code (denied
+/// access, an invalid partition count or replication factor: not retryable).
 pub async fn create_topic(
     config: &KafkaConfig,
     name: &str,
@@ -28,24 +60,15 @@ pub async fn create_topic(
     if name.is_empty() {
         return Err(Error::invalid("topic", "name is empty"));
     }
-    let admin = admin(config)?;
+    let admin = connect(config, name).await?;
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
     let opts = AdminOptions::new().operation_timeout(Some(config.operation_timeout));
-    let results = admin
-        .create_topics([&topic], &opts)
-        .await
-        .map_err(|e| kafka_error("CreateTopics", e))?;
-    for r in results {
+    let results = admin.create_topics([&topic], &opts).await;
+    close(admin);
+    for r in results.map_err(|e| kafka_error("CreateTopics", Some(name), e))? {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => {
-                return Err(Error::driver(
-                    DRIVER,
-                    "CreateTopics",
-                    false,
-                    format!("topic `{topic}`: {code}"),
-                ))
-            }
+            Err((topic, code)) => return Err(code_error("CreateTopics", &topic, code)),
         }
     }
     Ok(())
@@ -55,25 +78,19 @@ pub async fn create_topic(
 ///
 /// # Errors
 ///
-/// A broker or configuration error.
+/// As [`create_topic`].
 pub async fn delete_topic(config: &KafkaConfig, name: &str) -> Result<()> {
-    let admin = admin(config)?;
+    if name.is_empty() {
+        return Err(Error::invalid("topic", "name is empty"));
+    }
+    let admin = connect(config, name).await?;
     let opts = AdminOptions::new().operation_timeout(Some(config.operation_timeout));
-    let results = admin
-        .delete_topics(&[name], &opts)
-        .await
-        .map_err(|e| kafka_error("DeleteTopics", e))?;
-    for r in results {
+    let results = admin.delete_topics(&[name], &opts).await;
+    close(admin);
+    for r in results.map_err(|e| kafka_error("DeleteTopics", Some(name), e))? {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
-            Err((topic, code)) => {
-                return Err(Error::driver(
-                    DRIVER,
-                    "DeleteTopics",
-                    false,
-                    format!("topic `{topic}`: {}", KafkaError::AdminOp(code)),
-                ))
-            }
+            Err((topic, code)) => return Err(code_error("DeleteTopics", &topic, code)),
         }
     }
     Ok(())

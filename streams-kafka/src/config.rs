@@ -14,6 +14,27 @@ use rdkafka::ClientConfig;
 /// `queue.buffering.*`, ...) not to the consumer, so one config serves both without
 /// configuration warnings.
 ///
+/// # Time bounds
+///
+/// - [`with_connect_timeout`](Self::with_connect_timeout) (30 s): the first contact with
+///   the cluster. A writer's first write to a topic, a reader's start and the topic
+///   helpers fail with `kafka: connect failed: no broker answered at HOST:PORT within
+///   30s (...)` when no broker answers in time. A broker that goes away later is
+///   librdkafka's business: it reconnects, writes wait for it (up to librdkafka's
+///   `message.timeout.ms`), readers keep polling.
+/// - [`with_operation_timeout`](Self::with_operation_timeout) (30 s): how long a broker
+///   may take for an admin operation, and how long closing a writer waits for queued
+///   records.
+///
+/// # Reader bounds
+///
+/// A reader queues at most
+/// [`with_max_in_flight_per_partition`](Self::with_max_in_flight_per_partition) records
+/// per partition for its handler; a partition whose queue stays full is paused and
+/// resumed once its handler made room, while the consumer keeps polling. Set
+/// `max.poll.interval.ms` and `session.timeout.ms` as usual: since the reader polls
+/// throughout, a slow or retrying handler does not make the member leave its group.
+///
 /// ```
 /// use std::time::Duration;
 /// use streams_kafka::KafkaConfig;
@@ -33,6 +54,7 @@ pub struct KafkaConfig {
     pub(crate) retry_max: Duration,
     pub(crate) watermark_refresh: Duration,
     pub(crate) operation_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
 }
 
 impl KafkaConfig {
@@ -47,6 +69,7 @@ impl KafkaConfig {
             retry_max: Duration::from_secs(10),
             watermark_refresh: Duration::from_secs(5),
             operation_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(30),
         }
     }
 
@@ -75,10 +98,12 @@ impl KafkaConfig {
         self.get("bootstrap.servers").unwrap_or_default()
     }
 
-    /// Messages a reader queues per partition for its handler. When a partition's queue
-    /// is full (its handler is slow or retrying a failed message) the reader waits
-    /// before taking more records, so memory stays bounded; other partitions' queued
-    /// messages keep being handled meanwhile. Default 256.
+    /// Records a reader queues per partition for its handler. When a partition's queue
+    /// stays full for half a second (its handler is stuck or retrying a failed message)
+    /// the reader pauses that partition, so memory stays bounded, and resumes it from
+    /// the first record not yet queued once the handler has worked through half the
+    /// queue. Other partitions,
+    /// group membership and rebalances go on meanwhile. Default 256.
     pub fn with_max_in_flight_per_partition(mut self, n: usize) -> Self {
         self.max_in_flight_per_partition = n.max(1);
         self
@@ -99,10 +124,38 @@ impl KafkaConfig {
         self
     }
 
-    /// Time limit of admin and flush operations. Default 30 s.
+    /// How long a broker may take for an admin operation (creating or deleting a
+    /// topic), and how long [`close`](streams_core::Writer::close) waits for queued
+    /// records to be delivered. Default 30 s.
     pub fn with_operation_timeout(mut self, timeout: Duration) -> Self {
         self.operation_timeout = timeout;
         self
+    }
+
+    /// How long the first contact with the cluster may take: a metadata request at a
+    /// writer's first write to each topic, at a reader's start, and before a topic
+    /// helper's admin request. When no broker answers in time these fail with
+    /// `kafka: connect failed: no broker answered at HOST:PORT within 30s (cause)`
+    /// (retryable, unless librdkafka reported a misconfiguration such as failed
+    /// authentication). Later writes and reads do not ask again, so the bound costs the
+    /// happy path one round trip per writer and topic. Default 30 s.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use streams_kafka::KafkaConfig;
+    ///
+    /// let config = KafkaConfig::new("broker:9092").with_connect_timeout(Duration::from_secs(5));
+    /// assert_eq!(config.connect_timeout(), Duration::from_secs(5));
+    /// ```
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The bound of the first contact with the cluster (see
+    /// [`with_connect_timeout`](Self::with_connect_timeout)).
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
     }
 
     /// The rdkafka configuration of a client of `role`: `defaults` first, then every

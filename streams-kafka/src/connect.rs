@@ -17,14 +17,19 @@ pub const DEFAULT_BROKERS: &str = "localhost:9092";
 struct Parsed {
     brokers: String,
     group: Option<String>,
+    connect_timeout: Option<std::time::Duration>,
     settings: Vec<(String, String)>,
 }
 
 /// Builds a Kafka writer and reader from a
-/// `kafka://[host:port[,host:port...]][?group=G&<librdkafka key>=<value>...]` URL.
+/// `kafka://[host:port[,host:port...]][?group=G&connect_timeout=D&<librdkafka key>=<value>...]`
+/// URL.
 ///
 /// Brokers default to `localhost:9092`. `group` is the consumer group of read tasks
-/// that name none (the reader is wrapped in a [`DefaultGroupReader`]); every other
+/// that name none (the reader is wrapped in a [`DefaultGroupReader`]);
+/// `connect_timeout` (`30s` by default, `5s`, `500ms`) bounds the first contact with
+/// the brokers, so a wrong address fails fast ([`KafkaConfig::with_connect_timeout`]);
+/// every other
 /// parameter is a librdkafka property passed to [`KafkaConfig::set`] unchanged
 /// (`session.timeout.ms=6000`, `security.protocol=SASL_SSL`, `sasl.username=...`).
 /// The connection creates and deletes topics.
@@ -44,10 +49,13 @@ struct Parsed {
 /// created (an invalid librdkafka property).
 pub async fn connect(url: &str) -> Result<Connection> {
     let parsed = parse(url)?;
-    let config = parsed
+    let mut config = parsed
         .settings
         .into_iter()
         .fold(KafkaConfig::new(parsed.brokers), |c, (k, v)| c.set(k, v));
+    if let Some(timeout) = parsed.connect_timeout {
+        config = config.with_connect_timeout(timeout);
+    }
     let writer = Arc::new(KafkaWriter::new(&config)?);
     let reader = KafkaReader::new(config.clone());
     let reader: Arc<dyn Reader> = match parsed.group {
@@ -81,6 +89,7 @@ fn parse(url: &str) -> Result<Parsed> {
     };
     let mut params = url.params;
     let group = params.take_nonempty("group")?;
+    let connect_timeout = params.take_duration("connect_timeout")?;
     if params.take("bootstrap.servers").is_some() {
         return Err(invalid_url(
             "name the brokers as the host of a `kafka://` URL, not as `bootstrap.servers`",
@@ -95,6 +104,7 @@ fn parse(url: &str) -> Result<Parsed> {
     Ok(Parsed {
         brokers,
         group,
+        connect_timeout,
         settings,
     })
 }
@@ -139,6 +149,7 @@ mod tests {
             Parsed {
                 brokers: "b1:9092,b2:9093".into(),
                 group: Some("billing".into()),
+                connect_timeout: None,
                 settings: vec![
                     ("session.timeout.ms".into(), "6000".into()),
                     ("compression.type".into(), "lz4".into()),
@@ -149,6 +160,10 @@ mod tests {
         assert_eq!(p.brokers, DEFAULT_BROKERS);
         assert_eq!(p.group, None);
         assert_eq!(parse("kafka://[::1]:9092/").unwrap().brokers, "[::1]:9092");
+        let p = parse("kafka://b1?connect_timeout=5s&linger.ms=5").unwrap();
+        assert_eq!(p.connect_timeout, Some(std::time::Duration::from_secs(5)));
+        assert_eq!(p.settings, [("linger.ms".to_owned(), "5".to_owned())]);
+        assert!(err("kafka://b1?connect_timeout=x").contains("`connect_timeout`"));
     }
 
     #[test]

@@ -6,7 +6,18 @@
 //!   one partition and offset. It is at least once: an offset is stored for commit only
 //!   after its handler succeeded; a failed message is handed to the handler again, with
 //!   backoff, while the partition's later messages wait behind it. Partitions are
-//!   processed concurrently, each in order.
+//!   processed concurrently, each in order. A partition whose queue is full is paused
+//!   and resumed when there is room; the consumer is polled throughout on a thread of
+//!   its own, so a stuck handler never makes the member leave its group.
+//! - The first contact with the cluster (a writer's first write to a topic, a reader's
+//!   start, the topic helpers) is bounded by [`KafkaConfig::with_connect_timeout`]
+//!   (30 s): a wrong address fails with `kafka: connect failed: no broker answered at
+//!   HOST:PORT within 30s (...)`, a missing topic at once.
+//! - Errors are one line naming the operation, the topic and librdkafka's code and
+//!   message. A message refused for what it is (larger than `message.max.bytes`, an
+//!   invalid record) is [`Error::Rejected`](streams_core::Error::Rejected); a fault of
+//!   the destination (unreachable, missing topic, denied access) is a driver error,
+//!   retryable only when it may pass.
 //! - Records use the Go library's layout: key = stream key, value = payload, timestamp
 //!   = message time, headers `message_id`, `content_type`, then the user headers.
 //!   Handlers also see the reader headers (`streams-kafka-partition-id`, ...).
@@ -30,13 +41,16 @@
 //! ```
 
 mod admin;
+mod client;
 mod config;
 mod connect;
+mod error;
 mod reader;
 mod record;
 mod writer;
 
 pub use admin::{create_topic, delete_topic};
+pub use client::KafkaContext;
 pub use config::KafkaConfig;
 pub use connect::{connect, DEFAULT_BROKERS};
 pub use reader::KafkaReader;

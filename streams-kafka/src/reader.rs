@@ -1,24 +1,23 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures::FutureExt;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use streams_core::{CancellationToken, Error, Handler, ReadTask, Reader, Result};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 
-use crate::record::{kafka_error, to_message, Origin};
-use crate::KafkaConfig;
+use crate::client::{first_contact, KafkaContext};
+use crate::error::{code_error, fault, kafka_error, Fault};
+use crate::record::{to_message, Origin};
+use crate::{KafkaConfig, DRIVER};
 
 /// Reads Kafka topics; implements [`Reader`].
 ///
@@ -33,13 +32,40 @@ use crate::KafkaConfig;
 /// unset, or the argument `start=end`), the reader assigns that partition directly and
 /// commits nothing.
 ///
+/// # Start
+///
+/// The reader first asks the cluster for the topic's metadata, bounded by
+/// [`KafkaConfig::with_connect_timeout`] (30 s): when no broker answers, `read` fails
+/// with `kafka: connect failed: no broker answered at HOST:PORT within 30s (...)`; when
+/// the topic (or the partition of a direct read) does not exist or may not be read, it
+/// fails at once with a not retryable error naming the topic.
+///
+/// # Flow control
+///
+/// One thread polls the consumer all the time, off the async runtime, so the member
+/// keeps its place in the group (`max.poll.interval.ms`) and rebalances are served
+/// whatever the handlers do. Each partition has a worker task that hands its records to
+/// the handler one at a time, in order; partitions are handled concurrently.
+///
 /// A failed handler call is retried for the same message, with backoff (see
-/// [`KafkaConfig::with_retry_backoff`]); the partition's later messages wait, other
-/// partitions go on. Each partition queues at most
-/// [`KafkaConfig::with_max_in_flight_per_partition`] messages; when one is full the
-/// reader waits before fetching more, so a message failing for long holds up the
-/// others once its partition's queue fills. Bound retries with `RetryLayer` and a
-/// `DeadLetterLayer` in the handler to move poison messages aside.
+/// [`KafkaConfig::with_retry_backoff`]); the partition's later records wait behind it.
+/// Each partition queues at most [`KafkaConfig::with_max_in_flight_per_partition`]
+/// records for its worker. When a queue is full and its worker makes no room within
+/// half a second (a handler stuck or retrying, not merely busy), the reader pauses that
+/// partition (the other partitions go on), and once the worker has worked through half
+/// the queue it seeks the partition back to the first record not queued and resumes it,
+/// so nothing is skipped or handed twice and memory stays bounded. librdkafka drops what
+/// it had prefetched for a paused partition and fetches it again after the resume (a
+/// broker must be able to fetch from inside a record batch for that, as Apache Kafka
+/// does; tansu cannot). Bound
+/// retries with `RetryLayer` and a `DeadLetterLayer` in the handler to move poison
+/// messages aside.
+///
+/// # Stop
+///
+/// On cancellation the reader takes no new records; handler calls in flight finish,
+/// queued records stay for the next reader; then it commits what was stored, leaves the
+/// group and drops the consumer on its polling thread (closing a consumer blocks).
 #[derive(Debug, Clone)]
 pub struct KafkaReader {
     config: KafkaConfig,
@@ -58,6 +84,9 @@ impl KafkaReader {
 struct Ownership {
     epochs: Mutex<HashMap<i32, u64>>,
     next: AtomicU64,
+    /// Partitions the reader paused: librdkafka keeps a partition paused across a
+    /// revocation and a new assignment, so a revoked one is resumed at once.
+    paused: Mutex<HashSet<i32>>,
 }
 
 impl Ownership {
@@ -72,30 +101,25 @@ impl Ownership {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, u64>> {
         self.epochs.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn paused(&self) -> std::sync::MutexGuard<'_, HashSet<i32>> {
+        self.paused.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 struct ReaderContext {
+    client: KafkaContext,
     ownership: Arc<Ownership>,
     group: String,
 }
 
 impl ClientContext for ReaderContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{log_message}"),
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", fac, "{log_message}")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
-        }
+        self.client.log(level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(target: "librdkafka", %error, reason, "client error");
+        self.client.error(error, reason);
     }
 }
 
@@ -103,14 +127,25 @@ impl ConsumerContext for ReaderContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
+                let mut resume = TopicPartitionList::new();
                 {
                     let mut owned = self.ownership.lock();
+                    let mut paused = self.ownership.paused();
                     for e in tpl.elements() {
                         owned.remove(&e.partition());
+                        if paused.remove(&e.partition()) {
+                            resume.add_partition(e.topic(), e.partition());
+                        }
+                    }
+                }
+                if resume.count() > 0 {
+                    if let Err(e) = consumer.resume(&resume) {
+                        tracing::warn!(group = %self.group, error = %e, "resume of revoked partitions failed");
                     }
                 }
                 // Commit what handlers finished before the partitions go elsewhere.
                 commit_stored(consumer, &self.group, "rebalance");
+                tracing::info!(group = %self.group, partitions = tpl.count(), "partitions revoked");
             }
             Rebalance::Assign(tpl) => {
                 let mut owned = self.ownership.lock();
@@ -135,27 +170,51 @@ fn commit_stored<C: Consumer<ReaderContext>>(consumer: &C, group: &str, why: &st
     }
 }
 
-/// A message on its way to a partition worker.
 /// A record on its way to a partition worker. The worker builds the `Message` from it
 /// for each attempt, so nothing is copied up front for a redelivery that rarely comes.
 struct Work {
     record: OwnedMessage,
     hwm: i64,
-    partition: i32,
     offset: i64,
     epoch: u64,
 }
 
-struct Partition {
-    tx: mpsc::UnboundedSender<Vec<Work>>,
-    room: Arc<Semaphore>,
+/// A partition worker to start, from the polling thread to the async side.
+struct Worker {
+    partition: i32,
+    rx: mpsc::UnboundedReceiver<Vec<Work>>,
+    done: mpsc::UnboundedSender<Done>,
+}
+
+/// A worker is done with a record (handled, or dropped for a revoked partition).
+struct Done {
+    partition: i32,
     epoch: u64,
 }
 
-/// Records taken from the consumer at most per turn of the read loop.
-const DRAIN_MAX: usize = 512;
+/// What the polling thread knows of a partition of the current assignment.
+struct PartitionState {
+    epoch: u64,
+    tx: mpsc::UnboundedSender<Vec<Work>>,
+    /// Records handed to the worker that it is not done with.
+    queued: usize,
+    /// The first offset not handed to the worker; where a resume seeks to.
+    next_offset: Option<i64>,
+    paused: bool,
+}
 
-type Consumer_ = StreamConsumer<ReaderContext>;
+/// Records taken from the consumer at most per turn of the polling loop.
+const DRAIN_MAX: usize = 512;
+/// How long one poll waits for a record; also how soon a partition with room resumes
+/// when nothing else arrives.
+const POLL_WAIT: Duration = Duration::from_millis(50);
+/// How long a full partition's worker may take to make room before the partition is
+/// paused. A pause makes librdkafka drop what it prefetched and fetch it again, so a
+/// handler that is merely busy is waited for (the consumer is not polled meanwhile,
+/// which a group tolerates for far longer); one that is stuck or retrying is not.
+const FULL_PATIENCE: Duration = Duration::from_millis(500);
+
+type Consumer_ = BaseConsumer<ReaderContext>;
 
 #[async_trait]
 impl Reader for KafkaReader {
@@ -181,6 +240,7 @@ impl Reader for KafkaReader {
         };
         let ownership = Arc::new(Ownership::default());
         let context = ReaderContext {
+            client: KafkaContext::default(),
             ownership: ownership.clone(),
             group: group.clone(),
         };
@@ -206,160 +266,154 @@ impl Reader for KafkaReader {
             group.clone()
         };
         cc.set("group.id", &group_setting);
-        let consumer: Arc<Consumer_> = Arc::new(
-            cc.create_with_context(context)
-                .map_err(|e| kafka_error("create consumer", e))?,
-        );
-        let init_offset = if let Some(p) = task.partition {
-            let start = match (
-                task.start_offset,
-                task.args.get("start").map(String::as_str),
-            ) {
-                (Some(o), _) => Offset::Offset(o),
-                (None, Some("end")) => Offset::End,
-                _ => Offset::Beginning,
-            };
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&task.stream, p, start)
-                .map_err(|e| kafka_error("assign", e))?;
-            consumer
-                .assign(&tpl)
-                .map_err(|e| kafka_error("assign", e))?;
-            ownership.lock().insert(p, 0);
-            task.start_offset.map(|o| o.to_string()).unwrap_or_default()
-        } else {
-            consumer
-                .subscribe(&[&task.stream])
-                .map_err(|e| kafka_error("subscribe", e))?;
-            String::new()
-        };
+        let init_offset = task.start_offset.map(|o| o.to_string()).unwrap_or_default();
+
+        // Creating the consumer, the first contact and subscribing block: off the runtime.
+        let config = self.config.clone();
+        let t = task.clone();
+        let consumer = tokio::task::spawn_blocking(move || -> Result<Consumer_> {
+            let consumer: Consumer_ = cc
+                .create_with_context(context)
+                .map_err(|e| kafka_error("create consumer", None, e))?;
+            let context = &consumer.context().client;
+            let info = first_contact(consumer.client(), context, &config, &t.stream, || {
+                // Errors and log lines reach a consumer's context when it is polled.
+                for _ in 0..32 {
+                    match consumer.poll(Duration::ZERO) {
+                        Some(Err(e)) => context.record(e.rdkafka_error_code(), &e.to_string()),
+                        Some(Ok(_)) => {}
+                        None => break,
+                    }
+                }
+            })?;
+            match t.partition {
+                Some(p) => {
+                    info.misconfigured("assign", &t.stream)?;
+                    if info.error.is_none() && !info.partitions.contains(&p) {
+                        return Err(code_error(
+                            "assign",
+                            &t.stream,
+                            RDKafkaErrorCode::UnknownPartition,
+                        ));
+                    }
+                    let start = match (t.start_offset, t.args.get("start").map(String::as_str)) {
+                        (Some(o), _) => Offset::Offset(o),
+                        (None, Some("end")) => Offset::End,
+                        _ => Offset::Beginning,
+                    };
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition_offset(&t.stream, p, start)
+                        .map_err(|e| kafka_error("assign", Some(&t.stream), e))?;
+                    consumer
+                        .assign(&tpl)
+                        .map_err(|e| kafka_error("assign", Some(&t.stream), e))?;
+                    consumer.context().ownership.lock().insert(p, 0);
+                }
+                None => {
+                    info.misconfigured("subscribe", &t.stream)?;
+                    consumer
+                        .subscribe(&[&t.stream])
+                        .map_err(|e| kafka_error("subscribe", Some(&t.stream), e))?;
+                }
+            }
+            Ok(consumer)
+        })
+        .await
+        .map_err(|e| Error::driver(DRIVER, "connect", true, e))??;
         tracing::info!(topic = %task.stream, group = %group, direct, "kafka reader started");
 
         let shared = Arc::new(Shared {
-            consumer: consumer.clone(),
             ownership,
             topic: task.stream.clone(),
             group: group.clone(),
             client_id,
-            init_offset,
+            init_offset: if direct { init_offset } else { String::new() },
             hwm: Mutex::new(HashMap::new()),
             retry_initial: self.config.retry_initial,
             retry_max: self.config.retry_max,
             commits: !direct,
         });
+        let consumer = Arc::new(consumer);
+        // `stop`: no new work, handler calls in flight finish. `closed`: the workers are
+        // done; the polling thread commits and drops the consumer.
         let stop = CancellationToken::new();
-        let mut workers = tokio::task::JoinSet::new();
-        let mut partitions: HashMap<i32, Partition> = HashMap::new();
+        let closed = CancellationToken::new();
+        let _stop_on_drop = StopOnDrop(stop.clone(), closed.clone());
+        let (spawn_tx, mut spawn_rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
         let limit = self.config.max_in_flight_per_partition;
-        let mut watermarks = tokio::time::interval(self.config.watermark_refresh);
-        let mut failure = None;
-        let mut ready: HashMap<i32, Vec<Work>> = HashMap::new();
-        'read: loop {
-            let first = tokio::select! {
+        let poller = Poller {
+            consumer: consumer.clone(),
+            shared: shared.clone(),
+            limit,
+            resume_at: limit / 2,
+            partitions: HashMap::new(),
+            done_rx,
+            done_tx,
+            spawn: spawn_tx,
+            stop: stop.clone(),
+            closed: closed.clone(),
+            watermark_refresh: self.config.watermark_refresh,
+            watermarks_running: Arc::new(AtomicBool::new(false)),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let weak = Arc::downgrade(&consumer);
+        drop(consumer);
+        let mut poll = tokio::task::spawn_blocking(move || poller.run());
+
+        let mut workers = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                r = consumer.recv() => r,
-                _ = watermarks.tick() => {
-                    refresh_watermarks(&shared, &partitions).await;
-                    continue;
+                // The polling thread stopped on a fatal error.
+                _ = stop.cancelled() => break,
+                Some(w) = spawn_rx.recv() => {
+                    workers.spawn(partition_worker(
+                        shared.clone(),
+                        weak.clone(),
+                        w,
+                        handler.clone(),
+                        stop.clone(),
+                    ));
                 }
-            };
-            // Take what else is already fetched, so each partition worker is woken once
-            // per batch rather than once per record.
-            let mut next = Some(first);
-            let mut taken = 0;
-            while let Some(record) = next.take() {
-                match record {
-                    Ok(record) => {
-                        if let Some(work) = shared.work(&record) {
-                            ready.entry(work.partition).or_default().push(work);
-                        }
+                Some(joined) = workers.join_next(), if !workers.is_empty() => {
+                    if let Err(e) = joined {
+                        tracing::error!(topic = %task.stream, error = %e, "partition worker failed");
                     }
-                    Err(e) => {
-                        let fatal = matches!(
-                            e.rdkafka_error_code(),
-                            Some(RDKafkaErrorCode::Fatal | RDKafkaErrorCode::Authentication)
-                        );
-                        tracing::warn!(topic = %task.stream, error = %e, fatal, "kafka consume error");
-                        if fatal {
-                            failure = Some(kafka_error("consume", e));
-                            break 'read;
-                        }
-                    }
-                }
-                taken += 1;
-                if taken < DRAIN_MAX {
-                    next = consumer.recv().now_or_never();
-                }
-            }
-            for (p, mut works) in ready.drain() {
-                let epoch = works[0].epoch;
-                let part = match partitions.get_mut(&p) {
-                    Some(part) if part.epoch == epoch && !part.tx.is_closed() => part,
-                    _ => {
-                        partitions.retain(|_, part| !part.tx.is_closed());
-                        let (tx, rx) = mpsc::unbounded_channel();
-                        let room = Arc::new(Semaphore::new(limit));
-                        workers.spawn(partition_worker(
-                            shared.clone(),
-                            p,
-                            rx,
-                            handler.clone(),
-                            room.clone(),
-                            stop.clone(),
-                        ));
-                        partitions.insert(p, Partition { tx, room, epoch });
-                        partitions.get_mut(&p).expect("just inserted")
-                    }
-                };
-                // When a partition's queue is full the reader waits: memory stays
-                // bounded and nothing is fetched twice. (Pausing the partition instead
-                // would make librdkafka drop and refetch what it prefetched.)
-                while !works.is_empty() {
-                    let rest = works.split_off(works.len().min(limit));
-                    let permits = tokio::select! {
-                        biased;
-                        _ = cancel.cancelled() => break 'read,
-                        p = part.room.clone().acquire_many_owned(works.len() as u32) => p,
-                    };
-                    // The worker gives one permit back per message it is done with.
-                    if let Ok(p) = permits {
-                        p.forget();
-                    }
-                    let _ = part.tx.send(works);
-                    works = rest;
                 }
             }
         }
 
         // Shutdown: no new work; in-flight handlers finish, queued ones stay for the
-        // next reader; then commit what finished.
+        // next reader; then the polling thread commits what finished and closes.
         stop.cancel();
-        drop(partitions);
+        drop(spawn_rx);
         while let Some(joined) = workers.join_next().await {
             if let Err(e) = joined {
                 tracing::error!(topic = %task.stream, error = %e, "partition worker failed");
             }
         }
-        if shared.commits {
-            let consumer = consumer.clone();
-            let group = group.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                commit_stored(consumer.as_ref(), &group, "shutdown");
-                consumer.unsubscribe();
-            })
-            .await;
-        }
+        closed.cancel();
+        let result = (&mut poll)
+            .await
+            .map_err(|e| Error::driver(DRIVER, "consume", false, e))?;
         tracing::info!(topic = %task.stream, group = %group, "kafka reader stopped");
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        result
+    }
+}
+
+/// Stops the polling thread when `read` is dropped rather than cancelled.
+struct StopOnDrop(CancellationToken, CancellationToken);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+        self.1.cancel();
     }
 }
 
 struct Shared {
-    consumer: Arc<Consumer_>,
     ownership: Arc<Ownership>,
     topic: String,
     group: String,
@@ -372,84 +426,326 @@ struct Shared {
 }
 
 impl Shared {
-    /// The work for a record of a partition this member owns; `None` for a record of a
-    /// partition revoked since it was fetched (its new owner gets it).
-    fn work(&self, record: &BorrowedMessage<'_>) -> Option<Work> {
+    fn work(&self, record: &BorrowedMessage<'_>, epoch: u64) -> Work {
         let partition = rdkafka::Message::partition(record);
-        let offset = rdkafka::Message::offset(record);
-        let epoch = self.ownership.epoch(partition)?;
         let hwm = self
             .hwm
             .lock()
             .map(|m| m.get(&partition).copied().unwrap_or(0))
             .unwrap_or(0);
-        Some(Work {
+        Work {
             record: record.detach(),
             hwm,
-            partition,
-            offset,
+            offset: rdkafka::Message::offset(record),
             epoch,
-        })
+        }
     }
 }
 
-async fn refresh_watermarks(shared: &Arc<Shared>, partitions: &HashMap<i32, Partition>) {
-    let ps: Vec<i32> = partitions.keys().copied().collect();
-    if ps.is_empty() {
-        return;
+/// The polling thread: takes records from the consumer, hands them to partition
+/// workers, pauses full partitions and resumes them, and owns the consumer, which it
+/// drops when done.
+struct Poller {
+    consumer: Arc<Consumer_>,
+    shared: Arc<Shared>,
+    limit: usize,
+    resume_at: usize,
+    partitions: HashMap<i32, PartitionState>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    spawn: mpsc::UnboundedSender<Worker>,
+    stop: CancellationToken,
+    closed: CancellationToken,
+    watermark_refresh: Duration,
+    watermarks_running: Arc<AtomicBool>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Poller {
+    fn run(mut self) -> Result<()> {
+        let consumer = self.consumer.clone();
+        let mut failure = None;
+        let mut next_watermarks = Instant::now();
+        while !self.stop.is_cancelled() {
+            self.take_done();
+            self.resume_with_room();
+            if Instant::now() >= next_watermarks {
+                self.refresh_watermarks();
+                next_watermarks = Instant::now() + self.watermark_refresh;
+            }
+            // Take what else is already fetched, so each partition worker is woken once
+            // per batch rather than once per record.
+            let mut ready: HashMap<i32, Vec<Work>> = HashMap::new();
+            let mut wait = POLL_WAIT;
+            for _ in 0..DRAIN_MAX {
+                match consumer.poll(wait) {
+                    None => break,
+                    Some(Ok(record)) => self.route(&record, &mut ready),
+                    Some(Err(e)) => {
+                        if let Some(fatal) = self.consume_error(e) {
+                            failure = Some(fatal);
+                            break;
+                        }
+                    }
+                }
+                wait = Duration::ZERO;
+            }
+            for (p, works) in ready {
+                if let Some(state) = self.partitions.get(&p) {
+                    let _ = state.tx.send(works);
+                }
+            }
+            if failure.is_some() {
+                self.stop.cancel();
+            }
+        }
+        // Stopping: keep polling until the workers are done, so that the member stays in
+        // its group and rebalances are served; records taken now are not stored, so the
+        // next reader gets them.
+        while !self.closed.is_cancelled() {
+            let _ = consumer.poll(POLL_WAIT);
+        }
+        if self.shared.commits {
+            commit_stored(consumer.as_ref(), &self.shared.group, "shutdown");
+            consumer.unsubscribe();
+        }
+        drop(consumer);
+        // The watermark refresh may still hold the consumer for a moment: wait, so that
+        // it is dropped (which closes it and can block) here rather than anywhere else.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&self.consumer) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(self.consumer);
+        failure.map_or(Ok(()), Err)
     }
-    let s = shared.clone();
-    let _ = tokio::task::spawn_blocking(move || {
-        for p in ps {
-            if let Ok((_, high)) = s
-                .consumer
-                .fetch_watermarks(&s.topic, p, Duration::from_secs(2))
-            {
-                if let Ok(mut m) = s.hwm.lock() {
-                    m.insert(p, high);
+
+    /// Hands a record to its partition's worker, or drops it (revoked partition, or
+    /// fetched before a pause took effect: a resume fetches it again).
+    fn route(&mut self, record: &BorrowedMessage<'_>, ready: &mut HashMap<i32, Vec<Work>>) {
+        let p = rdkafka::Message::partition(record);
+        let offset = rdkafka::Message::offset(record);
+        let Some(epoch) = self.shared.ownership.epoch(p) else {
+            return;
+        };
+        let current = self
+            .partitions
+            .get(&p)
+            .is_some_and(|s| s.epoch == epoch && !s.tx.is_closed());
+        if !current {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let _ = self.spawn.send(Worker {
+                partition: p,
+                rx,
+                done: self.done_tx.clone(),
+            });
+            // A worker of this assignment that ended (its handler panicked) may leave the
+            // partition paused: carry that over so it is resumed.
+            let (next_offset, paused) = match self.partitions.remove(&p) {
+                Some(old) if old.epoch == epoch => (old.next_offset, old.paused),
+                _ => (None, false),
+            };
+            self.partitions.insert(
+                p,
+                PartitionState {
+                    epoch,
+                    tx,
+                    queued: 0,
+                    next_offset,
+                    paused,
+                },
+            );
+        }
+        let state = self.partitions.get_mut(&p).expect("just ensured");
+        if state.paused {
+            return;
+        }
+        if state.next_offset.is_some_and(|next| offset < next) {
+            // Handed already (fetched again after a seek): never twice.
+            return;
+        }
+        ready
+            .entry(p)
+            .or_default()
+            .push(self.shared.work(record, epoch));
+        state.queued += 1;
+        state.next_offset = Some(offset + 1);
+        if state.queued >= self.limit {
+            self.make_room_or_pause(p, ready);
+        }
+    }
+
+    /// Hands out what is ready and waits up to [`FULL_PATIENCE`] for partition `p`'s
+    /// worker to make room; pauses `p` if it does not.
+    fn make_room_or_pause(&mut self, p: i32, ready: &mut HashMap<i32, Vec<Work>>) {
+        for (q, works) in ready.drain() {
+            if let Some(state) = self.partitions.get(&q) {
+                let _ = state.tx.send(works);
+            }
+        }
+        let deadline = Instant::now() + FULL_PATIENCE;
+        loop {
+            self.take_done();
+            match self.partitions.get(&p) {
+                Some(state) if state.queued >= self.limit => {}
+                // Room (or the partition was revoked meanwhile).
+                _ => return,
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.pause(p);
+    }
+
+    fn pause(&mut self, p: i32) {
+        let Some(state) = self.partitions.get_mut(&p) else {
+            return;
+        };
+        // Paused here whatever librdkafka says: records that still arrive are dropped and
+        // fetched again after the resume, so the queue stays bounded either way.
+        state.paused = true;
+        self.shared.ownership.paused().insert(p);
+        if let Err(e) = self.consumer.pause(&one(&self.shared.topic, p)) {
+            tracing::warn!(topic = %self.shared.topic, partition = p, error = %e, "pause failed");
+        }
+        tracing::debug!(
+            topic = %self.shared.topic, partition = p, queued = state.queued,
+            "partition paused: its queue is full"
+        );
+    }
+
+    /// Counts records the workers are done with.
+    fn take_done(&mut self) {
+        while let Ok(done) = self.done_rx.try_recv() {
+            if let Some(state) = self.partitions.get_mut(&done.partition) {
+                if state.epoch == done.epoch {
+                    state.queued = state.queued.saturating_sub(1);
                 }
             }
         }
-    })
-    .await;
+        // Partitions revoked since: their workers drop what is queued and end.
+        let ownership = &self.shared.ownership;
+        self.partitions.retain(|p, s| ownership.owns(*p, s.epoch));
+    }
+
+    /// Resumes paused partitions whose workers made room, from the first record not
+    /// handed to them.
+    fn resume_with_room(&mut self) {
+        let topic = &self.shared.topic;
+        for (p, state) in &mut self.partitions {
+            if !state.paused || state.queued > self.resume_at {
+                continue;
+            }
+            if let Some(offset) = state.next_offset {
+                // Asynchronous (no wait): librdkafka applies it before the resume.
+                if let Err(e) =
+                    self.consumer
+                        .seek(topic, *p, Offset::Offset(offset), Duration::ZERO)
+                {
+                    tracing::warn!(topic = %topic, partition = p, offset, error = %e, "seek failed");
+                }
+            }
+            if let Err(e) = self.consumer.resume(&one(topic, *p)) {
+                tracing::warn!(topic = %topic, partition = p, error = %e, "resume failed");
+            }
+            state.paused = false;
+            self.shared.ownership.paused().remove(p);
+            tracing::debug!(
+                topic = %topic, partition = p, offset = state.next_offset,
+                "partition resumed"
+            );
+        }
+    }
+
+    /// Logs a consumer error; returns the error that ends the read when it is fatal
+    /// or a misconfiguration (failed authentication, denied access).
+    fn consume_error(&self, e: KafkaError) -> Option<Error> {
+        let code = e.rdkafka_error_code();
+        let ends = matches!(e, KafkaError::MessageConsumptionFatal(_))
+            || code.is_some_and(|c| {
+                fault(c) == Fault::Config
+                    && !matches!(
+                        c,
+                        // The topic was there at the start: it may be re-created.
+                        RDKafkaErrorCode::UnknownTopicOrPartition
+                            | RDKafkaErrorCode::UnknownTopic
+                            | RDKafkaErrorCode::UnknownPartition
+                    )
+            });
+        tracing::warn!(topic = %self.shared.topic, error = %e, fatal = ends, "kafka consume error");
+        ends.then(|| kafka_error("consume", Some(&self.shared.topic), e))
+    }
+
+    /// Refreshes high watermarks for the `streams-kafka-hwm-offset` header on a
+    /// blocking thread, one refresh at a time.
+    fn refresh_watermarks(&self) {
+        let partitions: Vec<i32> = self.shared.ownership.lock().keys().copied().collect();
+        if partitions.is_empty() || self.watermarks_running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let consumer = Arc::downgrade(&self.consumer);
+        let shared = self.shared.clone();
+        let running = self.watermarks_running.clone();
+        self.runtime.spawn_blocking(move || {
+            for p in partitions {
+                let Some(c) = consumer.upgrade() else { break };
+                if let Ok((_, high)) = c.fetch_watermarks(&shared.topic, p, Duration::from_secs(2))
+                {
+                    if let Ok(mut m) = shared.hwm.lock() {
+                        m.insert(p, high);
+                    }
+                }
+            }
+            running.store(false, Ordering::Release);
+        });
+    }
+}
+
+fn one(topic: &str, partition: i32) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    tpl
 }
 
 async fn partition_worker(
     shared: Arc<Shared>,
-    partition: i32,
-    mut rx: mpsc::UnboundedReceiver<Vec<Work>>,
+    consumer: Weak<Consumer_>,
+    mut worker: Worker,
     mut handler: Handler,
-    room: Arc<Semaphore>,
     stop: CancellationToken,
 ) {
+    let partition = worker.partition;
     while let Some(batch) = tokio::select! {
         biased;
         _ = stop.cancelled() => None,
-        w = rx.recv() => w,
+        w = worker.rx.recv() => w,
     } {
         for work in batch {
             if stop.is_cancelled() {
                 return;
             }
-            let done = handle_until_success(&shared, partition, &mut handler, &work, &stop).await;
-            room.add_permits(1);
-            if !done {
-                // Stopped or revoked before success: not stored, so delivered again.
-                if stop.is_cancelled() {
-                    return;
+            let handled =
+                handle_until_success(&shared, partition, &mut handler, &work, &stop).await;
+            if handled && shared.commits && shared.ownership.owns(partition, work.epoch) {
+                // The consumer outlives the workers; the strong reference lasts this call.
+                if let Some(c) = consumer.upgrade() {
+                    if let Err(e) = c.store_offset(&shared.topic, partition, work.offset) {
+                        tracing::warn!(
+                            topic = %shared.topic, partition, offset = work.offset, error = %e,
+                            "offset store failed"
+                        );
+                    }
                 }
-                continue;
             }
-            if shared.commits && shared.ownership.owns(partition, work.epoch) {
-                if let Err(e) = shared
-                    .consumer
-                    .store_offset(&shared.topic, partition, work.offset)
-                {
-                    tracing::warn!(
-                        topic = %shared.topic, partition, offset = work.offset, error = %e,
-                        "offset store failed"
-                    );
-                }
+            let _ = worker.done.send(Done {
+                partition,
+                epoch: work.epoch,
+            });
+            if !handled && stop.is_cancelled() {
+                // Stopped before success: not stored, so delivered again.
+                return;
             }
         }
     }
@@ -482,7 +778,8 @@ async fn handle_until_success(
         match streams_core::call_handler(handler, message).await {
             Ok(()) => return true,
             Err(error) => {
-                tracing::warn!(
+                // `LoggingLayer` logs failures at the level the user chose.
+                tracing::debug!(
                     topic = %shared.topic, partition, offset = work.offset,
                     attempt, ?backoff, %error, "handler failed; delivering the message again"
                 );

@@ -1,11 +1,8 @@
-//! The record layout shared with the Go library, and error classification.
+//! The record layout shared with the Go library.
 
 use chrono::{DateTime, TimeZone, Utc};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use streams_core::{Error, Message, CONTENT_TYPE_OCTET_STREAM};
-
-use crate::DRIVER;
+use streams_core::{Message, CONTENT_TYPE_OCTET_STREAM};
 
 /// Record header carrying the message id.
 pub const HEADER_MESSAGE_ID: &str = "message_id";
@@ -140,44 +137,6 @@ pub(crate) fn to_message<M: rdkafka::Message>(record: &M, origin: &Origin<'_>) -
     }
 }
 
-/// Whether a Kafka error code may go away when the same call is tried again.
-pub(crate) fn retryable_code(code: RDKafkaErrorCode) -> bool {
-    use RDKafkaErrorCode as C;
-    !matches!(
-        code,
-        C::MessageSizeTooLarge
-            | C::InvalidMessage
-            | C::InvalidMessageSize
-            | C::InvalidRecord
-            | C::InvalidTopic
-            | C::TopicAuthorizationFailed
-            | C::ClusterAuthorizationFailed
-            | C::GroupAuthorizationFailed
-            | C::SaslAuthenticationFailed
-            | C::Authentication
-            | C::InvalidConfig
-            | C::InvalidArgument
-            | C::UnsupportedVersion
-            | C::UnsupportedForMessageFormat
-            | C::InvalidRequiredAcks
-            | C::Fatal
-    )
-}
-
-/// Wraps a client error with the operation and whether to retry.
-pub(crate) fn kafka_error(operation: &'static str, e: KafkaError) -> Error {
-    let retryable = match e.rdkafka_error_code() {
-        Some(code) => retryable_code(code),
-        None => !matches!(
-            e,
-            KafkaError::ClientConfig(..)
-                | KafkaError::ClientCreation(..)
-                | KafkaError::Subscription(..)
-        ),
-    };
-    Error::driver(DRIVER, operation, retryable, e)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,22 +242,5 @@ mod tests {
         let m = to_message(&bare, &origin());
         assert_eq!(m.content_type, CONTENT_TYPE_OCTET_STREAM);
         assert_eq!(m.key, None);
-    }
-
-    #[test]
-    fn error_codes_are_classified() {
-        assert!(retryable_code(RDKafkaErrorCode::RequestTimedOut));
-        assert!(retryable_code(RDKafkaErrorCode::NotLeaderForPartition));
-        assert!(!retryable_code(RDKafkaErrorCode::MessageSizeTooLarge));
-        assert!(!kafka_error(
-            "produce",
-            KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
-        )
-        .is_retryable());
-        assert!(kafka_error(
-            "produce",
-            KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)
-        )
-        .is_retryable());
     }
 }

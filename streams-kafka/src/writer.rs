@@ -1,13 +1,19 @@
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 use futures::future::join_all;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use streams_core::{Error, FailedMessage, Message, Result, Writer};
 
-use crate::record::{kafka_error, record_headers, retryable_code};
+use crate::client::{first_contact, KafkaContext};
+use crate::error::{code_of, describe, fault, kafka_error, Fault};
+use crate::record::record_headers;
 use crate::{KafkaConfig, DRIVER};
 
 /// Produces batches to Kafka; implements [`Writer`].
@@ -16,36 +22,88 @@ use crate::{KafkaConfig, DRIVER};
 /// `enable.idempotence=true` (so `acks=all` and no duplicates from producer retries),
 /// `linger.ms=5`. The record key is the message key (none when empty), so the key
 /// selects the partition; the record timestamp is the message time.
+///
+/// The first write to each topic asks the cluster for the topic's metadata, bounded by
+/// [`KafkaConfig::with_connect_timeout`]: a wrong address fails within that bound, a
+/// missing or forbidden topic at once. Later writes to the topic go straight to
+/// librdkafka, which reconnects on its own when a broker goes away (a write then waits
+/// up to librdkafka's `message.timeout.ms`).
 pub struct KafkaWriter {
-    producer: FutureProducer,
+    /// Always `Some` until dropped: dropping a producer blocks (it flushes and joins its
+    /// thread), so [`Drop`] moves it to a blocking thread.
+    producer: Option<FutureProducer<KafkaContext>>,
     closed: AtomicBool,
     config: KafkaConfig,
+    /// Topics a first write found.
+    known: Mutex<HashSet<String>>,
+    context: KafkaContext,
 }
 
 impl KafkaWriter {
-    /// Creates a producer.
+    /// Creates a producer. It connects in the background; the first write waits for it.
     ///
     /// # Errors
     ///
     /// A configuration librdkafka rejects.
     pub fn new(config: &KafkaConfig) -> Result<Self> {
-        let producer: FutureProducer = config
+        let context = KafkaContext::default();
+        let producer: FutureProducer<KafkaContext> = config
             .client_config(
                 crate::config::Role::Producer,
                 &[("enable.idempotence", "true"), ("linger.ms", "5")],
             )
-            .create()
-            .map_err(|e| kafka_error("create producer", e))?;
+            .create_with_context(context.clone())
+            .map_err(|e| kafka_error("create producer", None, e))?;
         Ok(KafkaWriter {
-            producer,
+            producer: Some(producer),
             closed: AtomicBool::new(false),
             config: config.clone(),
+            known: Mutex::new(HashSet::new()),
+            context,
         })
     }
 
     /// The underlying rdkafka producer, for what this type does not cover.
-    pub fn producer(&self) -> &FutureProducer {
-        &self.producer
+    pub fn producer(&self) -> &FutureProducer<KafkaContext> {
+        self.producer.as_ref().expect("present until dropped")
+    }
+
+    /// The first contact for a topic not written to yet; blocking, so off the runtime.
+    async fn check_topic(&self, topic: &str) -> Result<()> {
+        let producer = self.producer().clone();
+        let context = self.context.clone();
+        let config = self.config.clone();
+        let t = topic.to_owned();
+        let info = tokio::task::spawn_blocking(move || {
+            first_contact(producer.client(), &context, &config, &t, || {})
+        })
+        .await
+        .map_err(|e| Error::driver(DRIVER, "connect", true, e))??;
+        info.misconfigured("produce", topic)?;
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(topic.to_owned());
+        Ok(())
+    }
+
+    /// Why a message failed, for [`FailedMessage::reason`]; sizes for a message too large.
+    fn reason(&self, m: &Message, e: &KafkaError) -> String {
+        let mut reason = format!("topic `{}`: {}", m.stream, describe(e));
+        if code_of(e) == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
+            let headers: usize = record_headers(m)
+                .iter()
+                .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+                .sum();
+            let key = m.key.as_deref().map_or(0, str::len);
+            let limit = self.config.get("message.max.bytes").unwrap_or("1000000");
+            reason.push_str(&format!(
+                ": value {} bytes, key {key}, headers {headers}; the producer's \
+                 message.max.bytes is {limit} (the topic's max.message.bytes may be lower)",
+                m.data.len()
+            ));
+        }
+        reason
     }
 }
 
@@ -55,11 +113,37 @@ impl Writer for KafkaWriter {
     ///
     /// # Errors
     ///
-    /// [`Error::Closed`] after [`close`](Writer::close); [`Error::PartialWrite`] naming
-    /// each message the broker did not acknowledge (the others were written).
+    /// - [`Error::Closed`] after [`close`](Writer::close).
+    /// - `kafka: connect failed: no broker answered at HOST:PORT within 30s (...)` when
+    ///   the first write to a topic finds no broker; a not retryable
+    ///   [`Error::Driver`] naming the topic when the cluster says it does not exist or
+    ///   may not be written. Nothing was written.
+    /// - [`Error::Rejected`] naming each message refused for what it is (larger than
+    ///   `message.max.bytes`, an invalid record or timestamp), with its sizes; every
+    ///   other message of the batch was written.
+    /// - [`Error::Driver`] naming the topic and librdkafka's code when no message of the
+    ///   batch was written for a reason of the destination (retryable when it may pass).
+    /// - [`Error::PartialWrite`] naming each message not written (refused ones
+    ///   included) when some were written and some failed for a reason other than
+    ///   their own; `retryable` says whether those others may succeed when written
+    ///   again.
     async fn write(&self, batch: Vec<Message>) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed("kafka writer"));
+        }
+        if batch.iter().any(|m| m.stream.is_empty()) {
+            return Err(Error::invalid("message", "stream (topic) is empty"));
+        }
+        let new: BTreeSet<&str> = {
+            let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            batch
+                .iter()
+                .map(|m| m.stream.as_str())
+                .filter(|t| !known.contains(*t))
+                .collect()
+        };
+        for topic in new {
+            self.check_topic(topic).await?;
         }
         let deliveries = batch.iter().map(|m| {
             let mut record = FutureRecord::to(&m.stream)
@@ -70,43 +154,84 @@ impl Writer for KafkaWriter {
                 record = record.key(key);
             }
             // A full local queue waits (backpressure) rather than failing.
-            self.producer.send(record, Timeout::Never)
+            self.producer().send(record, Timeout::Never)
         });
         let results = join_all(deliveries).await;
+        let mut rejected = Vec::new();
         let mut failed = Vec::new();
+        let mut first_failure = None;
         let mut retryable = true;
         for (m, r) in batch.iter().zip(results) {
-            if let Err((e, _)) = r {
-                if let Some(code) = e.rdkafka_error_code() {
-                    retryable &= retryable_code(code);
+            let Err((e, _)) = r else { continue };
+            let failure = FailedMessage {
+                id: m.id.clone(),
+                reason: self.reason(m, &e),
+            };
+            match code_of(&e).map(fault) {
+                Some(Fault::Message) => rejected.push(failure),
+                f => {
+                    retryable &=
+                        f.map_or_else(|| crate::error::retryable(&e), |f| f == Fault::Transient);
+                    if first_failure.is_none() {
+                        first_failure = Some((m.stream.clone(), e));
+                    }
+                    failed.push(failure);
                 }
-                failed.push(FailedMessage {
-                    id: m.id.clone(),
-                    reason: e.to_string(),
-                });
             }
         }
-        if failed.is_empty() {
-            Ok(())
-        } else {
+        let written = batch.len() - rejected.len() - failed.len();
+        if !rejected.is_empty() || !failed.is_empty() {
             tracing::warn!(
+                rejected = rejected.len(),
                 failed = failed.len(),
                 of = batch.len(),
                 "kafka produce failed"
             );
-            Err(Error::PartialWrite { failed, retryable })
+        }
+        match (rejected.is_empty(), failed.is_empty()) {
+            (true, true) => Ok(()),
+            (false, true) => Err(Error::Rejected { failed: rejected }),
+            (true, false) if written == 0 => {
+                // The destination failed the whole batch: one line with the cause.
+                let (topic, e) = first_failure.expect("a failure was recorded");
+                let mut detail = describe(&e);
+                if failed.len() > 1 {
+                    detail.push_str(&format!(" ({} messages)", failed.len()));
+                }
+                Err(crate::error::driver_error(
+                    "produce",
+                    Some(&topic),
+                    retryable,
+                    detail,
+                ))
+            }
+            _ => {
+                failed.extend(rejected);
+                Err(Error::PartialWrite { failed, retryable })
+            }
         }
     }
 
     /// Refuses further writes and waits for queued records to be delivered.
     async fn close(&self) -> Result<()> {
         self.closed.store(true, Ordering::Release);
-        let producer = self.producer.clone();
+        let producer = self.producer().clone();
         let timeout = self.config.operation_timeout;
         tokio::task::spawn_blocking(move || producer.flush(timeout))
             .await
             .map_err(|e| Error::driver(DRIVER, "flush", false, e))?
-            .map_err(|e| kafka_error("flush", e))
+            .map_err(|e| kafka_error("flush", None, e))
+    }
+}
+
+impl Drop for KafkaWriter {
+    fn drop(&mut self) {
+        let Some(producer) = self.producer.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn_blocking(move || drop(producer));
+        }
     }
 }
 

@@ -319,27 +319,98 @@ async fn go_library_records_and_malformed_records_reach_the_handler() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_message_is_reported_by_id_and_the_rest_is_written() {
+async fn oversized_message_is_rejected_by_id_and_size_and_the_rest_is_written() {
     let t = topic("too-big", 1).await;
+    // The producer's own limit: librdkafka refuses the message before sending it.
     let writer = KafkaWriter::new(&config().set("message.max.bytes", "10000")).unwrap();
-    let ok = Message::new(&t, "small");
+    let before = Message::new(&t, "before");
     let big = Message::new(&t, vec![1u8; 50_000]);
+    let after = Message::new(&t, "after");
     let err = writer
-        .write(vec![ok.clone(), big.clone()])
+        .write(vec![before.clone(), big.clone(), after.clone()])
         .await
         .unwrap_err();
     match &err {
-        Error::PartialWrite { failed, retryable } => {
-            assert_eq!(failed.len(), 1);
+        Error::Rejected { failed } => {
+            assert_eq!(failed.len(), 1, "{err}");
             assert_eq!(failed[0].id, big.id);
-            assert!(!retryable, "a too-large message is not retryable: {err}");
+            let reason = &failed[0].reason;
+            assert!(reason.contains(&format!("topic `{t}`")), "{reason}");
+            assert!(reason.contains("MessageSizeTooLarge"), "{reason}");
+            assert!(reason.contains("value 50000 bytes"), "{reason}");
+            assert!(reason.contains("message.max.bytes is 10000"), "{reason}");
         }
-        other => panic!("want PartialWrite, got {other}"),
+        other => panic!("want Rejected, got {other}"),
     }
+    assert!(err.is_message_fault());
+    assert!(
+        !err.is_retryable(),
+        "a too-large message is not retryable: {err}"
+    );
     let mut r = run(ReadTask::new(&t).with_group(format!("g-{t}")));
-    let got = r.take(1, PATIENCE).await;
+    let mut got = r.take(2, PATIENCE).await;
+    got.extend(r.rest(Duration::from_secs(2)).await);
     r.stop().await;
-    assert_eq!(got[0].id, ok.id);
+    let got: Vec<_> = got.into_iter().map(|m| m.id).collect();
+    assert_eq!(
+        got,
+        [before.id, after.id],
+        "the other messages were written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_topic_fails_at_once_naming_it() {
+    let t = unique("missing");
+    let writer = KafkaWriter::new(&config()).unwrap();
+    let started = std::time::Instant::now();
+    // Whether a broker creates a topic on first use is its own setting: only check the
+    // answer when it does not.
+    if let Err(e) = writer.write(vec![Message::new(&t, "x")]).await {
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "kafka: produce failed: topic `{t}`: UnknownTopicOrPartition"
+            )),
+            "{text}"
+        );
+        assert!(!e.is_retryable() && !e.is_message_fault(), "{text}");
+    }
+    let e = streams_core::Reader::read(
+        &streams_kafka::KafkaReader::new(config()),
+        ReadTask::new(unique("missing")).with_group("g"),
+        forwarding(tokio::sync::mpsc::unbounded_channel().0),
+        streams_core::CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.starts_with("kafka: subscribe failed: topic `"),
+        "{text}"
+    );
+    assert!(text.contains("UnknownTopicOrPartition"), "{text}");
+    assert!(!e.is_retryable(), "{text}");
+    let t = topic("one-partition", 1).await;
+    let e = streams_core::Reader::read(
+        &streams_kafka::KafkaReader::new(config()),
+        ReadTask::new(&t).with_partition(3),
+        forwarding(tokio::sync::mpsc::unbounded_channel().0),
+        streams_core::CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.to_string().starts_with(&format!(
+            "kafka: assign failed: topic `{t}`: UnknownPartition"
+        )),
+        "{e}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,90 @@
+//! Against an address where nothing listens, every first contact fails within the
+//! connect time-out (30 s by default) with one line naming the platform, the address
+//! and the cause. Needs no broker.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use streams_core::{CancellationToken, Error, Message, ReadTask, Reader, Writer};
+use streams_kafka::{create_topic, delete_topic, KafkaConfig, KafkaReader, KafkaWriter};
+
+const NOWHERE: &str = "127.0.0.1:1";
+
+fn assert_connect_error(what: &str, e: &Error, within: &str) {
+    let text = e.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "kafka: connect failed: no broker answered at {NOWHERE} within {within}"
+        )),
+        "{what}: {text}"
+    );
+    assert!(!text.contains('\n'), "{what}: one line: {text}");
+    assert!(text.len() <= 350, "{what}: short: {text}");
+    assert!(
+        e.is_retryable(),
+        "{what}: an unreachable broker may come back"
+    );
+    assert!(!e.is_message_fault(), "{what}: not the messages' fault");
+}
+
+async fn read(config: KafkaConfig, task: ReadTask) -> Error {
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    KafkaReader::new(config)
+        .read(task, common::forwarding(tx), CancellationToken::new())
+        .await
+        .expect_err("read fails")
+}
+
+/// The default bound: every operation at once, so the test takes about 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_listening_fails_within_the_default_30s() {
+    let config = KafkaConfig::new(NOWHERE);
+    let started = Instant::now();
+    let writer = KafkaWriter::new(&config).expect("writer");
+    let (write, group_read, direct_read, create, delete) = tokio::join!(
+        writer.write(vec![Message::new("t", "x")]),
+        read(config.clone(), ReadTask::new("t").with_group("g")),
+        read(config.clone(), ReadTask::new("t").with_partition(0)),
+        create_topic(&config, "t", 1, 1),
+        delete_topic(&config, "t"),
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(45), "took {took:?}");
+    assert!(
+        took >= Duration::from_secs(25),
+        "waited the bound: {took:?}"
+    );
+    assert_connect_error("write", &write.expect_err("write fails"), "30s");
+    assert_connect_error("group read", &group_read, "30s");
+    assert_connect_error("direct read", &direct_read, "30s");
+    assert_connect_error("create_topic", &create.expect_err("create fails"), "30s");
+    assert_connect_error("delete_topic", &delete.expect_err("delete fails"), "30s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bound_is_a_setting() {
+    let config = KafkaConfig::new(NOWHERE).with_connect_timeout(Duration::from_secs(2));
+    let started = Instant::now();
+    let writer = KafkaWriter::new(&config).expect("writer");
+    let e = writer
+        .write(vec![Message::new("t", "x")])
+        .await
+        .expect_err("write fails");
+    assert_connect_error("write", &e, "2s");
+    // librdkafka says why: the connection was refused.
+    assert!(e.to_string().contains("Connection refused"), "{e}");
+    // The next write asks again rather than waiting on librdkafka's own time-out.
+    let e = writer
+        .write(vec![Message::new("t", "y")])
+        .await
+        .expect_err("write fails again");
+    assert_connect_error("second write", &e, "2s");
+    let e = read(config, ReadTask::new("t").with_group("g")).await;
+    assert_connect_error("read", &e, "2s");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+}
