@@ -16,7 +16,11 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            // A failure is reported once, as the command's one line; what the
+            // library reports about it on the way (reader failed, librdkafka's
+            // reconnects) is there with RUST_LOG.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error,librdkafka=off,streams_core::subscriber=off".into()),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

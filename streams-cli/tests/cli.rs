@@ -166,3 +166,81 @@ async fn consume_stops_on_sigint() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("consumed 0 message(s)"), "{stderr}");
 }
+
+/// Issue "failure paths": against an address where nothing listens, every command
+/// fails within 30 s by default with one line naming the platform and the address.
+#[cfg(all(feature = "kafka", feature = "sqs", feature = "sql"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_listening_is_one_line_within_30s() {
+    const KAFKA: &str = "kafka://127.0.0.1:1";
+    const SQS: &str = "sqs://test:test@127.0.0.1:1?region=us-east-1";
+    const PG: &str = "postgres://postgres@127.0.0.1:1/test";
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--url", KAFKA, "publish", "orders", "x"],
+            "127.0.0.1:1",
+        ),
+        (
+            vec!["--url", KAFKA, "consume", "orders", "--group", "g"],
+            "127.0.0.1:1",
+        ),
+        (vec!["--url", KAFKA, "create", "orders"], "127.0.0.1:1"),
+        (
+            vec!["--url", KAFKA, "bench", "-n", "10", "--no-progress"],
+            "127.0.0.1:1",
+        ),
+        (
+            vec!["--url", SQS, "publish", "orders", "x"],
+            "http://127.0.0.1:1",
+        ),
+        (
+            vec!["--url", SQS, "consume", "orders"],
+            "http://127.0.0.1:1",
+        ),
+        (vec!["--url", SQS, "create", "orders"], "http://127.0.0.1:1"),
+        (vec!["--url", PG, "publish", "orders", "x"], "127.0.0.1:1"),
+        (
+            vec!["--url", KAFKA, "relay", "--from", PG, "--once"],
+            "127.0.0.1:1",
+        ),
+    ];
+    let started = std::time::Instant::now();
+    let runs = futures_join(cases.iter().map(|(args, _)| {
+        let args = args.clone();
+        async move { common::streams_as_user(&args, Duration::from_secs(60)).await }
+    }))
+    .await;
+    for ((args, address), run) in cases.iter().zip(runs) {
+        assert_eq!(run.code, 1, "{args:?}: {run:#?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {run:#?}");
+        let platform = args[1].split("://").next().unwrap();
+        assert!(
+            run.stderr.contains(platform),
+            "names {platform}: {args:?}: {run:#?}"
+        );
+        assert!(
+            run.stderr.contains(address),
+            "names {address}: {args:?}: {run:#?}"
+        );
+    }
+    // All ran at once: the slowest bounds them all.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// Runs the futures concurrently and returns their outputs in order.
+async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("run"));
+    }
+    out
+}

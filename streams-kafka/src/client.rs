@@ -86,7 +86,9 @@ impl ClientContext for KafkaContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(target: "librdkafka", %error, reason, "client error");
+        // Recorded for the error of the operation that fails; librdkafka repeats these
+        // every reconnect attempt, too often for a warning.
+        tracing::debug!(target: "librdkafka", %error, reason, "client error");
         let code = error.rdkafka_error_code();
         let text = match code {
             Some(code) => format!("{code}: {reason}"),
@@ -169,7 +171,7 @@ pub(crate) fn first_contact<C: ClientContext>(
     })
 }
 
-/// `kafka: connect failed: no broker answered at HOST:PORT within 30s (...)`.
+/// `kafka: connect failed: no broker answered at HOST:PORT within 20s (...)`.
 pub(crate) fn connect_failed(
     config: &KafkaConfig,
     timeout: Duration,

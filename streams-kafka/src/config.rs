@@ -16,7 +16,7 @@ use rdkafka::ClientConfig;
 ///
 /// # Time bounds
 ///
-/// - [`with_connect_timeout`](Self::with_connect_timeout) (30 s): the first contact with
+/// - [`with_connect_timeout`](Self::with_connect_timeout) (20 s): the first contact with
 ///   the cluster. A writer's first write to a topic, a reader's start and the topic
 ///   helpers fail with `kafka: connect failed: no broker answered at HOST:PORT within
 ///   30s (...)` when no broker answers in time. A broker that goes away later is
@@ -69,7 +69,7 @@ impl KafkaConfig {
             retry_max: Duration::from_secs(10),
             watermark_refresh: Duration::from_secs(5),
             operation_timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(20),
         }
     }
 
@@ -135,10 +135,11 @@ impl KafkaConfig {
     /// How long the first contact with the cluster may take: a metadata request at a
     /// writer's first write to each topic, at a reader's start, and before a topic
     /// helper's admin request. When no broker answers in time these fail with
-    /// `kafka: connect failed: no broker answered at HOST:PORT within 30s (cause)`
+    /// `kafka: connect failed: no broker answered at HOST:PORT within 20s (cause)`
     /// (retryable, unless librdkafka reported a misconfiguration such as failed
     /// authentication). Later writes and reads do not ask again, so the bound costs the
-    /// happy path one round trip per writer and topic. Default 30 s.
+    /// happy path one round trip per writer and topic. Default 20 s, so that a wrong
+    /// address is reported within 30 s whatever else the first call does.
     ///
     /// ```
     /// use std::time::Duration;

@@ -27,7 +27,7 @@ struct Parsed {
 ///
 /// Brokers default to `localhost:9092`. `group` is the consumer group of read tasks
 /// that name none (the reader is wrapped in a [`DefaultGroupReader`]);
-/// `connect_timeout` (`30s` by default, `5s`, `500ms`) bounds the first contact with
+/// `connect_timeout` (`20s` by default, `5s`, `500ms`) bounds the first contact with
 /// the brokers, so a wrong address fails fast ([`KafkaConfig::with_connect_timeout`]);
 /// every other
 /// parameter is a librdkafka property passed to [`KafkaConfig::set`] unchanged

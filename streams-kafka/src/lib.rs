@@ -11,8 +11,8 @@
 //!   its own, so a stuck handler never makes the member leave its group.
 //! - The first contact with the cluster (a writer's first write to a topic, a reader's
 //!   start, the topic helpers) is bounded by [`KafkaConfig::with_connect_timeout`]
-//!   (30 s): a wrong address fails with `kafka: connect failed: no broker answered at
-//!   HOST:PORT within 30s (...)`, a missing topic at once.
+//!   (20 s): a wrong address fails with `kafka: connect failed: no broker answered at
+//!   HOST:PORT within 20s (...)`, a missing topic at once.
 //! - Errors are one line naming the operation, the topic and librdkafka's code and
 //!   message. A message refused for what it is (larger than `message.max.bytes`, an
 //!   invalid record) is [`Error::Rejected`](streams_core::Error::Rejected); a fault of

@@ -35,8 +35,8 @@ use crate::{KafkaConfig, DRIVER};
 /// # Start
 ///
 /// The reader first asks the cluster for the topic's metadata, bounded by
-/// [`KafkaConfig::with_connect_timeout`] (30 s): when no broker answers, `read` fails
-/// with `kafka: connect failed: no broker answered at HOST:PORT within 30s (...)`; when
+/// [`KafkaConfig::with_connect_timeout`] (20 s): when no broker answers, `read` fails
+/// with `kafka: connect failed: no broker answered at HOST:PORT within 20s (...)`; when
 /// the topic (or the partition of a direct read) does not exist or may not be read, it
 /// fails at once with a not retryable error naming the topic.
 ///

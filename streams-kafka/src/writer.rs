@@ -114,7 +114,7 @@ impl Writer for KafkaWriter {
     /// # Errors
     ///
     /// - [`Error::Closed`] after [`close`](Writer::close).
-    /// - `kafka: connect failed: no broker answered at HOST:PORT within 30s (...)` when
+    /// - `kafka: connect failed: no broker answered at HOST:PORT within 20s (...)` when
     ///   the first write to a topic finds no broker; a not retryable
     ///   [`Error::Driver`] naming the topic when the cluster says it does not exist or
     ///   may not be written. Nothing was written.

@@ -31,12 +31,25 @@ impl Run {
     }
 }
 
-/// Runs `streams ARGS` with `stdin`, killed after `limit`.
+/// Runs `streams ARGS` with `stdin` and `RUST_LOG=warn`, killed after `limit`.
 pub async fn streams(args: &[&str], stdin: &str, limit: Duration) -> Run {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_streams"))
+    run_streams(args, stdin, limit, Some("warn")).await
+}
+
+/// Runs `streams ARGS` as a user does, without `RUST_LOG`, killed after `limit`.
+pub async fn streams_as_user(args: &[&str], limit: Duration) -> Run {
+    run_streams(args, "", limit, None).await
+}
+
+async fn run_streams(args: &[&str], stdin: &str, limit: Duration, log: Option<&str>) -> Run {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_streams"));
+    match log {
+        Some(filter) => command.env("RUST_LOG", filter),
+        None => command.env_remove("RUST_LOG"),
+    };
+    let mut child = command
         .args(args)
         .env_remove("STREAMS_URL")
-        .env("RUST_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
