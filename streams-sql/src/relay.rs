@@ -108,11 +108,15 @@ impl Relay {
         &self.forwarder
     }
 
-    /// Relays until `cancel` fires.
+    /// Relays until `cancel` fires. Failed passes are logged at error level and tried
+    /// again with capped backoff, every outbox row kept in order; see
+    /// [`Forwarder::run`].
     ///
     /// # Errors
     ///
-    /// None today: storage and destination failures are logged and retried.
+    /// What no waiting can mend, as [`Forwarder::run`] returns it: the destination
+    /// writer is closed, or the outbox storage fails with an error that is not
+    /// retryable.
     pub async fn run(self, cancel: CancellationToken) -> Result<()> {
         let stop_listener = cancel.child_token();
         let listener = self.listen.map(|(pool, channel)| {
