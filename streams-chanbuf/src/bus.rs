@@ -407,6 +407,8 @@ impl Reader for ChanBus {
         if task.stream.is_empty() {
             return Err(Error::invalid("read task", "stream name is empty"));
         }
+        task.refuse_partitions("in-process bus")?;
+        task.refuse_args("the in-process bus", &[])?;
         let group = self.join(&task);
         let stop = CancellationToken::new();
         let mut workers = tokio::task::JoinSet::new();

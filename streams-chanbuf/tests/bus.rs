@@ -491,3 +491,25 @@ async fn rejoining_while_the_last_member_drains_waits_for_the_backlog() {
     b.leave().await;
     assert_in_order(&ledger, 8, 20);
 }
+
+/// A task field the bus cannot honour is refused, naming the field, not ignored.
+#[tokio::test]
+async fn read_task_fields_the_bus_cannot_honour_are_refused() {
+    let bus = ChanBus::new();
+    let h = handler(tower::service_fn(|_m: Message| async {
+        Ok::<_, BoxError>(())
+    }));
+    for (task, field) in [
+        (ReadTask::new("s").with_partition(0), "`partition`"),
+        (ReadTask::new("s").with_start_offset(5), "`start_offset`"),
+        (ReadTask::new("s").with_arg("start", "end"), "`start`"),
+    ] {
+        let err = bus
+            .read(task, h.clone(), CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, streams_core::Error::Invalid { .. }), "{err}");
+        assert!(err.to_string().contains(field), "{err}");
+    }
+    assert_eq!(bus.subscribers("s"), 0, "nothing joined");
+}

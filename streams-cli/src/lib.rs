@@ -113,10 +113,10 @@ pub struct ConsumeCmd {
     #[arg(short, long)]
     pub group: Option<String>,
     /// Read this partition instead of joining a group (Kafka).
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "group")]
     pub partition: Option<i32>,
     /// With --partition: the first offset (default: the beginning).
-    #[arg(short, long, requires = "partition")]
+    #[arg(short, long, requires = "partition", conflicts_with = "group")]
     pub offset: Option<i64>,
     /// Stop after this many messages.
     #[arg(short = 'n', long, value_parser = clap::value_parser!(u64).range(1..))]

@@ -18,6 +18,8 @@ async fn bad_arguments_are_one_line_and_exit_2() {
         &["publish", "orders", "-t", "yaml", "x"],
         &["frobnicate"],
         &["consume", "orders", "--offset", "3"],
+        &["consume", "orders", "--group", "g", "--offset", "5"],
+        &["consume", "orders", "--group", "g", "--partition", "0"],
     ] {
         let run = streams(args, "", LIMIT).await;
         assert_eq!(run.code, 2, "{args:?}: {run:#?}");
@@ -232,6 +234,7 @@ async fn nothing_listening_is_one_line_within_30s() {
 }
 
 /// Runs the futures concurrently and returns their outputs in order.
+#[cfg(all(feature = "kafka", feature = "sqs", feature = "sql"))]
 async fn futures_join<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
 where
     F: std::future::Future + Send + 'static,

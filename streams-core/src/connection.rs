@@ -597,6 +597,7 @@ fn parse_duration(text: &str) -> Option<Duration> {
 ///     reader.apply(ReadTask::new("orders").with_group("audit")).group.as_deref(),
 ///     Some("audit"),
 /// );
+/// assert_eq!(reader.apply(ReadTask::new("orders").with_partition(0)).group, None);
 /// ```
 #[derive(Clone)]
 pub struct DefaultGroupReader<R> {
@@ -618,9 +619,10 @@ impl<R> DefaultGroupReader<R> {
         &self.group
     }
 
-    /// The task as the inner reader receives it.
+    /// The task as the inner reader receives it: a task reading one partition
+    /// directly joins no group and is left as it is.
     pub fn apply(&self, mut task: ReadTask) -> ReadTask {
-        if task.group.is_none() {
+        if task.group.is_none() && task.partition.is_none() {
             task.group = Some(self.group.clone());
         }
         task

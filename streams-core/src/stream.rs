@@ -187,6 +187,53 @@ impl ReadTask {
         self.args.insert(name.into(), value.into());
         self
     }
+
+    /// For drivers of platforms without partitions: refuses `partition` and
+    /// `start_offset` rather than ignoring them.
+    ///
+    /// ```
+    /// use streams_core::ReadTask;
+    ///
+    /// let err = ReadTask::new("orders").with_partition(0).refuse_partitions("sqs").unwrap_err();
+    /// assert!(err.to_string().contains("`partition`"), "{err}");
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`](crate::Error::Invalid) naming the field.
+    pub fn refuse_partitions(&self, platform: &str) -> Result<()> {
+        let field = match (self.partition, self.start_offset) {
+            (Some(_), _) => "partition",
+            (None, Some(_)) => "start_offset",
+            (None, None) => return Ok(()),
+        };
+        Err(crate::Error::invalid(
+            "read task",
+            format!("`{field}`: {platform} streams have no partitions or offsets"),
+        ))
+    }
+
+    /// Refuses driver arguments other than `known` rather than ignoring them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`](crate::Error::Invalid) naming the first unknown argument.
+    pub fn refuse_args(&self, platform: &str, known: &[&str]) -> Result<()> {
+        match self.args.keys().find(|k| !known.contains(&k.as_str())) {
+            None => Ok(()),
+            Some(arg) => Err(crate::Error::invalid(
+                "read task",
+                format!(
+                    "argument `{arg}` means nothing to {platform}; known: {}",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            )),
+        }
+    }
 }
 
 #[cfg(test)]

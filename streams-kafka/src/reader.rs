@@ -227,8 +227,21 @@ impl Reader for KafkaReader {
         if task.stream.is_empty() {
             return Err(Error::invalid("read task", "stream (topic) is empty"));
         }
+        task.refuse_args("Kafka", &["start"])?;
+        if task.start_offset.is_some() && task.partition.is_none() {
+            return Err(Error::invalid(
+                "read task",
+                "`start_offset` needs a `partition`: a consumer group starts where it committed",
+            ));
+        }
         let direct = task.partition.is_some();
         let group = match (&task.group, direct) {
+            (Some(_), true) => {
+                return Err(Error::invalid(
+                    "read task",
+                    "`group` with `partition`: a direct partition read joins no group and commits nothing",
+                ))
+            }
             (Some(g), _) if !g.is_empty() => g.clone(),
             (_, true) => String::new(),
             _ => {

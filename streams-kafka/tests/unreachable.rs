@@ -88,3 +88,33 @@ async fn the_bound_is_a_setting() {
         started.elapsed()
     );
 }
+
+/// Task fields Kafka cannot honour together are refused at once, naming the field,
+/// before any broker is asked.
+#[tokio::test]
+async fn contradictory_read_tasks_are_refused_before_contact() {
+    let config = || KafkaConfig::new(NOWHERE);
+    for (task, field) in [
+        (
+            ReadTask::new("t").with_group("g").with_partition(0),
+            "`group` with `partition`",
+        ),
+        (
+            ReadTask::new("t").with_group("g").with_start_offset(5),
+            "`start_offset` needs a `partition`",
+        ),
+        (
+            ReadTask::new("t").with_group("g").with_arg("from", "end"),
+            "argument `from`",
+        ),
+    ] {
+        let started = Instant::now();
+        let e = read(config(), task).await;
+        assert!(matches!(e, Error::Invalid { .. }), "{e}");
+        assert!(e.to_string().contains(field), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no contact attempted"
+        );
+    }
+}

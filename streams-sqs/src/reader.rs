@@ -184,6 +184,8 @@ impl Reader for SqsReader {
         handler: Handler,
         cancel: CancellationToken,
     ) -> Result<()> {
+        task.refuse_partitions("SQS")?;
+        task.refuse_args("SQS", &[])?;
         let url = self.client.queue_url(&task.stream).await?;
         let limit = task.concurrency.unwrap_or(self.opts.max_handlers).max(1);
         let permits = Arc::new(Semaphore::new(limit));

@@ -403,3 +403,21 @@ async fn the_operation_timeout_does_not_cut_a_long_poll() {
     cancel.cancel();
     join.await.unwrap().unwrap();
 }
+
+/// Task fields SQS cannot honour are refused, naming the field, before any call.
+#[tokio::test]
+async fn partitions_offsets_and_arguments_are_refused() {
+    let client = common::client().await;
+    for (task, field) in [
+        (ReadTask::new("q").with_partition(0), "`partition`"),
+        (ReadTask::new("q").with_start_offset(3), "`start_offset`"),
+        (ReadTask::new("q").with_arg("start", "end"), "`start`"),
+    ] {
+        let err = SqsReader::new(client.clone())
+            .read(task, noop(), CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, streams_core::Error::Invalid { .. }), "{err}");
+        assert!(err.to_string().contains(field), "{err}");
+    }
+}

@@ -81,8 +81,8 @@
 //! counters and histograms of [`observe`] are recorded (published, publish failures,
 //! handled, failed, retried, dead-lettered, publish and handler durations). With no
 //! `tracing` subscriber and no metrics recorder installed this costs a few atomic
-//! loads per message. Do not add [`ObserveLayer`] to handlers of such a connection,
-//! or every message is counted twice. The `opentelemetry` feature propagates the W3C
+//! loads per message. An [`ObserveLayer`] in a handler of such a connection passes
+//! messages through, so nothing is counted twice. The `opentelemetry` feature propagates the W3C
 //! trace context through message headers (see [`observe`]).
 
 pub use streams_core::*;

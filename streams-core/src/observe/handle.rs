@@ -121,6 +121,12 @@ where
     }
 
     fn call(&mut self, msg: Message) -> Self::Future {
+        // Inside another `Observe` (an `ObservedReader`'s, say) the message is counted
+        // and spanned already: pass it through, so nothing is counted twice.
+        if observing() {
+            let fut = self.inner.call(msg);
+            return Box::pin(async move { fut.await.map_err(Into::into) });
+        }
         let outcome = Outcome {
             stream: self.label.get(&msg.stream),
             started: Instant::now(),
@@ -130,12 +136,13 @@ where
         let span = outcome.span.clone();
         let fut = {
             let _entered = span.enter();
+            let _observing = Observing::enter();
             self.inner.call(msg)
         };
         Box::pin(
             async move {
                 let mut outcome = outcome;
-                let result = fut.await.map_err(Into::into);
+                let result = OBSERVING_TASK.scope((), fut).await.map_err(Into::into);
                 if let Err(err) = &result {
                     record_error(&outcome.span, err.as_ref());
                 }
@@ -287,5 +294,37 @@ impl<R: Reader> Reader for ObservedReader<R> {
         self.inner
             .read(task, crate::handler(layer.layer(handler)), cancel)
             .await
+    }
+}
+
+thread_local! {
+    /// Set while an `Observe` calls its inner service.
+    static OBSERVING_CALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+tokio::task_local! {
+    /// Set while an `Observe`'s inner future runs, for services that call theirs
+    /// later (retries, deduplication).
+    static OBSERVING_TASK: ();
+}
+
+/// Whether an `Observe` further out is handling the current message.
+fn observing() -> bool {
+    OBSERVING_CALL.with(std::cell::Cell::get) || OBSERVING_TASK.try_with(|_| ()).is_ok()
+}
+
+/// Marks the synchronous part of an inner `call` as observed.
+struct Observing(bool);
+
+impl Observing {
+    fn enter() -> Self {
+        Observing(OBSERVING_CALL.with(|c| c.replace(true)))
+    }
+}
+
+impl Drop for Observing {
+    fn drop(&mut self) {
+        let before = self.0;
+        OBSERVING_CALL.with(|c| c.set(before));
     }
 }

@@ -134,6 +134,38 @@ async fn handled_and_failed_are_counted_per_stream() {
     assert_eq!(r.samples(HANDLER_DURATION, "payments"), 1);
 }
 
+/// An `ObserveLayer` inside another (a handler given one, run by an `ObservedReader`)
+/// passes messages through: each is counted once, whether the inner layer is called
+/// at once or later by a retry.
+#[tokio::test]
+async fn nested_observation_counts_once() {
+    let (recorder, snapshotter) = recorder();
+    let _local = metrics::set_default_local_recorder(&recorder);
+
+    let mut direct = ObserveLayer::new().layer(ObserveLayer::new().layer(picky()));
+    call(&mut direct, Message::new("orders", "ok"))
+        .await
+        .unwrap();
+    call(&mut direct, Message::new("orders", "bad"))
+        .await
+        .unwrap_err();
+    let retry = crate::middleware::RetryPolicy::default()
+        .with_max_attempts(2)
+        .with_initial_backoff(Duration::from_millis(1));
+    let mut later = ObserveLayer::new()
+        .layer(crate::middleware::RetryLayer::new(retry).layer(ObserveLayer::new().layer(picky())));
+    call(&mut later, Message::new("payments", "ok"))
+        .await
+        .unwrap();
+
+    let r = Recorded::take(&snapshotter);
+    assert_eq!(r.counter(MESSAGES_HANDLED, "orders"), 1);
+    assert_eq!(r.counter(MESSAGES_FAILED, "orders"), 1);
+    assert_eq!(r.samples(HANDLER_DURATION, "orders"), 2);
+    assert_eq!(r.counter(MESSAGES_HANDLED, "payments"), 1);
+    assert_eq!(r.samples(HANDLER_DURATION, "payments"), 1);
+}
+
 #[tokio::test]
 async fn panicking_or_dropped_calls_count_as_failed() {
     let (recorder, snapshotter) = recorder();
