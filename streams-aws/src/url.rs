@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use streams_core::{invalid_url, ConnectUrl, Result};
 
+use crate::ClientConfig;
+
 /// Endpoint, region and credentials of an AWS connection URL:
 /// `scheme://[key:secret@][host:port][?region=R&tls=true...]`.
 ///
@@ -58,6 +60,27 @@ pub const AWS_URL_PARAMS: [&str; 5] = [
 ];
 
 impl AwsUrl {
+    /// The client configuration the URL describes: `base` with the URL's endpoint,
+    /// region, credentials and time limits applied.
+    pub fn apply(&self, mut base: ClientConfig) -> ClientConfig {
+        if let Some(endpoint) = &self.endpoint {
+            base = base.endpoint(endpoint.clone());
+        }
+        if let Some(region) = &self.region {
+            base = base.region(region.clone());
+        }
+        if let Some((id, secret)) = &self.credentials {
+            base = base.static_credentials(id.clone(), secret.clone());
+        }
+        if let Some(t) = self.connect_timeout {
+            base = base.connect_timeout(t);
+        }
+        if let Some(t) = self.operation_timeout {
+            base = base.operation_timeout(t);
+        }
+        base
+    }
+
     /// Takes endpoint, region and credentials from `url`, leaving the driver's own
     /// parameters in `url.params`.
     ///

@@ -37,27 +37,12 @@ struct Parsed {
 /// parameter, or when region or account id is unknown.
 pub async fn connect(url: &str) -> Result<Connection> {
     let parsed = parse(url)?;
-    let mut builder = SnsWriter::builder();
-    if let Some(endpoint) = parsed.aws.endpoint {
-        builder = builder.endpoint(endpoint);
-    }
-    if let Some(region) = parsed.aws.region {
-        builder = builder.region(region);
-    }
-    if let Some((id, secret)) = parsed.aws.credentials {
-        builder = builder.static_credentials(id, secret);
-    }
+    let mut builder = SnsWriter::builder().client_config(parsed.aws.apply(Default::default()));
     let account_id = parsed
         .account_id
         .or_else(|| std::env::var(ACCOUNT_ID_ENV).ok().filter(|a| !a.is_empty()));
     if let Some(account_id) = account_id {
         builder = builder.account_id(account_id);
-    }
-    if let Some(t) = parsed.aws.connect_timeout {
-        builder = builder.connect_timeout(t);
-    }
-    if let Some(t) = parsed.aws.operation_timeout {
-        builder = builder.operation_timeout(t);
     }
     if let Some(bytes) = parsed.aws.max_message_bytes {
         builder = builder.max_message_bytes(bytes);

@@ -213,6 +213,13 @@ impl SnsWriterBuilder {
         self
     }
 
+    /// Replaces the client configuration (endpoint, region, credentials, time limits)
+    /// at once, as `connect` does with what a URL says.
+    pub fn client_config(mut self, config: ClientConfig) -> Self {
+        self.aws = config;
+        self
+    }
+
     /// The AWS account id used in topic ARNs.
     pub fn account_id(mut self, account_id: impl Into<String>) -> Self {
         self.account_id = Some(account_id.into());

@@ -55,7 +55,7 @@ impl std::fmt::Debug for Parsed {
 ///
 /// # Errors
 ///
-/// [`Error::Invalid`] for another scheme or an invalid table name; a driver error when
+/// [`Error::Invalid`](streams_core::Error::Invalid) for another scheme or an invalid table name; a driver error when
 /// the database cannot be reached or the table cannot be created.
 pub async fn connect(url: &str) -> Result<Connection> {
     let parsed = parse(url)?;

@@ -134,6 +134,13 @@ impl SqsClientBuilder {
         self
     }
 
+    /// Replaces the client configuration (endpoint, region, credentials, time limits)
+    /// at once, as `connect` does with what a URL says.
+    pub fn client_config(mut self, config: ClientConfig) -> Self {
+        self.aws = config;
+        self
+    }
+
     /// Loads the AWS configuration (unless one was given) and builds the client.
     pub async fn build(self) -> SqsClient {
         let config = self.aws.load().await;

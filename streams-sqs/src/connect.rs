@@ -43,22 +43,7 @@ struct Parsed {
 /// parameter.
 pub async fn connect(url: &str) -> Result<Connection> {
     let parsed = parse(url)?;
-    let mut builder = SqsClient::builder();
-    if let Some(endpoint) = parsed.aws.endpoint {
-        builder = builder.endpoint(endpoint);
-    }
-    if let Some(region) = parsed.aws.region {
-        builder = builder.region(region);
-    }
-    if let Some((id, secret)) = parsed.aws.credentials {
-        builder = builder.static_credentials(id, secret);
-    }
-    if let Some(t) = parsed.aws.connect_timeout {
-        builder = builder.connect_timeout(t);
-    }
-    if let Some(t) = parsed.aws.operation_timeout {
-        builder = builder.operation_timeout(t);
-    }
+    let builder = SqsClient::builder().client_config(parsed.aws.apply(Default::default()));
     let client = builder.build().await;
     let mut writer = SqsWriter::builder(client.clone());
     if let Some(bytes) = parsed.aws.max_message_bytes {
