@@ -302,9 +302,10 @@ pub async fn bench(
         bar: consumed_bar.clone(),
     });
     let finish = CancellationToken::new();
-    let task = ReadTask::new(&stream)
-        .with_group(format!("streams-bench-{}", uuid::Uuid::now_v7().simple()))
-        .with_concurrency(args.concurrency.max(1));
+    let mut task = ReadTask::new(&stream).with_concurrency(args.concurrency.max(1));
+    if crate::has_groups(conn.platform()) {
+        task = task.with_group(format!("streams-bench-{}", uuid::Uuid::now_v7().simple()));
+    }
     let service = {
         let tally = tally.clone();
         tower::service_fn(move |msg: Message| {

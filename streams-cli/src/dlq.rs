@@ -81,13 +81,20 @@ pub async fn redrive(
     let writer = conn.writer();
     // Where the platform acknowledges per group, a dry run reads with a group of its
     // own; elsewhere it must not acknowledge.
-    let per_group = matches!(conn.platform(), "kafka" | "memory");
+    let per_group = crate::has_groups(conn.platform());
     let group = match (&args.group, args.dry_run && per_group) {
-        (_, true) => format!("streams-dlq-dry-run-{}", uuid::Uuid::now_v7().simple()),
-        (Some(g), false) => g.clone(),
-        (None, false) => REDRIVE_GROUP.to_owned(),
+        (_, true) => Some(format!(
+            "streams-dlq-dry-run-{}",
+            uuid::Uuid::now_v7().simple()
+        )),
+        (Some(g), false) => Some(g.clone()),
+        (None, false) if per_group => Some(REDRIVE_GROUP.to_owned()),
+        (None, false) => None,
     };
-    let task = ReadTask::new(&source).with_group(group).with_concurrency(1);
+    let mut task = ReadTask::new(&source).with_concurrency(1);
+    if let Some(group) = group {
+        task = task.with_group(group);
+    }
 
     let moved = Arc::new(AtomicU64::new(0));
     let seen = Arc::new(Mutex::new(HashSet::<String>::new()));

@@ -270,6 +270,11 @@ pub fn duration(value: &str) -> Result<Duration, String> {
         .map_err(|e| format!("`{value}` is not a duration ({e}); try 500ms, 5s, 2m"))
 }
 
+/// Whether readers of `platform` take consumer groups (SQS queues have none).
+pub(crate) fn has_groups(platform: &str) -> bool {
+    matches!(platform, "kafka" | "memory")
+}
+
 /// What a command reports on stderr when it succeeds.
 pub type Summary = String;
 

@@ -345,6 +345,9 @@ impl Reader for KafkaReader {
             retry_initial: self.config.retry_initial,
             retry_max: self.config.retry_max,
             commits: !direct,
+            handlers: task
+                .concurrency
+                .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1)))),
         });
         let consumer = Arc::new(consumer);
         // `stop`: no new work, handler calls in flight finish. `closed`: the workers are
@@ -436,6 +439,8 @@ struct Shared {
     retry_initial: Duration,
     retry_max: Duration,
     commits: bool,
+    /// `ReadTask::concurrency`: handler calls at once across the partitions.
+    handlers: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Shared {
@@ -788,7 +793,18 @@ async fn handle_until_success(
                 init_offset: &shared.init_offset,
             },
         );
-        match streams_core::call_handler(handler, message).await {
+        // A handler slot, where the task bounds calls across partitions; not held
+        // while backing off.
+        let permit = match &shared.handlers {
+            None => None,
+            Some(slots) => tokio::select! {
+                p = slots.clone().acquire_owned() => p.ok(),
+                _ = stop.cancelled() => return false,
+            },
+        };
+        let result = streams_core::call_handler(handler, message).await;
+        drop(permit);
+        match result {
             Ok(()) => return true,
             Err(error) => {
                 // `LoggingLayer` logs failures at the level the user chose.

@@ -435,3 +435,44 @@ fn count_by_id(m: &[Message]) -> HashMap<String, usize> {
     }
     c
 }
+
+/// `ReadTask::concurrency` bounds handler calls across partitions: with 1, one call
+/// at a time although three partitions have work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_bounds_handler_calls_across_partitions() {
+    let topic = topic("concurrency", 3).await;
+    let writer = KafkaWriter::new(&config()).unwrap();
+    let sent = batch(&topic, 15, "c");
+    write_one_by_one(&writer, &sent).await;
+    let (running, peak, done) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let h = {
+        let (running, peak, done) = (running.clone(), peak.clone(), done.clone());
+        handler(tower::service_fn(move |_m: Message| {
+            let (running, peak, done) = (running.clone(), peak.clone(), done.clone());
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                done.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, BoxError>(())
+            }
+        }))
+    };
+    let task = ReadTask::new(&topic)
+        .with_group(unique("g-concurrency"))
+        .with_concurrency(1);
+    let (cancel, join) = start(config(), task, h);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while done.load(Ordering::SeqCst) < sent.len() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cancel.cancel();
+    join.await.unwrap().unwrap();
+    assert_eq!(done.load(Ordering::SeqCst), sent.len());
+    assert_eq!(peak.load(Ordering::SeqCst), 1, "one handler call at a time");
+}

@@ -12,7 +12,7 @@ use crate::{
 /// The parameters `streams` takes from a SQL URL; sqlx gets the others.
 const OWN_PARAMS: [&str; 2] = ["table", "create_table"];
 
-/// What a SQL URL says.
+/// What a SQL URL says. No `Debug`: the URL may hold a password.
 #[derive(PartialEq, Eq)]
 struct Parsed {
     platform: &'static str,
@@ -20,17 +20,6 @@ struct Parsed {
     sqlx_url: String,
     table: String,
     create_table: bool,
-}
-
-impl std::fmt::Debug for Parsed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The URL may hold a password.
-        f.debug_struct("Parsed")
-            .field("platform", &self.platform)
-            .field("table", &self.table)
-            .field("create_table", &self.create_table)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Builds an outbox writer owning a connection pool from a
@@ -153,7 +142,6 @@ mod tests {
         assert_eq!(p.sqlx_url, "postgres://u:pw@db:5432/app?sslmode=disable");
         assert_eq!(p.table, "orders_outbox");
         assert!(p.create_table);
-        assert!(!format!("{p:?}").contains("pw"));
         let p = parse("mysql://root@127.0.0.1:3306/test").unwrap();
         assert_eq!(p.sqlx_url, "mysql://root@127.0.0.1:3306/test");
         assert_eq!(p.table, DEFAULT_TABLE);
@@ -165,7 +153,8 @@ mod tests {
             ("mysql", "mysql://root@db/app")
         );
         let e = parse("mysql://db/app?create_table=maybe")
-            .unwrap_err()
+            .err()
+            .expect("a bad boolean is refused")
             .to_string();
         assert!(e.contains("true or false"), "{e}");
         assert!(parse("sqlite://x").is_err());

@@ -184,6 +184,13 @@ impl Reader for SqsReader {
         handler: Handler,
         cancel: CancellationToken,
     ) -> Result<()> {
+        if task.group.is_some() {
+            return Err(streams_core::Error::invalid(
+                "read task",
+                "`group`: an SQS queue has no consumer groups, every reader of it shares its \
+                 messages; give each group a queue of its own (subscribed to an SNS topic)",
+            ));
+        }
         task.refuse_partitions("SQS")?;
         task.refuse_args("SQS", &[])?;
         let url = self.client.queue_url(&task.stream).await?;

@@ -412,6 +412,7 @@ async fn partitions_offsets_and_arguments_are_refused() {
         (ReadTask::new("q").with_partition(0), "`partition`"),
         (ReadTask::new("q").with_start_offset(3), "`start_offset`"),
         (ReadTask::new("q").with_arg("start", "end"), "`start`"),
+        (ReadTask::new("q").with_group("billing"), "`group`"),
     ] {
         let err = SqsReader::new(client.clone())
             .read(task, noop(), CancellationToken::new())
