@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use streams_core::middleware::{DeadLetterLayer, LoggingLayer, RetryLayer, RetryPolicy};
-use streams_core::{typed, BoxError, Event, Message, ReadTask, Subscriber};
+use streams_core::{typed, BoxError, Event, Message, ReadTask, Router};
 use streams_kafka::{
     create_topic, KafkaConfig, KafkaReader, KafkaWriter, HEADER_CURRENT_OFFSET, HEADER_PARTITION_ID,
 };
@@ -77,7 +77,7 @@ async fn main() -> Result<(), BoxError> {
             }
         }));
 
-    let mut subscriber = Subscriber::new(Arc::new(KafkaReader::new(config)), Default::default());
+    let mut subscriber = Router::new(Arc::new(KafkaReader::new(config)), Default::default());
     subscriber.subscribe(ReadTask::new(&args.topic).with_group(&args.group), handler);
     subscriber.start();
     tokio::select! {

@@ -12,12 +12,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use streams_chanbuf::ChanBus;
+use streams_chanbuf::MemoryBus;
 use streams_core::middleware::{
     DeadLetterLayer, DedupLayer, LoggingLayer, MemoryDedupStore, RetryLayer, RetryPolicy,
     DLQ_REASON,
 };
-use streams_core::{BoxError, Message, Subscriber, Writer};
+use streams_core::{BoxError, Message, Router, Writer};
 use tokio::sync::mpsc;
 
 #[tokio::main]
@@ -29,7 +29,7 @@ async fn main() -> Result<(), BoxError> {
         )
         .init();
 
-    let bus = Arc::new(ChanBus::builder().concurrency(4).build());
+    let bus = Arc::new(MemoryBus::builder().concurrency(4).build());
     let dedup = Arc::new(MemoryDedupStore::new(Duration::from_secs(600), 10_000));
     let calls = Arc::new(AtomicUsize::new(0));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
@@ -73,7 +73,7 @@ async fn main() -> Result<(), BoxError> {
         });
 
     let dead = done_tx.clone();
-    let mut subscriber = Subscriber::new(bus.clone(), Default::default());
+    let mut subscriber = Router::new(bus.clone(), Default::default());
     subscriber
         .subscribe_stream("payments", stack)
         .subscribe_stream(

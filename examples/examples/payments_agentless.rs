@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use streams_chanbuf::ChanBus;
-use streams_core::{BoxError, Bus, CancellationToken, Event, Message};
+use streams_chanbuf::MemoryBus;
+use streams_core::{BoxError, CancellationToken, Event, EventBus, Message};
 use streams_sql::sqlx::{self, PgPool};
 use streams_sql::{PgEgressStorage, PgOutbox, Relay};
 use tokio::sync::Notify;
@@ -42,7 +42,7 @@ impl Event for PaymentCreated {
 async fn create_payment(
     pool: &PgPool,
     outbox: &PgOutbox,
-    bus: &Bus,
+    bus: &EventBus,
     payment_id: &str,
     account: &str,
     cents: i64,
@@ -87,8 +87,8 @@ async fn main() -> Result<(), BoxError> {
     .await?;
 
     // The in-process bus, with a subscriber printing every payment event.
-    let chan = Arc::new(ChanBus::new());
-    let mut bus = Bus::new(chan.clone(), chan.clone());
+    let chan = Arc::new(MemoryBus::new());
+    let mut bus = EventBus::new(chan.clone(), chan.clone());
     bus.register::<PaymentCreated>("payments.created");
     let printed = Arc::new(AtomicUsize::new(0));
     let two_printed = Arc::new(Notify::new());

@@ -22,10 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use streams_chanbuf::ChanBus;
+use streams_chanbuf::MemoryBus;
 use streams_core::middleware::{DeadLetterLayer, RetryLayer, RetryPolicy};
 use streams_core::observe::{describe_metrics, ObservedReader, ObservedWriter, METRIC_NAMES};
-use streams_core::{BoxError, Message, ReadTask, Subscriber, Unrecoverable, Writer};
+use streams_core::{BoxError, Message, ReadTask, Router, Unrecoverable, Writer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -50,7 +50,7 @@ async fn main() -> Result<(), BoxError> {
         .install_recorder()?;
     describe_metrics();
 
-    let bus = Arc::new(ChanBus::builder().concurrency(4).build());
+    let bus = Arc::new(MemoryBus::builder().concurrency(4).build());
     let writer: Arc<dyn Writer> =
         Arc::new(ObservedWriter::new(bus.clone()).with_system("in_process"));
     let reader = Arc::new(ObservedReader::new(bus.clone()).with_system("in_process"));
@@ -99,7 +99,7 @@ async fn main() -> Result<(), BoxError> {
         })
     });
 
-    let mut subscriber = Subscriber::new(reader, Default::default());
+    let mut subscriber = Router::new(reader, Default::default());
     subscriber
         .subscribe(ReadTask::new("orders").with_group("billing"), orders)
         .subscribe_stream("orders.dlq", dead_letters)

@@ -37,7 +37,7 @@ async fn main() -> Result<(), BoxError> {
         .init();
 
     // One line: a working in-process bus.
-    let mut bus = streams_chanbuf::bus();
+    let mut bus = streams_chanbuf::event_bus();
     bus.register::<OrderPlaced>("orders.placed");
 
     // Each of the 3 orders ends in exactly one of 6 outcomes we wait for:

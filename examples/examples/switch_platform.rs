@@ -30,7 +30,7 @@ async fn main() -> Result<(), BoxError> {
     let conn = streams::connect_from_env().await?;
     println!("platform: {}", conn.platform());
 
-    let mut bus = conn.bus()?;
+    let mut bus = conn.event_bus()?;
     bus.register::<Pinged>("demo-pings");
     let (tx, mut rx) = mpsc::unbounded_channel();
     bus.subscribe_typed(move |p: Pinged, m: Message| {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use streams_chanbuf::ChanBus;
+use streams_chanbuf::MemoryBus;
 use streams_core::{handler, BoxError, CancellationToken, Message, ReadTask, Reader, Writer};
 use tokio::sync::{mpsc, Notify};
 
@@ -39,7 +39,7 @@ fn counter(total: usize, seen: Arc<AtomicUsize>, done: Arc<Notify>) -> streams_c
 }
 
 async fn bus_case(subscribers: usize, payload: &Bytes, n: usize) -> Duration {
-    let bus = Arc::new(ChanBus::builder().capacity(CAPACITY).build());
+    let bus = Arc::new(MemoryBus::builder().capacity(CAPACITY).build());
     let seen = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(Notify::new());
     let cancel = CancellationToken::new();

@@ -12,24 +12,24 @@ use streams_core::{
     Result, Writer,
 };
 
-/// A [`Bus`](streams_core::Bus) over a new in-process [`ChanBus`] with default
+/// A [`EventBus`](streams_core::EventBus) over a new in-process [`MemoryBus`] with default
 /// settings: the one-line way to get a working bus.
-pub fn bus() -> streams_core::Bus {
-    let chan = Arc::new(ChanBus::new());
-    streams_core::Bus::new(chan.clone(), chan)
+pub fn event_bus() -> streams_core::EventBus {
+    let chan = Arc::new(MemoryBus::new());
+    streams_core::EventBus::new(chan.clone(), chan)
 }
 
-/// Settings of a [`ChanBus`].
+/// Settings of a [`MemoryBus`].
 #[derive(Debug, Clone)]
-pub struct ChanBusBuilder {
+pub struct MemoryBusBuilder {
     capacity: usize,
     concurrency: usize,
     fail_fast: bool,
 }
 
-impl Default for ChanBusBuilder {
+impl Default for MemoryBusBuilder {
     fn default() -> Self {
-        ChanBusBuilder {
+        MemoryBusBuilder {
             capacity: 1024,
             concurrency: 1,
             fail_fast: false,
@@ -37,7 +37,7 @@ impl Default for ChanBusBuilder {
     }
 }
 
-impl ChanBusBuilder {
+impl MemoryBusBuilder {
     /// Messages buffered per subscriber (split across its lanes); at least one per lane.
     /// Default 1024.
     pub fn capacity(mut self, capacity: usize) -> Self {
@@ -60,8 +60,8 @@ impl ChanBusBuilder {
     }
 
     /// Builds the bus.
-    pub fn build(self) -> ChanBus {
-        ChanBus {
+    pub fn build(self) -> MemoryBus {
+        MemoryBus {
             inner: Arc::new(Inner {
                 config: self,
                 streams: RwLock::new(HashMap::new()),
@@ -75,12 +75,12 @@ impl ChanBusBuilder {
 
 /// The in-process bus; implements [`Writer`] and [`Reader`]. Clones share the bus.
 #[derive(Clone)]
-pub struct ChanBus {
+pub struct MemoryBus {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    config: ChanBusBuilder,
+    config: MemoryBusBuilder,
     // Copy-on-write list of subscriber groups per stream, so publishing takes the lock
     // only long enough to clone an `Arc`.
     streams: RwLock<HashMap<String, Arc<[Arc<Group>]>>>,
@@ -137,21 +137,21 @@ impl Group {
     }
 }
 
-impl Default for ChanBus {
+impl Default for MemoryBus {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl ChanBus {
+impl MemoryBus {
     /// A bus with default settings.
     pub fn new() -> Self {
-        ChanBusBuilder::default().build()
+        MemoryBusBuilder::default().build()
     }
 
     /// Settings for a new bus.
-    pub fn builder() -> ChanBusBuilder {
-        ChanBusBuilder::default()
+    pub fn builder() -> MemoryBusBuilder {
+        MemoryBusBuilder::default()
     }
 
     /// Number of subscriber groups on a stream.
@@ -366,7 +366,7 @@ impl StreamCache {
 }
 
 #[async_trait]
-impl Writer for ChanBus {
+impl Writer for MemoryBus {
     async fn write(&self, batch: Vec<Message>) -> Result<()> {
         if self.inner.config.fail_fast {
             return self.try_write(batch);
@@ -391,13 +391,13 @@ impl Writer for ChanBus {
     }
 
     async fn close(&self) -> Result<()> {
-        ChanBus::close(self);
+        MemoryBus::close(self);
         Ok(())
     }
 }
 
 #[async_trait]
-impl Reader for ChanBus {
+impl Reader for MemoryBus {
     async fn read(
         &self,
         task: ReadTask,
@@ -514,10 +514,10 @@ async fn handle(stream: &str, handler: &mut Handler, msg: Message) {
     }
 }
 
-impl fmt::Debug for ChanBus {
+impl fmt::Debug for MemoryBus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let streams = self.inner.streams.read().unwrap_or_else(|e| e.into_inner());
-        f.debug_struct("ChanBus")
+        f.debug_struct("MemoryBus")
             .field("config", &self.inner.config)
             .field("streams", &streams.len())
             .field("closed", &self.is_closed())

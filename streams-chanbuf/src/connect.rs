@@ -4,13 +4,13 @@ use std::sync::Arc;
 
 use streams_core::{invalid_url, ConnectUrl, Connection, NoStreamAdmin, Result};
 
-use crate::{ChanBus, ChanBusBuilder};
+use crate::{MemoryBus, MemoryBusBuilder};
 
 /// The parameters a `memory://` URL takes.
 const KNOWN: [&str; 2] = ["capacity", "concurrency"];
 
 /// Builds a new in-process bus from a `memory://[?capacity=N&concurrency=N]` URL: one
-/// [`ChanBus`] serving as writer and reader. Each call makes a bus of its own;
+/// [`MemoryBus`] serving as writer and reader. Each call makes a bus of its own;
 /// `capacity` is the buffer per subscriber (default 1024), `concurrency` the handlers
 /// per subscriber when the read task sets none (default 1).
 ///
@@ -31,7 +31,7 @@ pub async fn connect(url: &str) -> Result<Connection> {
     Ok(Connection::new("memory", bus.clone(), Some(bus)).with_admin(Arc::new(NoStreamAdmin)))
 }
 
-fn parse(url: &str) -> Result<ChanBusBuilder> {
+fn parse(url: &str) -> Result<MemoryBusBuilder> {
     let url = ConnectUrl::parse("memory", url)?;
     if !url.hosts.is_empty() || url.user.is_some() {
         return Err(invalid_url(
@@ -40,7 +40,7 @@ fn parse(url: &str) -> Result<ChanBusBuilder> {
     }
     url.no_path()?;
     let mut params = url.params;
-    let mut builder = ChanBus::builder();
+    let mut builder = MemoryBus::builder();
     if let Some(capacity) = params.take_positive("capacity")? {
         builder = builder.capacity(capacity);
     }
@@ -62,9 +62,9 @@ mod tests {
     #[test]
     fn defaults_and_parameters() {
         let b = parse("memory://").unwrap();
-        assert_eq!(format!("{b:?}"), format!("{:?}", ChanBus::builder()));
+        assert_eq!(format!("{b:?}"), format!("{:?}", MemoryBus::builder()));
         let b = parse("memory://?capacity=2048&concurrency=4").unwrap();
-        let want = ChanBus::builder().capacity(2048).concurrency(4);
+        let want = MemoryBus::builder().capacity(2048).concurrency(4);
         assert_eq!(format!("{b:?}"), format!("{want:?}"));
         assert!(err("memory://?capacity=0").contains("positive integer"));
         assert!(err("memory://?capacity=many").contains("positive integer"));

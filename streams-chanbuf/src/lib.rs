@@ -3,7 +3,7 @@
 //! Every subscriber of a stream receives every message published after it subscribed;
 //! readers that share a consumer group share the group's messages instead. Each
 //! subscriber has a bounded buffer: publishing waits while it is full (or fails at once
-//! with [`ChanBus::try_write`] or [`ChanBusBuilder::fail_fast`]). A subscriber runs at
+//! with [`MemoryBus::try_write`] or [`MemoryBusBuilder::fail_fast`]). A subscriber runs at
 //! most `concurrency` handlers at once, one per lane; messages with the same key go to
 //! the same lane, so order per key holds.
 //!
@@ -28,7 +28,7 @@
 //! struct Greeted { name: String }
 //! impl Event for Greeted {}
 //!
-//! let mut bus = streams_chanbuf::bus();
+//! let mut bus = streams_chanbuf::event_bus();
 //! bus.register::<Greeted>("greetings");
 //! let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
 //! bus.subscribe_typed(move |g: Greeted, _m: Message| {
@@ -46,5 +46,5 @@
 mod bus;
 mod connect;
 
-pub use bus::{bus, ChanBus, ChanBusBuilder};
+pub use bus::{event_bus, MemoryBus, MemoryBusBuilder};
 pub use connect::connect;

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use streams_chanbuf::ChanBus;
+use streams_chanbuf::MemoryBus;
 use streams_core::{
     handler, BoxError, CancellationToken, Error, Message, ReadTask, Reader, Writer,
 };
@@ -17,7 +17,7 @@ fn collecting(tx: mpsc::UnboundedSender<Message>) -> streams_core::Handler {
     }))
 }
 
-async fn until_subscribed(bus: &ChanBus, stream: &str, groups: usize) {
+async fn until_subscribed(bus: &MemoryBus, stream: &str, groups: usize) {
     for _ in 0..200 {
         if bus.subscribers(stream) == groups {
             return;
@@ -29,7 +29,7 @@ async fn until_subscribed(bus: &ChanBus, stream: &str, groups: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_subscriber_gets_every_message_and_groups_share() {
-    let bus = Arc::new(ChanBus::new());
+    let bus = Arc::new(MemoryBus::new());
     let cancel = CancellationToken::new();
     let (tx1, mut rx1) = mpsc::unbounded_channel();
     let (tx2, mut rx2) = mpsc::unbounded_channel();
@@ -67,7 +67,7 @@ async fn every_subscriber_gets_every_message_and_groups_share() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_waits_when_full_and_try_write_fails_fast() {
-    let bus = Arc::new(ChanBus::builder().capacity(2).build());
+    let bus = Arc::new(MemoryBus::builder().capacity(2).build());
     let gate = Arc::new(Semaphore::new(0));
     let handled = Arc::new(AtomicUsize::new(0));
     let (g, h) = (gate.clone(), handled.clone());
@@ -116,7 +116,7 @@ async fn publish_waits_when_full_and_try_write_fails_fast() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_is_bounded_per_subscriber() {
-    let bus = Arc::new(ChanBus::new());
+    let bus = Arc::new(MemoryBus::new());
     let now = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
@@ -156,7 +156,7 @@ async fn concurrency_is_bounded_per_subscriber() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_timeouts_and_failures_do_not_stop_the_reader() {
-    let bus = Arc::new(ChanBus::new());
+    let bus = Arc::new(MemoryBus::new());
     let ok = Arc::new(AtomicUsize::new(0));
     let o = ok.clone();
     // Time-outs are tower's own layer.
@@ -205,7 +205,7 @@ async fn handler_timeouts_and_failures_do_not_stop_the_reader() {
 
 #[tokio::test]
 async fn close_refuses_writes_and_ends_readers_after_backlog() {
-    let bus = Arc::new(ChanBus::new());
+    let bus = Arc::new(MemoryBus::new());
     let (tx, mut rx) = mpsc::unbounded_channel();
     let reader = {
         let bus = bus.clone();
@@ -243,7 +243,7 @@ async fn close_refuses_writes_and_ends_readers_after_backlog() {
 
 #[tokio::test]
 async fn empty_stream_name_is_rejected() {
-    let bus = ChanBus::new();
+    let bus = MemoryBus::new();
     let err = bus
         .read(
             ReadTask::new(""),
@@ -318,7 +318,7 @@ struct Member {
 }
 
 impl Member {
-    fn start(bus: &Arc<ChanBus>, stream: &str, h: streams_core::Handler) -> Member {
+    fn start(bus: &Arc<MemoryBus>, stream: &str, h: streams_core::Handler) -> Member {
         let cancel = CancellationToken::new();
         let (bus, c) = (bus.clone(), cancel.clone());
         let task = ReadTask::new(stream).with_group("g").with_concurrency(4);
@@ -378,7 +378,7 @@ fn assert_in_order(ledger: &SharedLedger, keys: u32, per_key: u32) {
 /// Publishes keyless probes until every named member handled one, so that a test
 /// starts with all members taking turns.
 async fn until_members_take_part(
-    bus: &ChanBus,
+    bus: &MemoryBus,
     stream: &str,
     ledger: &SharedLedger,
     names: &[&str],
@@ -400,7 +400,7 @@ async fn until_members_take_part(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_members_of_a_group_keep_order_per_key() {
-    let bus = Arc::new(ChanBus::builder().capacity(64).build());
+    let bus = Arc::new(MemoryBus::builder().capacity(64).build());
     let ledger = SharedLedger::default();
     let pause = Duration::from_millis(1);
     let a = Member::start(&bus, "two", member("a", ledger.clone(), pause));
@@ -429,7 +429,7 @@ async fn two_members_of_a_group_keep_order_per_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_joining_and_leaving_mid_stream_lose_and_reorder_nothing() {
-    let bus = Arc::new(ChanBus::builder().capacity(32).build());
+    let bus = Arc::new(MemoryBus::builder().capacity(32).build());
     let ledger = SharedLedger::default();
     let pause = Duration::from_micros(300);
     let (keys, per_key) = (8, 80);
@@ -461,7 +461,7 @@ async fn members_joining_and_leaving_mid_stream_lose_and_reorder_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejoining_while_the_last_member_drains_waits_for_the_backlog() {
-    let bus = Arc::new(ChanBus::builder().capacity(256).build());
+    let bus = Arc::new(MemoryBus::builder().capacity(256).build());
     let ledger = SharedLedger::default();
     let a = Member::start(
         &bus,
@@ -495,7 +495,7 @@ async fn rejoining_while_the_last_member_drains_waits_for_the_backlog() {
 /// A task field the bus cannot honour is refused, naming the field, not ignored.
 #[tokio::test]
 async fn read_task_fields_the_bus_cannot_honour_are_refused() {
-    let bus = ChanBus::new();
+    let bus = MemoryBus::new();
     let h = handler(tower::service_fn(|_m: Message| async {
         Ok::<_, BoxError>(())
     }));

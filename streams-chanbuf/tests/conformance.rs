@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use streams_chanbuf::ChanBus;
+use streams_chanbuf::MemoryBus;
 use streams_conformance::{Capabilities, Harness};
 use streams_core::{ReadTask, Reader, Result, Writer};
 
 struct ChanHarness {
-    bus: Arc<ChanBus>,
+    bus: Arc<MemoryBus>,
 }
 
 #[streams_core::async_trait]
@@ -40,7 +40,7 @@ impl Harness for ChanHarness {
 
 async fn harness() -> ChanHarness {
     ChanHarness {
-        bus: Arc::new(ChanBus::builder().capacity(64).build()),
+        bus: Arc::new(MemoryBus::builder().capacity(64).build()),
     }
 }
 

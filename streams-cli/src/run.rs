@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use streams::{BoxError, CancellationToken, EventRegistry, Message, ReadTask, Reader, Subscriber};
+use streams::{BoxError, CancellationToken, EventRegistry, Message, ReadTask, Reader, Router};
 
 /// How long stopping waits for the reader: handlers in flight, and an SQS long poll
 /// (up to 20 s, `wait_time_seconds` in the URL) that must end before its messages are
@@ -98,7 +98,7 @@ where
     S::Future: Send + 'static,
 {
     let stream = task.stream.clone();
-    let mut sub = Subscriber::new(reader, Arc::new(EventRegistry::new()));
+    let mut sub = Router::new(reader, Arc::new(EventRegistry::new()));
     sub.subscribe(task, service);
     sub.start();
     let tick = idle.as_ref().map_or(Duration::from_secs(3600), |(d, _)| {

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use streams::{CancellationToken, Connection, Message, ReadTask, Subscriber};
+use streams::{CancellationToken, Connection, Message, ReadTask, Router};
 use streams_cli::{consume, publish, redrive, ConsumeArgs, Output, PublishArgs, RedriveArgs};
 
 /// Publishes `warm` messages on `stream` until `printed` shows one, so the consumer
@@ -191,7 +191,7 @@ async fn redrive_moves_dead_letters_back_without_their_dlq_headers() {
     let conn = streams::connect("memory://").await.unwrap();
     // A subscriber on the original stream collects what comes back.
     let back = Arc::new(Mutex::new(Vec::<Message>::new()));
-    let mut sub = Subscriber::new(conn.reader().unwrap(), Default::default());
+    let mut sub = Router::new(conn.reader().unwrap(), Default::default());
     sub.subscribe(
         ReadTask::new("orders"),
         tower::service_fn({

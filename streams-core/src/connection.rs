@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Bus, Error, Handler, ObservedReader, ObservedWriter, ReadTask, Reader, Result, Writer,
+    Error, EventBus, Handler, ObservedReader, ObservedWriter, ReadTask, Reader, Result, Writer,
 };
 
 /// What [`Error::Invalid`] names for every URL problem.
@@ -192,13 +192,13 @@ impl Connection {
         self.reader.is_some()
     }
 
-    /// A typed-event [`Bus`] over this connection's writer and reader.
+    /// A typed-event [`EventBus`] over this connection's writer and reader.
     ///
     /// # Errors
     ///
     /// As [`reader`](Self::reader), on write-only platforms.
-    pub fn bus(&self) -> Result<Bus> {
-        Ok(Bus::new(self.writer(), self.reader()?))
+    pub fn event_bus(&self) -> Result<EventBus> {
+        Ok(EventBus::new(self.writer(), self.reader()?))
     }
 
     /// The writer and the reader, if any.

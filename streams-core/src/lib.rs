@@ -3,7 +3,7 @@
 //!
 //! - [`Message`] is the unit of data; [`Writer`] writes batches of them and [`Reader`]
 //!   runs a [`ReadTask`], handing each message to a [`Handler`] (a `tower::Service`).
-//! - [`Event`], [`EventRegistry`], [`Publisher`], [`Subscriber`] and [`Bus`] add typed
+//! - [`Event`], [`EventRegistry`], [`Publisher`], [`Router`] and [`EventBus`] add typed
 //!   events on top, encoded by a [`Codec`] (JSON or Protocol Buffers).
 //! - [`middleware`] holds tower layers: retry, logging, deduplication, dead-letter,
 //!   timeout. Tower's own layers compose with them.
@@ -17,22 +17,21 @@
 //!
 //! Drivers live in their own crates (`streams-chanbuf`, `streams-kafka`, ...).
 
-mod bus;
 mod codec;
 mod connection;
 pub mod egress;
 mod error;
 mod event;
+mod event_bus;
 mod id;
 mod message;
 pub mod middleware;
 pub mod observe;
 mod proto;
 mod publisher;
+mod router;
 mod stream;
-mod subscriber;
 
-pub use bus::Bus;
 pub use codec::{Codec, CodecRegistry, JsonCodec, ProtobufCodec};
 pub use connection::{
     invalid_url, ConnectUrl, Connection, DefaultGroupReader, NoStreamAdmin, StreamAdmin, UrlParams,
@@ -41,14 +40,15 @@ pub use connection::{
 pub use egress::{decode_batch, encode_batch, EgressStorage, Forwarder, StoredBatch};
 pub use error::{is_unrecoverable, BoxError, Error, FailedMessage, Result, Unrecoverable};
 pub use event::{Event, EventRegistry};
+pub use event_bus::EventBus;
 pub use id::{IdFactory, KsuidFactory, UuidFactory};
 pub use message::{
     Headers, Message, CONTENT_TYPE_JSON, CONTENT_TYPE_OCTET_STREAM, CONTENT_TYPE_PROTOBUF,
 };
 pub use observe::{Observe, ObserveLayer, ObservedReader, ObservedWriter};
 pub use publisher::Publisher;
+pub use router::{typed, Router, Typed};
 pub use stream::{call_handler, handler, Handler, ReadTask, Reader, Writer};
-pub use subscriber::{typed, Subscriber, Typed};
 
 pub use async_trait::async_trait;
 pub use tokio_util::sync::CancellationToken;

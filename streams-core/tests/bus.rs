@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use streams_chanbuf::ChanBus;
+use streams_chanbuf::MemoryBus;
 use streams_core::middleware::{
     DeadLetterLayer, LoggingLayer, RetryLayer, RetryPolicy, DLQ_REASON, DLQ_SOURCE_STREAM,
 };
 use streams_core::{
-    handler, BoxError, Bus, CancellationToken, CodecRegistry, Error, Event, Handler, Message,
-    ProtobufCodec, ReadTask, Reader, Result, Subscriber, Writer,
+    handler, BoxError, CancellationToken, CodecRegistry, Error, Event, EventBus, Handler, Message,
+    ProtobufCodec, ReadTask, Reader, Result, Router, Writer,
 };
 use tokio::sync::mpsc;
 
@@ -37,12 +37,12 @@ impl Event for OrderPlaced {
     }
 }
 
-fn new_bus() -> (Arc<ChanBus>, Bus) {
-    let chan = Arc::new(ChanBus::new());
-    (chan.clone(), Bus::new(chan.clone(), chan))
+fn new_bus() -> (Arc<MemoryBus>, EventBus) {
+    let chan = Arc::new(MemoryBus::new());
+    (chan.clone(), EventBus::new(chan.clone(), chan))
 }
 
-async fn settle(chan: &ChanBus, stream: &str, groups: usize) {
+async fn settle(chan: &MemoryBus, stream: &str, groups: usize) {
     for _ in 0..400 {
         if chan.subscribers(stream) >= groups {
             return;
@@ -228,7 +228,7 @@ impl Drop for Running {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tower_layers_compose_with_ours() {
-    let chan = Arc::new(ChanBus::builder().concurrency(4).build());
+    let chan = Arc::new(MemoryBus::builder().concurrency(4).build());
     let running = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
@@ -283,7 +283,7 @@ async fn tower_layers_compose_with_ours() {
         let tx = dlq_tx.clone();
         async move { tx.send(m).map_err(BoxError::from) }
     }));
-    let mut sub = Subscriber::new(chan.clone(), Default::default());
+    let mut sub = Router::new(chan.clone(), Default::default());
     sub.subscribe(ReadTask::new("composed").with_concurrency(4), h);
     sub.subscribe(ReadTask::new("composed.dlq"), dlq);
     sub.start();
@@ -339,14 +339,14 @@ impl Reader for FailingReader {
 
 #[tokio::test]
 async fn reader_errors_are_reported_not_dropped() {
-    let mut sub = Subscriber::new(Arc::new(FailingReader), Default::default());
+    let mut sub = Router::new(Arc::new(FailingReader), Default::default());
     let noop = tower::service_fn(|_m: Message| async { Ok::<_, BoxError>(()) });
     sub.subscribe_stream("missing", noop);
     sub.start();
     let err = sub.wait().await.unwrap_err();
     assert!(err.to_string().contains("no such stream missing"), "{err}");
 
-    let mut sub = Subscriber::new(Arc::new(FailingReader), Default::default());
+    let mut sub = Router::new(Arc::new(FailingReader), Default::default());
     sub.subscribe_stream("a", noop).subscribe_stream("b", noop);
     sub.start();
     tokio::task::yield_now().await;

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use streams_chanbuf::ChanBus;
+use streams_chanbuf::MemoryBus;
 use streams_core::egress::{ForwardReport, MemoryOutbox};
 use streams_core::middleware::RetryPolicy;
 use streams_core::{
@@ -225,8 +225,8 @@ async fn a_misconfigured_destination_quarantines_nothing() {
 async fn a_closed_destination_stops_the_relay_and_keeps_the_rows() {
     let outbox = Arc::new(MemoryOutbox::new());
     outbox.write(batch("s", 2, "x")).await.unwrap();
-    let bus = Arc::new(ChanBus::new());
-    ChanBus::close(&bus);
+    let bus = Arc::new(MemoryBus::new());
+    MemoryBus::close(&bus);
     let fwd = Forwarder::new(outbox.clone(), bus).with_retry(quick_retry());
     let err = fwd.forward_once().await.unwrap_err();
     assert!(matches!(err, Error::Closed(_)), "{err}");
@@ -313,7 +313,7 @@ async fn run_returns_fatal_storage_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_loop_wakes_on_notify_and_delivers_to_the_bus() {
     let outbox = Arc::new(MemoryOutbox::new());
-    let bus = Arc::new(ChanBus::new());
+    let bus = Arc::new(MemoryBus::new());
     let (tx, mut rx) = mpsc::unbounded_channel();
     let cancel = CancellationToken::new();
     let reader = {

@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use streams_chanbuf::ChanBus;
+use streams_chanbuf::MemoryBus;
 use streams_core::observe::{
     ObservedReader, ObservedWriter, MESSAGES_FAILED, MESSAGES_HANDLED, MESSAGES_PUBLISHED,
 };
-use streams_core::{BoxError, Message, ReadTask, Subscriber, Writer};
+use streams_core::{BoxError, Message, ReadTask, Router, Writer};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -71,9 +71,9 @@ async fn observed_reader_and_writer_around_the_in_process_bus() {
     let _subscriber =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
 
-    let bus = Arc::new(ChanBus::new());
+    let bus = Arc::new(MemoryBus::new());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut subscriber = Subscriber::new(
+    let mut subscriber = Router::new(
         Arc::new(ObservedReader::new(bus.clone()).with_system("in_process")),
         Default::default(),
     );

@@ -9,9 +9,9 @@ use std::time::Duration;
 use opentelemetry::trace::{SpanId, SpanKind, TraceId, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
-use streams_chanbuf::ChanBus;
+use streams_chanbuf::MemoryBus;
 use streams_core::observe::{ObservedReader, ObservedWriter};
-use streams_core::{BoxError, Headers, Message, Subscriber, Writer};
+use streams_core::{BoxError, Headers, Message, Router, Writer};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 use tracing_subscriber::layer::SubscriberExt;
@@ -59,9 +59,9 @@ async fn trace_context_travels_in_headers_from_publish_to_handle() {
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("streams-test"));
     let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry().with(otel));
 
-    let bus = Arc::new(ChanBus::new());
+    let bus = Arc::new(MemoryBus::new());
     let (tx, mut rx) = mpsc::unbounded_channel::<(String, Headers)>();
-    let mut subscriber = Subscriber::new(
+    let mut subscriber = Router::new(
         Arc::new(ObservedReader::new(bus.clone())),
         Default::default(),
     );

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use streams_chanbuf::ChanBus;
+use streams_chanbuf::MemoryBus;
 use streams_core::{handler, BoxError, CancellationToken, Message, ReadTask, Reader};
 use streams_sql::{PgEgressStorage, PgOutbox, Relay};
 use tokio::sync::{mpsc, Notify};
@@ -54,8 +54,8 @@ fn table_name(what: &str) -> String {
 async fn bus_with_subscriber(
     cancel: &CancellationToken,
     on_message: impl Fn(Message) + Send + Sync + Clone + 'static,
-) -> Arc<ChanBus> {
-    let bus = Arc::new(ChanBus::builder().capacity(4096).build());
+) -> Arc<MemoryBus> {
+    let bus = Arc::new(MemoryBus::builder().capacity(4096).build());
     let h = handler(tower::service_fn(move |m: Message| {
         on_message(m);
         std::future::ready(Ok::<_, BoxError>(()))

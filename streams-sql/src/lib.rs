@@ -39,7 +39,7 @@
 //! outbox.migrate(&pool).await?;
 //!
 //! // The relay, here in the same process, publishing to the in-process bus.
-//! let bus = Arc::new(streams_chanbuf::ChanBus::new());
+//! let bus = Arc::new(streams_chanbuf::MemoryBus::new());
 //! let storage = PgEgressStorage::new(pool.clone(), "streams_egress")?;
 //! let relay = Relay::new(Arc::new(storage), bus).with_pg_listen(pool.clone(), "streams_egress")?;
 //! let cancel = CancellationToken::new();

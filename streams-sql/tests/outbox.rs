@@ -49,7 +49,7 @@ async fn rollback_leaves_nothing_commit_is_relayed(db: Db) {
     assert_eq!(storage.pending().await, 0);
 
     // The destination is the in-process bus, with a subscriber recording what it gets.
-    let bus = Arc::new(streams_chanbuf::ChanBus::new());
+    let bus = Arc::new(streams_chanbuf::MemoryBus::new());
     let received = Recorder::new();
     let cancel = CancellationToken::new();
     let subscriber = {

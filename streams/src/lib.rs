@@ -36,7 +36,7 @@
 //!
 //! | URL | writer | reader | feature |
 //! |---|---|---|---|
-//! | `memory://[?capacity=N&concurrency=N]` | one `ChanBus`, shared | the same bus | `chanbuf` |
+//! | `memory://[?capacity=N&concurrency=N]` | one `MemoryBus`, shared | the same bus | `chanbuf` |
 //! | `kafka://[host:port[,host:port...]][?group=G&<librdkafka key>=<value>...]` | `KafkaWriter` | `KafkaReader`; tasks without a group get `G` ([`DefaultGroupReader`]) | `kafka` |
 //! | `sqs://[key:secret@][host:port][?region=R&tls=true&wait_time_seconds=S]` | `SqsWriter` | `SqsReader` | `sqs` |
 //! | `sns://[key:secret@][host:port][?region=R&account_id=A&tls=true]` | `SnsWriter` | none | `sns` |

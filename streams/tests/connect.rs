@@ -173,7 +173,7 @@ async fn memory_connections_are_separate_buses() {
     let (writer, reader) = a.clone().into_parts();
     assert!(Arc::ptr_eq(&writer, &a.writer()));
     assert!(reader.is_some());
-    a.bus().expect("bus over a memory connection");
+    a.event_bus().expect("bus over a memory connection");
 }
 
 #[test]
@@ -200,7 +200,7 @@ fn connection_is_send_sync_and_writer_only_parts_refuse_a_reader() {
         reason.contains("`sns://` connections are write-only"),
         "{reason}"
     );
-    assert!(conn.bus().is_err());
+    assert!(conn.event_bus().is_err());
 }
 
 // ---------------------------------------------------------------- Kafka

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use streams::observe::{MESSAGES_HANDLED, MESSAGES_PUBLISHED};
-use streams::{BoxError, Message, ReadTask, Subscriber};
+use streams::{BoxError, Message, ReadTask, Router};
 
 #[tokio::test(flavor = "current_thread")]
 async fn connect_counts_published_and_handled_messages() {
@@ -16,7 +16,7 @@ async fn connect_counts_published_and_handled_messages() {
 
     let conn = streams::connect("memory://").await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut sub = Subscriber::new(conn.reader().unwrap(), Default::default());
+    let mut sub = Router::new(conn.reader().unwrap(), Default::default());
     sub.subscribe(
         ReadTask::new("orders"),
         tower::service_fn(move |m: Message| {

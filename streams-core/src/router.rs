@@ -14,12 +14,12 @@ use crate::{
     Unrecoverable,
 };
 
-/// Runs read tasks on a [`Reader`]: subscribe, [`start`](Self::start), then
-/// [`shutdown`](Self::shutdown).
+/// The router: routes each stream of a [`Reader`] to its handler. Subscribe (a read
+/// task and a handler), [`start`](Self::start), then [`shutdown`](Self::shutdown).
 ///
 /// Reader failures are never dropped: [`wait`](Self::wait) returns the first one while
 /// running, and [`shutdown`](Self::shutdown) returns all of them.
-pub struct Subscriber {
+pub struct Router {
     reader: Arc<dyn Reader>,
     registry: Arc<EventRegistry>,
     pending: Vec<(ReadTask, Handler)>,
@@ -28,10 +28,10 @@ pub struct Subscriber {
     failed: Vec<(String, Error)>,
 }
 
-impl Subscriber {
+impl Router {
     /// A scheduler over `reader`, resolving event types through `registry`.
     pub fn new(reader: Arc<dyn Reader>, registry: Arc<EventRegistry>) -> Self {
-        Subscriber {
+        Router {
             reader,
             registry,
             pending: Vec::new(),
@@ -205,9 +205,9 @@ fn flatten(
     }
 }
 
-impl fmt::Debug for Subscriber {
+impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Subscriber")
+        f.debug_struct("Router")
             .field("reader", &self.reader)
             .field("pending", &self.pending.len())
             .field("running", &self.running.len())

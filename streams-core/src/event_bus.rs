@@ -5,22 +5,22 @@ use std::time::Duration;
 
 use crate::{
     BoxError, Codec, Event, EventRegistry, JsonCodec, Message, Publisher, ReadTask, Reader, Result,
-    Subscriber, Writer,
+    Router, Writer,
 };
 
-/// A publisher and a subscriber scheduler sharing one event registry: the one object
+/// A publisher and a router sharing one event registry: the one object
 /// most services need.
 ///
 /// ```
 /// # async fn demo(writer: std::sync::Arc<dyn streams_core::Writer>, reader: std::sync::Arc<dyn streams_core::Reader>) -> streams_core::Result<()> {
 /// use std::time::Duration;
-/// use streams_core::{Bus, BoxError, Event, Message};
+/// use streams_core::{EventBus, BoxError, Event, Message};
 ///
 /// #[derive(serde::Serialize, serde::Deserialize)]
 /// struct Shipped { parcel: String }
 /// impl Event for Shipped {}
 ///
-/// let mut bus = Bus::new(writer, reader);
+/// let mut bus = EventBus::new(writer, reader);
 /// bus.register::<Shipped>("logistics.shipped");
 /// bus.subscribe_typed(|e: Shipped, _m: Message| async move {
 ///     tracing::info!(parcel = %e.parcel, "shipped");
@@ -31,31 +31,31 @@ use crate::{
 /// bus.shutdown(Duration::from_secs(5)).await?;
 /// # Ok(()) }
 /// ```
-pub struct Bus<C = JsonCodec> {
+pub struct EventBus<C = JsonCodec> {
     registry: Arc<EventRegistry>,
     publisher: Publisher<C>,
-    subscriber: Subscriber,
+    router: Router,
 }
 
-impl Bus<JsonCodec> {
+impl EventBus<JsonCodec> {
     /// A bus writing JSON events to `writer` and reading from `reader`.
     pub fn new(writer: Arc<dyn Writer>, reader: Arc<dyn Reader>) -> Self {
         let registry = Arc::new(EventRegistry::new());
-        Bus {
+        EventBus {
             publisher: Publisher::new(writer, registry.clone()),
-            subscriber: Subscriber::new(reader, registry.clone()),
+            router: Router::new(reader, registry.clone()),
             registry,
         }
     }
 }
 
-impl<C> Bus<C> {
+impl<C> EventBus<C> {
     /// Replaces the publisher's codec.
-    pub fn with_codec<C2>(self, codec: C2) -> Bus<C2> {
-        Bus {
+    pub fn with_codec<C2>(self, codec: C2) -> EventBus<C2> {
+        EventBus {
             registry: self.registry,
             publisher: self.publisher.with_codec(codec),
-            subscriber: self.subscriber,
+            router: self.router,
         }
     }
 
@@ -81,9 +81,9 @@ impl<C> Bus<C> {
         &self.publisher
     }
 
-    /// The subscriber scheduler.
-    pub fn subscriber(&mut self) -> &mut Subscriber {
-        &mut self.subscriber
+    /// The router that runs the handlers over the reader.
+    pub fn router(&mut self) -> &mut Router {
+        &mut self.router
     }
 
     /// See [`Publisher::publish`].
@@ -110,29 +110,29 @@ impl<C> Bus<C> {
         self.publisher.publish_to(stream, event).await
     }
 
-    /// See [`Subscriber::subscribe`].
+    /// See [`Router::subscribe`].
     pub fn subscribe<S>(&mut self, task: ReadTask, service: S) -> &mut Self
     where
         S: tower::Service<Message, Response = ()> + Clone + Send + Sync + 'static,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
     {
-        self.subscriber.subscribe(task, service);
+        self.router.subscribe(task, service);
         self
     }
 
-    /// See [`Subscriber::subscribe_stream`].
+    /// See [`Router::subscribe_stream`].
     pub fn subscribe_stream<S>(&mut self, stream: impl Into<String>, service: S) -> &mut Self
     where
         S: tower::Service<Message, Response = ()> + Clone + Send + Sync + 'static,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
     {
-        self.subscriber.subscribe_stream(stream, service);
+        self.router.subscribe_stream(stream, service);
         self
     }
 
-    /// See [`Subscriber::subscribe_event`].
+    /// See [`Router::subscribe_event`].
     ///
     /// # Errors
     ///
@@ -144,11 +144,11 @@ impl<C> Bus<C> {
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
     {
-        self.subscriber.subscribe_event::<E, S>(service)?;
+        self.router.subscribe_event::<E, S>(service)?;
         Ok(self)
     }
 
-    /// See [`Subscriber::subscribe_typed`].
+    /// See [`Router::subscribe_typed`].
     ///
     /// # Errors
     ///
@@ -159,13 +159,13 @@ impl<C> Bus<C> {
         F: Fn(E, Message) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
-        self.subscriber.subscribe_typed::<E, F, Fut>(f)?;
+        self.router.subscribe_typed::<E, F, Fut>(f)?;
         Ok(self)
     }
 
     /// Starts the subscribed readers.
     pub fn start(&mut self) {
-        self.subscriber.start();
+        self.router.start();
     }
 
     /// Refuses new publishing, stops the readers, waits up to `deadline` for in-flight
@@ -173,21 +173,21 @@ impl<C> Bus<C> {
     ///
     /// # Errors
     ///
-    /// Every reader failure (see [`Subscriber::shutdown`]) or the writer's close error.
+    /// Every reader failure (see [`Router::shutdown`]) or the writer's close error.
     pub async fn shutdown(self, deadline: Duration) -> Result<()> {
         self.publisher.close();
-        let readers = self.subscriber.shutdown(deadline).await;
+        let readers = self.router.shutdown(deadline).await;
         let writer = self.publisher.writer().close().await;
         readers.and(writer)
     }
 }
 
-impl<C> fmt::Debug for Bus<C> {
+impl<C> fmt::Debug for EventBus<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Bus")
+        f.debug_struct("EventBus")
             .field("registry", &self.registry)
             .field("publisher", &self.publisher)
-            .field("subscriber", &self.subscriber)
+            .field("router", &self.router)
             .finish()
     }
 }
