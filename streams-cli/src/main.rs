@@ -20,7 +20,7 @@ fn main() -> ExitCode {
             // library reports about it on the way (reader failed, librdkafka's
             // reconnects) is there with RUST_LOG.
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error,librdkafka=off,streams_core::subscriber=off".into()),
+                .unwrap_or_else(|_| "error,librdkafka=off,streams_core::router=off".into()),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
