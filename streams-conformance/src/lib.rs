@@ -625,25 +625,9 @@ pub async fn order_per_key(h: &dyn Harness) -> ScenarioResult {
     let mut sub = subscribe(h, h.task(&stream, "order"), None).await?;
     sub.wait_ready(writer.as_ref(), &stream, h.patience())
         .await?;
-    let keys = 5;
-    let per_key = 40;
-    let mut batch = Vec::new();
-    for seq in 0..per_key {
-        for k in 0..keys {
-            batch.push(
-                Message::new(&stream, format!("{k}:{seq}"))
-                    .with_key(format!("key-{k}"))
-                    .with_header("seq", seq.to_string()),
-            );
-        }
-    }
-    for chunk in batch.chunks(25) {
-        writer
-            .write(chunk.to_vec())
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-    }
-    let total = keys * per_key;
+    let (keys, per_key) = (5, 40);
+    write_keyed(writer.as_ref(), &stream, keys, per_key, 25).await?;
+    let total = (keys * per_key) as usize;
     let got = sub
         .collect_until(h.patience(), |g| ids(g).len() >= total)
         .await;
@@ -672,6 +656,33 @@ pub async fn order_per_key(h: &dyn Harness) -> ScenarioResult {
     Ok(Outcome::Passed)
 }
 
+/// Writes `per_key` messages for each of `keys` keys, interleaved (`key-K`, payload
+/// `K:SEQ`, header `seq`), in writes of `chunk` messages.
+async fn write_keyed(
+    writer: &dyn Writer,
+    stream: &str,
+    keys: u32,
+    per_key: u32,
+    chunk: usize,
+) -> std::result::Result<(), String> {
+    let batch: Vec<Message> = (0..per_key)
+        .flat_map(|seq| {
+            (0..keys).map(move |k| {
+                Message::new(stream, format!("{k}:{seq}"))
+                    .with_key(format!("key-{k}"))
+                    .with_header("seq", seq.to_string())
+            })
+        })
+        .collect();
+    for part in batch.chunks(chunk) {
+        writer
+            .write(part.to_vec())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Two members of one consumer group read one stream with several keys: both take part,
 /// each key's messages are handled in publish order (first deliveries, where the driver
 /// redelivers), never two of one key at once, and every message is handled.
@@ -688,23 +699,8 @@ pub async fn group_members_keep_order_per_key(h: &dyn Harness) -> ScenarioResult
     a.wait_ready(writer.as_ref(), &stream, h.patience()).await?;
     let b = subscribe_tracked(h, task, None, Some((ledger.clone(), 1))).await?;
     b.wait_ready(writer.as_ref(), &stream, h.patience()).await?;
-    let (keys, per_key) = (6u32, 30u32);
-    let mut batch = Vec::new();
-    for seq in 0..per_key {
-        for k in 0..keys {
-            batch.push(
-                Message::new(&stream, format!("{k}:{seq}"))
-                    .with_key(format!("key-{k}"))
-                    .with_header("seq", seq.to_string()),
-            );
-        }
-    }
-    for chunk in batch.chunks(20) {
-        writer
-            .write(chunk.to_vec())
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-    }
+    let (keys, per_key) = (6, 30);
+    write_keyed(writer.as_ref(), &stream, keys, per_key, 20).await?;
     let total = (keys * per_key) as usize;
     let deadline = Instant::now() + h.patience();
     while ledger.distinct() < total && Instant::now() < deadline {

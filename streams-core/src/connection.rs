@@ -507,6 +507,30 @@ impl ConnectUrl {
             ))
         })
     }
+
+    /// Every `host[:port]` of a comma-separated host list (`b1:9092,b2:9092`), each
+    /// checked as [`host_port`](Self::host_port) checks one; empty when the URL names
+    /// no host. `what` is the platform's word for an entry (`broker`, `node`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] naming the first malformed entry.
+    pub fn host_list(&self, what: &str) -> Result<Vec<(String, Option<u16>)>> {
+        if self.hosts.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.hosts
+            .split(',')
+            .map(|entry| {
+                split_host_port(entry).ok_or_else(|| {
+                    invalid_url(format!(
+                        "malformed {what} `{entry}` in a `{}://` URL: expected `host` or `host:port`",
+                        self.platform
+                    ))
+                })
+            })
+            .collect()
+    }
 }
 
 /// `host`, `host:port`, `[v6]` or `[v6]:port`.
@@ -705,6 +729,12 @@ mod tests {
         let mut p = u.params;
         assert_eq!(p.take("group").as_deref(), Some("a b"));
         assert_eq!(p.take("x").as_deref(), Some("+"));
+        let u = ConnectUrl::parse("kafka", "kafka://b1:9092,[::1]").unwrap();
+        let hosts = u.host_list("broker").unwrap();
+        assert_eq!(hosts, [("b1".into(), Some(9092)), ("[::1]".into(), None)]);
+        let u = ConnectUrl::parse("kafka", "kafka://b1:9092,,b2").unwrap();
+        let e = u.host_list("broker").unwrap_err().to_string();
+        assert!(e.contains("malformed broker ``"), "{e}");
         let u = ConnectUrl::parse("sqs", "sqs://[::1]:4566").unwrap();
         assert_eq!(u.host_port().unwrap(), Some(("[::1]".into(), Some(4566))));
         let u = ConnectUrl::parse("sqs", "sqs://host:99999").unwrap();

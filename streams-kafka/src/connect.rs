@@ -73,18 +73,14 @@ fn parse(url: &str) -> Result<Parsed> {
     let brokers = if url.hosts.is_empty() {
         DEFAULT_BROKERS.to_owned()
     } else {
-        let mut brokers = Vec::new();
-        for broker in url.hosts.split(',') {
-            let Some((host, port)) = streams_core_host_port(broker) else {
-                return Err(invalid_url(format!(
-                    "malformed broker `{broker}` in a `kafka://` URL: expected `host` or `host:port`"
-                )));
-            };
-            brokers.push(match port {
+        let brokers: Vec<String> = url
+            .host_list("broker")?
+            .into_iter()
+            .map(|(host, port)| match port {
                 Some(port) => format!("{host}:{port}"),
                 None => host,
-            });
-        }
+            })
+            .collect();
         brokers.join(",")
     };
     let mut params = url.params;
@@ -107,12 +103,6 @@ fn parse(url: &str) -> Result<Parsed> {
         connect_timeout,
         settings,
     })
-}
-
-/// `host[:port]` of one broker, checked as [`ConnectUrl::host_port`] checks a host.
-fn streams_core_host_port(broker: &str) -> Option<(String, Option<u16>)> {
-    let url = ConnectUrl::parse("kafka", &format!("kafka://{broker}")).ok()?;
-    url.host_port().ok().flatten()
 }
 
 /// Topics as the streams of a `kafka://` connection.
