@@ -51,25 +51,25 @@ async fn main() -> Result<(), BoxError> {
     let (region, account) = ("us-east-1", "123456789012");
 
     let sqs = SqsClient::builder()
-        .endpoint(&args.endpoint)
-        .region(region)
-        .static_credentials("test", "test")
-        .build()
+        .with_endpoint(&args.endpoint)
+        .with_region(region)
+        .with_static_credentials("test", "test")
+        .connect()
         .await;
     let sns = SnsWriter::builder()
-        .endpoint(&args.endpoint)
-        .region(region)
-        .static_credentials("test", "test")
-        .account_id(account)
-        .build()
+        .with_endpoint(&args.endpoint)
+        .with_region(region)
+        .with_static_credentials("test", "test")
+        .with_account_id(account)
+        .connect()
         .await?;
     let store = DynamoDedupStore::builder()
-        .endpoint(&args.endpoint)
-        .region(region)
-        .static_credentials("test", "test")
-        .table("streams-example-dedup")
-        .ttl(Duration::from_secs(3600))
-        .build()
+        .with_endpoint(&args.endpoint)
+        .with_region(region)
+        .with_static_credentials("test", "test")
+        .with_table("streams-example-dedup")
+        .with_ttl(Duration::from_secs(3600))
+        .connect()
         .await;
     create_table(store.sdk(), store.table()).await?;
     let store: Arc<dyn DedupStore> = Arc::new(store);
@@ -118,7 +118,7 @@ async fn main() -> Result<(), BoxError> {
                 }
             });
             let reader = SqsReader::builder(sqs.clone())
-                .wait_time(Duration::from_secs(2))
+                .with_wait_time(Duration::from_secs(2))
                 .build();
             let task = ReadTask::new(format!("{topic}.{service}"));
             let c = cancel.clone();

@@ -79,7 +79,7 @@ async fn main() -> Result<(), BoxError> {
 
     let mut subscriber = Router::new(Arc::new(KafkaReader::new(config)), Default::default());
     subscriber.subscribe(ReadTask::new(&args.topic).with_group(&args.group), handler);
-    subscriber.start();
+    subscriber.start().await?;
     tokio::select! {
         _ = enough.notified() => {}
         _ = tokio::signal::ctrl_c() => {}

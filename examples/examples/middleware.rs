@@ -29,7 +29,7 @@ async fn main() -> Result<(), BoxError> {
         )
         .init();
 
-    let bus = Arc::new(MemoryBus::builder().concurrency(4).build());
+    let bus = Arc::new(MemoryBus::builder().with_concurrency(4).build());
     let dedup = Arc::new(MemoryDedupStore::new(Duration::from_secs(600), 10_000));
     let calls = Arc::new(AtomicUsize::new(0));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
@@ -84,7 +84,7 @@ async fn main() -> Result<(), BoxError> {
                 std::future::ready(Ok::<_, BoxError>(()))
             }),
         );
-    subscriber.start();
+    subscriber.start().await?;
 
     // A duplicate delivery: the copy that claims the id first is handled, the other is
     // dropped (or waits while the first is being handled).

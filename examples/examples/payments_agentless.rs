@@ -18,9 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use streams_chanbuf::MemoryBus;
+use streams_core::Relay;
 use streams_core::{BoxError, CancellationToken, Event, EventBus, Message};
 use streams_sql::sqlx::{self, PgPool};
-use streams_sql::{PgEgressStorage, PgOutbox, Relay};
+use streams_sql::{PgOutbox, PgOutboxStore};
 use tokio::sync::Notify;
 
 const OUTBOX: &str = "payments_egress";
@@ -94,27 +95,28 @@ async fn main() -> Result<(), BoxError> {
     let two_printed = Arc::new(Notify::new());
     {
         let (printed, two_printed) = (printed.clone(), two_printed.clone());
-        bus.subscribe_typed(move |e: PaymentCreated, m: Message| {
-            let (printed, two_printed) = (printed.clone(), two_printed.clone());
-            async move {
-                println!(
-                    "event     payments.created {} account {} {} cents (message {})",
-                    e.payment_id, e.account, e.cents, m.id
-                );
-                if printed.fetch_add(1, Ordering::SeqCst) + 1 == 2 {
-                    two_printed.notify_one();
+        bus.router()
+            .subscribe_typed(move |e: PaymentCreated, m: Message| {
+                let (printed, two_printed) = (printed.clone(), two_printed.clone());
+                async move {
+                    println!(
+                        "event     payments.created {} account {} {} cents (message {})",
+                        e.payment_id, e.account, e.cents, m.id
+                    );
+                    if printed.fetch_add(1, Ordering::SeqCst) + 1 == 2 {
+                        two_printed.notify_one();
+                    }
+                    Ok::<_, BoxError>(())
                 }
-                Ok::<_, BoxError>(())
-            }
-        })?;
+            })?;
     }
-    bus.start();
+    bus.start().await?;
     while chan.subscribers("payments.created") == 0 {
         tokio::task::yield_now().await;
     }
 
     // The relay, in this process: outbox table -> bus, woken by the outbox on commit.
-    let storage = PgEgressStorage::new(pool.clone(), OUTBOX)?;
+    let storage = PgOutboxStore::new(pool.clone(), OUTBOX)?;
     storage.migrate().await?;
     let relay = Relay::new(Arc::new(storage), bus.publisher().writer().clone());
     let outbox = PgOutbox::new(OUTBOX)?.with_wake(relay.wake());

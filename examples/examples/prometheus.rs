@@ -50,7 +50,7 @@ async fn main() -> Result<(), BoxError> {
         .install_recorder()?;
     describe_metrics();
 
-    let bus = Arc::new(MemoryBus::builder().concurrency(4).build());
+    let bus = Arc::new(MemoryBus::builder().with_concurrency(4).build());
     let writer: Arc<dyn Writer> =
         Arc::new(ObservedWriter::new(bus.clone()).with_system("in_process"));
     let reader = Arc::new(ObservedReader::new(bus.clone()).with_system("in_process"));
@@ -104,7 +104,7 @@ async fn main() -> Result<(), BoxError> {
         .subscribe(ReadTask::new("orders").with_group("billing"), orders)
         .subscribe_stream("orders.dlq", dead_letters)
         .subscribe_stream("payments", payments);
-    subscriber.start();
+    subscriber.start().await?;
 
     for batch in (0..MESSAGES).collect::<Vec<_>>().chunks(10) {
         let batch = batch

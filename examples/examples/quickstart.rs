@@ -85,25 +85,26 @@ async fn main() -> Result<(), BoxError> {
                 Ok::<_, BoxError>(())
             }
         }));
-    bus.subscribe_event::<OrderPlaced, _>(billing)?;
+    bus.router().subscribe_event::<OrderPlaced, _>(billing)?;
 
     // Shipping: a plain typed subscriber.
     let shipped = done.clone();
-    bus.subscribe_typed(move |order: OrderPlaced, msg: Message| {
-        let shipped = shipped.clone();
-        async move {
-            println!(
-                "shipping  {}: parcel prepared (message {})",
-                order.order_id, msg.id
-            );
-            shipped();
-            Ok::<_, BoxError>(())
-        }
-    })?;
+    bus.router()
+        .subscribe_typed(move |order: OrderPlaced, msg: Message| {
+            let shipped = shipped.clone();
+            async move {
+                println!(
+                    "shipping  {}: parcel prepared (message {})",
+                    order.order_id, msg.id
+                );
+                shipped();
+                Ok::<_, BoxError>(())
+            }
+        })?;
 
     // Whatever billing gives up on.
     let dead = done.clone();
-    bus.subscribe_stream(
+    bus.router().subscribe_stream(
         "orders.placed.dlq",
         tower::service_fn(move |msg: Message| {
             println!(
@@ -116,7 +117,7 @@ async fn main() -> Result<(), BoxError> {
         }),
     );
 
-    bus.start();
+    bus.start().await?;
     for (order_id, total_cents) in [("o-1", 1999), ("o-2", 4500), ("o-3", 0)] {
         bus.publish(&OrderPlaced {
             order_id: order_id.into(),

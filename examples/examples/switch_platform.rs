@@ -33,11 +33,11 @@ async fn main() -> Result<(), BoxError> {
     let mut bus = conn.event_bus()?;
     bus.register::<Pinged>("demo-pings");
     let (tx, mut rx) = mpsc::unbounded_channel();
-    bus.subscribe_typed(move |p: Pinged, m: Message| {
+    bus.router().subscribe_typed(move |p: Pinged, m: Message| {
         let tx = tx.clone();
         async move { tx.send((p.seq, m.id)).map_err(BoxError::from) }
     })?;
-    bus.start();
+    bus.start().await?;
     // Brokers need a moment to assign partitions to a new group; the in-process bus
     // subscribes at once.
     if conn.platform() != "memory" {

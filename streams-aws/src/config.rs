@@ -32,8 +32,8 @@ pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(20);
 ///
 /// Every call is bounded, so a wrong or unreachable endpoint fails within seconds rather
 /// than hanging: a connection attempt gives up after the
-/// [connect timeout](Self::connect_timeout) (default 5 s), and a call, its retries
-/// included, after the [operation timeout](Self::operation_timeout) (default 20 s).
+/// [connect timeout](Self::with_connect_timeout) (default 5 s), and a call, its retries
+/// included, after the [operation timeout](Self::with_operation_timeout) (default 20 s).
 /// The SDK's standard retry policy applies within that bound (3 attempts with jittered
 /// backoff, for connection failures, time-outs, throttling and 5xx answers). Against an
 /// endpoint where nothing listens a call therefore fails in well under 30 s. A long poll
@@ -45,7 +45,7 @@ pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(20);
 /// let config = streams_aws::ClientConfig::new()
 ///     .endpoint("http://127.0.0.1:4566")
 ///     .region("us-east-1")
-///     .static_credentials("test", "test")
+///     .with_static_credentials("test", "test")
 ///     .load()
 ///     .await;
 /// assert_eq!(config.endpoint_url(), Some("http://127.0.0.1:4566"));
@@ -77,25 +77,25 @@ impl ClientConfig {
     }
 
     /// Uses this AWS configuration instead of loading one.
-    pub fn sdk_config(mut self, config: SdkConfig) -> Self {
+    pub fn with_sdk_config(mut self, config: SdkConfig) -> Self {
         self.sdk_config = Some(config);
         self
     }
 
     /// Sends every request to this endpoint (an emulator, a VPC endpoint).
-    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
+    pub fn with_endpoint(mut self, url: impl Into<String>) -> Self {
         self.endpoint = Some(url.into());
         self
     }
 
     /// Sets the region.
-    pub fn region(mut self, region: impl Into<String>) -> Self {
+    pub fn with_region(mut self, region: impl Into<String>) -> Self {
         self.region = Some(region.into());
         self
     }
 
     /// Uses fixed credentials (for emulators and tests).
-    pub fn static_credentials(
+    pub fn with_static_credentials(
         mut self,
         access_key_id: impl Into<String>,
         secret_access_key: impl Into<String>,
@@ -112,7 +112,7 @@ impl ClientConfig {
 
     /// How long a connection attempt may take before it fails (and is retried while the
     /// operation timeout allows). Default 5 s ([`DEFAULT_CONNECT_TIMEOUT`]).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = Some(timeout);
         self
     }
@@ -120,12 +120,12 @@ impl ClientConfig {
     /// How long one call may take, retries included, before it fails with a retryable
     /// error naming the endpoint. Default 20 s ([`DEFAULT_OPERATION_TIMEOUT`]); long
     /// polls get their wait time on top.
-    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+    pub fn with_operation_timeout(mut self, timeout: Duration) -> Self {
         self.operation_timeout = Some(timeout);
         self
     }
 
-    /// The region set with [`region`](Self::region), if any.
+    /// The region set with [`region`](Self::with_region), if any.
     pub fn region_override(&self) -> Option<&str> {
         self.region.as_deref()
     }
@@ -197,10 +197,10 @@ mod tests {
             .endpoint_url("http://from-the-environment:1")
             .build();
         let config = ClientConfig::new()
-            .sdk_config(given.clone())
-            .endpoint("http://127.0.0.1:4566")
-            .region("us-east-1")
-            .static_credentials("id", "secret");
+            .with_sdk_config(given.clone())
+            .with_endpoint("http://127.0.0.1:4566")
+            .with_region("us-east-1")
+            .with_static_credentials("id", "secret");
         assert_eq!(config.region_override(), Some("us-east-1"));
         let config = futures::executor::block_on(config.load());
         assert_eq!(config.region().map(|r| r.as_ref()), Some("us-east-1"));
@@ -216,7 +216,7 @@ mod tests {
         assert_eq!(credentials.access_key_id(), "id");
 
         // Without overrides the given configuration is used as it is.
-        let config = futures::executor::block_on(ClientConfig::new().sdk_config(given).load());
+        let config = futures::executor::block_on(ClientConfig::new().with_sdk_config(given).load());
         assert_eq!(config.region().map(|r| r.as_ref()), Some("eu-west-1"));
         assert_eq!(config.endpoint_url(), Some("http://from-the-environment:1"));
         assert!(!config.get_origin("endpoint_url").is_client_config());
@@ -239,7 +239,7 @@ mod tests {
                 .build()
         };
         assert_eq!(
-            timeouts(ClientConfig::new().sdk_config(bare())),
+            timeouts(ClientConfig::new().with_sdk_config(bare())),
             (
                 Some(DEFAULT_CONNECT_TIMEOUT),
                 Some(DEFAULT_OPERATION_TIMEOUT)
@@ -254,16 +254,16 @@ mod tests {
             )
             .build();
         assert_eq!(
-            timeouts(ClientConfig::new().sdk_config(given.clone())),
+            timeouts(ClientConfig::new().with_sdk_config(given.clone())),
             (
                 Some(Duration::from_secs(1)),
                 Some(DEFAULT_OPERATION_TIMEOUT)
             )
         );
         let set = ClientConfig::new()
-            .sdk_config(given)
-            .connect_timeout(Duration::from_millis(250))
-            .operation_timeout(Duration::from_secs(3));
+            .with_sdk_config(given)
+            .with_connect_timeout(Duration::from_millis(250))
+            .with_operation_timeout(Duration::from_secs(3));
         assert_eq!(
             timeouts(set),
             (

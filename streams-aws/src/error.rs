@@ -66,25 +66,25 @@ impl SdkErrors {
     }
 
     /// Names the endpoint in errors of unreachable or silent endpoints.
-    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
+    pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.endpoint = endpoint.into();
         self
     }
 
     /// Names the endpoint from a client's settings: the endpoint override when there is
     /// one, else the service's endpoint in the region.
-    pub fn endpoint_of(self, endpoint_url: Option<&str>, region: Option<&str>) -> Self {
+    pub fn with_endpoint_of(self, endpoint_url: Option<&str>, region: Option<&str>) -> Self {
         let label = match (endpoint_url, region) {
             (Some(url), _) => url.to_owned(),
             (None, Some(region)) => format!("the {} endpoint of {region}", self.driver),
             (None, None) => format!("the {} endpoint (no region set)", self.driver),
         };
-        self.endpoint(label)
+        self.with_endpoint(label)
     }
 
     /// Error codes of this service that mean "try again" besides the throttling codes
     /// every AWS service shares.
-    pub fn transient_codes(mut self, codes: &'static [&'static str]) -> Self {
+    pub fn with_transient_codes(mut self, codes: &'static [&'static str]) -> Self {
         self.transient_codes = codes;
         self
     }
@@ -251,8 +251,8 @@ mod tests {
 
     fn errors() -> SdkErrors {
         SdkErrors::new("sqs")
-            .endpoint("http://127.0.0.1:1")
-            .transient_codes(&["KmsThrottled"])
+            .with_endpoint("http://127.0.0.1:1")
+            .with_transient_codes(&["KmsThrottled"])
     }
 
     fn refused() -> SdkError<ErrorMetadata, HttpResponse> {
@@ -355,7 +355,7 @@ mod tests {
             errors().map("GetQueueUrl", "queue q", not_aws).to_string(),
             "sqs: GetQueueUrl failed: queue q: HTTP 404 from http://127.0.0.1:1 without an AWS error code"
         );
-        let label = SdkErrors::new("sns").endpoint_of(None, Some("eu-west-1"));
+        let label = SdkErrors::new("sns").with_endpoint_of(None, Some("eu-west-1"));
         assert_eq!(label.endpoint_label(), "the sns endpoint of eu-west-1");
     }
 

@@ -64,19 +64,19 @@ impl AwsUrl {
     /// region, credentials and time limits applied.
     pub fn apply(&self, mut base: ClientConfig) -> ClientConfig {
         if let Some(endpoint) = &self.endpoint {
-            base = base.endpoint(endpoint.clone());
+            base = base.with_endpoint(endpoint.clone());
         }
         if let Some(region) = &self.region {
-            base = base.region(region.clone());
+            base = base.with_region(region.clone());
         }
         if let Some((id, secret)) = &self.credentials {
-            base = base.static_credentials(id.clone(), secret.clone());
+            base = base.with_static_credentials(id.clone(), secret.clone());
         }
         if let Some(t) = self.connect_timeout {
-            base = base.connect_timeout(t);
+            base = base.with_connect_timeout(t);
         }
         if let Some(t) = self.operation_timeout {
-            base = base.operation_timeout(t);
+            base = base.with_operation_timeout(t);
         }
         base
     }

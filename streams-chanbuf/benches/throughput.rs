@@ -39,7 +39,7 @@ fn counter(total: usize, seen: Arc<AtomicUsize>, done: Arc<Notify>) -> streams_c
 }
 
 async fn bus_case(subscribers: usize, payload: &Bytes, n: usize) -> Duration {
-    let bus = Arc::new(MemoryBus::builder().capacity(CAPACITY).build());
+    let bus = Arc::new(MemoryBus::builder().with_queue_depth(CAPACITY).build());
     let seen = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(Notify::new());
     let cancel = CancellationToken::new();

@@ -9,7 +9,7 @@ use async_channel::{Receiver, Sender, TrySendError};
 use async_trait::async_trait;
 use streams_core::{
     call_handler, CancellationToken, Error, FailedMessage, Handler, Message, ReadTask, Reader,
-    Result, Writer,
+    Result, Subscription, Writer,
 };
 
 /// A [`EventBus`](streams_core::EventBus) over a new in-process [`MemoryBus`] with default
@@ -40,21 +40,21 @@ impl Default for MemoryBusBuilder {
 impl MemoryBusBuilder {
     /// Messages buffered per subscriber (split across its lanes); at least one per lane.
     /// Default 1024.
-    pub fn capacity(mut self, capacity: usize) -> Self {
+    pub fn with_queue_depth(mut self, capacity: usize) -> Self {
         self.capacity = capacity.max(1);
         self
     }
 
     /// Default bound on concurrent handlers per subscriber, when the read task does not
     /// set one. Default 1.
-    pub fn concurrency(mut self, concurrency: usize) -> Self {
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency.max(1);
         self
     }
 
     /// Makes [`Writer::write`] fail with [`Error::Full`] instead of waiting when a
     /// subscriber's buffer is full.
-    pub fn fail_fast(mut self, fail_fast: bool) -> Self {
+    pub fn with_fail_fast(mut self, fail_fast: bool) -> Self {
         self.fail_fast = fail_fast;
         self
     }
@@ -398,23 +398,42 @@ impl Writer for MemoryBus {
 
 #[async_trait]
 impl Reader for MemoryBus {
-    async fn read(
-        &self,
-        task: ReadTask,
-        handler: Handler,
-        cancel: CancellationToken,
-    ) -> Result<()> {
+    async fn subscribe(&self, task: ReadTask) -> Result<Subscription> {
         if task.stream.is_empty() {
             return Err(Error::invalid("read task", "stream name is empty"));
         }
         task.refuse_partitions("in-process bus")?;
         task.refuse_args("the in-process bus", &[])?;
-        let group = self.join(&task);
+        // Joined now, so everything published from here on reaches this member.
+        let membership = Membership {
+            bus: self.clone(),
+            group: self.join(&task),
+            stream: task.stream.clone(),
+            left: false,
+        };
+        Ok(Subscription::new(task.stream, move |handler, cancel| {
+            membership.run(handler, cancel)
+        }))
+    }
+}
+
+/// One member's place in a group, from `subscribe` until it leaves: when its run ends,
+/// or when its subscription or run is dropped.
+struct Membership {
+    bus: MemoryBus,
+    group: Arc<Group>,
+    stream: String,
+    left: bool,
+}
+
+impl Membership {
+    async fn run(mut self, handler: Handler, cancel: CancellationToken) -> Result<()> {
+        let (bus, group, stream) = (self.bus.clone(), self.group.clone(), self.stream.clone());
         let stop = CancellationToken::new();
         let mut workers = tokio::task::JoinSet::new();
         for lane in 0..group.receivers.len() {
             workers.spawn(lane_worker(
-                task.stream.clone(),
+                stream.clone(),
                 group.clone(),
                 lane,
                 handler.clone(),
@@ -426,22 +445,35 @@ impl Reader for MemoryBus {
             _ = cancel.cancelled() => {
                 // The last member drains the backlog (its lanes are closed by `leave`);
                 // other members leave it to the rest of the group.
-                let last = self.leave(&task.stream, &group);
+                let last = bus.leave(&stream, &group);
+                self.left = true;
                 if !last {
                     stop.cancel();
                 }
                 last
             }
-            _ = join_all(&mut workers, &task.stream) => {
+            _ = join_all(&mut workers, &stream) => {
                 // Every lane closed: the bus was closed and the backlog delivered.
-                self.leave(&task.stream, &group)
+                self.left = true;
+                bus.leave(&stream, &group)
             }
         };
-        join_all(&mut workers, &task.stream).await;
+        join_all(&mut workers, &stream).await;
         if last {
-            self.drained(&task.stream, &group);
+            bus.drained(&stream, &group);
         }
         Ok(())
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        // A subscription dropped unrun (or a run dropped midway) leaves at once; what it
+        // had buffered stays with the rest of its group, or goes with it when it was the
+        // last member.
+        if !self.left && self.bus.leave(&self.stream, &self.group) {
+            self.bus.drained(&self.stream, &self.group);
+        }
     }
 }
 

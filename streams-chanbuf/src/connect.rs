@@ -7,17 +7,17 @@ use streams_core::{invalid_url, ConnectUrl, Connection, NoStreamAdmin, Result};
 use crate::{MemoryBus, MemoryBusBuilder};
 
 /// The parameters a `memory://` URL takes.
-const KNOWN: [&str; 2] = ["capacity", "concurrency"];
+const KNOWN: [&str; 2] = ["queue_depth", "concurrency"];
 
-/// Builds a new in-process bus from a `memory://[?capacity=N&concurrency=N]` URL: one
+/// Builds a new in-process bus from a `memory://[?queue_depth=N&concurrency=N]` URL: one
 /// [`MemoryBus`] serving as writer and reader. Each call makes a bus of its own;
-/// `capacity` is the buffer per subscriber (default 1024), `concurrency` the handlers
+/// `queue_depth` is the buffer per subscriber (default 1024), `concurrency` the handlers
 /// per subscriber when the read task sets none (default 1).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> streams_core::Result<()> {
-/// let conn = streams_chanbuf::connect("memory://?capacity=256").await?;
+/// let conn = streams_chanbuf::connect("memory://?queue_depth=256").await?;
 /// assert_eq!(conn.platform(), "memory");
 /// # Ok(()) }
 /// ```
@@ -41,11 +41,11 @@ fn parse(url: &str) -> Result<MemoryBusBuilder> {
     url.no_path()?;
     let mut params = url.params;
     let mut builder = MemoryBus::builder();
-    if let Some(capacity) = params.take_positive("capacity")? {
-        builder = builder.capacity(capacity);
+    if let Some(depth) = params.take_positive("queue_depth")? {
+        builder = builder.with_queue_depth(depth);
     }
     if let Some(concurrency) = params.take_positive("concurrency")? {
-        builder = builder.concurrency(concurrency);
+        builder = builder.with_concurrency(concurrency);
     }
     params.finish(&KNOWN)?;
     Ok(builder)
@@ -63,11 +63,13 @@ mod tests {
     fn defaults_and_parameters() {
         let b = parse("memory://").unwrap();
         assert_eq!(format!("{b:?}"), format!("{:?}", MemoryBus::builder()));
-        let b = parse("memory://?capacity=2048&concurrency=4").unwrap();
-        let want = MemoryBus::builder().capacity(2048).concurrency(4);
+        let b = parse("memory://?queue_depth=2048&concurrency=4").unwrap();
+        let want = MemoryBus::builder()
+            .with_queue_depth(2048)
+            .with_concurrency(4);
         assert_eq!(format!("{b:?}"), format!("{want:?}"));
-        assert!(err("memory://?capacity=0").contains("positive integer"));
-        assert!(err("memory://?capacity=many").contains("positive integer"));
+        assert!(err("memory://?queue_depth=0").contains("positive integer"));
+        assert!(err("memory://?queue_depth=many").contains("positive integer"));
         assert!(err("memory://?size=3").contains("unknown parameter `size`"));
         assert!(err("memory://somewhere").contains("no host"));
         assert!(err("memory:///path").contains("no path"));

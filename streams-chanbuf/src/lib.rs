@@ -31,12 +31,11 @@
 //! let mut bus = streams_chanbuf::event_bus();
 //! bus.register::<Greeted>("greetings");
 //! let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-//! bus.subscribe_typed(move |g: Greeted, _m: Message| {
+//! bus.router().subscribe_typed(move |g: Greeted, _m: Message| {
 //!     let tx = tx.clone();
 //!     async move { tx.send(g.name).map_err(BoxError::from) }
 //! })?;
-//! bus.start();
-//! # tokio::time::sleep(Duration::from_millis(20)).await;
+//! bus.start().await?;
 //! bus.publish(&Greeted { name: "Ada".into() }).await?;
 //! assert_eq!(rx.recv().await.as_deref(), Some("Ada"));
 //! bus.shutdown(Duration::from_secs(1)).await?;

@@ -17,14 +17,13 @@ fn collecting(tx: mpsc::UnboundedSender<Message>) -> streams_core::Handler {
     }))
 }
 
-async fn until_subscribed(bus: &MemoryBus, stream: &str, groups: usize) {
-    for _ in 0..200 {
-        if bus.subscribers(stream) == groups {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("subscription to {stream} not registered");
+/// `subscribe` joins at once: no waiting for a reader task to get going.
+fn assert_subscribed(bus: &MemoryBus, stream: &str, groups: usize) {
+    assert_eq!(
+        bus.subscribers(stream),
+        groups,
+        "groups subscribed to {stream}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,9 +41,14 @@ async fn every_subscriber_gets_every_message_and_groups_share() {
     ] {
         let bus = bus.clone();
         let cancel = cancel.clone();
-        readers.spawn(async move { bus.read(task, collecting(tx), cancel).await });
+        readers.spawn(
+            bus.subscribe(task)
+                .await
+                .unwrap()
+                .run(collecting(tx), cancel),
+        );
     }
-    until_subscribed(&bus, "s", 2).await;
+    assert_subscribed(&bus, "s", 2);
     let batch: Vec<_> = (0..100)
         .map(|i| Message::new("s", format!("{i}")))
         .collect();
@@ -67,7 +71,7 @@ async fn every_subscriber_gets_every_message_and_groups_share() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_waits_when_full_and_try_write_fails_fast() {
-    let bus = Arc::new(MemoryBus::builder().capacity(2).build());
+    let bus = Arc::new(MemoryBus::builder().with_queue_depth(2).build());
     let gate = Arc::new(Semaphore::new(0));
     let handled = Arc::new(AtomicUsize::new(0));
     let (g, h) = (gate.clone(), handled.clone());
@@ -82,9 +86,14 @@ async fn publish_waits_when_full_and_try_write_fails_fast() {
     let cancel = CancellationToken::new();
     let reader = {
         let (bus, cancel) = (bus.clone(), cancel.clone());
-        tokio::spawn(async move { bus.read(ReadTask::new("s"), slow, cancel).await })
+        tokio::spawn(
+            bus.subscribe(ReadTask::new("s"))
+                .await
+                .unwrap()
+                .run(slow, cancel),
+        )
     };
-    until_subscribed(&bus, "s", 1).await;
+    assert_subscribed(&bus, "s", 1);
     // One message in the handler, two in the buffer.
     bus.write((0..3).map(|i| Message::new("s", format!("{i}"))).collect())
         .await
@@ -135,12 +144,14 @@ async fn concurrency_is_bounded_per_subscriber() {
     let cancel = CancellationToken::new();
     let reader = {
         let (bus, cancel) = (bus.clone(), cancel.clone());
-        tokio::spawn(async move {
-            bus.read(ReadTask::new("s").with_concurrency(3), h, cancel)
+        tokio::spawn(
+            bus.subscribe(ReadTask::new("s").with_concurrency(3))
                 .await
-        })
+                .unwrap()
+                .run(h, cancel),
+        )
     };
-    until_subscribed(&bus, "s", 1).await;
+    assert_subscribed(&bus, "s", 1);
     bus.write((0..60).map(|i| Message::new("s", format!("{i}"))).collect())
         .await
         .unwrap();
@@ -180,9 +191,14 @@ async fn handler_timeouts_and_failures_do_not_stop_the_reader() {
     let cancel = CancellationToken::new();
     let reader = {
         let (bus, cancel) = (bus.clone(), cancel.clone());
-        tokio::spawn(async move { bus.read(ReadTask::new("s"), h, cancel).await })
+        tokio::spawn(
+            bus.subscribe(ReadTask::new("s"))
+                .await
+                .unwrap()
+                .run(h, cancel),
+        )
     };
-    until_subscribed(&bus, "s", 1).await;
+    assert_subscribed(&bus, "s", 1);
     let batch = ["hang", "ok", "fail", "ok", "panic", "ok"]
         .into_iter()
         .map(|d| Message::new("s", d))
@@ -209,12 +225,14 @@ async fn close_refuses_writes_and_ends_readers_after_backlog() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let reader = {
         let bus = bus.clone();
-        tokio::spawn(async move {
-            bus.read(ReadTask::new("s"), collecting(tx), CancellationToken::new())
+        tokio::spawn(
+            bus.subscribe(ReadTask::new("s"))
                 .await
-        })
+                .unwrap()
+                .run(collecting(tx), CancellationToken::new()),
+        )
     };
-    until_subscribed(&bus, "s", 1).await;
+    assert_subscribed(&bus, "s", 1);
     bus.write((0..10).map(|i| Message::new("s", format!("{i}"))).collect())
         .await
         .unwrap();
@@ -318,11 +336,11 @@ struct Member {
 }
 
 impl Member {
-    fn start(bus: &Arc<MemoryBus>, stream: &str, h: streams_core::Handler) -> Member {
+    async fn start(bus: &Arc<MemoryBus>, stream: &str, h: streams_core::Handler) -> Member {
         let cancel = CancellationToken::new();
         let (bus, c) = (bus.clone(), cancel.clone());
         let task = ReadTask::new(stream).with_group("g").with_concurrency(4);
-        let join = tokio::spawn(async move { bus.read(task, h, c).await });
+        let join = tokio::spawn(bus.subscribe(task).await.unwrap().run(h, c));
         Member { cancel, join }
     }
 
@@ -400,12 +418,12 @@ async fn until_members_take_part(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_members_of_a_group_keep_order_per_key() {
-    let bus = Arc::new(MemoryBus::builder().capacity(64).build());
+    let bus = Arc::new(MemoryBus::builder().with_queue_depth(64).build());
     let ledger = SharedLedger::default();
     let pause = Duration::from_millis(1);
-    let a = Member::start(&bus, "two", member("a", ledger.clone(), pause));
-    let b = Member::start(&bus, "two", member("b", ledger.clone(), pause));
-    until_subscribed(&bus, "two", 1).await;
+    let a = Member::start(&bus, "two", member("a", ledger.clone(), pause)).await;
+    let b = Member::start(&bus, "two", member("b", ledger.clone(), pause)).await;
+    assert_subscribed(&bus, "two", 1);
     until_members_take_part(&bus, "two", &ledger, &["a", "b"]).await;
     // Probes are keyless: wait until they are all handled before counting.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -429,20 +447,20 @@ async fn two_members_of_a_group_keep_order_per_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_joining_and_leaving_mid_stream_lose_and_reorder_nothing() {
-    let bus = Arc::new(MemoryBus::builder().capacity(32).build());
+    let bus = Arc::new(MemoryBus::builder().with_queue_depth(32).build());
     let ledger = SharedLedger::default();
     let pause = Duration::from_micros(300);
     let (keys, per_key) = (8, 80);
-    let a = Member::start(&bus, "churn", member("a", ledger.clone(), pause));
-    until_subscribed(&bus, "churn", 1).await;
+    let a = Member::start(&bus, "churn", member("a", ledger.clone(), pause)).await;
+    assert_subscribed(&bus, "churn", 1);
     // A quarter with one member, a quarter with two, then the first leaves, a third
     // joins, the second leaves, and the third, the last, drains the rest.
     bus.write(keyed("churn", keys, 0, 20)).await.unwrap();
-    let b = Member::start(&bus, "churn", member("b", ledger.clone(), pause));
+    let b = Member::start(&bus, "churn", member("b", ledger.clone(), pause)).await;
     bus.write(keyed("churn", keys, 20, 40)).await.unwrap();
     a.leave().await;
     bus.write(keyed("churn", keys, 40, 50)).await.unwrap();
-    let c = Member::start(&bus, "churn", member("c", ledger.clone(), pause));
+    let c = Member::start(&bus, "churn", member("c", ledger.clone(), pause)).await;
     bus.write(keyed("churn", keys, 50, 65)).await.unwrap();
     b.leave().await;
     bus.write(keyed("churn", keys, 65, per_key)).await.unwrap();
@@ -461,14 +479,15 @@ async fn members_joining_and_leaving_mid_stream_lose_and_reorder_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejoining_while_the_last_member_drains_waits_for_the_backlog() {
-    let bus = Arc::new(MemoryBus::builder().capacity(256).build());
+    let bus = Arc::new(MemoryBus::builder().with_queue_depth(256).build());
     let ledger = SharedLedger::default();
     let a = Member::start(
         &bus,
         "rejoin",
         member("a", ledger.clone(), Duration::from_millis(10)),
-    );
-    until_subscribed(&bus, "rejoin", 1).await;
+    )
+    .await;
+    assert_subscribed(&bus, "rejoin", 1);
     bus.write(keyed("rejoin", 8, 0, 10)).await.unwrap();
     // The last member leaves with a backlog to handle; a new member of the same group
     // joins meanwhile and gets the next messages of the same keys.
@@ -479,8 +498,8 @@ async fn rejoining_while_the_last_member_drains_waits_for_the_backlog() {
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let b = Member::start(&bus, "rejoin", member("b", ledger.clone(), Duration::ZERO));
-    until_subscribed(&bus, "rejoin", 1).await;
+    let b = Member::start(&bus, "rejoin", member("b", ledger.clone(), Duration::ZERO)).await;
+    assert_subscribed(&bus, "rejoin", 1);
     bus.write(keyed("rejoin", 8, 10, 20)).await.unwrap();
     assert!(
         !a.join.is_finished(),
@@ -512,4 +531,55 @@ async fn read_task_fields_the_bus_cannot_honour_are_refused() {
         assert!(err.to_string().contains(field), "{err}");
     }
     assert_eq!(bus.subscribers("s"), 0, "nothing joined");
+}
+
+#[tokio::test]
+async fn subscribe_attaches_before_run_and_a_dropped_subscription_leaves() {
+    let bus = MemoryBus::new();
+    let subscription = bus.subscribe(ReadTask::new("attach")).await.unwrap();
+    assert_eq!(subscription.stream(), "attach");
+    assert_subscribed(&bus, "attach", 1);
+    // Written between attach and run: delivered once the run starts.
+    bus.write(vec![Message::new("attach", "early")])
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(subscription.run(collecting(tx), cancel.clone()));
+    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got.data[..], b"early");
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    assert_subscribed(&bus, "attach", 0);
+
+    let unrun = bus
+        .subscribe(ReadTask::new("attach").with_group("g"))
+        .await
+        .unwrap();
+    assert_subscribed(&bus, "attach", 1);
+    drop(unrun);
+    assert_subscribed(&bus, "attach", 0);
+    // Nobody listens: a write goes nowhere and does not wait for room.
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        bus.write(vec![Message::new("attach", "x"); 2000]),
+    )
+    .await
+    .expect("no buffer of a departed member fills up")
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_bad_task_fails_at_subscribe() {
+    let bus = MemoryBus::new();
+    let err = bus
+        .subscribe(ReadTask::new("s").with_partition(0))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("partition"), "{err}");
+    assert!(bus.subscribe(ReadTask::new("")).await.is_err());
+    assert_subscribed(&bus, "s", 0);
 }

@@ -19,9 +19,9 @@ impl Harness for ChanHarness {
     fn capabilities(&self) -> Capabilities {
         // In memory and at most once: no redelivery, nothing kept for a closed group.
         Capabilities::none()
-            .ordered_per_key(true)
-            .ordered_across_members(true)
-            .consumer_groups(true)
+            .with_ordered_per_key(true)
+            .with_ordered_across_members(true)
+            .with_consumer_groups(true)
     }
 
     async fn writer(&self) -> Result<Arc<dyn Writer>> {
@@ -40,7 +40,7 @@ impl Harness for ChanHarness {
 
 async fn harness() -> ChanHarness {
     ChanHarness {
-        bus: Arc::new(MemoryBus::builder().capacity(64).build()),
+        bus: Arc::new(MemoryBus::builder().with_queue_depth(64).build()),
     }
 }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use streams::{async_trait, BoxError, CancellationToken, Message, Result, Writer};
-use streams_sql::RelaySource;
+use streams_sql::RelayBuilder;
 
 use crate::output::{JsonMessage, Output};
 
@@ -75,26 +75,26 @@ pub async fn relay(
     destination: Arc<dyn Writer>,
     stop: CancellationToken,
 ) -> std::result::Result<RelayReport, BoxError> {
-    let mut source = RelaySource::new(&args.from)
-        .table(&args.table)
-        .lease(args.lease)
-        .parallel(args.parallel)
-        .create_table(args.create_table)
-        .listen(!args.no_listen && !args.once)
-        .fetch_limit(args.batch_size)
-        .poll_interval(args.poll_interval);
+    let mut source = RelayBuilder::new(&args.from)
+        .with_table(&args.table)
+        .with_lease(args.lease)
+        .with_parallel(args.parallel)
+        .with_create_table(args.create_table)
+        .with_listen(!args.no_listen && !args.once)
+        .with_fetch_limit(args.batch_size)
+        .with_poll_interval(args.poll_interval);
     if let Some(id) = &args.relay_id {
-        source = source.relay_id(id);
+        source = source.with_relay_id(id);
     }
-    let relay = source.open(destination.clone()).await?;
+    let relay = source.connect(destination.clone()).await?;
     let mut report = RelayReport::default();
     if args.once {
         loop {
             if stop.is_cancelled() {
                 break;
             }
-            let pass = relay.forwarder().forward_once().await?;
-            report.batches += pass.forwarded;
+            let pass = relay.relay_once().await?;
+            report.batches += pass.relayed;
             report.messages += pass.messages;
             report.quarantined += pass.quarantined;
             if pass.fetched == 0 {

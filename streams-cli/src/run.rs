@@ -100,7 +100,7 @@ where
     let stream = task.stream.clone();
     let mut sub = Router::new(reader, Arc::new(EventRegistry::new()));
     sub.subscribe(task, service);
-    sub.start();
+    sub.start().await?;
     let tick = idle.as_ref().map_or(Duration::from_secs(3600), |(d, _)| {
         (*d / 4).clamp(Duration::from_millis(10), Duration::from_millis(250))
     });

@@ -202,7 +202,7 @@ async fn redrive_moves_dead_letters_back_without_their_dlq_headers() {
             }
         }),
     );
-    sub.start();
+    sub.start().await.unwrap();
 
     for dry_run in [true, false] {
         let (out, captured) = Output::buffer();

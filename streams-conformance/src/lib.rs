@@ -53,7 +53,7 @@ pub struct Capabilities {
     pub consumer_groups: bool,
     /// Readers sharing a consumer group (or a queue) split its messages and still handle
     /// one key's messages one at a time, in publish order. Checked together with
-    /// [`ordered_per_key`](Self::ordered_per_key).
+    /// [`ordered_per_key`](Self::with_ordered_per_key).
     pub ordered_across_members: bool,
 }
 
@@ -63,32 +63,32 @@ impl Capabilities {
         Self::default()
     }
 
-    /// Sets [`redelivery`](Self::redelivery).
-    pub fn redelivery(mut self, yes: bool) -> Self {
+    /// Sets [`redelivery`](Self::with_redelivery).
+    pub fn with_redelivery(mut self, yes: bool) -> Self {
         self.redelivery = yes;
         self
     }
 
-    /// Sets [`persistent`](Self::persistent).
-    pub fn persistent(mut self, yes: bool) -> Self {
+    /// Sets [`persistent`](Self::with_persistent).
+    pub fn with_persistent(mut self, yes: bool) -> Self {
         self.persistent = yes;
         self
     }
 
-    /// Sets [`ordered_per_key`](Self::ordered_per_key).
-    pub fn ordered_per_key(mut self, yes: bool) -> Self {
+    /// Sets [`ordered_per_key`](Self::with_ordered_per_key).
+    pub fn with_ordered_per_key(mut self, yes: bool) -> Self {
         self.ordered_per_key = yes;
         self
     }
 
-    /// Sets [`consumer_groups`](Self::consumer_groups).
-    pub fn consumer_groups(mut self, yes: bool) -> Self {
+    /// Sets [`consumer_groups`](Self::with_consumer_groups).
+    pub fn with_consumer_groups(mut self, yes: bool) -> Self {
         self.consumer_groups = yes;
         self
     }
 
-    /// Sets [`ordered_across_members`](Self::ordered_across_members).
-    pub fn ordered_across_members(mut self, yes: bool) -> Self {
+    /// Sets [`ordered_across_members`](Self::with_ordered_across_members).
+    pub fn with_ordered_across_members(mut self, yes: bool) -> Self {
         self.ordered_across_members = yes;
         self
     }

@@ -95,7 +95,7 @@ where
 /// #[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
 /// struct Ping { #[prost(uint32, tag = "1")] seq: u32 }
 ///
-/// let codecs = CodecRegistry::<Ping>::json().with(ProtobufCodec);
+/// let codecs = CodecRegistry::<Ping>::json().with_codec(ProtobufCodec);
 /// assert_eq!(codecs.content_types(), vec!["application/json", "application/x-google-protobuf"]);
 /// let ping: Ping = codecs.decode("application/json", br#"{"seq":3}"#).unwrap();
 /// assert_eq!(ping.seq, 3);
@@ -113,7 +113,7 @@ impl<T: 'static> CodecRegistry<T> {
     }
 
     /// Adds a codec under its content type, replacing one registered there.
-    pub fn with(mut self, codec: impl Codec<T>) -> Self {
+    pub fn with_codec(mut self, codec: impl Codec<T>) -> Self {
         self.insert(Arc::new(codec));
         self
     }
@@ -214,7 +214,7 @@ where
 {
     /// A registry holding the JSON codec.
     pub fn json() -> Self {
-        Self::new().with(JsonCodec)
+        Self::new().with_codec(JsonCodec)
     }
 }
 
@@ -253,7 +253,7 @@ mod tests {
     }
 
     fn both() -> CodecRegistry<Sample> {
-        CodecRegistry::json().with(ProtobufCodec)
+        CodecRegistry::json().with_codec(ProtobufCodec)
     }
 
     #[test]

@@ -10,10 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Error, EventBus, Handler, ObservedReader, ObservedWriter, ReadTask, Reader, Result, Writer,
+    Error, EventBus, ObservedReader, ObservedWriter, ReadTask, Reader, Result, Subscription, Writer,
 };
 
 /// What [`Error::Invalid`] names for every URL problem.
@@ -66,7 +65,7 @@ impl StreamAdmin for NoStreamAdmin {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use streams_core::egress::MemoryOutbox;
+/// use streams_core::outbox::MemoryOutbox;
 /// use streams_core::Connection;
 ///
 /// let conn = Connection::new("outbox", Arc::new(MemoryOutbox::new()), None);
@@ -106,7 +105,7 @@ impl Connection {
     /// Wraps the writer in [`ObservedWriter`] and the reader in [`ObservedReader`]
     /// with `system` as `messaging.system`, so every write has a publish span and
     /// every handled message a handle span and metrics.
-    pub fn observed(mut self, system: &'static str) -> Self {
+    pub fn with_observation(mut self, system: &'static str) -> Self {
         self.writer = Arc::new(ObservedWriter::new(self.writer).with_system(system));
         self.reader = self
             .reader
@@ -674,13 +673,8 @@ impl<R: fmt::Debug> fmt::Debug for DefaultGroupReader<R> {
 
 #[async_trait]
 impl<R: Reader> Reader for DefaultGroupReader<R> {
-    async fn read(
-        &self,
-        task: ReadTask,
-        handler: Handler,
-        cancel: CancellationToken,
-    ) -> Result<()> {
-        self.inner.read(self.apply(task), handler, cancel).await
+    async fn subscribe(&self, task: ReadTask) -> Result<Subscription> {
+        self.inner.subscribe(self.apply(task)).await
     }
 }
 
@@ -753,7 +747,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_without_admin_cannot_create_streams() {
-        let outbox = Arc::new(crate::egress::MemoryOutbox::new());
+        let outbox = Arc::new(crate::outbox::MemoryOutbox::new());
         let conn = Connection::new("outbox", outbox.clone(), None);
         let e = conn.create_stream("s", 1).await.unwrap_err().to_string();
         assert!(e.contains("cannot create streams"), "{e}");

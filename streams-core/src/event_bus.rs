@@ -1,12 +1,8 @@
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{
-    BoxError, Codec, Event, EventRegistry, JsonCodec, Message, Publisher, ReadTask, Reader, Result,
-    Router, Writer,
-};
+use crate::{Codec, Event, EventRegistry, JsonCodec, Publisher, Reader, Result, Router, Writer};
 
 /// A publisher and a router sharing one event registry: the one object
 /// most services need.
@@ -22,11 +18,11 @@ use crate::{
 ///
 /// let mut bus = EventBus::new(writer, reader);
 /// bus.register::<Shipped>("logistics.shipped");
-/// bus.subscribe_typed(|e: Shipped, _m: Message| async move {
+/// bus.router().subscribe_typed(|e: Shipped, _m: Message| async move {
 ///     tracing::info!(parcel = %e.parcel, "shipped");
 ///     Ok::<_, BoxError>(())
 /// })?;
-/// bus.start();
+/// bus.start().await?;
 /// bus.publish(&Shipped { parcel: "P-1".into() }).await?;
 /// bus.shutdown(Duration::from_secs(5)).await?;
 /// # Ok(()) }
@@ -81,7 +77,8 @@ impl<C> EventBus<C> {
         &self.publisher
     }
 
-    /// The router that runs the handlers over the reader.
+    /// The router that runs the handlers over the reader: subscribe handlers here
+    /// ([`Router::subscribe_typed`] and the others).
     pub fn router(&mut self) -> &mut Router {
         &mut self.router
     }
@@ -110,62 +107,13 @@ impl<C> EventBus<C> {
         self.publisher.publish_to(stream, event).await
     }
 
-    /// See [`Router::subscribe`].
-    pub fn subscribe<S>(&mut self, task: ReadTask, service: S) -> &mut Self
-    where
-        S: tower::Service<Message, Response = ()> + Clone + Send + Sync + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-    {
-        self.router.subscribe(task, service);
-        self
-    }
-
-    /// See [`Router::subscribe_stream`].
-    pub fn subscribe_stream<S>(&mut self, stream: impl Into<String>, service: S) -> &mut Self
-    where
-        S: tower::Service<Message, Response = ()> + Clone + Send + Sync + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-    {
-        self.router.subscribe_stream(stream, service);
-        self
-    }
-
-    /// See [`Router::subscribe_event`].
+    /// Attaches and starts the subscribed read tasks; see [`Router::start`].
     ///
     /// # Errors
     ///
-    /// [`Error::EventNotRegistered`](crate::Error::EventNotRegistered).
-    pub fn subscribe_event<E, S>(&mut self, service: S) -> Result<&mut Self>
-    where
-        E: Event,
-        S: tower::Service<Message, Response = ()> + Clone + Send + Sync + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-    {
-        self.router.subscribe_event::<E, S>(service)?;
-        Ok(self)
-    }
-
-    /// See [`Router::subscribe_typed`].
-    ///
-    /// # Errors
-    ///
-    /// [`Error::EventNotRegistered`](crate::Error::EventNotRegistered).
-    pub fn subscribe_typed<E, F, Fut>(&mut self, f: F) -> Result<&mut Self>
-    where
-        E: Event,
-        F: Fn(E, Message) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
-    {
-        self.router.subscribe_typed::<E, F, Fut>(f)?;
-        Ok(self)
-    }
-
-    /// Starts the subscribed readers.
-    pub fn start(&mut self) {
-        self.router.start();
+    /// As [`Router::start`]: a task that could not be attached, naming its stream.
+    pub async fn start(&mut self) -> Result<()> {
+        self.router.start().await
     }
 
     /// Refuses new publishing, stops the readers, waits up to `deadline` for in-flight

@@ -7,7 +7,7 @@
 //!   events on top, encoded by a [`Codec`] (JSON or Protocol Buffers).
 //! - [`middleware`] holds tower layers: retry, logging, deduplication, dead-letter,
 //!   timeout. Tower's own layers compose with them.
-//! - [`egress`] relays batches stored in a transactional outbox to any writer.
+//! - [`outbox`] relays batches stored in a transactional outbox to any writer.
 //! - [`observe`] adds `tracing` spans and `metrics` counters and histograms to any writer
 //!   ([`ObservedWriter`]) or reader ([`ObservedReader`]), and with the `opentelemetry`
 //!   feature carries W3C trace context in message headers.
@@ -19,7 +19,6 @@
 
 mod codec;
 mod connection;
-pub mod egress;
 mod error;
 mod event;
 mod event_bus;
@@ -27,6 +26,7 @@ mod id;
 mod message;
 pub mod middleware;
 pub mod observe;
+pub mod outbox;
 mod proto;
 mod publisher;
 mod router;
@@ -37,7 +37,6 @@ pub use connection::{
     invalid_url, ConnectUrl, Connection, DefaultGroupReader, NoStreamAdmin, StreamAdmin, UrlParams,
     URL_ERROR_WHAT,
 };
-pub use egress::{decode_batch, encode_batch, EgressStorage, Forwarder, StoredBatch};
 pub use error::{is_unrecoverable, BoxError, Error, FailedMessage, Result, Unrecoverable};
 pub use event::{Event, EventRegistry};
 pub use event_bus::EventBus;
@@ -46,9 +45,10 @@ pub use message::{
     Headers, Message, CONTENT_TYPE_JSON, CONTENT_TYPE_OCTET_STREAM, CONTENT_TYPE_PROTOBUF,
 };
 pub use observe::{Observe, ObserveLayer, ObservedReader, ObservedWriter};
+pub use outbox::{decode_batch, encode_batch, OutboxStore, Relay, StoredBatch, WakeSource};
 pub use publisher::Publisher;
 pub use router::{typed, Router, Typed};
-pub use stream::{call_handler, handler, Handler, ReadTask, Reader, Writer};
+pub use stream::{call_handler, handler, Handler, ReadTask, Reader, Subscription, Writer};
 
 pub use async_trait::async_trait;
 pub use tokio_util::sync::CancellationToken;

@@ -98,31 +98,44 @@ impl Router {
         self.subscribe_event::<E, _>(typed(f))
     }
 
-    /// Starts every subscribed task that is not running yet.
+    /// Attaches every subscribed task that is not running yet, then runs them.
     ///
-    /// Each reader is polled once before `start` returns, so a reader that subscribes
-    /// without waiting (the in-process bus does) receives everything published after
-    /// `start`. Must be called inside a tokio runtime.
-    pub fn start(&mut self) {
-        for (task, handler) in self.pending.drain(..) {
-            let reader = self.reader.clone();
-            let cancel = self.cancel.child_token();
+    /// Every task is attached first ([`Reader::subscribe`]): a bad task or a missing
+    /// stream fails here, and then none of this call's tasks runs (those already
+    /// attached leave their streams again); tasks started by earlier calls go on. Once
+    /// `start` returns, a reader that receives only what is published after joining
+    /// (the in-process bus) receives everything published from then on. Must be called
+    /// inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Readers`] naming the stream whose task could not be attached, with the
+    /// reader's error.
+    pub async fn start(&mut self) -> Result<()> {
+        let mut attached = Vec::with_capacity(self.pending.len());
+        for (task, handler) in std::mem::take(&mut self.pending) {
             let stream = task.stream.clone();
-            let mut run: BoxFuture<'static, (String, Result<()>)> = Box::pin(async move {
+            match self.reader.subscribe(task).await {
+                Ok(subscription) => attached.push((subscription, handler)),
+                Err(e) => {
+                    tracing::error!(stream = %stream, error = %e, "cannot subscribe");
+                    return Err(Error::Readers(vec![(stream, e)]));
+                }
+            }
+        }
+        for (subscription, handler) in attached {
+            let cancel = self.cancel.child_token();
+            let stream = subscription.stream().to_owned();
+            self.running.spawn(async move {
                 tracing::debug!(stream = %stream, "reader started");
-                let result = reader.read(task, handler, cancel).await;
+                let result = subscription.run(handler, cancel).await;
                 if let Err(e) = &result {
                     tracing::error!(stream = %stream, error = %e, "reader failed");
                 }
                 (stream, result)
             });
-            // The spawned task polls again with a real waker right away.
-            let mut cx = Context::from_waker(futures::task::noop_waker_ref());
-            match run.as_mut().poll(&mut cx) {
-                Poll::Ready(done) => self.running.spawn(std::future::ready(done)),
-                Poll::Pending => self.running.spawn(run),
-            };
         }
+        Ok(())
     }
 
     /// Number of read tasks running.

@@ -84,19 +84,104 @@ pub trait Writer: Send + Sync + fmt::Debug {
 }
 
 /// Reads one stream and hands each message to a handler.
+///
+/// Reading has two steps. [`subscribe`](Self::subscribe) attaches a [`ReadTask`]: the
+/// reader checks the task, reaches the platform and joins the stream, and fails there,
+/// early, on a bad task or a missing stream. [`Subscription::run`] then hands the
+/// messages to a handler until it is cancelled. [`read`](Self::read) does both.
 #[async_trait]
 pub trait Reader: Send + Sync + fmt::Debug {
-    /// Runs one read task until `cancel` fires or the platform ends the stream.
+    /// Attaches a read task: checks it, joins the stream (a consumer group, a queue, a
+    /// subscriber list) and returns the subscription, ready to run.
     ///
-    /// Handler failures are negative acknowledgements and never end the task. On
+    /// A reader that receives only what is published after it joined (the in-process
+    /// bus) receives everything published after `subscribe` returns. Dropping the
+    /// subscription without running it leaves the stream again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`](crate::Error::Invalid) for a task field the reader cannot
+    /// honour, naming it; a platform error when the stream is missing or the platform
+    /// cannot be reached within the reader's time limits.
+    async fn subscribe(&self, task: ReadTask) -> Result<Subscription>;
+
+    /// Attaches `task` and runs it until `cancel` fires or the platform ends the stream.
+    ///
+    /// # Errors
+    ///
+    /// As [`subscribe`](Self::subscribe) and [`Subscription::run`].
+    async fn read(
+        &self,
+        task: ReadTask,
+        handler: Handler,
+        cancel: CancellationToken,
+    ) -> Result<()> {
+        self.subscribe(task).await?.run(handler, cancel).await
+    }
+}
+
+type RunFn = Box<
+    dyn FnOnce(Handler, CancellationToken) -> futures::future::BoxFuture<'static, Result<()>>
+        + Send,
+>;
+
+/// A read task attached to its stream by [`Reader::subscribe`], waiting to be run.
+pub struct Subscription {
+    stream: String,
+    run: RunFn,
+}
+
+impl Subscription {
+    /// A subscription to `stream` that runs `run` with the handler and the cancellation
+    /// token. Drivers build one at the end of [`Reader::subscribe`]; whatever `run`
+    /// owns is released when the subscription is dropped unrun.
+    pub fn new<F, Fut>(stream: impl Into<String>, run: F) -> Self
+    where
+        F: FnOnce(Handler, CancellationToken) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
+        Subscription {
+            stream: stream.into(),
+            run: Box::new(move |handler, cancel| Box::pin(run(handler, cancel))),
+        }
+    }
+
+    /// The stream read.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// Wraps the handler this subscription will run with, as decorators of a reader do
+    /// (observation, default settings).
+    pub fn map_handler(self, wrap: impl FnOnce(Handler) -> Handler + Send + 'static) -> Self {
+        let Subscription { stream, run } = self;
+        Subscription {
+            stream,
+            run: Box::new(move |handler, cancel| run(wrap(handler), cancel)),
+        }
+    }
+
+    /// Hands messages to `handler` until `cancel` fires or the platform ends the
+    /// stream.
+    ///
+    /// Handler failures are negative acknowledgements and never end the run. On
     /// cancellation a reader stops fetching, lets in-flight handlers finish and
     /// acknowledges what succeeded before returning.
     ///
     /// # Errors
     ///
-    /// A failure of the reader itself (connection lost for good, stream missing).
-    async fn read(&self, task: ReadTask, handler: Handler, cancel: CancellationToken)
-        -> Result<()>;
+    /// A failure of the reader itself (connection lost for good, stream deleted).
+    pub async fn run(self, handler: Handler, cancel: CancellationToken) -> Result<()> {
+        (self.run)(handler, cancel).await
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
 }
 
 #[async_trait]
@@ -112,13 +197,8 @@ impl<W: Writer + ?Sized> Writer for Arc<W> {
 
 #[async_trait]
 impl<R: Reader + ?Sized> Reader for Arc<R> {
-    async fn read(
-        &self,
-        task: ReadTask,
-        handler: Handler,
-        cancel: CancellationToken,
-    ) -> Result<()> {
-        (**self).read(task, handler, cancel).await
+    async fn subscribe(&self, task: ReadTask) -> Result<Subscription> {
+        (**self).subscribe(task).await
     }
 }
 

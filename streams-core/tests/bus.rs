@@ -10,8 +10,8 @@ use streams_core::middleware::{
     DeadLetterLayer, LoggingLayer, RetryLayer, RetryPolicy, DLQ_REASON, DLQ_SOURCE_STREAM,
 };
 use streams_core::{
-    handler, BoxError, CancellationToken, CodecRegistry, Error, Event, EventBus, Handler, Message,
-    ProtobufCodec, ReadTask, Reader, Result, Router, Writer,
+    handler, BoxError, CodecRegistry, Error, Event, EventBus, Handler, Message, ProtobufCodec,
+    ReadTask, Reader, Result, Router, Subscription, Writer,
 };
 use tokio::sync::mpsc;
 
@@ -33,7 +33,7 @@ impl Event for OrderPlaced {
     }
 
     fn codecs() -> CodecRegistry<Self> {
-        CodecRegistry::json().with(ProtobufCodec)
+        CodecRegistry::json().with_codec(ProtobufCodec)
     }
 }
 
@@ -42,14 +42,13 @@ fn new_bus() -> (Arc<MemoryBus>, EventBus) {
     (chan.clone(), EventBus::new(chan.clone(), chan))
 }
 
-async fn settle(chan: &MemoryBus, stream: &str, groups: usize) {
-    for _ in 0..400 {
-        if chan.subscribers(stream) >= groups {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("no subscriber on {stream}");
+/// `start` attaches every task before it returns: no waiting for readers to get going.
+fn assert_subscribed(chan: &MemoryBus, stream: &str, groups: usize) {
+    assert_eq!(
+        chan.subscribers(stream),
+        groups,
+        "groups subscribed to {stream}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,20 +57,21 @@ async fn typed_publish_reaches_typed_and_raw_subscribers() {
     bus.register::<OrderPlaced>("orders.placed");
     let (typed_tx, mut typed_rx) = mpsc::unbounded_channel();
     let (raw_tx, mut raw_rx) = mpsc::unbounded_channel();
-    bus.subscribe_typed(move |e: OrderPlaced, m: Message| {
-        let tx = typed_tx.clone();
-        async move { tx.send((e, m)).map_err(BoxError::from) }
-    })
-    .unwrap();
-    bus.subscribe_stream(
+    bus.router()
+        .subscribe_typed(move |e: OrderPlaced, m: Message| {
+            let tx = typed_tx.clone();
+            async move { tx.send((e, m)).map_err(BoxError::from) }
+        })
+        .unwrap();
+    bus.router().subscribe_stream(
         "orders.placed",
         tower::service_fn(move |m: Message| {
             let tx = raw_tx.clone();
             async move { tx.send(m).map_err(BoxError::from) }
         }),
     );
-    bus.start();
-    settle(&chan, "orders.placed", 2).await;
+    bus.start().await.unwrap();
+    assert_subscribed(&chan, "orders.placed", 2);
     let event = OrderPlaced {
         order_id: "o-1".into(),
         total_cents: 1250,
@@ -93,13 +93,14 @@ async fn protobuf_publisher_decodes_in_typed_subscriber() {
     let mut bus = bus.with_codec(ProtobufCodec);
     bus.register::<OrderPlaced>("orders.proto");
     let (tx, mut rx) = mpsc::unbounded_channel();
-    bus.subscribe_typed(move |e: OrderPlaced, m: Message| {
-        let tx = tx.clone();
-        async move { tx.send((e, m.content_type)).map_err(BoxError::from) }
-    })
-    .unwrap();
-    bus.start();
-    settle(&chan, "orders.proto", 1).await;
+    bus.router()
+        .subscribe_typed(move |e: OrderPlaced, m: Message| {
+            let tx = tx.clone();
+            async move { tx.send((e, m.content_type)).map_err(BoxError::from) }
+        })
+        .unwrap();
+    bus.start().await.unwrap();
+    assert_subscribed(&chan, "orders.proto", 1);
     let event = OrderPlaced {
         order_id: "o-2".into(),
         total_cents: 7,
@@ -123,6 +124,7 @@ async fn unregistered_event_is_a_clear_error() {
         .unwrap_err();
     assert!(matches!(err, Error::EventNotRegistered(name) if name.contains("OrderPlaced")));
     assert!(bus
+        .router()
         .subscribe_typed(|_e: OrderPlaced, _m: Message| async { Ok::<_, BoxError>(()) })
         .is_err());
 }
@@ -134,7 +136,7 @@ async fn undecodable_payload_is_dead_lettered_without_retries() {
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
     let (dlq_tx, mut dlq_rx) = mpsc::unbounded_channel();
-    bus.subscribe_stream(
+    bus.router().subscribe_stream(
         "orders.bad.dlq",
         tower::service_fn(move |m: Message| {
             let tx = dlq_tx.clone();
@@ -152,10 +154,10 @@ async fn undecodable_payload_is_dead_lettered_without_retries() {
             c.fetch_add(1, Ordering::SeqCst);
             async { Ok::<_, BoxError>(()) }
         }));
-    bus.subscribe_event::<OrderPlaced, _>(svc).unwrap();
-    bus.start();
-    settle(&chan, "orders.bad", 1).await;
-    settle(&chan, "orders.bad.dlq", 1).await;
+    bus.router().subscribe_event::<OrderPlaced, _>(svc).unwrap();
+    bus.start().await.unwrap();
+    assert_subscribed(&chan, "orders.bad", 1);
+    assert_subscribed(&chan, "orders.bad.dlq", 1);
     let bad = Message::new("orders.bad", "{not json")
         .with_content_type("application/json")
         .with_key("k");
@@ -228,7 +230,7 @@ impl Drop for Running {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tower_layers_compose_with_ours() {
-    let chan = Arc::new(MemoryBus::builder().concurrency(4).build());
+    let chan = Arc::new(MemoryBus::builder().with_concurrency(4).build());
     let running = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
@@ -286,9 +288,9 @@ async fn tower_layers_compose_with_ours() {
     let mut sub = Router::new(chan.clone(), Default::default());
     sub.subscribe(ReadTask::new("composed").with_concurrency(4), h);
     sub.subscribe(ReadTask::new("composed.dlq"), dlq);
-    sub.start();
-    settle(&chan, "composed", 1).await;
-    settle(&chan, "composed.dlq", 1).await;
+    sub.start().await.unwrap();
+    assert_subscribed(&chan, "composed", 1);
+    assert_subscribed(&chan, "composed.dlq", 1);
     let mut batch: Vec<_> = (0..20)
         .map(|i| Message::new("composed", format!("{i}")))
         .collect();
@@ -322,39 +324,102 @@ async fn tower_layers_compose_with_ours() {
     sub.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
-#[derive(Debug)]
-struct FailingReader;
+/// A reader that attaches streams whose name starts with `ok` and then fails while
+/// running, and refuses every other stream when attaching.
+#[derive(Debug, Default)]
+struct FailingReader {
+    attached: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+}
+
+/// Counts subscriptions dropped without running.
+struct DropCounter(Arc<AtomicUsize>, bool);
+
+impl DropCounter {
+    fn ran(&mut self) {
+        self.1 = true;
+    }
+}
+
+impl Drop for DropCounter {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
 
 #[async_trait]
 impl Reader for FailingReader {
-    async fn read(&self, task: ReadTask, _h: Handler, _c: CancellationToken) -> Result<()> {
-        Err(Error::driver(
-            "test",
-            "subscribe",
-            false,
-            format!("no such stream {}", task.stream),
+    async fn subscribe(&self, task: ReadTask) -> Result<Subscription> {
+        if !task.stream.starts_with("ok") {
+            return Err(Error::driver(
+                "test",
+                "subscribe",
+                false,
+                format!("no such stream {}", task.stream),
+            ));
+        }
+        self.attached.fetch_add(1, Ordering::SeqCst);
+        let mut guard = DropCounter(self.dropped.clone(), false);
+        Ok(Subscription::new(
+            task.stream.clone(),
+            move |_h, _c| async move {
+                guard.ran();
+                Err(Error::driver(
+                    "test",
+                    "fetch",
+                    false,
+                    format!("lost {}", task.stream),
+                ))
+            },
         ))
     }
 }
 
 #[tokio::test]
-async fn reader_errors_are_reported_not_dropped() {
-    let mut sub = Router::new(Arc::new(FailingReader), Default::default());
+async fn a_task_that_cannot_attach_fails_start_and_runs_nothing() {
+    let reader = Arc::new(FailingReader::default());
+    let mut router = Router::new(reader.clone(), Default::default());
     let noop = tower::service_fn(|_m: Message| async { Ok::<_, BoxError>(()) });
-    sub.subscribe_stream("missing", noop);
-    sub.start();
-    let err = sub.wait().await.unwrap_err();
+    router
+        .subscribe_stream("ok-1", noop)
+        .subscribe_stream("missing", noop);
+    let err = router.start().await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Readers(e) if e.len() == 1 && e[0].0 == "missing"),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("no such stream missing"), "{err}");
+    assert_eq!(router.running(), 0, "nothing runs after a failed start");
+    assert_eq!(reader.attached.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        reader.dropped.load(Ordering::SeqCst),
+        1,
+        "the attached one left again"
+    );
+    router.shutdown(Duration::from_secs(1)).await.unwrap();
+}
 
-    let mut sub = Router::new(Arc::new(FailingReader), Default::default());
-    sub.subscribe_stream("a", noop).subscribe_stream("b", noop);
-    sub.start();
+#[tokio::test]
+async fn reader_errors_are_reported_not_dropped() {
+    let mut sub = Router::new(Arc::new(FailingReader::default()), Default::default());
+    let noop = tower::service_fn(|_m: Message| async { Ok::<_, BoxError>(()) });
+    sub.subscribe_stream("ok-missing", noop);
+    sub.start().await.unwrap();
+    let err = sub.wait().await.unwrap_err();
+    assert!(err.to_string().contains("lost ok-missing"), "{err}");
+
+    let mut sub = Router::new(Arc::new(FailingReader::default()), Default::default());
+    sub.subscribe_stream("ok-a", noop)
+        .subscribe_stream("ok-b", noop);
+    sub.start().await.unwrap();
     tokio::task::yield_now().await;
     match sub.shutdown(Duration::from_secs(1)).await {
         Err(Error::Readers(errors)) => {
             let mut streams: Vec<_> = errors.iter().map(|(s, _)| s.as_str()).collect();
             streams.sort();
-            assert_eq!(streams, ["a", "b"]);
+            assert_eq!(streams, ["ok-a", "ok-b"]);
         }
         other => panic!("want both reader errors, got {other:?}"),
     }
@@ -365,7 +430,7 @@ async fn shutdown_waits_for_in_flight_handlers_up_to_a_deadline() {
     let (chan, mut bus) = new_bus();
     let finished = Arc::new(AtomicUsize::new(0));
     let f = finished.clone();
-    bus.subscribe_stream(
+    bus.router().subscribe_stream(
         "slow",
         tower::service_fn(move |m: Message| {
             let f = f.clone();
@@ -377,8 +442,8 @@ async fn shutdown_waits_for_in_flight_handlers_up_to_a_deadline() {
             }
         }),
     );
-    bus.start();
-    settle(&chan, "slow", 1).await;
+    bus.start().await.unwrap();
+    assert_subscribed(&chan, "slow", 1);
     bus.publisher()
         .write(vec![Message::new("slow", "x")])
         .await
@@ -398,15 +463,15 @@ async fn shutdown_waits_for_in_flight_handlers_up_to_a_deadline() {
     assert!(matches!(err, Error::Closed(_)));
 
     let (chan, mut bus) = new_bus();
-    bus.subscribe_stream(
+    bus.router().subscribe_stream(
         "stuck",
         tower::service_fn(|_m: Message| async {
             tokio::time::sleep(Duration::from_secs(60)).await;
             Ok::<_, BoxError>(())
         }),
     );
-    bus.start();
-    settle(&chan, "stuck", 1).await;
+    bus.start().await.unwrap();
+    assert_subscribed(&chan, "stuck", 1);
     bus.publisher()
         .write(vec![Message::new("stuck", "stuck")])
         .await

@@ -90,7 +90,7 @@ async fn observed_reader_and_writer_around_the_in_process_bus() {
             }
         }),
     );
-    subscriber.start();
+    subscriber.start().await.unwrap();
 
     let writer = ObservedWriter::new(bus.clone());
     writer

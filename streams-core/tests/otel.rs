@@ -72,7 +72,7 @@ async fn trace_context_travels_in_headers_from_publish_to_handle() {
             std::future::ready(Ok::<_, BoxError>(()))
         }),
     );
-    subscriber.start();
+    subscriber.start().await.unwrap();
     let writer = ObservedWriter::new(bus.clone());
 
     // A message published inside a request's span.

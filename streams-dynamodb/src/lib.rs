@@ -21,7 +21,7 @@
 //! let store = DynamoDedupStore::builder()
 //!     .endpoint("http://127.0.0.1:4566")
 //!     .region("us-east-1")
-//!     .static_credentials("test", "test")
+//!     .with_static_credentials("test", "test")
 //!     .table("streams-dedup")
 //!     .ttl(Duration::from_secs(3600))
 //!     .build()
@@ -116,7 +116,7 @@ impl Default for DynamoDedupStoreBuilder {
 
 impl DynamoDedupStoreBuilder {
     /// Reads the endpoint override from `STREAMS_AWS_ENDPOINT` when set; region and
-    /// credentials come from the usual AWS environment at [`build`](Self::build).
+    /// credentials come from the usual AWS environment at [`build`](Self::connect).
     pub fn from_env() -> Self {
         DynamoDedupStoreBuilder {
             aws: ClientConfig::from_env(),
@@ -126,56 +126,56 @@ impl DynamoDedupStoreBuilder {
 
     /// Uses this SDK client as it is (endpoint, region and credentials settings are
     /// then ignored).
-    pub fn client(mut self, client: aws_sdk_dynamodb::Client) -> Self {
+    pub fn with_client(mut self, client: aws_sdk_dynamodb::Client) -> Self {
         self.client = Some(client);
         self
     }
 
     /// Uses this AWS configuration instead of loading one.
-    pub fn sdk_config(mut self, config: SdkConfig) -> Self {
-        self.aws = self.aws.sdk_config(config);
+    pub fn with_sdk_config(mut self, config: SdkConfig) -> Self {
+        self.aws = self.aws.with_sdk_config(config);
         self
     }
 
     /// Sends every request to this endpoint (an emulator, a VPC endpoint).
-    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
-        self.aws = self.aws.endpoint(url);
+    pub fn with_endpoint(mut self, url: impl Into<String>) -> Self {
+        self.aws = self.aws.with_endpoint(url);
         self
     }
 
     /// Sets the region.
-    pub fn region(mut self, region: impl Into<String>) -> Self {
-        self.aws = self.aws.region(region);
+    pub fn with_region(mut self, region: impl Into<String>) -> Self {
+        self.aws = self.aws.with_region(region);
         self
     }
 
     /// Uses fixed credentials (for emulators and tests).
-    pub fn static_credentials(
+    pub fn with_static_credentials(
         mut self,
         access_key_id: impl Into<String>,
         secret_access_key: impl Into<String>,
     ) -> Self {
         self.aws = self
             .aws
-            .static_credentials(access_key_id, secret_access_key);
+            .with_static_credentials(access_key_id, secret_access_key);
         self
     }
 
     /// The table. Default [`DEFAULT_TABLE`].
-    pub fn table(mut self, table: impl Into<String>) -> Self {
+    pub fn with_table(mut self, table: impl Into<String>) -> Self {
         self.table = table.into();
         self
     }
 
     /// How long a record counts. Default 24 hours.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
     }
 
     /// Builds the store, loading the AWS configuration unless a client or configuration
     /// was given.
-    pub async fn build(self) -> DynamoDedupStore {
+    pub async fn connect(self) -> DynamoDedupStore {
         let sdk = match self.client {
             Some(client) => client,
             None => aws_sdk_dynamodb::Client::new(&self.aws.load().await),
@@ -444,6 +444,6 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     streams_aws::SdkErrors::new(DRIVER)
-        .transient_codes(TRANSIENT_CODES)
+        .with_transient_codes(TRANSIENT_CODES)
         .map(operation, "", err)
 }

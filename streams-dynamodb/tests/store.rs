@@ -20,12 +20,12 @@ async fn store(table: &str) -> DynamoDedupStore {
         .filter(|e| !e.is_empty())
         .unwrap_or_else(|| "http://127.0.0.1:4566".to_owned());
     let store = DynamoDedupStore::builder()
-        .endpoint(endpoint)
-        .region("us-east-1")
-        .static_credentials("test", "test")
-        .table(table)
-        .ttl(Duration::from_secs(600))
-        .build()
+        .with_endpoint(endpoint)
+        .with_region("us-east-1")
+        .with_static_credentials("test", "test")
+        .with_table(table)
+        .with_ttl(Duration::from_secs(600))
+        .connect()
         .await;
     create_table(store.sdk(), store.table()).await.unwrap();
     // Creating it again is fine.

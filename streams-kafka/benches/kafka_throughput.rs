@@ -252,7 +252,7 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let config = KafkaConfig::from_env().set("session.timeout.ms", "6000");
+        let config = KafkaConfig::from_env().with_property("session.timeout.ms", "6000");
         println!(
             "kafka at {}, {n} messages of {PAYLOAD} bytes per case, best of 2",
             config.bootstrap_servers()

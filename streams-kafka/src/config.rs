@@ -29,7 +29,7 @@ use rdkafka::ClientConfig;
 /// # Reader bounds
 ///
 /// A reader queues at most
-/// [`with_max_in_flight_per_partition`](Self::with_max_in_flight_per_partition) records
+/// [`with_queue_depth`](Self::with_queue_depth) records
 /// per partition for its handler; a partition whose queue stays full is paused and
 /// resumed once its handler made room, while the consumer keeps polling. Set
 /// `max.poll.interval.ms` and `session.timeout.ms` as usual: since the reader polls
@@ -40,16 +40,16 @@ use rdkafka::ClientConfig;
 /// use streams_kafka::KafkaConfig;
 ///
 /// let config = KafkaConfig::new("broker-1:9092,broker-2:9092")
-///     .set("security.protocol", "SASL_SSL")
-///     .set("sasl.mechanism", "PLAIN")
-///     .with_max_in_flight_per_partition(64)
+///     .with_property("security.protocol", "SASL_SSL")
+///     .with_property("sasl.mechanism", "PLAIN")
+///     .with_queue_depth(64)
 ///     .with_retry_backoff(Duration::from_millis(50), Duration::from_secs(5));
 /// assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
 /// ```
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
     settings: BTreeMap<String, String>,
-    pub(crate) max_in_flight_per_partition: usize,
+    pub(crate) queue_depth: usize,
     pub(crate) retry_initial: Duration,
     pub(crate) retry_max: Duration,
     pub(crate) watermark_refresh: Duration,
@@ -64,7 +64,7 @@ impl KafkaConfig {
         settings.insert("bootstrap.servers".to_owned(), bootstrap_servers.into());
         KafkaConfig {
             settings,
-            max_in_flight_per_partition: 256,
+            queue_depth: 256,
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),
             watermark_refresh: Duration::from_secs(5),
@@ -83,7 +83,7 @@ impl KafkaConfig {
     }
 
     /// Sets a librdkafka property (`compression.type`, `linger.ms`, `sasl.username`, ...).
-    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn with_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.settings.insert(key.into(), value.into());
         self
     }
@@ -104,8 +104,8 @@ impl KafkaConfig {
     /// the first record not yet queued once the handler has worked through half the
     /// queue. Other partitions,
     /// group membership and rebalances go on meanwhile. Default 256.
-    pub fn with_max_in_flight_per_partition(mut self, n: usize) -> Self {
-        self.max_in_flight_per_partition = n.max(1);
+    pub fn with_queue_depth(mut self, n: usize) -> Self {
+        self.queue_depth = n.max(1);
         self
     }
 
@@ -260,11 +260,11 @@ mod role_tests {
     #[test]
     fn each_client_gets_only_its_properties() {
         let config = KafkaConfig::new("b:9092")
-            .set("session.timeout.ms", "6000")
-            .set("fetch.min.bytes", "1")
-            .set("linger.ms", "20")
-            .set("queue.buffering.max.ms", "20")
-            .set("security.protocol", "PLAINTEXT");
+            .with_property("session.timeout.ms", "6000")
+            .with_property("fetch.min.bytes", "1")
+            .with_property("linger.ms", "20")
+            .with_property("queue.buffering.max.ms", "20")
+            .with_property("security.protocol", "PLAINTEXT");
         let get = |role| {
             let cc = config.client_config(role, &[]);
             [

@@ -52,7 +52,9 @@ pub async fn connect(url: &str) -> Result<Connection> {
     let mut config = parsed
         .settings
         .into_iter()
-        .fold(KafkaConfig::new(parsed.brokers), |c, (k, v)| c.set(k, v));
+        .fold(KafkaConfig::new(parsed.brokers), |c, (k, v)| {
+            c.with_property(k, v)
+        });
     if let Some(timeout) = parsed.connect_timeout {
         config = config.with_connect_timeout(timeout);
     }

@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
-use streams_core::{CancellationToken, Error, Handler, ReadTask, Reader, Result};
+use streams_core::{CancellationToken, Error, Handler, ReadTask, Reader, Result, Subscription};
 use tokio::sync::mpsc;
 
 use crate::client::{first_contact, KafkaContext};
@@ -23,7 +23,7 @@ use crate::{KafkaConfig, DRIVER};
 ///
 /// With a consumer group (`ReadTask::group`), the reader subscribes and shares the
 /// topic's partitions with the group's other members. Defaults (overridable through
-/// [`KafkaConfig::set`]): `auto.offset.reset=earliest`, `enable.auto.commit=true` with
+/// [`KafkaConfig::with_property`]): `auto.offset.reset=earliest`, `enable.auto.commit=true` with
 /// `enable.auto.offset.store=false`: the reader stores an offset only once its
 /// handler succeeded, and librdkafka commits stored offsets in the background.
 /// Revoked partitions and shutdown commit what was stored, synchronously.
@@ -34,8 +34,9 @@ use crate::{KafkaConfig, DRIVER};
 ///
 /// # Start
 ///
-/// The reader first asks the cluster for the topic's metadata, bounded by
-/// [`KafkaConfig::with_connect_timeout`] (20 s): when no broker answers, `read` fails
+/// [`subscribe`](Reader::subscribe) creates the consumer, asks the cluster for the
+/// topic's metadata and joins the group (or assigns the partition), bounded by
+/// [`KafkaConfig::with_connect_timeout`] (20 s): when no broker answers, it fails
 /// with `kafka: connect failed: no broker answered at HOST:PORT within 20s (...)`; when
 /// the topic (or the partition of a direct read) does not exist or may not be read, it
 /// fails at once with a not retryable error naming the topic.
@@ -49,7 +50,7 @@ use crate::{KafkaConfig, DRIVER};
 ///
 /// A failed handler call is retried for the same message, with backoff (see
 /// [`KafkaConfig::with_retry_backoff`]); the partition's later records wait behind it.
-/// Each partition queues at most [`KafkaConfig::with_max_in_flight_per_partition`]
+/// Each partition queues at most [`KafkaConfig::with_queue_depth`]
 /// records for its worker. When a queue is full and its worker makes no room within
 /// half a second (a handler stuck or retrying, not merely busy), the reader pauses that
 /// partition (the other partitions go on), and once the worker has worked through half
@@ -218,12 +219,7 @@ type Consumer_ = BaseConsumer<ReaderContext>;
 
 #[async_trait]
 impl Reader for KafkaReader {
-    async fn read(
-        &self,
-        task: ReadTask,
-        handler: Handler,
-        cancel: CancellationToken,
-    ) -> Result<()> {
+    async fn subscribe(&self, task: ReadTask) -> Result<Subscription> {
         if task.stream.is_empty() {
             return Err(Error::invalid("read task", "stream (topic) is empty"));
         }
@@ -333,6 +329,62 @@ impl Reader for KafkaReader {
         })
         .await
         .map_err(|e| Error::driver(DRIVER, "connect", true, e))??;
+        tracing::info!(topic = %task.stream, group = %group, direct, "kafka reader attached");
+        let attached = Attached {
+            consumer: Some(consumer),
+            ownership,
+            group,
+            client_id,
+            init_offset: if direct { init_offset } else { String::new() },
+            direct,
+        };
+        let reader = self.clone();
+        Ok(Subscription::new(
+            task.stream.clone(),
+            move |handler, cancel| reader.run(attached, task, handler, cancel),
+        ))
+    }
+}
+
+/// What `subscribe` prepared for `run`: a consumer that reached the cluster and joined
+/// the topic. Dropped unrun, it closes the consumer off the async runtime.
+struct Attached {
+    consumer: Option<Consumer_>,
+    ownership: Arc<Ownership>,
+    group: String,
+    client_id: String,
+    init_offset: String,
+    direct: bool,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(move || drop(consumer))),
+                Err(_) => drop(consumer),
+            }
+        }
+    }
+}
+
+impl KafkaReader {
+    async fn run(
+        self,
+        mut attached: Attached,
+        task: ReadTask,
+        handler: Handler,
+        cancel: CancellationToken,
+    ) -> Result<()> {
+        let consumer = attached.consumer.take().expect("consumer attached once");
+        let (ownership, group, client_id, direct) = (
+            attached.ownership.clone(),
+            attached.group.clone(),
+            attached.client_id.clone(),
+            attached.direct,
+        );
+        let init_offset = std::mem::take(&mut attached.init_offset);
+        drop(attached);
         tracing::info!(topic = %task.stream, group = %group, direct, "kafka reader started");
 
         let shared = Arc::new(Shared {
@@ -340,7 +392,7 @@ impl Reader for KafkaReader {
             topic: task.stream.clone(),
             group: group.clone(),
             client_id,
-            init_offset: if direct { init_offset } else { String::new() },
+            init_offset,
             hwm: Mutex::new(HashMap::new()),
             retry_initial: self.config.retry_initial,
             retry_max: self.config.retry_max,
@@ -357,7 +409,7 @@ impl Reader for KafkaReader {
         let _stop_on_drop = StopOnDrop(stop.clone(), closed.clone());
         let (spawn_tx, mut spawn_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let limit = self.config.max_in_flight_per_partition;
+        let limit = self.config.queue_depth;
         let poller = Poller {
             consumer: consumer.clone(),
             shared: shared.clone(),

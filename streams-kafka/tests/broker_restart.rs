@@ -60,9 +60,9 @@ async fn broker_restart_mid_stream_loses_nothing() {
     let port = free_port();
     let mut broker = start_broker(&bin, &dir, port).await;
     let config = KafkaConfig::new(format!("127.0.0.1:{port}"))
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "1000")
-        .set("reconnect.backoff.max.ms", "500")
+        .with_property("session.timeout.ms", "6000")
+        .with_property("heartbeat.interval.ms", "1000")
+        .with_property("reconnect.backoff.max.ms", "500")
         .with_retry_backoff(Duration::from_millis(20), Duration::from_millis(200));
     let topic = common::unique("restart");
     create_topic(&config, &topic, 2, 1).await.expect("topic");

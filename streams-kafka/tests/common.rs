@@ -25,12 +25,12 @@ pub fn config() -> KafkaConfig {
     let mut config = KafkaConfig::from_env();
     if let Ok(contexts) = std::env::var("STREAMS_KAFKA_DEBUG") {
         // librdkafka debug contexts, such as `consumer,fetch,cgrp`.
-        config = config.set("debug", contexts);
+        config = config.with_property("debug", contexts);
     }
     config
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "1000")
-        .set("topic.metadata.refresh.interval.ms", "1000")
+        .with_property("session.timeout.ms", "6000")
+        .with_property("heartbeat.interval.ms", "1000")
+        .with_property("topic.metadata.refresh.interval.ms", "1000")
         .with_retry_backoff(Duration::from_millis(20), Duration::from_millis(200))
 }
 

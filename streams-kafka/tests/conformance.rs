@@ -19,12 +19,12 @@ impl Harness for KafkaHarness {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::none()
-            .redelivery(true)
-            .persistent(true)
-            .ordered_per_key(true)
+            .with_redelivery(true)
+            .with_persistent(true)
+            .with_ordered_per_key(true)
             // A partition has one owner in a group.
-            .ordered_across_members(true)
-            .consumer_groups(true)
+            .with_ordered_across_members(true)
+            .with_consumer_groups(true)
     }
 
     async fn writer(&self) -> Result<Arc<dyn Writer>> {

@@ -322,7 +322,7 @@ async fn go_library_records_and_malformed_records_reach_the_handler() {
 async fn oversized_message_is_rejected_by_id_and_size_and_the_rest_is_written() {
     let t = topic("too-big", 1).await;
     // The producer's own limit: librdkafka refuses the message before sending it.
-    let writer = KafkaWriter::new(&config().set("message.max.bytes", "10000")).unwrap();
+    let writer = KafkaWriter::new(&config().with_property("message.max.bytes", "10000")).unwrap();
     let before = Message::new(&t, "before");
     let big = Message::new(&t, vec![1u8; 50_000]);
     let after = Message::new(&t, "after");

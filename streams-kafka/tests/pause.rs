@@ -87,9 +87,9 @@ async fn stuck_partition_is_paused_while_others_go_on_and_no_rebalance_happens()
         .init();
     const STUCK_FOR: Duration = Duration::from_secs(30);
     let config = common::config()
-        .set("max.poll.interval.ms", "10000")
-        .set("session.timeout.ms", "6000")
-        .with_max_in_flight_per_partition(4);
+        .with_property("max.poll.interval.ms", "10000")
+        .with_property("session.timeout.ms", "6000")
+        .with_queue_depth(4);
     let t = common::topic("pause", 2).await;
     let group = format!("g-{t}");
     let producer: FutureProducer = rdkafka::ClientConfig::new()

@@ -37,19 +37,19 @@ struct Parsed {
 /// parameter, or when region or account id is unknown.
 pub async fn connect(url: &str) -> Result<Connection> {
     let parsed = parse(url)?;
-    let mut builder = SnsWriter::builder().client_config(parsed.aws.apply(Default::default()));
+    let mut builder = SnsWriter::builder().with_client_config(parsed.aws.apply(Default::default()));
     let account_id = parsed
         .account_id
         .or_else(|| std::env::var(ACCOUNT_ID_ENV).ok().filter(|a| !a.is_empty()));
     if let Some(account_id) = account_id {
-        builder = builder.account_id(account_id);
+        builder = builder.with_account_id(account_id);
     }
     if let Some(bytes) = parsed.aws.max_message_bytes {
-        builder = builder.max_message_bytes(bytes);
+        builder = builder.with_max_message_bytes(bytes);
     }
     Ok(Connection::new(
         "sns",
-        Arc::new(builder.build().await?),
+        Arc::new(builder.connect().await?),
         None,
     ))
 }

@@ -105,8 +105,8 @@ pub fn topic_arn(region: &str, account_id: &str, stream: &str) -> String {
 /// let writer = streams_sns::SnsWriter::builder()
 ///     .endpoint("http://127.0.0.1:4566")
 ///     .region("us-east-1")
-///     .static_credentials("test", "test")
-///     .account_id("123456789012")
+///     .with_static_credentials("test", "test")
+///     .with_account_id("123456789012")
 ///     .build()
 ///     .await?;
 /// writer.create_topic("orders").await?;
@@ -167,7 +167,7 @@ impl Default for SnsWriterBuilder {
 impl SnsWriterBuilder {
     /// Reads the endpoint override from `STREAMS_AWS_ENDPOINT` and the account id from
     /// `AWS_ACCOUNT_ID` when set; region and credentials come from the usual AWS
-    /// environment at [`build`](Self::build).
+    /// environment at [`build`](Self::connect).
     pub fn from_env() -> Self {
         SnsWriterBuilder {
             aws: ClientConfig::from_env(),
@@ -178,63 +178,63 @@ impl SnsWriterBuilder {
 
     /// Uses this SDK client as it is (endpoint, region and credentials settings are
     /// then ignored).
-    pub fn client(mut self, client: aws_sdk_sns::Client) -> Self {
+    pub fn with_client(mut self, client: aws_sdk_sns::Client) -> Self {
         self.client = Some(client);
         self
     }
 
     /// Uses this AWS configuration instead of loading one.
-    pub fn sdk_config(mut self, config: SdkConfig) -> Self {
-        self.aws = self.aws.sdk_config(config);
+    pub fn with_sdk_config(mut self, config: SdkConfig) -> Self {
+        self.aws = self.aws.with_sdk_config(config);
         self
     }
 
     /// Sends every request to this endpoint (an emulator, a VPC endpoint).
-    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
-        self.aws = self.aws.endpoint(url);
+    pub fn with_endpoint(mut self, url: impl Into<String>) -> Self {
+        self.aws = self.aws.with_endpoint(url);
         self
     }
 
     /// Sets the region (also used in topic ARNs).
-    pub fn region(mut self, region: impl Into<String>) -> Self {
-        self.aws = self.aws.region(region);
+    pub fn with_region(mut self, region: impl Into<String>) -> Self {
+        self.aws = self.aws.with_region(region);
         self
     }
 
     /// Uses fixed credentials (for emulators and tests).
-    pub fn static_credentials(
+    pub fn with_static_credentials(
         mut self,
         access_key_id: impl Into<String>,
         secret_access_key: impl Into<String>,
     ) -> Self {
         self.aws = self
             .aws
-            .static_credentials(access_key_id, secret_access_key);
+            .with_static_credentials(access_key_id, secret_access_key);
         self
     }
 
     /// Replaces the client configuration (endpoint, region, credentials, time limits)
     /// at once, as `connect` does with what a URL says.
-    pub fn client_config(mut self, config: ClientConfig) -> Self {
+    pub fn with_client_config(mut self, config: ClientConfig) -> Self {
         self.aws = config;
         self
     }
 
     /// The AWS account id used in topic ARNs.
-    pub fn account_id(mut self, account_id: impl Into<String>) -> Self {
+    pub fn with_account_id(mut self, account_id: impl Into<String>) -> Self {
         self.account_id = Some(account_id.into());
         self
     }
 
     /// Publishes messages of `stream` to this topic ARN.
-    pub fn topic_arn(mut self, stream: impl Into<String>, arn: impl Into<String>) -> Self {
+    pub fn with_topic_arn(mut self, stream: impl Into<String>, arn: impl Into<String>) -> Self {
         self.arns.insert(stream.into(), arn.into());
         self
     }
 
     /// How many requests of one write may be in flight at once (standard topics).
     /// Default 8.
-    pub fn max_in_flight(mut self, requests: usize) -> Self {
+    pub fn with_max_in_flight(mut self, requests: usize) -> Self {
         self.max_in_flight = requests.max(1);
         self
     }
@@ -243,23 +243,23 @@ impl SnsWriterBuilder {
     /// ([`MAX_REQUEST_BYTES`]), what a topic accepts unless its `MaximumMessageSize`
     /// attribute is raised; set up to 1 MiB ([`MAX_TOPIC_MESSAGE_BYTES`]) for topics
     /// configured so.
-    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes.max(1);
         self
     }
 
     /// How long a connection attempt to SNS may take. Default 5 s; see
     /// [`ClientConfig`](streams_aws::ClientConfig#time-limits). Ignored when a
-    /// [`client`](Self::client) is given.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.aws = self.aws.connect_timeout(timeout);
+    /// [`client`](Self::with_client) is given.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.aws = self.aws.with_connect_timeout(timeout);
         self
     }
 
     /// How long one SNS call may take, retries included. Default 20 s. Ignored when a
-    /// [`client`](Self::client) is given.
-    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
-        self.aws = self.aws.operation_timeout(timeout);
+    /// [`client`](Self::with_client) is given.
+    pub fn with_operation_timeout(mut self, timeout: Duration) -> Self {
+        self.aws = self.aws.with_operation_timeout(timeout);
         self
     }
 
@@ -269,7 +269,7 @@ impl SnsWriterBuilder {
     /// # Errors
     ///
     /// [`Error::Invalid`] for a size limit over 1 MiB.
-    pub async fn build(self) -> Result<SnsWriter> {
+    pub async fn connect(self) -> Result<SnsWriter> {
         if self.max_message_bytes > MAX_TOPIC_MESSAGE_BYTES {
             return Err(Error::invalid(
                 "max_message_bytes",
@@ -291,8 +291,8 @@ impl SnsWriterBuilder {
         };
         let region = region.or_else(|| sdk.config().region().map(|r| r.to_string()));
         let errors = SdkErrors::new(DRIVER)
-            .transient_codes(TRANSIENT_CODES)
-            .endpoint_of(endpoint.as_deref(), region.as_deref());
+            .with_transient_codes(TRANSIENT_CODES)
+            .with_endpoint_of(endpoint.as_deref(), region.as_deref());
         Ok(SnsWriter {
             inner: Arc::new(Inner {
                 sdk,

@@ -22,10 +22,10 @@ fn endpoint() -> String {
 
 fn builder(endpoint: &str) -> SnsWriterBuilder {
     SnsWriter::builder()
-        .endpoint(endpoint)
-        .region(REGION)
-        .static_credentials("test", "test")
-        .account_id(ACCOUNT)
+        .with_endpoint(endpoint)
+        .with_region(REGION)
+        .with_static_credentials("test", "test")
+        .with_account_id(ACCOUNT)
 }
 
 fn unique(prefix: &str) -> String {
@@ -57,7 +57,7 @@ fn one_line(err: &Error) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishing_to_a_missing_topic_fails_in_one_line() {
-    let writer = builder(&endpoint()).build().await.unwrap();
+    let writer = builder(&endpoint()).connect().await.unwrap();
     let stream = unique("missing");
     let arn = writer.topic_arn(&stream).unwrap();
     let started = Instant::now();
@@ -80,8 +80,8 @@ async fn one_byte_over_the_limit_is_rejected_before_any_call() {
     let size = streams_aws::encode(&over, streams_aws::TimeFormat::Rfc3339).size;
     // Nothing listens here: an error other than Rejected would mean a call was made.
     let writer = builder("http://127.0.0.1:1")
-        .max_message_bytes(size - 1)
-        .build()
+        .with_max_message_bytes(size - 1)
+        .connect()
         .await
         .unwrap();
     let err = writer
@@ -107,7 +107,7 @@ async fn one_byte_over_the_limit_is_rejected_before_any_call() {
 
     // The default is what a topic takes unless its MaximumMessageSize is raised; 1 MiB at
     // most can be configured.
-    let writer = builder("http://127.0.0.1:1").build().await.unwrap();
+    let writer = builder("http://127.0.0.1:1").connect().await.unwrap();
     let err = writer
         .write(vec![Message::new("orders", vec![b'x'; MAX_REQUEST_BYTES])])
         .await
@@ -117,8 +117,8 @@ async fn one_byte_over_the_limit_is_rejected_before_any_call() {
         "{err}"
     );
     let err = builder("http://127.0.0.1:1")
-        .max_message_bytes(MAX_TOPIC_MESSAGE_BYTES + 1)
-        .build()
+        .with_max_message_bytes(MAX_TOPIC_MESSAGE_BYTES + 1)
+        .connect()
         .await
         .unwrap_err();
     assert!(
@@ -135,14 +135,14 @@ async fn one_byte_over_the_limit_is_rejected_before_any_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_limit_is_published() {
-    let writer = builder(&endpoint()).build().await.unwrap();
+    let writer = builder(&endpoint()).connect().await.unwrap();
     let stream = unique("limit");
     writer.create_topic(&stream).await.unwrap();
     let msg = Message::new(&stream, vec![b'x'; 100_000]);
     let size = streams_aws::encode(&msg, streams_aws::TimeFormat::Rfc3339).size;
     builder(&endpoint())
-        .max_message_bytes(size)
-        .build()
+        .with_max_message_bytes(size)
+        .connect()
         .await
         .unwrap()
         .write(vec![msg])
@@ -174,7 +174,7 @@ fn assert_unreachable(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_listening_fails_within_the_bound() {
     let endpoint = "http://127.0.0.1:1";
-    let writer = builder(endpoint).build().await.unwrap();
+    let writer = builder(endpoint).connect().await.unwrap();
     assert_eq!(writer.endpoint(), endpoint);
     let started = Instant::now();
     let err = within(BOUND, writer.write(vec![Message::new("orders", "x")]))
@@ -220,8 +220,8 @@ async fn silent_server() -> String {
 async fn a_silent_endpoint_fails_within_the_operation_timeout() {
     let endpoint = silent_server().await;
     let writer = builder(&endpoint)
-        .operation_timeout(Duration::from_secs(1))
-        .build()
+        .with_operation_timeout(Duration::from_secs(1))
+        .connect()
         .await
         .unwrap();
     let started = Instant::now();
@@ -238,7 +238,7 @@ async fn a_silent_endpoint_fails_within_the_operation_timeout() {
     assert!(err.to_string().contains("no answer from"), "{err}");
 
     // The default bound holds without any setting.
-    let writer = builder(&endpoint).build().await.unwrap();
+    let writer = builder(&endpoint).connect().await.unwrap();
     let started = Instant::now();
     let err = within(BOUND, writer.create_topic("orders"))
         .await

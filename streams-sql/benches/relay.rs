@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use streams_chanbuf::MemoryBus;
+use streams_core::Relay;
 use streams_core::{handler, BoxError, CancellationToken, Message, ReadTask, Reader};
-use streams_sql::{PgEgressStorage, PgOutbox, Relay};
+use streams_sql::{PgNotifications, PgOutbox, PgOutboxStore};
 use tokio::sync::{mpsc, Notify};
 
 const STREAM: &str = "bench.payments";
@@ -55,7 +56,7 @@ async fn bus_with_subscriber(
     cancel: &CancellationToken,
     on_message: impl Fn(Message) + Send + Sync + Clone + 'static,
 ) -> Arc<MemoryBus> {
-    let bus = Arc::new(MemoryBus::builder().capacity(4096).build());
+    let bus = Arc::new(MemoryBus::builder().with_queue_depth(4096).build());
     let h = handler(tower::service_fn(move |m: Message| {
         on_message(m);
         std::future::ready(Ok::<_, BoxError>(()))
@@ -100,7 +101,7 @@ async fn throughput(pool: &PgPool, per_row: usize, rows: usize) -> Res<()> {
         })
         .await
     };
-    let storage = PgEgressStorage::new(pool.clone(), &table)?;
+    let storage = PgOutboxStore::new(pool.clone(), &table)?;
     let started = Instant::now();
     let relay = Relay::new(Arc::new(storage), bus)
         .with_fetch_limit(500)
@@ -131,10 +132,10 @@ async fn latency(pool: &PgPool, notify: bool, samples: usize) -> Res<()> {
     })
     .await;
     let poll = Duration::from_millis(100);
-    let storage = PgEgressStorage::new(pool.clone(), &table)?;
+    let storage = PgOutboxStore::new(pool.clone(), &table)?;
     let mut relay = Relay::new(Arc::new(storage), bus).with_poll_interval(poll);
     if notify {
-        relay = relay.with_pg_listen(pool.clone(), &table)?;
+        relay = relay.with_wake_source(PgNotifications::new(pool.clone(), &table)?);
     }
     let running = relay.spawn(cancel.clone());
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Pool;
-use streams_core::{async_trait, EgressStorage, Error, Result, StoredBatch};
+use streams_core::{async_trait, Error, OutboxStore, Result, StoredBatch};
 use tokio::sync::OnceCell;
 
 use crate::common::{db_err, Claims, Heartbeat, Session};
@@ -17,8 +17,8 @@ const IDS_PER_STATEMENT: usize = 1000;
 /// How long an ordered claim waits for the lock that serializes claims.
 const CLAIM_LOCK_WAIT: Duration = Duration::from_secs(10);
 
-/// [`EgressStorage`] on an outbox table, for a [`Forwarder`](streams_core::Forwarder):
-/// [`PgEgressStorage`] on PostgreSQL, [`MySqlEgressStorage`] on MySQL 8 and MariaDB
+/// [`OutboxStore`] on an outbox table, for the outbox [`Relay`](streams_core::Relay):
+/// [`PgOutboxStore`] on PostgreSQL, [`MySqlOutboxStore`] on MySQL 8 and MariaDB
 /// 10.6 and later (for `SKIP LOCKED`).
 ///
 /// Batches are claimed in insert order with a lease (`claimed_by`, `claimed_until`), so
@@ -35,11 +35,11 @@ const CLAIM_LOCK_WAIT: Duration = Duration::from_secs(10);
 /// created gets the relay's columns (see [`migrate`](Self::migrate)); a missing table is
 /// an error saying so.
 ///
-/// Give each forwarder its own storage: a storage reclaims its own unfinished claims on
+/// Give each relay its own store: a store reclaims its own unfinished claims on
 /// the next fetch, which is how a restarted relay with a fixed
 /// [`relay id`](Self::with_relay_id) picks up at once where it stopped.
 #[derive(Debug)]
-pub struct OutboxStorage<D: Dialect> {
+pub struct SqlOutboxStore<D: Dialect> {
     shared: Arc<Shared<D>>,
     claims: Claims,
 }
@@ -55,10 +55,10 @@ struct Shared<D: Dialect> {
 }
 
 /// The relay's storage on PostgreSQL.
-pub type PgEgressStorage = OutboxStorage<sqlx::Postgres>;
+pub type PgOutboxStore = SqlOutboxStore<sqlx::Postgres>;
 
 /// The relay's storage on MySQL and MariaDB.
-pub type MySqlEgressStorage = OutboxStorage<sqlx::MySql>;
+pub type MySqlOutboxStore = SqlOutboxStore<sqlx::MySql>;
 
 /// The storage's SQL, built once per table; `*_in` statements end where an `IN` list
 /// of ids is appended.
@@ -123,16 +123,16 @@ impl StorageSql {
     }
 }
 
-impl<D: Dialect> Clone for OutboxStorage<D> {
+impl<D: Dialect> Clone for SqlOutboxStore<D> {
     fn clone(&self) -> Self {
-        OutboxStorage {
+        SqlOutboxStore {
             shared: self.shared.clone(),
             claims: self.claims.clone(),
         }
     }
 }
 
-impl<D: Dialect> OutboxStorage<D> {
+impl<D: Dialect> SqlOutboxStore<D> {
     /// Storage on `table` through `pool`, with a random relay id and a 60 s lease.
     ///
     /// # Errors
@@ -147,7 +147,7 @@ impl<D: Dialect> OutboxStorage<D> {
             heartbeat: Heartbeat::default(),
             schema_checked: OnceCell::new(),
         };
-        Ok(OutboxStorage {
+        Ok(SqlOutboxStore {
             shared: Arc::new(shared),
             claims: Claims::default(),
         })
@@ -364,7 +364,7 @@ impl<D: Dialect> OutboxStorage<D> {
 }
 
 #[async_trait]
-impl<D: Dialect> EgressStorage for OutboxStorage<D> {
+impl<D: Dialect> OutboxStore for SqlOutboxStore<D> {
     async fn fetch(&self, limit: usize) -> Result<Vec<StoredBatch>> {
         self.check_schema().await?;
         let claimed = self.claim(limit).await?;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{both, go_encoded_batch, Db, Recorder};
 use streams_core::{decode_batch, Message, Writer};
-use streams_sql::{MySqlOutbox, MySqlOutboxWriter, PgOutbox, PgOutboxWriter, RelaySource};
+use streams_sql::{MySqlOutbox, MySqlOutboxWriter, PgOutbox, PgOutboxWriter, RelayBuilder};
 
 fn url(db: &Db) -> String {
     match db {
@@ -97,10 +97,10 @@ async fn relay_on_go_table_adds_its_columns(db: Db) {
 
     // The relay program's way in, without create_table.
     let received = Recorder::new();
-    let relay = RelaySource::new(url(&db))
-        .table(&table.name)
-        .listen(false)
-        .open(received.clone())
+    let relay = RelayBuilder::new(url(&db))
+        .with_table(&table.name)
+        .with_listen(false)
+        .connect(received.clone())
         .await
         .expect("the relay opens a table the Go library created");
     let mut cols = columns(&table).await;
@@ -123,8 +123,8 @@ async fn relay_on_go_table_adds_its_columns(db: Db) {
         .await;
     assert_eq!(go_relay_reads(&table).await.len(), 5);
 
-    let report = relay.forwarder().forward_once().await.unwrap();
-    assert_eq!((report.forwarded, report.messages), (3, 5));
+    let report = relay.relay_once().await.unwrap();
+    assert_eq!((report.relayed, report.messages), (3, 5));
     let got = received.messages();
     assert_eq!(got[0].id, "2Yb9GNQzJ1kQWQHhGyHB7n7lZ3R");
     assert_eq!(got[2], ours);
@@ -166,7 +166,7 @@ async fn concurrent_migrations_of_a_go_table(db: Db) {
     }
     assert_eq!(columns(&table).await.len(), 7);
     let received = Recorder::new();
-    let report = table.storage().forward_once(received.clone()).await;
+    let report = table.storage().relay_once(received.clone()).await;
     assert_eq!(report.messages, 2);
     table.drop_tables().await;
 }
@@ -191,9 +191,9 @@ async fn busy_go_table_is_upgraded_once_free(db: Db) {
         }
     };
     let started = Instant::now();
-    let err = RelaySource::new(url(&db))
-        .table(&table.name)
-        .open(Recorder::new())
+    let err = RelayBuilder::new(url(&db))
+        .with_table(&table.name)
+        .connect(Recorder::new())
         .await
         .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(30), "{err}");
@@ -207,12 +207,12 @@ async fn busy_go_table_is_upgraded_once_free(db: Db) {
         GoTx::My(tx) => tx.commit().await.unwrap(),
     }
     let received = Recorder::new();
-    let relay = RelaySource::new(url(&db))
-        .table(&table.name)
-        .open(received.clone())
+    let relay = RelayBuilder::new(url(&db))
+        .with_table(&table.name)
+        .connect(received.clone())
         .await
         .expect("the upgrade goes through once the table is free");
-    let report = relay.forwarder().forward_once().await.unwrap();
+    let report = relay.relay_once().await.unwrap();
     assert_eq!(report.messages, 2);
     table.drop_tables().await;
 }
@@ -248,7 +248,10 @@ async fn go_table_the_relay_may_not_alter(db: Db) {
     for sql in &setup {
         db.exec(sql).await;
     }
-    let opened = RelaySource::new(url).table(t).open(Recorder::new()).await;
+    let opened = RelayBuilder::new(url)
+        .with_table(t)
+        .connect(Recorder::new())
+        .await;
     for sql in &teardown {
         db.exec(sql).await;
     }
@@ -272,9 +275,9 @@ enum GoTx {
 
 async fn missing_table_is_one_line_saying_what_to_do(db: Db) {
     let name = common::unique_name("missing");
-    let err = RelaySource::new(url(&db))
-        .table(&name)
-        .open(Recorder::new())
+    let err = RelayBuilder::new(url(&db))
+        .with_table(&name)
+        .connect(Recorder::new())
         .await
         .unwrap_err();
     let text = err.to_string();
@@ -316,8 +319,8 @@ async fn unreachable_database_fails_within_the_bound(db: Db) {
         Db::My(_) => "mysql://root:hunter2@127.0.0.1:1/test",
     };
     let started = Instant::now();
-    let err = RelaySource::new(url)
-        .open(Recorder::new())
+    let err = RelayBuilder::new(url)
+        .connect(Recorder::new())
         .await
         .unwrap_err();
     let took = started.elapsed();
@@ -330,8 +333,8 @@ async fn unreachable_database_fails_within_the_bound(db: Db) {
 
     // The bound is a setting, in the URL too.
     let started = Instant::now();
-    let err = RelaySource::new(format!("{url}?connect_timeout=1"))
-        .open(Recorder::new())
+    let err = RelayBuilder::new(format!("{url}?connect_timeout=1"))
+        .connect(Recorder::new())
         .await
         .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(6), "{err}");

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{both, go_encoded_batch, Db, HangAfterPublish, Recorder, PATIENCE};
+use streams_core::Relay;
 use streams_core::{handler, BoxError, CancellationToken, Message, ReadTask, Reader, Writer};
-use streams_sql::{MySqlEgressStorage, MySqlOutbox, PgEgressStorage, PgOutbox, Relay};
+use streams_sql::{MySqlOutbox, MySqlOutboxStore, PgNotifications, PgOutbox, PgOutboxStore};
 
 fn payment(i: usize, key: &str) -> Message {
     Message::new("payments.created", format!(r#"{{"n":{i}}}"#))
@@ -35,7 +36,9 @@ fn relay_for(table: &common::Table, storage: &common::Storage, dest: Arc<dyn Wri
         .with_poll_interval(Duration::from_secs(3600))
         .with_fetch_limit(50);
     match &table.db {
-        Db::Pg(pool) => relay.with_pg_listen(pool.clone(), &table.name).unwrap(),
+        Db::Pg(pool) => {
+            relay.with_wake_source(PgNotifications::new(pool.clone(), &table.name).unwrap())
+        }
         Db::My(_) => relay,
     }
 }
@@ -130,8 +133,8 @@ async fn relay_killed_after_publish_delivers_again(db: Db) {
 
     // ...but relay a, restarted with its id, relays it again at once.
     let restarted = table.storage_with(Some("relay-a"), None, false);
-    let report = restarted.forward_once(delivered.clone()).await;
-    assert_eq!(report.forwarded, 1);
+    let report = restarted.relay_once(delivered.clone()).await;
+    assert_eq!(report.relayed, 1);
     let got = delivered.messages();
     assert_eq!(got.len(), 2, "delivered twice: at least once, never lost");
     assert_eq!(got[0], got[1]);
@@ -245,8 +248,8 @@ async fn poison_row_is_quarantined(db: Db) {
 
     let storage = table.storage();
     let received = Recorder::new();
-    let report = storage.forward_once(received.clone()).await;
-    assert_eq!((report.forwarded, report.quarantined), (2, 1));
+    let report = storage.relay_once(received.clone()).await;
+    assert_eq!((report.relayed, report.quarantined), (2, 1));
     let got = received.messages();
     assert_eq!(got.iter().map(seq_of).collect::<Vec<_>>(), [1, 2]);
     assert_eq!(storage.pending().await, 0);
@@ -272,8 +275,8 @@ async fn go_library_row_is_relayed(db: Db) {
 
     let received = Recorder::new();
     let storage = table.storage();
-    let report = storage.forward_once(received.clone()).await;
-    assert_eq!(report.forwarded, 2);
+    let report = storage.relay_once(received.clone()).await;
+    assert_eq!(report.relayed, 2);
     let got = received.messages();
     assert_eq!(got.len(), 4);
     let m = &got[0];
@@ -311,13 +314,12 @@ async fn hostile_table_name_is_rejected(db: Db) {
             Db::Pg(pool) => {
                 assert!(PgOutbox::new(name).is_err());
                 assert!(PgOutbox::new("ok").unwrap().with_channel(name).is_err());
-                assert!(PgEgressStorage::new(pool.clone(), name).is_err());
-                let relay = Relay::new(canary.storage().dyn_storage(), Recorder::new());
-                assert!(relay.with_pg_listen(pool.clone(), name).is_err());
+                assert!(PgOutboxStore::new(pool.clone(), name).is_err());
+                assert!(PgNotifications::new(pool.clone(), name).is_err());
             }
             Db::My(pool) => {
                 assert!(MySqlOutbox::new(name).is_err());
-                assert!(MySqlEgressStorage::new(pool.clone(), name).is_err());
+                assert!(MySqlOutboxStore::new(pool.clone(), name).is_err());
             }
         }
     }
@@ -334,8 +336,8 @@ fn public_types_are_send_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<PgOutbox>();
     assert_send_sync::<MySqlOutbox>();
-    assert_send_sync::<PgEgressStorage>();
-    assert_send_sync::<MySqlEgressStorage>();
+    assert_send_sync::<PgOutboxStore>();
+    assert_send_sync::<MySqlOutboxStore>();
     assert_send_sync::<streams_sql::PgOutboxWriter>();
     assert_send_sync::<Relay>();
 }
@@ -369,8 +371,8 @@ async fn outbox_writer_uses_its_own_transaction(db: Db) {
     ));
 
     let received = Recorder::new();
-    let report = table.storage().forward_once(received.clone()).await;
-    assert_eq!((report.forwarded, report.messages), (1, 2));
+    let report = table.storage().relay_once(received.clone()).await;
+    assert_eq!((report.relayed, report.messages), (1, 2));
     assert_eq!(
         received.messages().iter().map(seq_of).collect::<Vec<_>>(),
         [1, 2]

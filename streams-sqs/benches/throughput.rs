@@ -36,10 +36,10 @@ async fn client() -> SqsClient {
         .filter(|e| !e.is_empty())
         .unwrap_or_else(|| "http://127.0.0.1:4566".to_owned());
     SqsClient::builder()
-        .endpoint(endpoint)
-        .region("us-east-1")
-        .static_credentials("test", "test")
-        .build()
+        .with_endpoint(endpoint)
+        .with_region("us-east-1")
+        .with_static_credentials("test", "test")
+        .connect()
         .await
 }
 
@@ -257,9 +257,9 @@ async fn reader_receive(client: &SqsClient, n: usize, c: usize) -> Duration {
         std::future::ready(Ok::<_, BoxError>(()))
     }));
     let reader = SqsReader::builder(client.clone())
-        .pollers(c)
-        .max_handlers(10 * c)
-        .wait_time(Duration::from_secs(1))
+        .with_pollers(c)
+        .with_concurrency(10 * c)
+        .with_wait_time(Duration::from_secs(1))
         .build();
     let cancel = CancellationToken::new();
     let started = Instant::now();

@@ -52,7 +52,7 @@ pub(crate) fn is_fifo(queue: &str) -> bool {
 /// let client = streams_sqs::SqsClient::builder()
 ///     .endpoint("http://127.0.0.1:4566")
 ///     .region("us-east-1")
-///     .static_credentials("test", "test")
+///     .with_static_credentials("test", "test")
 ///     .build()
 ///     .await;
 /// client.create_queue("orders").await?;
@@ -83,7 +83,7 @@ pub struct SqsClientBuilder {
 
 impl SqsClientBuilder {
     /// Reads the endpoint override from `STREAMS_AWS_ENDPOINT` when set; region and
-    /// credentials come from the usual AWS environment at [`build`](Self::build).
+    /// credentials come from the usual AWS environment at [`build`](Self::connect).
     pub fn from_env() -> Self {
         SqsClientBuilder {
             aws: ClientConfig::from_env(),
@@ -91,61 +91,61 @@ impl SqsClientBuilder {
     }
 
     /// Uses this AWS configuration instead of loading one.
-    pub fn sdk_config(mut self, config: SdkConfig) -> Self {
-        self.aws = self.aws.sdk_config(config);
+    pub fn with_sdk_config(mut self, config: SdkConfig) -> Self {
+        self.aws = self.aws.with_sdk_config(config);
         self
     }
 
     /// Sends every request to this endpoint (an emulator, a VPC endpoint).
-    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
-        self.aws = self.aws.endpoint(url);
+    pub fn with_endpoint(mut self, url: impl Into<String>) -> Self {
+        self.aws = self.aws.with_endpoint(url);
         self
     }
 
     /// Sets the region.
-    pub fn region(mut self, region: impl Into<String>) -> Self {
-        self.aws = self.aws.region(region);
+    pub fn with_region(mut self, region: impl Into<String>) -> Self {
+        self.aws = self.aws.with_region(region);
         self
     }
 
     /// Uses fixed credentials (for emulators and tests).
-    pub fn static_credentials(
+    pub fn with_static_credentials(
         mut self,
         access_key_id: impl Into<String>,
         secret_access_key: impl Into<String>,
     ) -> Self {
         self.aws = self
             .aws
-            .static_credentials(access_key_id, secret_access_key);
+            .with_static_credentials(access_key_id, secret_access_key);
         self
     }
 
     /// How long a connection attempt to SQS may take. Default 5 s; see
     /// [`ClientConfig`](streams_aws::ClientConfig#time-limits).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.aws = self.aws.connect_timeout(timeout);
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.aws = self.aws.with_connect_timeout(timeout);
         self
     }
 
     /// How long one SQS call may take, retries included. Default 20 s; a receive gets
     /// its long-poll wait on top, so a healthy long poll is never cut.
-    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
-        self.aws = self.aws.operation_timeout(timeout);
+    pub fn with_operation_timeout(mut self, timeout: Duration) -> Self {
+        self.aws = self.aws.with_operation_timeout(timeout);
         self
     }
 
     /// Replaces the client configuration (endpoint, region, credentials, time limits)
     /// at once, as `connect` does with what a URL says.
-    pub fn client_config(mut self, config: ClientConfig) -> Self {
+    pub fn with_client_config(mut self, config: ClientConfig) -> Self {
         self.aws = config;
         self
     }
 
     /// Loads the AWS configuration (unless one was given) and builds the client.
-    pub async fn build(self) -> SqsClient {
+    pub async fn connect(self) -> SqsClient {
         let config = self.aws.load().await;
         let errors =
-            errors().endpoint_of(config.endpoint_url(), config.region().map(|r| r.as_ref()));
+            errors().with_endpoint_of(config.endpoint_url(), config.region().map(|r| r.as_ref()));
         SqsClient {
             sdk: aws_sdk_sqs::Client::new(&config),
             errors,
@@ -162,13 +162,13 @@ impl SqsClient {
 
     /// A client configured from the environment, see [`SqsClientBuilder::from_env`].
     pub async fn from_env() -> SqsClient {
-        SqsClientBuilder::from_env().build().await
+        SqsClientBuilder::from_env().connect().await
     }
 
     /// Wraps an existing SDK client, with its own time limits (the SDK sets none by
     /// default but a connect timeout). Errors name the SQS endpoint of its region.
     pub fn from_sdk(sdk: aws_sdk_sqs::Client) -> SqsClient {
-        let errors = errors().endpoint_of(None, sdk.config().region().map(|r| r.as_ref()));
+        let errors = errors().with_endpoint_of(None, sdk.config().region().map(|r| r.as_ref()));
         SqsClient {
             sdk,
             errors,
@@ -367,5 +367,5 @@ const TRANSIENT_CODES: &[&str] = &["KmsThrottled", "KMS.ThrottlingException"];
 
 /// How SQS errors are mapped: see [`SdkErrors`].
 fn errors() -> SdkErrors {
-    SdkErrors::new(DRIVER).transient_codes(TRANSIENT_CODES)
+    SdkErrors::new(DRIVER).with_transient_codes(TRANSIENT_CODES)
 }

@@ -43,15 +43,15 @@ struct Parsed {
 /// parameter.
 pub async fn connect(url: &str) -> Result<Connection> {
     let parsed = parse(url)?;
-    let builder = SqsClient::builder().client_config(parsed.aws.apply(Default::default()));
-    let client = builder.build().await;
+    let builder = SqsClient::builder().with_client_config(parsed.aws.apply(Default::default()));
+    let client = builder.connect().await;
     let mut writer = SqsWriter::builder(client.clone());
     if let Some(bytes) = parsed.aws.max_message_bytes {
-        writer = writer.max_message_bytes(bytes);
+        writer = writer.with_max_message_bytes(bytes);
     }
     let mut reader = SqsReader::builder(client.clone());
     if let Some(secs) = parsed.wait_secs {
-        reader = reader.wait_time(Duration::from_secs(secs));
+        reader = reader.with_wait_time(Duration::from_secs(secs));
     }
     Ok(Connection::new(
         "sqs",

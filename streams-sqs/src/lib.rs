@@ -32,7 +32,7 @@
 //! let client = SqsClient::builder()
 //!     .endpoint("http://127.0.0.1:4566")
 //!     .region("us-east-1")
-//!     .static_credentials("test", "test")
+//!     .with_static_credentials("test", "test")
 //!     .build()
 //!     .await;
 //! client.create_queue("orders").await?;

@@ -11,7 +11,7 @@ use aws_sdk_sqs::types::{
 };
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use streams_core::{CancellationToken, Handler, Message, ReadTask, Reader, Result};
+use streams_core::{CancellationToken, Handler, Message, ReadTask, Reader, Result, Subscription};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -22,7 +22,7 @@ use crate::wire::{decode, Delivery};
 ///
 /// - `pollers` receive loops (default 1) ask for up to ten messages each, never more
 ///   than there is room for under the bound on concurrent handlers (the read task's
-///   `concurrency`, else [`SqsReaderBuilder::max_handlers`], default 10).
+///   `concurrency`, else [`SqsReaderBuilder::concurrency`], default 10).
 /// - A message whose handler succeeded is deleted, in batches. One whose handler failed
 ///   is made visible again after a backoff growing with its receive count (or, without
 ///   backoff, when its visibility timeout ends), so SQS redelivers it; a redrive policy
@@ -63,7 +63,7 @@ pub struct SqsReader {
 #[derive(Debug, Clone)]
 struct Options {
     pollers: usize,
-    max_handlers: usize,
+    concurrency: usize,
     batch_size: usize,
     wait_time: Duration,
     visibility_timeout: Duration,
@@ -80,54 +80,54 @@ pub struct SqsReaderBuilder {
 
 impl SqsReaderBuilder {
     /// Number of concurrent receive loops. Default 1.
-    pub fn pollers(mut self, pollers: usize) -> Self {
+    pub fn with_pollers(mut self, pollers: usize) -> Self {
         self.opts.pollers = pollers.max(1);
         self
     }
 
     /// Bound on handlers running at once when the read task sets none. Default 10.
-    pub fn max_handlers(mut self, handlers: usize) -> Self {
-        self.opts.max_handlers = handlers.max(1);
+    pub fn with_concurrency(mut self, handlers: usize) -> Self {
+        self.opts.concurrency = handlers.max(1);
         self
     }
 
     /// Most messages asked for per receive, 1 to 10. Default 10.
-    pub fn batch_size(mut self, messages: usize) -> Self {
+    pub fn with_batch_size(mut self, messages: usize) -> Self {
         self.opts.batch_size = messages.clamp(1, 10);
         self
     }
 
     /// Long-poll wait per receive, up to 20 s. Default 20 s. Cancellation waits for a
     /// running poll to end, so this also bounds how long shutdown takes.
-    pub fn wait_time(mut self, wait: Duration) -> Self {
+    pub fn with_wait_time(mut self, wait: Duration) -> Self {
         self.opts.wait_time = wait.min(Duration::from_secs(20));
         self
     }
 
     /// Visibility timeout asked for on receive; the heartbeat renews it while a handler
     /// runs. Default 30 s.
-    pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
+    pub fn with_visibility_timeout(mut self, timeout: Duration) -> Self {
         self.opts.visibility_timeout = timeout.max(Duration::from_secs(1));
         self
     }
 
     /// After a handler failure, the message becomes visible again after
     /// `base * 2^(receives - 1)`, at most `max`. Default 1 s and 60 s.
-    pub fn redelivery_backoff(mut self, base: Duration, max: Duration) -> Self {
+    pub fn with_redelivery_backoff(mut self, base: Duration, max: Duration) -> Self {
         self.opts.backoff = Some((base, max.max(base)));
         self
     }
 
     /// After a handler failure, leaves the message invisible until its visibility
     /// timeout ends.
-    pub fn no_redelivery_backoff(mut self) -> Self {
+    pub fn without_redelivery_backoff(mut self) -> Self {
         self.opts.backoff = None;
         self
     }
 
     /// Whether to extend the visibility timeout of messages whose handler is still
     /// running. Default on.
-    pub fn heartbeat(mut self, on: bool) -> Self {
+    pub fn with_heartbeat(mut self, on: bool) -> Self {
         self.opts.heartbeat = on;
         self
     }
@@ -153,7 +153,7 @@ impl SqsReader {
             client,
             opts: Options {
                 pollers: 1,
-                max_handlers: 10,
+                concurrency: 10,
                 batch_size: 10,
                 wait_time: Duration::from_secs(20),
                 visibility_timeout: Duration::from_secs(30),
@@ -178,12 +178,7 @@ struct Ctx {
 
 #[async_trait]
 impl Reader for SqsReader {
-    async fn read(
-        &self,
-        task: ReadTask,
-        handler: Handler,
-        cancel: CancellationToken,
-    ) -> Result<()> {
+    async fn subscribe(&self, task: ReadTask) -> Result<Subscription> {
         if task.group.is_some() {
             return Err(streams_core::Error::invalid(
                 "read task",
@@ -193,8 +188,25 @@ impl Reader for SqsReader {
         }
         task.refuse_partitions("SQS")?;
         task.refuse_args("SQS", &[])?;
+        // A missing queue or an unreachable endpoint fails here.
         let url = self.client.queue_url(&task.stream).await?;
-        let limit = task.concurrency.unwrap_or(self.opts.max_handlers).max(1);
+        let reader = self.clone();
+        Ok(Subscription::new(
+            task.stream.clone(),
+            move |handler, cancel| reader.run(task, url, handler, cancel),
+        ))
+    }
+}
+
+impl SqsReader {
+    async fn run(
+        self,
+        task: ReadTask,
+        url: String,
+        handler: Handler,
+        cancel: CancellationToken,
+    ) -> Result<()> {
+        let limit = task.concurrency.unwrap_or(self.opts.concurrency).max(1);
         let permits = Arc::new(Semaphore::new(limit));
         let (tx, rx) = mpsc::unbounded_channel();
         let deleter = tokio::spawn(delete_loop(

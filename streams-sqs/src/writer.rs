@@ -73,14 +73,14 @@ pub struct SqsWriterBuilder {
 
 impl SqsWriterBuilder {
     /// Delays delivery of every message (standard queues only; up to 15 minutes).
-    pub fn delay(mut self, delay: Duration) -> Self {
+    pub fn with_delay(mut self, delay: Duration) -> Self {
         self.delay = Some(delay);
         self
     }
 
     /// How many requests of one write may be in flight at once (standard queues).
     /// Default 8.
-    pub fn max_in_flight(mut self, requests: usize) -> Self {
+    pub fn with_max_in_flight(mut self, requests: usize) -> Self {
         self.max_in_flight = requests.max(1);
         self
     }
@@ -89,7 +89,7 @@ impl SqsWriterBuilder {
     /// ([`MAX_REQUEST_BYTES`], the SQS limit since 2025); lower it for queues whose
     /// `MaximumMessageSize` is lower, for emulators and for regions that still refuse
     /// more than 256 KiB (262,144 bytes).
-    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes.max(1);
         self
     }

@@ -54,7 +54,7 @@ impl Running {
 
 fn reader(client: &SqsClient) -> SqsReader {
     SqsReader::builder(client.clone())
-        .wait_time(Duration::from_secs(1))
+        .with_wait_time(Duration::from_secs(1))
         .build()
 }
 
@@ -84,11 +84,11 @@ fn run(reader: SqsReader, stream: &str) -> Running {
 
 async fn sns_writer() -> streams_sns::SnsWriter {
     streams_sns::SnsWriter::builder()
-        .endpoint(common::endpoint())
-        .region(common::REGION)
-        .static_credentials("test", "test")
-        .account_id(common::ACCOUNT)
-        .build()
+        .with_endpoint(common::endpoint())
+        .with_region(common::REGION)
+        .with_static_credentials("test", "test")
+        .with_account_id(common::ACCOUNT)
+        .connect()
         .await
         .expect("sns writer")
 }
@@ -183,10 +183,10 @@ async fn batches_are_split_by_count_and_size() {
 async fn oversized_message_fails_before_any_call() {
     // No emulator behind this endpoint: an error other than Rejected would mean a call.
     let client = SqsClient::builder()
-        .endpoint("http://127.0.0.1:9")
-        .region(common::REGION)
-        .static_credentials("test", "test")
-        .build()
+        .with_endpoint("http://127.0.0.1:9")
+        .with_region(common::REGION)
+        .with_static_credentials("test", "test")
+        .connect()
         .await;
     client.set_queue_url("big", "http://127.0.0.1:9/123456789012/big");
     let writer = SqsWriter::new(client);
@@ -322,8 +322,8 @@ async fn redrive_policy_moves_failing_message_to_dead_letter_queue() {
     }));
     let cancel = start(
         SqsReader::builder(client.clone())
-            .wait_time(Duration::from_secs(1))
-            .redelivery_backoff(Duration::ZERO, Duration::ZERO)
+            .with_wait_time(Duration::from_secs(1))
+            .with_redelivery_backoff(Duration::ZERO, Duration::ZERO)
             .build(),
         &stream,
         h,
@@ -378,12 +378,12 @@ async fn two_workers_with_dynamodb_dedup_process_a_duplicate_once() {
     let stream = common::unique("dedup");
     client.create_queue(&stream).await.unwrap();
     let store = streams_dynamodb::DynamoDedupStore::builder()
-        .endpoint(common::endpoint())
-        .region(common::REGION)
-        .static_credentials("test", "test")
-        .table("streams-dedup-tests")
-        .ttl(Duration::from_secs(600))
-        .build()
+        .with_endpoint(common::endpoint())
+        .with_region(common::REGION)
+        .with_static_credentials("test", "test")
+        .with_table("streams-dedup-tests")
+        .with_ttl(Duration::from_secs(600))
+        .connect()
         .await;
     streams_dynamodb::create_table(store.sdk(), store.table())
         .await
@@ -449,9 +449,9 @@ async fn heartbeat_keeps_a_slow_message_invisible() {
         }
     }));
     let r = SqsReader::builder(client.clone())
-        .wait_time(Duration::from_secs(1))
-        .visibility_timeout(Duration::from_secs(2))
-        .no_redelivery_backoff()
+        .with_wait_time(Duration::from_secs(1))
+        .with_visibility_timeout(Duration::from_secs(2))
+        .without_redelivery_backoff()
         .build();
     let cancel = CancellationToken::new();
     let c2 = cancel.clone();
@@ -591,10 +591,10 @@ async fn failing_server() -> String {
 async fn service_errors_are_retryable_and_missing_queues_are_not() {
     let endpoint = failing_server().await;
     let client = SqsClient::builder()
-        .endpoint(&endpoint)
-        .region(common::REGION)
-        .static_credentials("test", "test")
-        .build()
+        .with_endpoint(&endpoint)
+        .with_region(common::REGION)
+        .with_static_credentials("test", "test")
+        .connect()
         .await;
     client.set_queue_url("down", format!("{endpoint}/123456789012/down"));
     let err = SqsWriter::new(client)
@@ -638,7 +638,7 @@ async fn fifo_keeps_order_per_group() {
     SqsWriter::new(client.clone()).write(batch).await.unwrap();
     let mut r = run(
         SqsReader::builder(client.clone())
-            .wait_time(Duration::from_secs(1))
+            .with_wait_time(Duration::from_secs(1))
             .build(),
         &stream,
     );
@@ -697,12 +697,12 @@ async fn sns_batches_over_the_size_limit_arrive_and_oversized_fails_early() {
     let over = Message::new(&topic, vec![b'x'; 200_000]);
     let size = streams_aws::encode(&over, streams_aws::TimeFormat::Rfc3339).size;
     let limited = streams_sns::SnsWriter::builder()
-        .endpoint(common::endpoint())
-        .region(common::REGION)
-        .static_credentials("test", "test")
-        .account_id(common::ACCOUNT)
-        .max_message_bytes(size - 1)
-        .build()
+        .with_endpoint(common::endpoint())
+        .with_region(common::REGION)
+        .with_static_credentials("test", "test")
+        .with_account_id(common::ACCOUNT)
+        .with_max_message_bytes(size - 1)
+        .connect()
         .await
         .unwrap();
     let err = limited

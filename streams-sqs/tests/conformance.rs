@@ -22,7 +22,9 @@ impl Harness for SqsHarness {
     fn capabilities(&self) -> Capabilities {
         // A queue keeps messages and redelivers failed ones; a standard queue has no
         // order, and one queue has one set of consumers.
-        Capabilities::none().redelivery(true).persistent(true)
+        Capabilities::none()
+            .with_redelivery(true)
+            .with_persistent(true)
     }
 
     async fn writer(&self) -> Result<Arc<dyn Writer>> {
@@ -33,7 +35,7 @@ impl Harness for SqsHarness {
         // Short polls keep shutdown quick in tests.
         Ok(Arc::new(
             SqsReader::builder(self.client.clone())
-                .wait_time(Duration::from_secs(1))
+                .with_wait_time(Duration::from_secs(1))
                 .build(),
         ))
     }

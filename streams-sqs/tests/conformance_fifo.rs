@@ -26,10 +26,10 @@ impl Harness for SqsFifoHarness {
         // meanwhile (two readers, 6 keys x 30 messages: 8 keys handled twice at once).
         // So order is promised per reader only.
         Capabilities::none()
-            .redelivery(true)
-            .persistent(true)
-            .ordered_per_key(true)
-            .ordered_across_members(false)
+            .with_redelivery(true)
+            .with_persistent(true)
+            .with_ordered_per_key(true)
+            .with_ordered_across_members(false)
     }
 
     async fn writer(&self) -> Result<Arc<dyn Writer>> {
@@ -42,8 +42,8 @@ impl Harness for SqsFifoHarness {
         // does not lock a message group across concurrent receives (SQS does).
         Ok(Arc::new(
             SqsReader::builder(self.client.clone())
-                .wait_time(Duration::from_secs(1))
-                .redelivery_backoff(Duration::ZERO, Duration::ZERO)
+                .with_wait_time(Duration::from_secs(1))
+                .with_redelivery_backoff(Duration::ZERO, Duration::ZERO)
                 .build(),
         ))
     }

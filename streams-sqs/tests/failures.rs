@@ -159,7 +159,7 @@ async fn a_200_kib_binary_message_round_trips() {
     }));
     let cancel = CancellationToken::new();
     let reader = SqsReader::builder(client)
-        .wait_time(Duration::from_secs(1))
+        .with_wait_time(Duration::from_secs(1))
         .build();
     let (c, s) = (cancel.clone(), stream.clone());
     let join = tokio::spawn(async move { reader.read(ReadTask::new(s), h, c).await });
@@ -182,7 +182,7 @@ async fn one_byte_over_the_limit_is_rejected_and_nothing_is_sent() {
     let big = Message::new(&stream, vec![b'x'; 10_000]);
     let size = streams_aws::encode(&big, streams_aws::TimeFormat::UnixMillis).size;
     let writer = SqsWriter::builder(client.clone())
-        .max_message_bytes(size - 1)
+        .with_max_message_bytes(size - 1)
         .build()
         .unwrap();
     let ok = Message::new(&stream, "fits");
@@ -218,7 +218,7 @@ async fn one_byte_over_the_limit_is_rejected_and_nothing_is_sent() {
 
     // At the limit it goes.
     SqsWriter::builder(client.clone())
-        .max_message_bytes(size)
+        .with_max_message_bytes(size)
         .build()
         .unwrap()
         .write(vec![big])
@@ -236,7 +236,7 @@ async fn one_byte_over_the_limit_is_rejected_and_nothing_is_sent() {
         "{err}"
     );
     let err = SqsWriter::builder(client)
-        .max_message_bytes(MAX_REQUEST_BYTES + 1)
+        .with_max_message_bytes(MAX_REQUEST_BYTES + 1)
         .build()
         .unwrap_err();
     assert!(
@@ -345,11 +345,11 @@ async fn a_silent_endpoint_fails_within_the_operation_timeout() {
 
     // And the setting changes it.
     let client = SqsClient::builder()
-        .endpoint(&endpoint)
-        .region(common::REGION)
-        .static_credentials("test", "test")
-        .operation_timeout(Duration::from_secs(1))
-        .build()
+        .with_endpoint(&endpoint)
+        .with_region(common::REGION)
+        .with_static_credentials("test", "test")
+        .with_operation_timeout(Duration::from_secs(1))
+        .connect()
         .await;
     let started = Instant::now();
     let err = common::within(BOUND, client.create_queue("orders"))
@@ -367,11 +367,11 @@ async fn a_silent_endpoint_fails_within_the_operation_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operation_timeout_does_not_cut_a_long_poll() {
     let client = SqsClient::builder()
-        .endpoint(common::endpoint())
-        .region(common::REGION)
-        .static_credentials("test", "test")
-        .operation_timeout(Duration::from_secs(2))
-        .build()
+        .with_endpoint(common::endpoint())
+        .with_region(common::REGION)
+        .with_static_credentials("test", "test")
+        .with_operation_timeout(Duration::from_secs(2))
+        .connect()
         .await;
     let stream = common::unique("longpoll");
     client.create_queue(&stream).await.unwrap();
@@ -383,7 +383,7 @@ async fn the_operation_timeout_does_not_cut_a_long_poll() {
     // Polls of 5 s on an empty queue: longer than the 2 s operation timeout. Were they
     // cut, the first receive would fail and end the read.
     let reader = SqsReader::builder(client.clone())
-        .wait_time(Duration::from_secs(5))
+        .with_wait_time(Duration::from_secs(5))
         .build();
     let cancel = CancellationToken::new();
     let (c, s) = (cancel.clone(), stream.clone());

@@ -133,7 +133,7 @@ pub async fn connect(url: &str) -> Result<Connection> {
         "postgres" | "mysql" => "outbox",
         other => other,
     };
-    Ok(conn.observed(system))
+    Ok(conn.with_observation(system))
 }
 
 async fn open(scheme: Scheme, url: &str) -> Result<Connection> {

@@ -1,7 +1,7 @@
 //! `streams`: one dependency for the whole toolkit.
 //!
 //! This crate re-exports [`streams_core`] flat (messages, the [`Writer`] and [`Reader`]
-//! traits, typed events, [`middleware`], the outbox relay in [`egress`]) and each driver
+//! traits, typed events, [`middleware`], the outbox relay in [`outbox`]) and each driver
 //! crate as a module behind a cargo feature:
 //!
 //! | feature | module | driver crate | on by default |

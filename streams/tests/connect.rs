@@ -280,10 +280,10 @@ async fn sqs_round_trip() {
     let host = aws_host();
     let stream = unique("facade-sqs");
     let admin = streams::sqs::SqsClient::builder()
-        .endpoint(format!("http://{host}"))
-        .region("us-east-1")
-        .static_credentials("test", "test")
-        .build()
+        .with_endpoint(format!("http://{host}"))
+        .with_region("us-east-1")
+        .with_static_credentials("test", "test")
+        .connect()
         .await;
     admin.create_queue(&stream).await.expect("create queue");
 
@@ -302,11 +302,11 @@ async fn sns_is_write_only() {
     let stream = unique("facade-sns");
     let url = format!("sns://test:test@{host}?region=us-east-1&account_id=123456789012");
     let admin = streams::sns::SnsWriter::builder()
-        .endpoint(format!("http://{host}"))
-        .region("us-east-1")
-        .static_credentials("test", "test")
-        .account_id("123456789012")
-        .build()
+        .with_endpoint(format!("http://{host}"))
+        .with_region("us-east-1")
+        .with_static_credentials("test", "test")
+        .with_account_id("123456789012")
+        .connect()
         .await
         .expect("admin");
     admin.create_topic(&stream).await.expect("create topic");

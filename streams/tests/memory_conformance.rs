@@ -19,9 +19,9 @@ impl Harness for MemoryHarness {
     fn capabilities(&self) -> Capabilities {
         // The in-process bus: at most once, nothing kept for a closed group.
         Capabilities::none()
-            .ordered_per_key(true)
-            .ordered_across_members(true)
-            .consumer_groups(true)
+            .with_ordered_per_key(true)
+            .with_ordered_across_members(true)
+            .with_consumer_groups(true)
     }
 
     async fn writer(&self) -> Result<Arc<dyn Writer>> {

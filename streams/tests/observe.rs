@@ -24,7 +24,7 @@ async fn connect_counts_published_and_handled_messages() {
             async { Ok::<_, BoxError>(()) }
         }),
     );
-    sub.start();
+    sub.start().await.unwrap();
     conn.writer()
         .write(vec![
             Message::new("orders", "a"),

@@ -4,7 +4,6 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
-use tokio_util::sync::CancellationToken;
 use tower::{Layer, Service};
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
@@ -13,7 +12,7 @@ use super::{
     record_error, StreamLabel, HANDLER_DURATION, KAFKA_GROUP_HEADER, KAFKA_OFFSET_HEADER,
     KAFKA_PARTITION_HEADER, MESSAGES_FAILED, MESSAGES_HANDLED, SQS_MESSAGE_ID_HEADER, STREAM_LABEL,
 };
-use crate::{BoxError, Handler, Message, ReadTask, Reader, Result};
+use crate::{BoxError, Message, ReadTask, Reader, Result, Subscription};
 
 /// Layer of [`Observe`].
 ///
@@ -278,12 +277,7 @@ impl<R> ObservedReader<R> {
 
 #[async_trait]
 impl<R: Reader> Reader for ObservedReader<R> {
-    async fn read(
-        &self,
-        task: ReadTask,
-        handler: Handler,
-        cancel: CancellationToken,
-    ) -> Result<()> {
+    async fn subscribe(&self, task: ReadTask) -> Result<Subscription> {
         let mut layer = ObserveLayer::new();
         if let Some(group) = &task.group {
             layer = layer.with_group(group.as_str());
@@ -291,9 +285,8 @@ impl<R: Reader> Reader for ObservedReader<R> {
         if let Some(system) = self.system {
             layer = layer.with_system(system);
         }
-        self.inner
-            .read(task, crate::handler(layer.layer(handler)), cancel)
-            .await
+        let subscription = self.inner.subscribe(task).await?;
+        Ok(subscription.map_handler(move |handler| crate::handler(layer.layer(handler))))
     }
 }
 

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use sqlx::pool::PoolOptions;
 use sqlx::{MySqlPool, PgPool, Pool};
-use streams_core::egress::ForwardReport;
-use streams_core::{async_trait, EgressStorage, Message, Result, StoredBatch, Writer};
-use streams_sql::{Dialect, MySqlEgressStorage, Outbox, OutboxStorage, PgEgressStorage, Relay};
+use streams_core::outbox::RelayReport;
+use streams_core::Relay;
+use streams_core::{async_trait, Message, OutboxStore, Result, StoredBatch, Writer};
+use streams_sql::{Dialect, MySqlOutboxStore, Outbox, PgOutboxStore, SqlOutboxStore};
 use tokio::sync::Notify;
 
 /// Runs a scenario against both databases, as two tests.
@@ -202,8 +203,8 @@ impl Table {
             relay_id: Option<&str>,
             lease: Option<Duration>,
             parallel: bool,
-        ) -> Arc<OutboxStorage<D>> {
-            let mut s = OutboxStorage::new(pool.clone(), table)
+        ) -> Arc<SqlOutboxStore<D>> {
+            let mut s = SqlOutboxStore::new(pool.clone(), table)
                 .unwrap()
                 .with_parallel_claims(parallel);
             if let Some(id) = relay_id {
@@ -235,21 +236,20 @@ impl Table {
 
 #[derive(Clone, Debug)]
 pub enum Storage {
-    Pg(Arc<PgEgressStorage>),
-    My(Arc<MySqlEgressStorage>),
+    Pg(Arc<PgOutboxStore>),
+    My(Arc<MySqlOutboxStore>),
 }
 
 impl Storage {
     /// One pass of a relay to `destination`.
-    pub async fn forward_once(&self, destination: Arc<dyn Writer>) -> ForwardReport {
+    pub async fn relay_once(&self, destination: Arc<dyn Writer>) -> RelayReport {
         Relay::new(self.dyn_storage(), destination)
-            .forwarder()
-            .forward_once()
+            .relay_once()
             .await
             .unwrap()
     }
 
-    pub fn dyn_storage(&self) -> Arc<dyn EgressStorage> {
+    pub fn dyn_storage(&self) -> Arc<dyn OutboxStore> {
         match self {
             Storage::Pg(s) => s.clone(),
             Storage::My(s) => s.clone(),

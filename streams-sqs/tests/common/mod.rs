@@ -22,10 +22,10 @@ pub fn endpoint() -> String {
 /// A client of the emulator with dummy credentials.
 pub async fn client() -> SqsClient {
     SqsClient::builder()
-        .endpoint(endpoint())
-        .region(REGION)
-        .static_credentials("test", "test")
-        .build()
+        .with_endpoint(endpoint())
+        .with_region(REGION)
+        .with_static_credentials("test", "test")
+        .connect()
         .await
 }
 
@@ -60,10 +60,10 @@ pub async fn silent_server() -> String {
 /// A client of `endpoint` with dummy credentials and the default time limits.
 pub async fn client_of(endpoint: &str) -> SqsClient {
     SqsClient::builder()
-        .endpoint(endpoint)
-        .region(REGION)
-        .static_credentials("test", "test")
-        .build()
+        .with_endpoint(endpoint)
+        .with_region(REGION)
+        .with_static_credentials("test", "test")
+        .connect()
         .await
 }
 

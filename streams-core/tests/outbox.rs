@@ -1,4 +1,4 @@
-//! The outbox forwarder with an in-memory outbox and the in-process bus.
+//! The outbox relay with an in-memory outbox and the in-process bus.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use streams_chanbuf::MemoryBus;
-use streams_core::egress::{ForwardReport, MemoryOutbox};
 use streams_core::middleware::RetryPolicy;
+use streams_core::outbox::{MemoryOutbox, RelayReport};
 use streams_core::{
-    handler, BoxError, CancellationToken, EgressStorage, Error, Forwarder, Message, ReadTask,
-    Reader, Result, StoredBatch, Writer,
+    handler, BoxError, CancellationToken, Error, Message, OutboxStore, ReadTask, Reader, Relay,
+    Result, StoredBatch, Writer,
 };
 use tokio::sync::mpsc;
 
@@ -68,13 +68,13 @@ async fn forwards_in_order_and_deletes() {
         outbox.write(batch("payments", 3, tag)).await.unwrap();
     }
     let dest = Arc::new(Recording::default());
-    let fwd = Forwarder::new(outbox.clone(), dest.clone()).with_retry(quick_retry());
-    let report = fwd.forward_once().await.unwrap();
+    let fwd = Relay::new(outbox.clone(), dest.clone()).with_retry(quick_retry());
+    let report = fwd.relay_once().await.unwrap();
     assert_eq!(
         report,
-        ForwardReport {
+        RelayReport {
             fetched: 3,
-            forwarded: 3,
+            relayed: 3,
             messages: 9,
             quarantined: 0
         }
@@ -103,9 +103,9 @@ async fn poison_batch_is_quarantined_and_the_rest_flows() {
     });
     outbox.write(batch("s", 1, "after")).await.unwrap();
     let dest = Arc::new(Recording::default());
-    let fwd = Forwarder::new(outbox.clone(), dest.clone());
-    let report = fwd.forward_once().await.unwrap();
-    assert_eq!(report.forwarded, 2);
+    let fwd = Relay::new(outbox.clone(), dest.clone());
+    let report = fwd.relay_once().await.unwrap();
+    assert_eq!(report.relayed, 2);
     assert_eq!(report.quarantined, 1);
     let q = outbox.quarantined();
     assert_eq!(q.len(), 1);
@@ -124,9 +124,9 @@ async fn transient_destination_failures_are_retried() {
         retryable: true,
         ..Default::default()
     });
-    let fwd = Forwarder::new(outbox.clone(), dest.clone()).with_retry(quick_retry());
-    let report = fwd.forward_once().await.unwrap();
-    assert_eq!(report.forwarded, 1);
+    let fwd = Relay::new(outbox.clone(), dest.clone()).with_retry(quick_retry());
+    let report = fwd.relay_once().await.unwrap();
+    assert_eq!(report.relayed, 1);
     assert_eq!(dest.calls.load(Ordering::SeqCst), 3);
     assert_eq!(outbox.pending(), 0);
 }
@@ -142,13 +142,13 @@ async fn persistent_failure_keeps_batches_in_order_for_the_next_pass() {
         retryable: true,
         ..Default::default()
     });
-    let fwd = Forwarder::new(outbox.clone(), dest.clone()).with_retry(quick_retry());
-    let err = fwd.forward_once().await.unwrap_err();
+    let fwd = Relay::new(outbox.clone(), dest.clone()).with_retry(quick_retry());
+    let err = fwd.relay_once().await.unwrap_err();
     assert!(err.is_retryable());
     assert_eq!(outbox.pending(), 2, "nothing lost");
     // The destination recovers: both go out, in order.
     dest.fail.store(0, Ordering::SeqCst);
-    fwd.forward_once().await.unwrap();
+    fwd.relay_once().await.unwrap();
     let got: Vec<_> = dest
         .got
         .lock()
@@ -167,8 +167,8 @@ async fn rejected_batch_is_quarantined_not_retried() {
         .await
         .unwrap();
     let dest = Arc::new(RejectsPoison::default());
-    let fwd = Forwarder::new(outbox.clone(), dest.clone()).with_retry(quick_retry());
-    let report = fwd.forward_once().await.unwrap();
+    let fwd = Relay::new(outbox.clone(), dest.clone()).with_retry(quick_retry());
+    let report = fwd.relay_once().await.unwrap();
     assert_eq!(report.quarantined, 1);
     assert_eq!(*dest.writes.lock().unwrap(), [1], "not retried");
     let q = outbox.quarantined();
@@ -197,8 +197,8 @@ async fn a_misconfigured_destination_quarantines_nothing() {
         retryable: false,
         ..Default::default()
     });
-    let fwd = Forwarder::new(outbox.clone(), dest.clone()).with_retry(quick_retry());
-    let err = fwd.forward_once().await.unwrap_err();
+    let fwd = Relay::new(outbox.clone(), dest.clone()).with_retry(quick_retry());
+    let err = fwd.relay_once().await.unwrap_err();
     assert!(!err.is_retryable());
     assert!(err.to_string().contains("destination unavailable"), "{err}");
     assert!(outbox.quarantined().is_empty(), "healthy rows quarantined");
@@ -210,13 +210,13 @@ async fn a_misconfigured_destination_quarantines_nothing() {
     );
     // One batch alone: the same.
     let fwd1 = fwd.clone().with_max_write_messages(1);
-    fwd1.forward_once().await.unwrap_err();
+    fwd1.relay_once().await.unwrap_err();
     assert!(outbox.quarantined().is_empty());
     assert_eq!(outbox.pending(), 3);
     // Fixed: everything goes out, in order.
     dest.fail.store(0, Ordering::SeqCst);
-    let report = fwd.forward_once().await.unwrap();
-    assert_eq!((report.forwarded, report.quarantined), (3, 0));
+    let report = fwd.relay_once().await.unwrap();
+    assert_eq!((report.relayed, report.quarantined), (3, 0));
     assert_eq!(texts(&dest), ["a-0", "b-0", "c-0"]);
 }
 
@@ -227,15 +227,12 @@ async fn a_closed_destination_stops_the_relay_and_keeps_the_rows() {
     outbox.write(batch("s", 2, "x")).await.unwrap();
     let bus = Arc::new(MemoryBus::new());
     MemoryBus::close(&bus);
-    let fwd = Forwarder::new(outbox.clone(), bus).with_retry(quick_retry());
-    let err = fwd.forward_once().await.unwrap_err();
+    let fwd = Relay::new(outbox.clone(), bus).with_retry(quick_retry());
+    let err = fwd.relay_once().await.unwrap_err();
     assert!(matches!(err, Error::Closed(_)), "{err}");
-    let ran = tokio::time::timeout(
-        Duration::from_secs(5),
-        fwd.run(None, CancellationToken::new()),
-    )
-    .await
-    .expect("run returns on a closed destination");
+    let ran = tokio::time::timeout(Duration::from_secs(5), fwd.run(CancellationToken::new()))
+        .await
+        .expect("run returns on a closed destination");
     assert!(matches!(ran, Err(Error::Closed(_))), "{ran:?}");
     assert!(outbox.quarantined().is_empty());
     assert_eq!(outbox.pending(), 1);
@@ -254,13 +251,13 @@ async fn run_waits_out_a_refusing_destination_and_then_delivers_in_order() {
         retryable: false,
         ..Default::default()
     });
-    let fwd = Forwarder::new(outbox.clone(), dest.clone())
+    let fwd = Relay::new(outbox.clone(), dest.clone())
         .with_retry(quick_retry())
         .with_poll_interval(Duration::from_millis(10));
     let cancel = CancellationToken::new();
     let relay = {
         let (fwd, cancel) = (fwd.clone(), cancel.clone());
-        tokio::spawn(async move { fwd.run(None, cancel).await })
+        tokio::spawn(async move { fwd.run(cancel).await })
     };
     while dest.calls.load(Ordering::SeqCst) < 5 {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -286,7 +283,7 @@ async fn run_waits_out_a_refusing_destination_and_then_delivers_in_order() {
 struct BrokenStorage;
 
 #[async_trait]
-impl EgressStorage for BrokenStorage {
+impl OutboxStore for BrokenStorage {
     async fn fetch(&self, _limit: usize) -> Result<Vec<StoredBatch>> {
         Err(Error::invalid("outbox table", "`missing` does not exist"))
     }
@@ -300,13 +297,10 @@ impl EgressStorage for BrokenStorage {
 
 #[tokio::test]
 async fn run_returns_fatal_storage_errors() {
-    let fwd = Forwarder::new(Arc::new(BrokenStorage), Arc::new(Recording::default()));
-    let ran = tokio::time::timeout(
-        Duration::from_secs(5),
-        fwd.run(None, CancellationToken::new()),
-    )
-    .await
-    .expect("run returns on a fatal storage error");
+    let fwd = Relay::new(Arc::new(BrokenStorage), Arc::new(Recording::default()));
+    let ran = tokio::time::timeout(Duration::from_secs(5), fwd.run(CancellationToken::new()))
+        .await
+        .expect("run returns on a fatal storage error");
     assert!(matches!(ran, Err(Error::Invalid { .. })), "{ran:?}");
 }
 
@@ -316,30 +310,19 @@ async fn relay_loop_wakes_on_notify_and_delivers_to_the_bus() {
     let bus = Arc::new(MemoryBus::new());
     let (tx, mut rx) = mpsc::unbounded_channel();
     let cancel = CancellationToken::new();
-    let reader = {
-        let (bus, cancel) = (bus.clone(), cancel.clone());
-        tokio::spawn(async move {
-            bus.read(
-                ReadTask::new("payments"),
-                handler(tower::service_fn(move |m: Message| {
-                    let tx = tx.clone();
-                    async move { tx.send(m).map_err(BoxError::from) }
-                })),
-                cancel,
-            )
-            .await
-        })
-    };
-    while bus.subscribers("payments") == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let subscription = bus.subscribe(ReadTask::new("payments")).await.unwrap();
+    let reader = tokio::spawn(subscription.run(
+        handler(tower::service_fn(move |m: Message| {
+            let tx = tx.clone();
+            async move { tx.send(m).map_err(BoxError::from) }
+        })),
+        cancel.clone(),
+    ));
     // A long poll interval: only the wake-up can make this fast.
-    let fwd =
-        Forwarder::new(outbox.clone(), bus.clone()).with_poll_interval(Duration::from_secs(3600));
-    let relay = {
-        let (fwd, wake, cancel) = (fwd.clone(), outbox.wake(), cancel.clone());
-        tokio::spawn(async move { fwd.run(Some(wake), cancel).await })
-    };
+    let relay = Relay::new(outbox.clone(), bus.clone())
+        .with_poll_interval(Duration::from_secs(3600))
+        .with_wake(outbox.wake())
+        .spawn(cancel.clone());
     tokio::time::sleep(Duration::from_millis(50)).await;
     let sent = batch("payments", 5, "p");
     outbox.write(sent.clone()).await.unwrap();
@@ -413,9 +396,9 @@ async fn consecutive_batches_share_one_write_up_to_the_limit() {
             .unwrap();
     }
     let dest = Arc::new(RejectsPoison::default());
-    let fwd = Forwarder::new(outbox.clone(), dest.clone()).with_max_write_messages(3);
-    let report = fwd.forward_once().await.unwrap();
-    assert_eq!((report.forwarded, report.messages), (7, 7));
+    let fwd = Relay::new(outbox.clone(), dest.clone()).with_max_write_messages(3);
+    let report = fwd.relay_once().await.unwrap();
+    assert_eq!((report.relayed, report.messages), (7, 7));
     assert_eq!(*dest.writes.lock().unwrap(), [3, 3, 1]);
     let expected: Vec<_> = (0..7).map(|i| format!("row{i}-0")).collect();
     assert_eq!(*dest.got.lock().unwrap(), expected);
@@ -436,12 +419,71 @@ async fn a_failed_combined_write_falls_back_to_one_write_per_batch() {
         outbox.write(batch("s", 1, tag)).await.unwrap();
     }
     let dest = Arc::new(RejectsPoison::default());
-    let fwd = Forwarder::new(outbox.clone(), dest.clone()).with_retry(quick_retry());
-    let report = fwd.forward_once().await.unwrap();
-    assert_eq!((report.forwarded, report.quarantined), (4, 1));
+    let fwd = Relay::new(outbox.clone(), dest.clone()).with_retry(quick_retry());
+    let report = fwd.relay_once().await.unwrap();
+    assert_eq!((report.relayed, report.quarantined), (4, 1));
     // One combined try, then each batch alone.
     assert_eq!(*dest.writes.lock().unwrap(), [5, 1, 1, 1, 1, 1]);
     assert_eq!(*dest.got.lock().unwrap(), ["a-0", "b-0", "d-0", "e-0"]);
     assert_eq!(outbox.quarantined().len(), 1);
     assert_eq!(outbox.pending(), 0);
+}
+
+/// Wakes the relay when `ring` is notified, and records that it was stopped.
+#[derive(Debug)]
+struct Doorbell {
+    ring: Arc<tokio::sync::Notify>,
+    stopped: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl streams_core::WakeSource for Doorbell {
+    async fn run(&self, wake: Arc<tokio::sync::Notify>, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = self.ring.notified() => wake.notify_one(),
+            }
+        }
+        self.stopped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_wake_source_wakes_the_relay_and_stops_with_it() {
+    let outbox = Arc::new(MemoryOutbox::new());
+    let dest = Arc::new(Recording::default());
+    let ring = Arc::new(tokio::sync::Notify::new());
+    let stopped = Arc::new(AtomicUsize::new(0));
+    let cancel = CancellationToken::new();
+    // Neither polling (an hour) nor the outbox's own notifier (not given) wakes it.
+    let relay = Relay::new(outbox.clone(), dest.clone())
+        .with_poll_interval(Duration::from_secs(3600))
+        .with_wake_source(Doorbell {
+            ring: ring.clone(),
+            stopped: stopped.clone(),
+        })
+        .spawn(cancel.clone());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    outbox
+        .write(vec![Message::new("payments", "rung")])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(dest.got.lock().unwrap().is_empty(), "nothing woke it yet");
+    ring.notify_one();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while dest.got.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the wake source woke the relay");
+    cancel.cancel();
+    relay.await.unwrap().unwrap();
+    assert_eq!(
+        stopped.load(Ordering::SeqCst),
+        1,
+        "the source stopped with the relay"
+    );
 }

@@ -1,9 +1,12 @@
-//! Egress: relaying batches stored in an outbox to a real [`Writer`].
+//! The transactional outbox and its relay.
 //!
-//! A service writes its messages into an outbox table in its own database transaction;
-//! a [`Forwarder`] reads the stored batches, decodes them and writes them to the
-//! destination, deleting each batch only after the destination accepted it. A batch
-//! that cannot be decoded is quarantined with the reason, never retried forever.
+//! A service writes its messages into an outbox ([`OutboxStore`]: a database table, or
+//! [`MemoryOutbox`] in process) inside its own transaction; a [`Relay`] reads the stored
+//! batches, decodes them and writes them to the destination, deleting each batch only
+//! after the destination accepted it. A batch that cannot be decoded is quarantined with
+//! the reason, never retried forever. Wake-ups come from the outbox
+//! ([`Relay::with_wake`]), from a [`WakeSource`] such as database notifications, and
+//! from polling as the fallback.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -32,9 +35,9 @@ pub struct StoredBatch {
 
 /// Where outbox batches wait to be relayed.
 #[async_trait]
-pub trait EgressStorage: Send + Sync + fmt::Debug {
+pub trait OutboxStore: Send + Sync + fmt::Debug {
     /// Claims up to `limit` pending batches in insert order. Claimed batches are not
-    /// handed to another forwarder until deleted, quarantined or released.
+    /// handed to another relay until deleted, quarantined or released.
     ///
     /// # Errors
     ///
@@ -136,47 +139,98 @@ fn timestamp(ts: prost_types::Timestamp) -> Option<DateTime<Utc>> {
     Utc.timestamp_opt(ts.seconds, nanos).single()
 }
 
-/// What one forwarding pass did.
+/// What one relay pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ForwardReport {
+pub struct RelayReport {
     /// Batches fetched from storage.
     pub fetched: usize,
     /// Batches written to the destination and deleted.
-    pub forwarded: usize,
-    /// Messages in the forwarded batches.
+    pub relayed: usize,
+    /// Messages in the relayed batches.
     pub messages: usize,
     /// Batches quarantined.
     pub quarantined: usize,
 }
 
-/// Relays stored batches to a destination writer.
+/// Something that wakes a [`Relay`] when batches are committed, such as PostgreSQL
+/// notifications; the relay runs it beside its loop and stops it with the loop.
+#[async_trait]
+pub trait WakeSource: Send + Sync + fmt::Debug {
+    /// Calls `wake.notify_one()` whenever new batches may be waiting, until `cancel`
+    /// fires. Failures are the source's own to log and retry: the relay still polls.
+    async fn run(&self, wake: Arc<Notify>, cancel: CancellationToken);
+}
+
+/// Relays stored batches to a destination writer: the outbox's one relay.
 ///
 /// Batches go out in the order storage returns them. When the destination keeps
 /// failing, the pass stops at that batch and leaves it (and the ones after it) for the
 /// next pass, so order per stream key is preserved.
+///
+/// ```
+/// # async fn demo() -> streams_core::Result<()> {
+/// use std::sync::Arc;
+/// use streams_core::outbox::{MemoryOutbox, Relay};
+/// use streams_core::{CancellationToken, Message, Writer};
+///
+/// let outbox = Arc::new(MemoryOutbox::new());
+/// let destination = Arc::new(MemoryOutbox::new()); // any Writer: Kafka, SQS, ...
+/// outbox.write(vec![Message::new("payments", "{}")]).await?;
+/// let relay = Relay::new(outbox.clone(), destination.clone()).with_wake(outbox.wake());
+/// let report = relay.relay_once().await?;
+/// assert_eq!((report.relayed, destination.pending()), (1, 1));
+/// let cancel = CancellationToken::new();
+/// let running = relay.spawn(cancel.clone());
+/// cancel.cancel();
+/// running.await.expect("relay task")?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
-pub struct Forwarder {
-    storage: Arc<dyn EgressStorage>,
+pub struct Relay {
+    storage: Arc<dyn OutboxStore>,
     writer: Arc<dyn Writer>,
     fetch_limit: usize,
     max_write_messages: usize,
     retry: RetryPolicy,
     poll_interval: Duration,
+    wake: Arc<Notify>,
+    wake_sources: Vec<Arc<dyn WakeSource>>,
 }
 
-impl Forwarder {
-    /// A forwarder fetching 100 batches at a time, combining them into writes of up to
+impl Relay {
+    /// A relay fetching 100 batches at a time, combining them into writes of up to
     /// 500 messages, retrying destination failures with the default [`RetryPolicy`] and
     /// polling every second when idle.
-    pub fn new(storage: Arc<dyn EgressStorage>, writer: Arc<dyn Writer>) -> Self {
-        Forwarder {
+    pub fn new(storage: Arc<dyn OutboxStore>, writer: Arc<dyn Writer>) -> Self {
+        Relay {
             storage,
             writer,
             fetch_limit: 100,
             max_write_messages: 500,
             retry: RetryPolicy::default(),
             poll_interval: Duration::from_secs(1),
+            wake: Arc::new(Notify::new()),
+            wake_sources: Vec::new(),
         }
+    }
+
+    /// Wakes on `wake` instead of the relay's own notifier: give it the outbox's
+    /// notifier ([`MemoryOutbox::wake`], or the SQL outbox's `with_wake`) for the
+    /// agentless mode, where service and relay share a process.
+    pub fn with_wake(mut self, wake: Arc<Notify>) -> Self {
+        self.wake = wake;
+        self
+    }
+
+    /// The notifier that wakes this relay.
+    pub fn wake(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Runs `source` beside the relay loop (see [`WakeSource`]).
+    pub fn with_wake_source(mut self, source: impl WakeSource + 'static) -> Self {
+        self.wake_sources.push(Arc::new(source));
+        self
     }
 
     /// Batches fetched per pass (at least 1).
@@ -220,19 +274,19 @@ impl Forwarder {
     /// # Errors
     ///
     /// A storage failure, or the destination's error once retries are exhausted (or at
-    /// once when it is not retryable); the batches forwarded before it are deleted
+    /// once when it is not retryable); the batches relayed before it are deleted
     /// first, the rest released.
-    pub async fn forward_once(&self) -> Result<ForwardReport> {
+    pub async fn relay_once(&self) -> Result<RelayReport> {
         self.pass().await.map_err(PassError::into_error)
     }
 
-    async fn pass(&self) -> std::result::Result<ForwardReport, PassError> {
+    async fn pass(&self) -> std::result::Result<RelayReport, PassError> {
         let batches = self
             .storage
             .fetch(self.fetch_limit)
             .await
             .map_err(PassError::Storage)?;
-        let mut report = ForwardReport {
+        let mut report = RelayReport {
             fetched: batches.len(),
             ..Default::default()
         };
@@ -269,7 +323,7 @@ impl Forwarder {
                 match self.writer.write(all).await {
                     Ok(()) => {
                         for (id, messages) in group {
-                            report.forwarded += 1;
+                            report.relayed += 1;
                             report.messages += messages.len();
                             done.push(id);
                         }
@@ -297,7 +351,7 @@ impl Forwarder {
                 match self.write_with_retry(messages).await {
                     Ok(()) => {
                         done.push(id);
-                        report.forwarded += 1;
+                        report.relayed += 1;
                         report.messages += count;
                     }
                     Err(e) if e.is_message_fault() => {
@@ -361,8 +415,9 @@ impl Forwarder {
     }
 
     /// Relays until `cancel` fires: passes follow each other while storage has full
-    /// sets; when it runs dry the forwarder sleeps until `wake` is notified or the poll
-    /// interval passes.
+    /// sets; when it runs dry the relay sleeps until its notifier
+    /// ([`with_wake`](Self::with_wake), a [`WakeSource`]) wakes it or the poll interval
+    /// passes. Returns once the pass in flight has finished.
     ///
     /// A failed pass is logged at error level and tried again after a backoff that
     /// grows with each failure in a row, capped by the retry policy's maximum backoff
@@ -375,7 +430,31 @@ impl Forwarder {
     /// Fatal failures, which no waiting can mend: the destination writer is closed
     /// ([`Error::Closed`]), or storage fails with an error that is not retryable (a
     /// missing or unusable table, denied access). Batches stay in the outbox.
-    pub async fn run(&self, wake: Option<Arc<Notify>>, cancel: CancellationToken) -> Result<()> {
+    pub async fn run(&self, cancel: CancellationToken) -> Result<()> {
+        let stop_sources = cancel.child_token();
+        let sources: Vec<_> = self
+            .wake_sources
+            .iter()
+            .map(|source| {
+                let (source, wake, stop) =
+                    (source.clone(), self.wake.clone(), stop_sources.clone());
+                tokio::spawn(async move { source.run(wake, stop).await })
+            })
+            .collect();
+        let result = self.relay_loop(&cancel).await;
+        stop_sources.cancel();
+        for source in sources {
+            let _ = source.await;
+        }
+        result
+    }
+
+    /// Runs the relay on a task of its own; see [`run`](Self::run).
+    pub fn spawn(self, cancel: CancellationToken) -> tokio::task::JoinHandle<Result<()>> {
+        tokio::spawn(async move { self.run(cancel).await })
+    }
+
+    async fn relay_loop(&self, cancel: &CancellationToken) -> Result<()> {
         let mut failures = 0u32;
         while !cancel.is_cancelled() {
             let idle = match self.pass().await {
@@ -384,7 +463,7 @@ impl Forwarder {
                         tracing::info!(failures, "outbox relay recovered");
                     }
                     failures = 0;
-                    if report.forwarded + report.quarantined > 0 {
+                    if report.relayed + report.quarantined > 0 {
                         tracing::debug!(?report, "outbox pass");
                     }
                     report.fetched < self.fetch_limit
@@ -406,15 +485,9 @@ impl Forwarder {
                 }
             };
             if idle {
-                let notified = async {
-                    match &wake {
-                        Some(n) => n.notified().await,
-                        None => std::future::pending().await,
-                    }
-                };
                 tokio::select! {
                     _ = cancel.cancelled() => break,
-                    _ = notified => {}
+                    _ = self.wake.notified() => {}
                     _ = tokio::time::sleep(self.poll_interval) => {}
                 }
             }
@@ -423,7 +496,7 @@ impl Forwarder {
     }
 }
 
-/// Why a pass failed, by side, so that [`Forwarder::run`] can tell what waiting mends.
+/// Why a pass failed, by side, so that [`Relay::run`] can tell what waiting mends.
 #[derive(Debug)]
 enum PassError {
     Storage(Error),
@@ -458,8 +531,8 @@ impl fmt::Display for PassError {
     }
 }
 
-/// An in-process outbox: [`EgressStorage`] in memory, with a [`Writer`] that stores
-/// batches into it and wakes a forwarder.
+/// An in-process outbox: [`OutboxStore`] in memory, with a [`Writer`] that stores
+/// batches into it and wakes a relay.
 ///
 /// Useful in tests and for the agentless mode where relay and service share a process.
 #[derive(Debug, Default)]
@@ -482,7 +555,7 @@ impl MemoryOutbox {
         Self::default()
     }
 
-    /// Notified on every stored batch; give it to [`Forwarder::run`].
+    /// Notified on every stored batch; give it to [`Relay::with_wake`].
     pub fn wake(&self) -> Arc<Notify> {
         self.wake.clone()
     }
@@ -533,7 +606,7 @@ impl Writer for MemoryOutbox {
 }
 
 #[async_trait]
-impl EgressStorage for MemoryOutbox {
+impl OutboxStore for MemoryOutbox {
     async fn fetch(&self, limit: usize) -> Result<Vec<StoredBatch>> {
         let mut s = self.lock();
         let n = limit.min(s.pending.len());

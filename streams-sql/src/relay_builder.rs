@@ -5,29 +5,31 @@ use std::time::Duration;
 
 use sqlx::pool::PoolOptions;
 use sqlx::Pool;
-use streams_core::{EgressStorage, Result, Writer};
+use streams_core::{OutboxStore, Relay, Result, Writer};
 
-use crate::{open_pool, Dialect, OutboxStorage, Relay, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TABLE};
+use crate::{
+    open_pool, Dialect, PgNotifications, SqlOutboxStore, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TABLE,
+};
 
-/// Where a [`Relay`] reads from and how it claims: a database URL plus the storage
-/// settings, so a program can build a relay from its flags.
+/// Builds the outbox [`Relay`] of a database from its URL and the store's settings, so
+/// a program (such as `streams relay`) can build a relay from its flags.
 ///
 /// ```no_run
 /// # async fn demo(dest: std::sync::Arc<dyn streams_core::Writer>) -> streams_core::Result<()> {
 /// use std::time::Duration;
 /// use streams_core::CancellationToken;
-/// use streams_sql::RelaySource;
+/// use streams_sql::RelayBuilder;
 ///
-/// let relay = RelaySource::new("postgres://postgres@127.0.0.1:5432/test")
-///     .table("streams_egress")
-///     .lease(Duration::from_secs(30))
-///     .open(dest)
+/// let relay = RelayBuilder::new("postgres://postgres@127.0.0.1:5432/test")
+///     .with_table("streams_egress")
+///     .with_lease(Duration::from_secs(30))
+///     .connect(dest)
 ///     .await?;
 /// relay.run(CancellationToken::new()).await?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
-pub struct RelaySource {
+pub struct RelayBuilder {
     database_url: String,
     table: String,
     lease: Duration,
@@ -41,10 +43,10 @@ pub struct RelaySource {
     max_connections: u32,
 }
 
-impl std::fmt::Debug for RelaySource {
+impl std::fmt::Debug for RelayBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The URL may carry a password.
-        f.debug_struct("RelaySource")
+        f.debug_struct("RelayBuilder")
             .field("table", &self.table)
             .field("lease", &self.lease)
             .field("relay_id", &self.relay_id)
@@ -58,13 +60,13 @@ impl std::fmt::Debug for RelaySource {
     }
 }
 
-impl RelaySource {
+impl RelayBuilder {
     /// A source for `database_url` (`postgres://`, `postgresql://`, `mysql://` or
     /// `mariadb://`), table [`DEFAULT_TABLE`], a 60 s lease, ordered claims,
     /// LISTEN/NOTIFY on PostgreSQL, 100 batches per pass, a 1 s poll interval and
     /// [`DEFAULT_CONNECT_TIMEOUT`] to open the database.
     pub fn new(database_url: impl Into<String>) -> Self {
-        RelaySource {
+        RelayBuilder {
             database_url: database_url.into(),
             table: DEFAULT_TABLE.to_owned(),
             lease: Duration::from_secs(60),
@@ -80,76 +82,77 @@ impl RelaySource {
     }
 
     /// The outbox table.
-    pub fn table(mut self, table: impl Into<String>) -> Self {
+    pub fn with_table(mut self, table: impl Into<String>) -> Self {
         self.table = table.into();
         self
     }
 
     /// How long a claim lasts before another relay may take the rows over (at least
     /// one second).
-    pub fn lease(mut self, lease: Duration) -> Self {
+    pub fn with_lease(mut self, lease: Duration) -> Self {
         self.lease = lease.max(Duration::from_secs(1));
         self
     }
 
     /// A fixed relay id; a restarted relay with the same id resumes its claims at once.
-    pub fn relay_id(mut self, id: impl Into<String>) -> Self {
+    pub fn with_relay_id(mut self, id: impl Into<String>) -> Self {
         self.relay_id = Some(id.into());
         self
     }
 
     /// Claim disjoint sets alongside other relays (no order across relays).
-    pub fn parallel(mut self, parallel: bool) -> Self {
+    pub fn with_parallel(mut self, parallel: bool) -> Self {
         self.parallel = parallel;
         self
     }
 
     /// Create the outbox and quarantine tables if missing. Without it the outbox table
     /// must exist; one the Go library created gets the relay's columns either way.
-    pub fn create_table(mut self, create: bool) -> Self {
+    pub fn with_create_table(mut self, create: bool) -> Self {
         self.create_table = create;
         self
     }
 
     /// Wake on PostgreSQL `NOTIFY` (default true; MySQL always polls).
-    pub fn listen(mut self, listen: bool) -> Self {
+    pub fn with_listen(mut self, listen: bool) -> Self {
         self.listen = listen;
         self
     }
 
     /// Batches claimed per pass (at least 1).
-    pub fn fetch_limit(mut self, limit: usize) -> Self {
+    pub fn with_fetch_limit(mut self, limit: usize) -> Self {
         self.fetch_limit = limit.max(1);
         self
     }
 
     /// Sleep between polls when nothing wakes the relay (at least 1 ms).
-    pub fn poll_interval(mut self, interval: Duration) -> Self {
+    pub fn with_poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval.max(Duration::from_millis(1));
         self
     }
 
-    /// How long opening the database may take before [`open`](Self::open) fails
+    /// How long opening the database may take before [`connect`](Self::connect) fails
     /// (default [`DEFAULT_CONNECT_TIMEOUT`]; `connect_timeout=<seconds>` in the URL
     /// overrides it).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
-    /// Connects, prepares the storage and returns a relay to `destination`.
+    /// Connects, checks or creates the outbox table and returns a relay to
+    /// `destination`, woken by PostgreSQL notifications where the database has them.
     ///
     /// # Errors
     ///
     /// [`Error::Invalid`](streams_core::Error::Invalid) for a URL of another scheme or an invalid table or relay id;
     /// a driver error when the database cannot be reached or the migration fails.
-    pub async fn open(&self, destination: Arc<dyn Writer>) -> Result<Relay> {
+    pub async fn connect(&self, destination: Arc<dyn Writer>) -> Result<Relay> {
         let url = self.database_url.trim();
         let relay = if crate::connect::platform_of(url)? == "postgres" {
             let (pool, storage) = self.storage::<sqlx::Postgres>(url).await?;
             let relay = Relay::new(storage, destination);
             if self.listen {
-                relay.with_pg_listen(pool, &self.table)?
+                relay.with_wake_source(PgNotifications::new(pool, &self.table)?)
             } else {
                 relay
             }
@@ -165,12 +168,12 @@ impl RelaySource {
             .with_poll_interval(self.poll_interval))
     }
 
-    async fn storage<D: Dialect>(&self, url: &str) -> Result<(Pool<D>, Arc<dyn EgressStorage>)> {
+    async fn storage<D: Dialect>(&self, url: &str) -> Result<(Pool<D>, Arc<dyn OutboxStore>)> {
         let options = PoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(self.connect_timeout);
         let pool = open_pool::<D>(url, options).await?;
-        let mut storage = OutboxStorage::new(pool.clone(), &self.table)?
+        let mut storage = SqlOutboxStore::new(pool.clone(), &self.table)?
             .with_lease(self.lease)
             .with_parallel_claims(self.parallel);
         if let Some(id) = &self.relay_id {
@@ -209,13 +212,13 @@ mod tests {
                 Ok(())
             }
         }
-        let err = RelaySource::new("redis://user:hunter2@localhost")
-            .open(Arc::new(Nowhere))
+        let err = RelayBuilder::new("redis://user:hunter2@localhost")
+            .connect(Arc::new(Nowhere))
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Invalid { .. }), "{err:?}");
         assert!(!err.to_string().contains("hunter2"), "{err}");
-        let dbg = format!("{:?}", RelaySource::new("postgres://u:hunter2@h/db"));
+        let dbg = format!("{:?}", RelayBuilder::new("postgres://u:hunter2@h/db"));
         assert!(!dbg.contains("hunter2"), "{dbg}");
     }
 }
