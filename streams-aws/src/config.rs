@@ -13,19 +13,19 @@ use aws_types::origin::Origin;
 pub const ENDPOINT_ENV: &str = "STREAMS_AWS_ENDPOINT";
 
 /// How long a connection attempt to AWS may take unless set otherwise:
-/// [`ClientConfig::connect_timeout`].
+/// [`ClientConfig::with_connect_timeout`].
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long one AWS call may take, its retries included, unless set otherwise:
-/// [`ClientConfig::operation_timeout`].
+/// [`ClientConfig::with_operation_timeout`].
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Where an AWS SDK client gets its configuration: the usual AWS sources (environment,
 /// profile files, instance metadata) unless an [`SdkConfig`] is given, with optional
 /// overrides of endpoint, region, credentials and time limits.
 ///
-/// Each driver builder keeps one and hands its `from_env`, `sdk_config`, `endpoint`,
-/// `region`, `static_credentials`, `connect_timeout` and `operation_timeout` to it;
+/// Each driver builder keeps one and hands its `from_env`, `with_sdk_config`, `with_endpoint`,
+/// `with_region`, `with_static_credentials`, `with_connect_timeout` and `with_operation_timeout` to it;
 /// [`load`](Self::load) gives the configuration to create the service client from.
 ///
 /// # Time limits
@@ -43,8 +43,8 @@ pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(20);
 /// ```no_run
 /// # async fn demo() {
 /// let config = streams_aws::ClientConfig::new()
-///     .endpoint("http://127.0.0.1:4566")
-///     .region("us-east-1")
+///     .with_endpoint("http://127.0.0.1:4566")
+///     .with_region("us-east-1")
 ///     .with_static_credentials("test", "test")
 ///     .load()
 ///     .await;
@@ -125,7 +125,7 @@ impl ClientConfig {
         self
     }
 
-    /// The region set with [`region`](Self::with_region), if any.
+    /// The region set with [`with_region`](Self::with_region), if any.
     pub fn region_override(&self) -> Option<&str> {
         self.region.as_deref()
     }

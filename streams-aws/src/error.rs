@@ -45,7 +45,7 @@ const TRANSIENT_CODES: &[&str] = &[
 /// denied access, invalid credentials or signature, an invalid parameter).
 ///
 /// ```
-/// let errors = streams_aws::SdkErrors::new("sqs").endpoint("http://127.0.0.1:4566");
+/// let errors = streams_aws::SdkErrors::new("sqs").with_endpoint("http://127.0.0.1:4566");
 /// assert_eq!(errors.endpoint_label(), "http://127.0.0.1:4566");
 /// ```
 #[derive(Debug, Clone)]

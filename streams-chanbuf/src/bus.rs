@@ -22,7 +22,7 @@ pub fn event_bus() -> streams_core::EventBus {
 /// Settings of a [`MemoryBus`].
 #[derive(Debug, Clone)]
 pub struct MemoryBusBuilder {
-    capacity: usize,
+    queue_depth: usize,
     concurrency: usize,
     fail_fast: bool,
 }
@@ -30,7 +30,7 @@ pub struct MemoryBusBuilder {
 impl Default for MemoryBusBuilder {
     fn default() -> Self {
         MemoryBusBuilder {
-            capacity: 1024,
+            queue_depth: 1024,
             concurrency: 1,
             fail_fast: false,
         }
@@ -40,8 +40,8 @@ impl Default for MemoryBusBuilder {
 impl MemoryBusBuilder {
     /// Messages buffered per subscriber (split across its lanes); at least one per lane.
     /// Default 1024.
-    pub fn with_queue_depth(mut self, capacity: usize) -> Self {
-        self.capacity = capacity.max(1);
+    pub fn with_queue_depth(mut self, depth: usize) -> Self {
+        self.queue_depth = depth.max(1);
         self
     }
 
@@ -252,7 +252,7 @@ impl MemoryBus {
             .concurrency
             .unwrap_or(self.inner.config.concurrency)
             .max(1);
-        let per_lane = (self.inner.config.capacity / lanes).max(1);
+        let per_lane = (self.inner.config.queue_depth / lanes).max(1);
         let (senders, receivers) = (0..lanes)
             .map(|_| {
                 let (tx, rx) = async_channel::bounded(per_lane);

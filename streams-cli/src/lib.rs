@@ -137,7 +137,7 @@ pub struct RelayCmd {
     #[arg(long, env = "STREAMS_RELAY_FROM", hide_env_values = true)]
     pub from: String,
     /// The outbox table.
-    #[arg(long, default_value = streams_sql::DEFAULT_TABLE)]
+    #[arg(long, default_value = streams::sql::DEFAULT_TABLE)]
     pub table: String,
     /// Where messages go: `stdout` for JSON lines; default: --url.
     #[arg(long)]

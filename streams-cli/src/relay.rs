@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use streams::sql::RelayBuilder;
 use streams::{async_trait, BoxError, CancellationToken, Message, Result, Writer};
-use streams_sql::RelayBuilder;
 
 use crate::output::{JsonMessage, Output};
 

@@ -290,7 +290,11 @@ async fn subscribe_tracked(
     let cancel = CancellationToken::new();
     let c = cancel.clone();
     let handler = streams_core::handler(svc);
-    let join = tokio::spawn(async move { reader.read(task, handler, c).await });
+    let subscription = reader
+        .subscribe(task)
+        .await
+        .map_err(|e| format!("subscribe: {e}"))?;
+    let join = tokio::spawn(subscription.run(handler, c));
     Ok(Sub {
         rx,
         ready,
@@ -772,6 +776,27 @@ pub async fn cancel_ends_subscription(h: &dyn Harness) -> ScenarioResult {
     Ok(Outcome::Passed)
 }
 
+/// A read task with a field the driver cannot honour fails when it is attached, within
+/// the harness's patience and with [`Error::Invalid`](streams_core::Error::Invalid)
+/// naming the field, rather than being read without it or failing later.
+pub async fn subscribe_refuses_what_it_cannot_honour(h: &dyn Harness) -> ScenarioResult {
+    let (stream, _writer) = setup(h, "refuse").await?;
+    let reader = h.reader().await.map_err(|e| format!("reader: {e}"))?;
+    let task = h.task(&stream, "refuse").with_arg("no-such-argument", "1");
+    let attached = timeout(h.patience(), reader.subscribe(task))
+        .await
+        .map_err(|_| format!("subscribe did not answer within {:?}", h.patience()))?;
+    match attached {
+        Err(streams_core::Error::Invalid { reason, .. }) if reason.contains("no-such-argument") => {
+            Ok(Outcome::Passed)
+        }
+        Err(e) => Err(format!(
+            "subscribe failed with {e}, want Error::Invalid naming `no-such-argument`"
+        )),
+        Ok(_) => Err("subscribe accepted an argument the driver does not know".into()),
+    }
+}
+
 /// Writing after the writer was closed is an error, never a panic or a silent loss.
 pub async fn publish_after_shutdown(h: &dyn Harness) -> ScenarioResult {
     let (stream, writer) = setup(h, "after_shutdown").await?;
@@ -823,6 +848,11 @@ fn scenarios() -> Vec<(&'static str, Need, ScenarioFn)> {
         ("publish_after_shutdown", Need::Nothing, |h| {
             Box::pin(publish_after_shutdown(h))
         }),
+        (
+            "subscribe_refuses_what_it_cannot_honour",
+            Need::Nothing,
+            |h| Box::pin(subscribe_refuses_what_it_cannot_honour(h)),
+        ),
     ]
 }
 

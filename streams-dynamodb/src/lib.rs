@@ -19,12 +19,12 @@
 //! use streams_dynamodb::DynamoDedupStore;
 //!
 //! let store = DynamoDedupStore::builder()
-//!     .endpoint("http://127.0.0.1:4566")
-//!     .region("us-east-1")
+//!     .with_endpoint("http://127.0.0.1:4566")
+//!     .with_region("us-east-1")
 //!     .with_static_credentials("test", "test")
-//!     .table("streams-dedup")
-//!     .ttl(Duration::from_secs(3600))
-//!     .build()
+//!     .with_table("streams-dedup")
+//!     .with_ttl(Duration::from_secs(3600))
+//!     .connect()
 //!     .await;
 //! streams_dynamodb::create_table(store.sdk(), store.table()).await?;
 //! let layer = DedupLayer::new("billing", Arc::new(store));
@@ -116,7 +116,7 @@ impl Default for DynamoDedupStoreBuilder {
 
 impl DynamoDedupStoreBuilder {
     /// Reads the endpoint override from `STREAMS_AWS_ENDPOINT` when set; region and
-    /// credentials come from the usual AWS environment at [`build`](Self::connect).
+    /// credentials come from the usual AWS environment at [`connect`](Self::connect).
     pub fn from_env() -> Self {
         DynamoDedupStoreBuilder {
             aws: ClientConfig::from_env(),

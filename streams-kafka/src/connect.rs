@@ -30,7 +30,7 @@ struct Parsed {
 /// `connect_timeout` (`20s` by default, `5s`, `500ms`) bounds the first contact with
 /// the brokers, so a wrong address fails fast ([`KafkaConfig::with_connect_timeout`]);
 /// every other
-/// parameter is a librdkafka property passed to [`KafkaConfig::set`] unchanged
+/// parameter is a librdkafka property passed to [`KafkaConfig::with_property`] unchanged
 /// (`session.timeout.ms=6000`, `security.protocol=SASL_SSL`, `sasl.username=...`).
 /// The connection creates and deletes topics.
 ///

@@ -22,7 +22,7 @@
 //!   = message time, headers `message_id`, `content_type`, then the user headers.
 //!   Handlers also see the reader headers (`streams-kafka-partition-id`, ...).
 //!
-//! Every librdkafka setting passes through [`KafkaConfig::set`] (security protocol, SASL,
+//! Every librdkafka setting passes through [`KafkaConfig::with_property`] (security protocol, SASL,
 //! TLS with the `ssl` feature, compression, linger, ...).
 //!
 //! ```no_run
@@ -31,7 +31,7 @@
 //! use streams_core::{Message, ReadTask, Writer};
 //! use streams_kafka::{create_topic, KafkaConfig, KafkaReader, KafkaWriter};
 //!
-//! let config = KafkaConfig::from_env().set("compression.type", "lz4");
+//! let config = KafkaConfig::from_env().with_property("compression.type", "lz4");
 //! create_topic(&config, "orders", 3, 1).await?;
 //! let writer = KafkaWriter::new(&config)?;
 //! writer.write(vec![Message::new("orders", "{}").with_key("customer-1")]).await?;

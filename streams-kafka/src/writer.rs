@@ -18,7 +18,7 @@ use crate::{KafkaConfig, DRIVER};
 
 /// Produces batches to Kafka; implements [`Writer`].
 ///
-/// Defaults (each can be overridden through [`KafkaConfig::set`]):
+/// Defaults (each can be overridden through [`KafkaConfig::with_property`]):
 /// `enable.idempotence=true` (so `acks=all` and no duplicates from producer retries),
 /// `linger.ms=5`. The record key is the message key (none when empty), so the key
 /// selects the partition; the record timestamp is the message time.

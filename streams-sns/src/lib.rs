@@ -6,10 +6,10 @@
 //!
 //! Messages up to 256 KiB in SNS form are published, what a topic takes unless its
 //! `MaximumMessageSize` attribute is raised (up to 1 MiB; then raise
-//! [`SnsWriterBuilder::max_message_bytes`] to match). A batch holding a larger message
+//! [`SnsWriterBuilder::with_max_message_bytes`] to match). A batch holding a larger message
 //! publishes nothing and fails with [`Error::Rejected`](streams_core::Error::Rejected).
-//! Calls are bounded by [`SnsWriterBuilder::connect_timeout`] (default 5 s) and
-//! [`SnsWriterBuilder::operation_timeout`] (default 20 s), and errors are one line naming
+//! Calls are bounded by [`SnsWriterBuilder::with_connect_timeout`] (default 5 s) and
+//! [`SnsWriterBuilder::with_operation_timeout`] (default 20 s), and errors are one line naming
 //! the operation, the topic and AWS's error code and message, or the endpoint; a missing
 //! topic or denied access is not retryable.
 

@@ -28,7 +28,7 @@ pub const ACCOUNT_ID_ENV: &str = "AWS_ACCOUNT_ID";
 /// the default `MaximumMessageSize`: 256 KiB (262,144 bytes), the writer's default limit.
 /// A topic whose `MaximumMessageSize` attribute is raised (up to
 /// [`MAX_TOPIC_MESSAGE_BYTES`]) takes more: set the limit with
-/// [`SnsWriterBuilder::max_message_bytes`].
+/// [`SnsWriterBuilder::with_max_message_bytes`].
 pub const MAX_REQUEST_BYTES: usize = 262_144;
 /// The most any SNS topic accepts in one message, once its `MaximumMessageSize`
 /// attribute is raised to the maximum: 1 MiB (1,048,576 bytes).
@@ -93,8 +93,8 @@ pub fn topic_arn(region: &str, account_id: &str, stream: &str) -> String {
 ///
 /// # Errors and time limits
 ///
-/// Every call is bounded (see [`SnsWriterBuilder::connect_timeout`] and
-/// [`SnsWriterBuilder::operation_timeout`]); errors read as one line naming the
+/// Every call is bounded (see [`SnsWriterBuilder::with_connect_timeout`] and
+/// [`SnsWriterBuilder::with_operation_timeout`]); errors read as one line naming the
 /// operation, the topic and AWS's error code and message, or the endpoint that could
 /// not be reached.
 ///
@@ -103,11 +103,11 @@ pub fn topic_arn(region: &str, account_id: &str, stream: &str) -> String {
 /// use streams_core::{Message, Writer};
 ///
 /// let writer = streams_sns::SnsWriter::builder()
-///     .endpoint("http://127.0.0.1:4566")
-///     .region("us-east-1")
+///     .with_endpoint("http://127.0.0.1:4566")
+///     .with_region("us-east-1")
 ///     .with_static_credentials("test", "test")
 ///     .with_account_id("123456789012")
-///     .build()
+///     .connect()
 ///     .await?;
 /// writer.create_topic("orders").await?;
 /// writer.write(vec![Message::new("orders", "hello")]).await?;
@@ -167,7 +167,7 @@ impl Default for SnsWriterBuilder {
 impl SnsWriterBuilder {
     /// Reads the endpoint override from `STREAMS_AWS_ENDPOINT` and the account id from
     /// `AWS_ACCOUNT_ID` when set; region and credentials come from the usual AWS
-    /// environment at [`build`](Self::connect).
+    /// environment at [`connect`](Self::connect).
     pub fn from_env() -> Self {
         SnsWriterBuilder {
             aws: ClientConfig::from_env(),

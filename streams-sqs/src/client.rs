@@ -41,7 +41,7 @@ pub(crate) fn is_fifo(queue: &str) -> bool {
 /// Cloning is cheap and shares the cache.
 ///
 /// Every call is bounded by the client's time limits (see
-/// [`SqsClientBuilder::connect_timeout`] and [`SqsClientBuilder::operation_timeout`]),
+/// [`SqsClientBuilder::with_connect_timeout`] and [`SqsClientBuilder::with_operation_timeout`]),
 /// so against a wrong or unreachable endpoint writes, reads and queue administration
 /// fail within seconds. Errors read as one line naming the operation, the queue and
 /// AWS's error code and message, or the endpoint that could not be reached; a missing
@@ -50,10 +50,10 @@ pub(crate) fn is_fifo(queue: &str) -> bool {
 /// ```no_run
 /// # async fn demo() -> streams_core::Result<()> {
 /// let client = streams_sqs::SqsClient::builder()
-///     .endpoint("http://127.0.0.1:4566")
-///     .region("us-east-1")
+///     .with_endpoint("http://127.0.0.1:4566")
+///     .with_region("us-east-1")
 ///     .with_static_credentials("test", "test")
-///     .build()
+///     .connect()
 ///     .await;
 /// client.create_queue("orders").await?;
 /// # Ok(()) }

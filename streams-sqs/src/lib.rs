@@ -10,13 +10,13 @@
 //! On a bad day:
 //!
 //! - Messages up to 1 MiB in SQS form are sent (the SQS limit since 2025; lower it with
-//!   [`SqsWriterBuilder::max_message_bytes`] for queues, emulators or regions that take
+//!   [`SqsWriterBuilder::with_max_message_bytes`] for queues, emulators or regions that take
 //!   less). A batch holding a larger one sends nothing and fails with
 //!   [`Error::Rejected`](streams_core::Error::Rejected), naming the message, its exact
 //!   size and the limit.
 //! - Every call is bounded: a connection attempt by
-//!   [`SqsClientBuilder::connect_timeout`] (default 5 s), a call with its retries by
-//!   [`SqsClientBuilder::operation_timeout`] (default 20 s; a receive gets its long-poll
+//!   [`SqsClientBuilder::with_connect_timeout`] (default 5 s), a call with its retries by
+//!   [`SqsClientBuilder::with_operation_timeout`] (default 20 s; a receive gets its long-poll
 //!   wait on top). Against an endpoint where nothing listens, writes, reads and queue
 //!   administration fail within seconds.
 //! - Errors are one line naming the operation, the queue and AWS's error code and message
@@ -30,10 +30,10 @@
 //! use streams_sqs::{SqsClient, SqsReader, SqsWriter};
 //!
 //! let client = SqsClient::builder()
-//!     .endpoint("http://127.0.0.1:4566")
-//!     .region("us-east-1")
+//!     .with_endpoint("http://127.0.0.1:4566")
+//!     .with_region("us-east-1")
 //!     .with_static_credentials("test", "test")
-//!     .build()
+//!     .connect()
 //!     .await;
 //! client.create_queue("orders").await?;
 //! SqsWriter::new(client.clone()).write(vec![Message::new("orders", "hello")]).await?;

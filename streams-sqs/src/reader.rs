@@ -22,7 +22,7 @@ use crate::wire::{decode, Delivery};
 ///
 /// - `pollers` receive loops (default 1) ask for up to ten messages each, never more
 ///   than there is room for under the bound on concurrent handlers (the read task's
-///   `concurrency`, else [`SqsReaderBuilder::concurrency`], default 10).
+///   `concurrency`, else [`SqsReaderBuilder::with_concurrency`], default 10).
 /// - A message whose handler succeeded is deleted, in batches. One whose handler failed
 ///   is made visible again after a backoff growing with its receive count (or, without
 ///   backoff, when its visibility timeout ends), so SQS redelivers it; a redrive policy
@@ -43,7 +43,7 @@ use crate::wire::{decode, Delivery};
 ///   failures (throttling, 5xx, time-outs, lost connections) are retried with a
 ///   backoff of up to 20 s and logged; a failure that is not retryable (the queue was
 ///   deleted, access was revoked) ends the read.
-/// - A receive long-polls for [`SqsReaderBuilder::wait_time`] on top of the client's
+/// - A receive long-polls for [`SqsReaderBuilder::with_wait_time`] on top of the client's
 ///   operation timeout, so the time limit never cuts a healthy poll.
 /// - On cancellation the reader stops receiving (an in-flight long poll is allowed to
 ///   end, and what it returned is released at once), lets running handlers finish,

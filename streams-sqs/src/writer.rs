@@ -16,7 +16,7 @@ use crate::wire::encode;
 /// The most SQS accepts in one message and in one `SendMessageBatch` request: 1 MiB
 /// (1,048,576 bytes) since August 2025, the writer's default limit. Queues whose
 /// `MaximumMessageSize` is lower, older emulators and some regions may accept less:
-/// set the limit with [`SqsWriterBuilder::max_message_bytes`].
+/// set the limit with [`SqsWriterBuilder::with_max_message_bytes`].
 pub const MAX_REQUEST_BYTES: usize = 1_048_576;
 /// The most entries SQS accepts in one `SendMessageBatch` request.
 pub const MAX_BATCH_ENTRIES: usize = 10;

@@ -110,7 +110,7 @@ fn scheme_of(url: &str) -> Result<(&str, Scheme)> {
 /// # #[cfg(feature = "chanbuf")]
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> streams::Result<()> {
-/// let conn = streams::connect("memory://?capacity=256").await?;
+/// let conn = streams::connect("memory://?queue_depth=256").await?;
 /// assert_eq!(conn.platform(), "memory");
 /// conn.writer().write(vec![streams::Message::new("orders", "hello")]).await?;
 /// # Ok(()) }

@@ -36,14 +36,14 @@
 //!
 //! | URL | writer | reader | feature |
 //! |---|---|---|---|
-//! | `memory://[?capacity=N&concurrency=N]` | one `MemoryBus`, shared | the same bus | `chanbuf` |
+//! | `memory://[?queue_depth=N&concurrency=N]` | one `MemoryBus`, shared | the same bus | `chanbuf` |
 //! | `kafka://[host:port[,host:port...]][?group=G&<librdkafka key>=<value>...]` | `KafkaWriter` | `KafkaReader`; tasks without a group get `G` ([`DefaultGroupReader`]) | `kafka` |
 //! | `sqs://[key:secret@][host:port][?region=R&tls=true&wait_time_seconds=S]` | `SqsWriter` | `SqsReader` | `sqs` |
 //! | `sns://[key:secret@][host:port][?region=R&account_id=A&tls=true]` | `SnsWriter` | none | `sns` |
 //! | `postgres://...[?table=T&create_table=true&<sqlx parameters>]` (or `postgresql://`) | `PgOutboxWriter` owning a pool | none | `sql` |
 //! | `mysql://...[?table=T&create_table=true&<sqlx parameters>]` | `MySqlOutboxWriter` owning a pool | none | `sql` |
 //!
-//! - `memory://`: each [`connect`] call makes a bus of its own; `capacity` is the
+//! - `memory://`: each [`connect`] call makes a bus of its own; `queue_depth` is the
 //!   buffer per subscriber (default 1024), `concurrency` the handlers per subscriber
 //!   when the read task sets none (default 1).
 //! - `kafka://`: brokers default to `localhost:9092`. `group` is the consumer group of

@@ -108,7 +108,7 @@ async fn malformed_urls_are_invalid() {
     assert!(connect_err("").await.contains("<scheme>://"));
     #[cfg(feature = "chanbuf")]
     {
-        let reason = connect_err("memory://?capacity=lots").await;
+        let reason = connect_err("memory://?queue_depth=lots").await;
         assert!(reason.contains("positive integer"), "{reason}");
         let reason = connect_err("memory://?buffer=8").await;
         assert!(reason.contains("unknown parameter `buffer`"), "{reason}");

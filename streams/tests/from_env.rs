@@ -9,8 +9,8 @@ async fn reads_streams_url_and_defaults_to_memory() {
     let conn = connect_from_env().await.expect("default");
     assert_eq!(conn.platform(), "memory");
 
-    std::env::set_var(URL_ENV, "memory://?capacity=8");
-    let conn = connect_from_env().await.expect("memory with capacity");
+    std::env::set_var(URL_ENV, "memory://?queue_depth=8");
+    let conn = connect_from_env().await.expect("memory with a queue depth");
     assert_eq!(conn.platform(), "memory");
 
     std::env::set_var(URL_ENV, "nats://localhost:4222");

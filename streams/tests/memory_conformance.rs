@@ -39,7 +39,7 @@ impl Harness for MemoryHarness {
 
 async fn harness() -> MemoryHarness {
     // concurrency=4: several lanes, so order per key is checked under concurrency.
-    let conn = streams::connect("memory://?capacity=64&concurrency=4")
+    let conn = streams::connect("memory://?queue_depth=64&concurrency=4")
         .await
         .expect("connect memory://");
     assert_eq!(conn.platform(), "memory");

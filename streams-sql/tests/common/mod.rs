@@ -355,43 +355,23 @@ impl Writer for HangAfterPublish {
     }
 }
 
-/// A batch as the Go library's encoder lays it out, built byte by byte from the
-/// protobuf wire format (no prost involved).
+/// A batch of two messages as the Go library's encoder lays it out (protobuf wire
+/// format: ids `2Yb9GNQzJ1kQWQHhGyHB7n7lZ3R`/`S`, stream `payments.created`, keys
+/// `acct-42`/`acct-43`, header `tenant: acme`, JSON payloads `{"amount":100}` and
+/// `{"amount":250}`, time 1700000000.123), written down as bytes so that no encoder of
+/// ours is involved.
 pub fn go_encoded_batch() -> Vec<u8> {
-    fn varint(mut v: u64, out: &mut Vec<u8>) {
-        while v >= 0x80 {
-            out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
-    fn field(tag: u32, payload: &[u8], out: &mut Vec<u8>) {
-        varint(u64::from(tag << 3 | 2), out);
-        varint(payload.len() as u64, out);
-        out.extend_from_slice(payload);
-    }
-    let mut batch = Vec::new();
-    for (id, key, amount) in [
-        ("2Yb9GNQzJ1kQWQHhGyHB7n7lZ3R", "acct-42", "100"),
-        ("2Yb9GNQzJ1kQWQHhGyHB7n7lZ3S", "acct-43", "250"),
-    ] {
-        let mut entry = Vec::new();
-        field(1, b"tenant", &mut entry);
-        field(2, b"acme", &mut entry);
-        let mut ts = Vec::new();
-        varint(1 << 3, &mut ts);
-        varint(1_700_000_000, &mut ts);
-        varint(2 << 3, &mut ts);
-        varint(123_000_000, &mut ts);
-        let mut msg = Vec::new();
-        field(1, id.as_bytes(), &mut msg);
-        field(2, b"payments.created", &mut msg);
-        field(3, key.as_bytes(), &mut msg);
-        field(4, &entry, &mut msg);
-        field(5, b"application/json", &mut msg);
-        field(6, format!(r#"{{"amount":{amount}}}"#).as_bytes(), &mut msg);
-        field(7, &ts, &mut msg);
-        field(1, &msg, &mut batch);
-    }
-    batch
+    const HEX: &str = concat!(
+        "0a770a1b32596239474e517a4a316b515751486847794842376e376c5a335212107061796d656e74",
+        "732e637265617465641a07616363742d3432220e0a0674656e616e74120461636d652a106170706c",
+        "69636174696f6e2f6a736f6e320e7b22616d6f756e74223a3130307d3a0b0880e2cfaa0610c0a9d3",
+        "3a0a770a1b32596239474e517a4a316b515751486847794842376e376c5a335312107061796d656e",
+        "74732e637265617465641a07616363742d3433220e0a0674656e616e74120461636d652a10617070",
+        "6c69636174696f6e2f6a736f6e320e7b22616d6f756e74223a3235307d3a0b0880e2cfaa0610c0a9",
+        "d33a",
+    );
+    (0..HEX.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&HEX[i..i + 2], 16).expect("hex"))
+        .collect()
 }
