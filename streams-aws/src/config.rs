@@ -24,9 +24,10 @@ pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(20);
 /// profile files, instance metadata) unless an [`SdkConfig`] is given, with optional
 /// overrides of endpoint, region, credentials and time limits.
 ///
-/// Each driver builder keeps one and hands its `from_env`, `with_sdk_config`, `with_endpoint`,
-/// `with_region`, `with_static_credentials`, `with_connect_timeout` and `with_operation_timeout` to it;
-/// [`load`](Self::load) gives the configuration to create the service client from.
+/// Each driver builder keeps one and hands its `from_env`, `with_sdk_config`,
+/// `with_endpoint`, `with_region`, `with_static_credentials`, `with_connect_timeout` and
+/// `with_operation_timeout` to it; [`load`](Self::load) gives the configuration to
+/// create the service client from.
 ///
 /// # Time limits
 ///
