@@ -1,0 +1,57 @@
+//! The shared conformance suite on NATS JetStream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use streams_conformance::{Capabilities, Harness};
+use streams_core::{Reader, Result, Writer};
+use streams_nats::{create_stream, NatsClient, NatsConfig, NatsReader, NatsWriter};
+
+struct NatsHarness {
+    client: NatsClient,
+}
+
+#[streams_core::async_trait]
+impl Harness for NatsHarness {
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::none()
+            .with_redelivery(true)
+            .with_persistent(true)
+            // Per member: lanes by key. Members of one group pull from one consumer, so
+            // a key's messages may be handled by two members at once.
+            .with_ordered_per_key(true)
+            .with_consumer_groups(true)
+    }
+
+    async fn writer(&self) -> Result<Arc<dyn Writer>> {
+        Ok(Arc::new(NatsWriter::new(self.client.clone())))
+    }
+
+    async fn reader(&self) -> Result<Arc<dyn Reader>> {
+        Ok(Arc::new(NatsReader::new(self.client.clone())))
+    }
+
+    async fn create_stream(&self, stream: &str) -> Result<()> {
+        create_stream(&self.client, stream).await
+    }
+
+    fn patience(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+async fn harness() -> NatsHarness {
+    let servers = std::env::var("STREAMS_NATS_SERVERS").unwrap_or_else(|_| "127.0.0.1:4222".into());
+    let config = NatsConfig::new(&servers).with_concurrency(4);
+    NatsHarness {
+        client: NatsClient::connect(config)
+            .await
+            .expect("NATS with JetStream on STREAMS_NATS_SERVERS (default 127.0.0.1:4222)"),
+    }
+}
+
+streams_conformance::conformance_tests!(harness());
