@@ -39,8 +39,8 @@ pub use publish::{publish, InputFormat, PublishArgs};
 #[derive(Debug, Parser)]
 #[command(name = "streams", version, about, long_about = None)]
 pub struct Cli {
-    /// Platform URL: memory://, kafka://host:port?group=G, sqs://host:port?region=R,
-    /// sns://..., postgres://..., mysql://...
+    /// Platform URL: memory://, kafka://host:port?group=G, nats://host:port?group=G,
+    /// sqs://host:port?region=R, sns://..., postgres://..., mysql://...
     #[arg(
         short,
         long,
@@ -272,7 +272,7 @@ pub fn duration(value: &str) -> Result<Duration, String> {
 
 /// Whether readers of `platform` take consumer groups (SQS queues have none).
 pub(crate) fn has_groups(platform: &str) -> bool {
-    matches!(platform, "kafka" | "memory")
+    matches!(platform, "kafka" | "memory" | "nats")
 }
 
 /// What a command reports on stderr when it succeeds.

@@ -378,7 +378,8 @@ impl PrivateServer {
     }
 
     async fn spawn(&mut self) -> bool {
-        let child = tokio::process::Command::new("nats-server")
+        let bin = std::env::var("STREAMS_NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
+        let child = tokio::process::Command::new(bin)
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("-sd")
             .arg(&self.dir)
@@ -412,7 +413,7 @@ async fn a_server_restart_loses_nothing_acknowledged_and_skips_nothing() {
         .unwrap();
     let dir = std::env::temp_dir().join(format!("streams-nats-{}", uuid::Uuid::new_v4().simple()));
     let Some(mut server) = PrivateServer::start(port, dir.clone()).await else {
-        panic!("nats-server is not on the PATH (scripts/test.sh installs it)");
+        panic!("nats-server is not on the PATH and STREAMS_NATS_SERVER_BIN is unset (scripts/test.sh sets it)");
     };
     let c = client(
         NatsConfig::new(&format!("127.0.0.1:{port}"))

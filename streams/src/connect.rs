@@ -8,62 +8,56 @@ pub const URL_ENV: &str = "STREAMS_URL";
 /// The URL [`connect_from_env`] uses when [`URL_ENV`] is unset: the in-process bus.
 pub const DEFAULT_URL: &str = "memory://";
 
-/// A platform that can be named in a URL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Scheme {
-    Memory,
-    Kafka,
-    Sqs,
-    Sns,
-    Sql,
+/// Declares the platforms: one line each, `feature => [schemes] => driver's connect`.
+/// Writes [`SCHEMES`] and [`open`]; a driver whose feature is off is compiled out.
+macro_rules! platforms {
+    ($($feature:literal => [$($scheme:literal),+] => $connect:path,)+) => {
+        /// Every scheme with the cargo feature of its driver, in the order error
+        /// messages list them.
+        const SCHEMES: &[(&str, &str)] = &[$($(($scheme, $feature),)+)+];
+
+        /// Whether this build has the driver behind `feature`.
+        fn enabled(feature: &str) -> bool {
+            $(if feature == $feature {
+                return cfg!(feature = $feature);
+            })+
+            false
+        }
+
+        /// Hands `url` to the driver behind `feature`.
+        async fn open(feature: &str, url: &str) -> Result<Connection> {
+            $(
+                #[cfg(feature = $feature)]
+                {
+                    if feature == $feature {
+                        return $connect(url).await;
+                    }
+                }
+            )+
+            let _ = (feature, url);
+            Err(invalid_url("this platform is not enabled in this build"))
+        }
+    };
 }
 
-/// Every scheme with its platform, in the order error messages list them. A new
-/// platform is one line here and one arm in [`open`].
-const SCHEMES: [(&str, Scheme); 8] = [
-    ("memory", Scheme::Memory),
-    ("kafka", Scheme::Kafka),
-    ("sqs", Scheme::Sqs),
-    ("sns", Scheme::Sns),
-    ("postgres", Scheme::Sql),
-    ("postgresql", Scheme::Sql),
-    ("mysql", Scheme::Sql),
-    ("mariadb", Scheme::Sql),
-];
-
-impl Scheme {
-    /// The cargo feature of the `streams` crate that enables this scheme.
-    fn feature(self) -> &'static str {
-        match self {
-            Scheme::Memory => "chanbuf",
-            Scheme::Kafka => "kafka",
-            Scheme::Sqs => "sqs",
-            Scheme::Sns => "sns",
-            Scheme::Sql => "sql",
-        }
-    }
-
-    /// Whether this build has the scheme's driver.
-    fn enabled(self) -> bool {
-        match self {
-            Scheme::Memory => cfg!(feature = "chanbuf"),
-            Scheme::Kafka => cfg!(feature = "kafka"),
-            Scheme::Sqs => cfg!(feature = "sqs"),
-            Scheme::Sns => cfg!(feature = "sns"),
-            Scheme::Sql => cfg!(feature = "sql"),
-        }
-    }
+platforms! {
+    "chanbuf" => ["memory"] => streams_chanbuf::connect,
+    "kafka" => ["kafka"] => streams_kafka::connect,
+    "nats" => ["nats"] => streams_nats::connect,
+    "sqs" => ["sqs"] => streams_sqs::connect,
+    "sns" => ["sns"] => streams_sns::connect,
+    "sql" => ["postgres", "postgresql", "mysql", "mariadb"] => streams_sql::connect,
 }
 
 /// `supported: ...; enabled in this build: ...`, the tail of every scheme error.
 fn schemes_summary() -> String {
     let all: Vec<String> = SCHEMES
         .iter()
-        .map(|(n, s)| format!("{n}:// (feature `{}`)", s.feature()))
+        .map(|(n, f)| format!("{n}:// (feature `{f}`)"))
         .collect();
     let enabled: Vec<String> = SCHEMES
         .iter()
-        .filter(|(_, s)| s.enabled())
+        .filter(|(_, f)| enabled(f))
         .map(|(n, _)| format!("{n}://"))
         .collect();
     let enabled = if enabled.is_empty() {
@@ -77,28 +71,27 @@ fn schemes_summary() -> String {
     )
 }
 
-/// The scheme of `url`, enabled in this build.
-fn scheme_of(url: &str) -> Result<(&str, Scheme)> {
+/// The scheme of `url` and its driver's feature, enabled in this build.
+fn scheme_of(url: &str) -> Result<(&'static str, &'static str)> {
     let Some((name, _)) = url.split_once("://") else {
         return Err(invalid_url(format!(
             "expected `<scheme>://...`; {}",
             schemes_summary()
         )));
     };
-    let Some(&(name, scheme)) = SCHEMES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) else {
+    let Some(&(name, feature)) = SCHEMES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) else {
         return Err(invalid_url(format!(
             "unknown scheme `{name}`; {}",
             schemes_summary()
         )));
     };
-    if !scheme.enabled() {
+    if !enabled(feature) {
         return Err(invalid_url(format!(
-            "`{name}://` needs the `{}` feature of the `streams` crate, which this build does not enable; {}",
-            scheme.feature(),
+            "`{name}://` needs the `{feature}` feature of the `streams` crate, which this build does not enable; {}",
             schemes_summary()
         )));
     }
-    Ok((name, scheme))
+    Ok((name, feature))
 }
 
 /// Builds the writer and reader a URL names, so that the platform is configuration
@@ -123,8 +116,8 @@ fn scheme_of(url: &str) -> Result<(&str, Scheme)> {
 /// supported and the enabled schemes); a driver error when the platform client cannot
 /// be created (for SQL, when the database cannot be reached).
 pub async fn connect(url: &str) -> Result<Connection> {
-    let (_, scheme) = scheme_of(url)?;
-    let conn = open(scheme, url).await?;
+    let (_, feature) = scheme_of(url)?;
+    let conn = open(feature, url).await?;
     // OpenTelemetry's `messaging.system` values where it has one.
     let system = match conn.platform() {
         "memory" => "in_process",
@@ -134,25 +127,6 @@ pub async fn connect(url: &str) -> Result<Connection> {
         other => other,
     };
     Ok(conn.with_observation(system))
-}
-
-async fn open(scheme: Scheme, url: &str) -> Result<Connection> {
-    let _ = url;
-    match scheme {
-        #[cfg(feature = "chanbuf")]
-        Scheme::Memory => streams_chanbuf::connect(url).await,
-        #[cfg(feature = "kafka")]
-        Scheme::Kafka => streams_kafka::connect(url).await,
-        #[cfg(feature = "sqs")]
-        Scheme::Sqs => streams_sqs::connect(url).await,
-        #[cfg(feature = "sns")]
-        Scheme::Sns => streams_sns::connect(url).await,
-        #[cfg(feature = "sql")]
-        Scheme::Sql => streams_sql::connect(url).await,
-        // Platforms whose feature is off; `scheme_of` reported them already.
-        #[allow(unreachable_patterns)]
-        _ => Err(invalid_url("this platform is not enabled in this build")),
-    }
 }
 
 /// [`connect`] to the URL in `STREAMS_URL`, or `memory://` when it is unset or empty.
@@ -178,14 +152,14 @@ mod tests {
 
     #[test]
     fn unknown_and_missing_schemes_list_the_supported_ones() {
-        let r = err("nats://localhost:4222");
-        assert!(r.contains("unknown scheme `nats`"), "{r}");
+        let r = err("amqp://localhost:5672");
+        assert!(r.contains("unknown scheme `amqp`"), "{r}");
         assert!(r.contains("supported: memory://"), "{r}");
         assert!(r.contains("kafka:// (feature `kafka`)"), "{r}");
         assert!(r.contains("enabled in this build:"), "{r}");
         let r = err("localhost:9092");
         assert!(r.contains("expected `<scheme>://...`"), "{r}");
-        assert!(!err("nats://id:hunter2@host").contains("hunter2"));
+        assert!(!err("amqp://id:hunter2@host").contains("hunter2"));
     }
 
     #[test]
@@ -193,6 +167,7 @@ mod tests {
         for (name, feature) in [
             ("memory://", cfg!(feature = "chanbuf")),
             ("kafka://", cfg!(feature = "kafka")),
+            ("nats://", cfg!(feature = "nats")),
             ("sqs://", cfg!(feature = "sqs")),
             ("sns://", cfg!(feature = "sns")),
             ("mysql://", cfg!(feature = "sql")),

@@ -8,6 +8,7 @@
 //! |---|---|---|---|
 //! | `chanbuf` | `streams::chanbuf` | `streams-chanbuf`, the in-process bus | yes |
 //! | `kafka` | `streams::kafka` | `streams-kafka` | no |
+//! | `nats` | `streams::nats` | `streams-nats` (JetStream) | no |
 //! | `sqs` | `streams::sqs` | `streams-sqs` | no |
 //! | `sns` | `streams::sns` | `streams-sns` | no |
 //! | `sql` | `streams::sql` | `streams-sql` (PostgreSQL and MySQL/MariaDB outbox) | no |
@@ -38,6 +39,7 @@
 //! |---|---|---|---|
 //! | `memory://[?queue_depth=N&concurrency=N]` | one `MemoryBus`, shared | the same bus | `chanbuf` |
 //! | `kafka://[host:port[,host:port...]][?group=G&<librdkafka key>=<value>...]` | `KafkaWriter` | `KafkaReader`; tasks without a group get `G` ([`DefaultGroupReader`]) | `kafka` |
+//! | `nats://[user:pass@][host:port[,host:port...]][?group=G&connect_timeout=D&request_timeout=D&ack_wait=D&concurrency=N&token=T]` | `NatsWriter` | `NatsReader`; tasks without a group get `G` | `nats` |
 //! | `sqs://[key:secret@][host:port][?region=R&tls=true&wait_time_seconds=S]` | `SqsWriter` | `SqsReader` | `sqs` |
 //! | `sns://[key:secret@][host:port][?region=R&account_id=A&tls=true]` | `SnsWriter` | none | `sns` |
 //! | `postgres://...[?table=T&create_table=true&<sqlx parameters>]` (or `postgresql://`) | `PgOutboxWriter` owning a pool | none | `sql` |
@@ -48,8 +50,11 @@
 //!   when the read task sets none (default 1).
 //! - `kafka://`: brokers default to `localhost:9092`. `group` is the consumer group of
 //!   read tasks that name none; every other parameter is a librdkafka property passed
-//!   to `KafkaConfig::set` unchanged (`session.timeout.ms=6000`,
+//!   to `KafkaConfig::with_property` unchanged (`session.timeout.ms=6000`,
 //!   `security.protocol=SASL_SSL`, `sasl.username=...`), percent-decoded.
+//! - `nats://`: servers default to `127.0.0.1:4222` (port 4222 when none is given).
+//!   Streams are JetStream streams named by `streams_nats::nats_name` (`streams
+//!   create` makes them); `group` is the durable consumer of read tasks that name none.
 //! - `sqs://` and `sns://`: without a host the AWS SDK resolves the endpoint; with one,
 //!   requests go to `http://host:port` (`https` with `tls=true`), as for an emulator.
 //!   Region and credentials come from the usual AWS environment unless the URL gives
@@ -91,6 +96,8 @@ pub use streams_core::*;
 pub use streams_chanbuf as chanbuf;
 #[cfg(feature = "kafka")]
 pub use streams_kafka as kafka;
+#[cfg(feature = "nats")]
+pub use streams_nats as nats;
 #[cfg(feature = "sns")]
 pub use streams_sns as sns;
 #[cfg(feature = "sql")]
