@@ -33,6 +33,7 @@ pub struct NatsConfig {
     pub(crate) request_timeout: Duration,
     pub(crate) ack_wait: Duration,
     pub(crate) concurrency: usize,
+    pub(crate) prefetch: usize,
     pub(crate) max_in_flight: usize,
     pub(crate) retry_initial: Duration,
     pub(crate) retry_max: Duration,
@@ -49,6 +50,7 @@ impl fmt::Debug for NatsConfig {
             .field("request_timeout", &self.request_timeout)
             .field("ack_wait", &self.ack_wait)
             .field("concurrency", &self.concurrency)
+            .field("prefetch", &self.prefetch)
             .field("max_in_flight", &self.max_in_flight)
             .finish_non_exhaustive()
     }
@@ -57,8 +59,8 @@ impl fmt::Debug for NatsConfig {
 impl NatsConfig {
     /// Settings for the servers in `servers` (`host:port`, comma separated), with a
     /// 10 s first contact, JetStream requests bounded by 10 s, a 30 s ack wait, one
-    /// handler at a time per reader, 256 publishes awaiting their acknowledgement per
-    /// writer, failed messages redelivered after 100 ms doubling up to 10 s, and streams
+    /// handler at a time per reader pulling 64 messages ahead, 256 publishes awaiting
+    /// their acknowledgement per writer, failed messages redelivered after 100 ms doubling up to 10 s, and streams
     /// created without an age limit.
     pub fn new(servers: &str) -> Self {
         let servers: Vec<String> = servers
@@ -79,6 +81,7 @@ impl NatsConfig {
             request_timeout: Duration::from_secs(10),
             ack_wait: Duration::from_secs(30),
             concurrency: 1,
+            prefetch: 64,
             max_in_flight: 256,
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),
@@ -133,6 +136,15 @@ impl NatsConfig {
     /// none; messages with the same key are handled one at a time, in order.
     pub fn with_concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// Messages a reader pulls ahead of its handlers (at least the task's concurrency).
+    /// More is faster; but a pulled message's ack wait runs from its delivery, so keep
+    /// `prefetch × handler time / concurrency` under the ack wait, or slow handlers see
+    /// messages delivered twice.
+    pub fn with_prefetch(mut self, messages: usize) -> Self {
+        self.prefetch = messages.max(1);
         self
     }
 

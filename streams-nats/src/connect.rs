@@ -9,12 +9,13 @@ use crate::client::DEFAULT_SERVER;
 use crate::{NatsClient, NatsConfig, NatsReader, NatsWriter};
 
 /// The parameters a `nats://` URL takes.
-const KNOWN: [&str; 6] = [
+const KNOWN: [&str; 7] = [
     "group",
     "connect_timeout",
     "request_timeout",
     "ack_wait",
     "concurrency",
+    "prefetch",
     "token",
 ];
 
@@ -25,7 +26,8 @@ const KNOWN: [&str; 6] = [
 /// Parameters: `group` (the consumer group of read tasks that name none),
 /// `connect_timeout` (first contact, default 10 s), `request_timeout` (JetStream
 /// requests such as publish acknowledgements, default 10 s), `ack_wait` (default 30 s),
-/// `concurrency` (handler calls at once per read task, default 1), `token`. Without a
+/// `concurrency` (handler calls at once per read task, default 1), `prefetch`
+/// (messages pulled ahead of the handlers, default 64), `token`. Without a
 /// host, `127.0.0.1:4222`.
 ///
 /// ```no_run
@@ -88,6 +90,9 @@ fn parse(url: &str) -> Result<(NatsConfig, Option<String>)> {
     }
     if let Some(n) = params.take_positive("concurrency")? {
         config = config.with_concurrency(n);
+    }
+    if let Some(n) = params.take_positive("prefetch")? {
+        config = config.with_prefetch(n);
     }
     if let Some(token) = params.take_nonempty("token")? {
         config = config.with_token(token);

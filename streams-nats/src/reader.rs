@@ -51,8 +51,9 @@ const EPHEMERAL_INACTIVE: Duration = Duration::from_secs(60);
 /// Handler calls run `concurrency` at once (the task's, else
 /// [`NatsConfig::with_concurrency`](crate::NatsConfig::with_concurrency)), on lanes by
 /// key: messages with the same key are handled one at a time, in the order this member
-/// received them. The reader pulls no more than its lanes can take, so a slow handler
-/// holds back the pulling rather than letting acknowledgement deadlines pass.
+/// received them. The reader pulls up to
+/// [`NatsConfig::with_prefetch`](crate::NatsConfig::with_prefetch) messages ahead of
+/// its handlers (64 by default).
 ///
 /// Handlers see the headers `streams-nats-delivered` (1 on the first delivery) and
 /// `streams-nats-sequence` besides the message's own.
@@ -154,25 +155,31 @@ async fn run(
     cancel: CancellationToken,
 ) -> Result<()> {
     let lanes = task.concurrency.unwrap_or(client.config.concurrency).max(1);
+    let prefetch = client.config.prefetch.max(lanes);
     let stop = CancellationToken::new();
     let mut workers = tokio::task::JoinSet::new();
-    let mut senders = Vec::with_capacity(lanes);
-    for _ in 0..lanes {
-        let (tx, rx) = mpsc::channel::<JsMessage>(1);
-        senders.push(tx);
-        workers.spawn(lane(
-            client.clone(),
-            task.stream.clone(),
-            rx,
-            handler.clone(),
-            stop.clone(),
-        ));
-    }
-    drop(handler);
-    let result = pull_loop(&consumer, &task.stream, &senders, lanes, &cancel).await;
+    // One lane is handled inline, in the pulling task: no hand-off per message.
+    let mut dispatch = if lanes == 1 {
+        Dispatch::Inline(Box::new((client.clone(), handler)))
+    } else {
+        let mut senders = Vec::with_capacity(lanes);
+        for _ in 0..lanes {
+            let (tx, rx) = mpsc::channel::<JsMessage>(1);
+            senders.push(tx);
+            workers.spawn(lane(
+                client.clone(),
+                task.stream.clone(),
+                rx,
+                handler.clone(),
+                stop.clone(),
+            ));
+        }
+        Dispatch::Lanes(senders)
+    };
+    let result = pull_loop(&consumer, &task.stream, &mut dispatch, prefetch, &cancel).await;
     // No new work; handler calls in flight finish; queued messages go back at once.
     stop.cancel();
-    drop(senders);
+    drop(dispatch);
     while let Some(joined) = workers.join_next().await {
         if let Err(e) = joined {
             tracing::error!(stream = %task.stream, error = %e, "nats lane worker failed");
@@ -182,12 +189,18 @@ async fn run(
     result
 }
 
+/// Where pulled messages go: handled in the pulling task, or to lanes by key.
+enum Dispatch {
+    Inline(Box<(NatsClient, Handler)>),
+    Lanes(Vec<mpsc::Sender<JsMessage>>),
+}
+
 /// Pulls and hands messages to the lanes until `cancel` fires or the consumer is gone.
 async fn pull_loop(
     consumer: &Consumer<pull::Config>,
     stream: &str,
-    lanes: &[mpsc::Sender<JsMessage>],
-    width: usize,
+    dispatch: &mut Dispatch,
+    prefetch: usize,
     cancel: &CancellationToken,
 ) -> Result<()> {
     let mut next_lane = 0usize;
@@ -195,7 +208,7 @@ async fn pull_loop(
     'reopen: while !cancel.is_cancelled() {
         let opened = consumer
             .stream()
-            .max_messages_per_batch(width.max(1))
+            .max_messages_per_batch(prefetch)
             .expires(PULL_EXPIRES)
             .heartbeat(PULL_HEARTBEAT)
             .messages()
@@ -225,6 +238,15 @@ async fn pull_loop(
             match next {
                 Some(Ok(m)) => {
                     failures = 0;
+                    let lanes = match dispatch {
+                        Dispatch::Inline(inline) => {
+                            let (client, handler) = &mut **inline;
+                            handle(client, stream, handler, m).await;
+                            continue;
+                        }
+                        Dispatch::Lanes(lanes) => lanes,
+                    };
+                    let width = lanes.len();
                     let lane = match wire_key(&m) {
                         Some(h) => (h as usize) % width,
                         None => {
@@ -332,14 +354,20 @@ async fn handle(client: &NatsClient, stream: &str, handler: &mut Handler, m: JsM
     let ack_wait = client.config.ack_wait;
     let call = call_handler(handler, msg);
     tokio::pin!(call);
-    let mut progress =
-        tokio::time::interval_at(tokio::time::Instant::now() + ack_wait / 3, ack_wait / 3);
-    let outcome = loop {
-        tokio::select! {
-            done = &mut call => break done,
-            _ = progress.tick() => {
-                if let Err(e) = m.ack_with(AckKind::Progress).await {
-                    tracing::debug!(%stream, %id, error = %e, "nats in-progress signal failed");
+    // Most calls finish at once: a timer for the in-progress signal only when not.
+    let outcome = match (&mut call).now_or_never() {
+        Some(done) => done,
+        None => {
+            let mut progress =
+                tokio::time::interval_at(tokio::time::Instant::now() + ack_wait / 3, ack_wait / 3);
+            loop {
+                tokio::select! {
+                    done = &mut call => break done,
+                    _ = progress.tick() => {
+                        if let Err(e) = m.ack_with(AckKind::Progress).await {
+                            tracing::debug!(%stream, %id, error = %e, "nats in-progress signal failed");
+                        }
+                    }
                 }
             }
         }

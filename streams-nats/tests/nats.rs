@@ -458,7 +458,7 @@ async fn a_server_restart_loses_nothing_acknowledged_and_skips_nothing() {
                 );
                 assert!(!e.to_string().contains('\n'), "{e}");
                 retryable_errors += 1;
-                if round < 20 || round >= 30 {
+                if !(20..30).contains(&round) {
                     // The writer may still be reconnecting just after the restart.
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
