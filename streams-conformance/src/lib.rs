@@ -39,6 +39,9 @@ use streams_core::{BoxError, CancellationToken, Message, ReadTask, Reader, Resul
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 
+mod proxy;
+pub use proxy::TcpProxy;
+
 /// What a driver promises; scenarios that need more are skipped.
 #[derive(Debug, Clone, Copy, Default)]
 #[non_exhaustive]
@@ -55,6 +58,9 @@ pub struct Capabilities {
     /// one key's messages one at a time, in publish order. Checked together with
     /// [`ordered_per_key`](Self::with_ordered_per_key).
     pub ordered_across_members: bool,
+    /// The platform is reached over TCP, and [`Harness::behind_proxy`] gives a harness
+    /// whose clients go through a [`TcpProxy`]: they reconnect after an outage.
+    pub reconnect: bool,
 }
 
 impl Capabilities {
@@ -84,6 +90,12 @@ impl Capabilities {
     /// Sets [`consumer_groups`](Self::with_consumer_groups).
     pub fn with_consumer_groups(mut self, yes: bool) -> Self {
         self.consumer_groups = yes;
+        self
+    }
+
+    /// Sets [`reconnect`](Self::reconnect).
+    pub fn with_reconnect(mut self, yes: bool) -> Self {
+        self.reconnect = yes;
         self
     }
 
@@ -124,6 +136,21 @@ pub trait Harness: Send + Sync + 'static {
     fn patience(&self) -> Duration {
         Duration::from_secs(30)
     }
+
+    /// For the reconnect scenario (when [`Capabilities::reconnect`] is promised): a
+    /// [`TcpProxy`] in front of the platform and a harness whose writers and readers
+    /// reach the platform only through it (a broker that advertises addresses must
+    /// advertise the proxy's).
+    ///
+    /// # Errors
+    ///
+    /// When the proxy or the platform behind it cannot be set up.
+    async fn behind_proxy(&self) -> Result<(Box<dyn Harness>, TcpProxy)> {
+        Err(streams_core::Error::invalid(
+            "conformance harness",
+            "this harness has no proxy for the reconnect scenario",
+        ))
+    }
 }
 
 /// How a scenario ended when it did not fail (when called directly; the test binary
@@ -146,6 +173,7 @@ enum Need {
     OrderPerKey,
     OrderAcrossMembers,
     ConsumerGroups,
+    Reconnect,
 }
 
 impl Need {
@@ -161,6 +189,7 @@ impl Need {
                 "order per key across the members of a group",
             ),
             Need::ConsumerGroups => (c.consumer_groups, "consumer groups"),
+            Need::Reconnect => (c.reconnect, "a TCP connection to put a proxy in"),
         };
         (!met).then_some(what)
     }
@@ -797,6 +826,67 @@ pub async fn subscribe_refuses_what_it_cannot_honour(h: &dyn Harness) -> Scenari
     }
 }
 
+/// Every connection to the platform is cut, and new ones refused for three seconds,
+/// while messages are written and read (through [`Harness::behind_proxy`]): the writer's
+/// errors meanwhile are retryable, the reader never ends, and once the network is back
+/// every message written arrives.
+pub async fn reconnect(h: &dyn Harness) -> ScenarioResult {
+    let (ph, proxy) = h.behind_proxy().await.map_err(|e| format!("proxy: {e}"))?;
+    let ph = ph.as_ref();
+    let patience = ph.patience();
+    let (stream, writer) = setup(ph, "reconnect").await?;
+    let mut sub = subscribe(ph, ph.task(&stream, "reconnect"), None).await?;
+    sub.wait_ready(writer.as_ref(), &stream, patience).await?;
+    let (batches, per_batch) = (20u32, 10u32);
+    let mut sent = HashSet::new();
+    let mut retried = 0usize;
+    let started = Instant::now();
+    for b in 0..batches {
+        if b == 5 {
+            proxy.cut(Duration::from_secs(3));
+        }
+        let batch: Vec<Message> = (0..per_batch)
+            .map(|i| Message::new(&stream, format!("{b}-{i}")).with_key(format!("k{}", i % 3)))
+            .collect();
+        loop {
+            match writer.write(batch.clone()).await {
+                Ok(()) => break,
+                Err(e) if e.is_retryable() => {
+                    retried += 1;
+                    ensure(started.elapsed() < patience * 2, || {
+                        format!(
+                            "writes still failing {:?} after the outage began: {e}",
+                            started.elapsed()
+                        )
+                    })?;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(format!("a write during the outage failed for good: {e}")),
+            }
+        }
+        sent.extend(batch.into_iter().map(|m| m.id));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut seen = HashSet::new();
+    let got = sub
+        .collect_until(patience, |got| {
+            seen.extend(got.iter().map(|m| m.id.clone()));
+            sent.iter().all(|id| seen.contains(id))
+        })
+        .await;
+    let received = ids(&got);
+    let missing = sent.iter().filter(|id| !received.contains(*id)).count();
+    ensure(missing == 0, || {
+        format!("{missing} of {} messages never arrived after the outage (writes retried {retried} times)", sent.len())
+    })?;
+    ensure(!sub.join.is_finished(), || {
+        "the reader ended during the outage".into()
+    })?;
+    sub.stop().await?;
+    drop(proxy);
+    Ok(Outcome::Passed)
+}
+
 /// Writing after the writer was closed is an error, never a panic or a silent loss.
 pub async fn publish_after_shutdown(h: &dyn Harness) -> ScenarioResult {
     let (stream, writer) = setup(h, "after_shutdown").await?;
@@ -848,6 +938,7 @@ fn scenarios() -> Vec<(&'static str, Need, ScenarioFn)> {
         ("publish_after_shutdown", Need::Nothing, |h| {
             Box::pin(publish_after_shutdown(h))
         }),
+        ("reconnect", Need::Reconnect, |h| Box::pin(reconnect(h))),
         (
             "subscribe_refuses_what_it_cannot_honour",
             Need::Nothing,

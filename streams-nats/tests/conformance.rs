@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use streams_conformance::{Capabilities, Harness};
+use streams_conformance::{Capabilities, Harness, TcpProxy};
 use streams_core::{Reader, Result, Writer};
 use streams_nats::{create_stream, NatsClient, NatsConfig, NatsReader, NatsWriter};
 
@@ -25,6 +25,7 @@ impl Harness for NatsHarness {
             // a key's messages may be handled by two members at once.
             .with_ordered_per_key(true)
             .with_consumer_groups(true)
+            .with_reconnect(true)
     }
 
     async fn writer(&self) -> Result<Arc<dyn Writer>> {
@@ -42,11 +43,34 @@ impl Harness for NatsHarness {
     fn patience(&self) -> Duration {
         Duration::from_secs(30)
     }
+
+    async fn behind_proxy(&self) -> Result<(Box<dyn Harness>, TcpProxy)> {
+        let server = servers();
+        let target = server
+            .split(',')
+            .next()
+            .and_then(|s| std::net::ToSocketAddrs::to_socket_addrs(s).ok()?.next())
+            .expect("a NATS server address");
+        let proxy = TcpProxy::start(target)
+            .await
+            .map_err(|e| streams_core::Error::driver("nats", "start proxy", false, e))?;
+        let client = NatsClient::connect(
+            NatsConfig::new(&proxy.addr().to_string())
+                .with_concurrency(4)
+                .with_request_timeout(Duration::from_secs(2))
+                .with_ack_wait(Duration::from_secs(5)),
+        )
+        .await?;
+        Ok((Box::new(NatsHarness { client }), proxy))
+    }
+}
+
+fn servers() -> String {
+    std::env::var("STREAMS_NATS_SERVERS").unwrap_or_else(|_| "127.0.0.1:4222".into())
 }
 
 async fn harness() -> NatsHarness {
-    let servers = std::env::var("STREAMS_NATS_SERVERS").unwrap_or_else(|_| "127.0.0.1:4222".into());
-    let config = NatsConfig::new(&servers).with_concurrency(4);
+    let config = NatsConfig::new(&servers()).with_concurrency(4);
     NatsHarness {
         client: NatsClient::connect(config)
             .await
