@@ -5,11 +5,15 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use streams_conformance::{Capabilities, Harness};
-use streams_core::{ReadTask, Reader, Result, Writer};
-use streams_kafka::{create_topic, KafkaReader, KafkaWriter};
+use streams_conformance::{Capabilities, Harness, TcpProxy};
+use streams_core::{Error, ReadTask, Reader, Result, Writer};
+use streams_kafka::{create_topic, KafkaConfig, KafkaReader, KafkaWriter};
 
-struct KafkaHarness;
+struct KafkaHarness {
+    config: KafkaConfig,
+    /// A private broker this harness runs (the reconnect scenario's), killed with it.
+    _broker: Option<tokio::process::Child>,
+}
 
 #[streams_core::async_trait]
 impl Harness for KafkaHarness {
@@ -25,18 +29,19 @@ impl Harness for KafkaHarness {
             // A partition has one owner in a group.
             .with_ordered_across_members(true)
             .with_consumer_groups(true)
+            .with_reconnect(true)
     }
 
     async fn writer(&self) -> Result<Arc<dyn Writer>> {
-        Ok(Arc::new(KafkaWriter::new(&common::config())?))
+        Ok(Arc::new(KafkaWriter::new(&self.config)?))
     }
 
     async fn reader(&self) -> Result<Arc<dyn Reader>> {
-        Ok(Arc::new(KafkaReader::new(common::config())))
+        Ok(Arc::new(KafkaReader::new(self.config.clone())))
     }
 
     async fn create_stream(&self, stream: &str) -> Result<()> {
-        create_topic(&common::config(), stream, 3, 1).await
+        create_topic(&self.config, stream, 3, 1).await
     }
 
     fn task(&self, stream: &str, group: &str) -> ReadTask {
@@ -47,10 +52,64 @@ impl Harness for KafkaHarness {
     fn patience(&self) -> Duration {
         Duration::from_secs(60)
     }
+
+    /// A private tansu broker that listens on one port and advertises the proxy's, so
+    /// that every connection, also those to the partition leaders, goes through it.
+    async fn behind_proxy(&self) -> Result<(Box<dyn Harness>, TcpProxy)> {
+        let bin = std::env::var("STREAMS_TANSU_BIN").map_err(|_| {
+            Error::invalid(
+                "kafka harness",
+                "STREAMS_TANSU_BIN is not set (scripts/test.sh sets it): the reconnect scenario runs a private broker",
+            )
+        })?;
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+        };
+        let setup = |e: std::io::Error| Error::driver("kafka", "start private broker", false, e);
+        let (broker_port, proxy_port) = (free().map_err(setup)?, free().map_err(setup)?);
+        let target = std::net::SocketAddr::from(([127, 0, 0, 1], broker_port));
+        let proxy = TcpProxy::start_on(([127, 0, 0, 1], proxy_port).into(), target)
+            .await
+            .map_err(setup)?;
+        let dir = std::env::temp_dir().join(common::unique("tansu-proxy"));
+        std::fs::create_dir_all(&dir).map_err(setup)?;
+        let broker = tokio::process::Command::new(bin)
+            .current_dir(&dir)
+            .args(["broker", "--storage-engine", "memory://tansu/"])
+            .args(["--listener-url", &format!("tcp://127.0.0.1:{broker_port}")])
+            .args([
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{proxy_port}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(setup)?;
+        for _ in 0..300 {
+            if std::net::TcpStream::connect(target).is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let config = common::config()
+            .with_property("bootstrap.servers", format!("127.0.0.1:{proxy_port}"))
+            .with_property("reconnect.backoff.max.ms", "500");
+        let harness = KafkaHarness {
+            config,
+            _broker: Some(broker),
+        };
+        Ok((Box::new(harness), proxy))
+    }
 }
 
 async fn harness() -> KafkaHarness {
-    KafkaHarness
+    KafkaHarness {
+        config: common::config(),
+        _broker: None,
+    }
 }
 
 streams_conformance::conformance_tests!(harness());

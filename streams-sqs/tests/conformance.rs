@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use streams_conformance::{Capabilities, Harness};
+use streams_conformance::{Capabilities, Harness, TcpProxy};
 use streams_core::{ReadTask, Reader, Result, Writer};
 use streams_sqs::{SqsClient, SqsReader, SqsWriter};
 
@@ -25,6 +25,7 @@ impl Harness for SqsHarness {
         Capabilities::none()
             .with_redelivery(true)
             .with_persistent(true)
+            .with_reconnect(true)
     }
 
     async fn writer(&self) -> Result<Arc<dyn Writer>> {
@@ -51,6 +52,30 @@ impl Harness for SqsHarness {
 
     fn task(&self, stream: &str, _group: &str) -> ReadTask {
         ReadTask::new(stream).with_concurrency(8)
+    }
+
+    async fn behind_proxy(&self) -> Result<(Box<dyn Harness>, TcpProxy)> {
+        let endpoint = common::endpoint();
+        let authority = endpoint
+            .split("://")
+            .nth(1)
+            .unwrap_or(&endpoint)
+            .trim_end_matches('/');
+        let target = std::net::ToSocketAddrs::to_socket_addrs(authority)
+            .ok()
+            .and_then(|mut a| a.next())
+            .expect("the emulator's address");
+        let proxy = TcpProxy::start(target)
+            .await
+            .map_err(|e| streams_core::Error::driver("sqs", "start proxy", false, e))?;
+        let client = SqsClient::builder()
+            .with_endpoint(format!("http://{}", proxy.addr()))
+            .with_region(common::REGION)
+            .with_static_credentials("test", "test")
+            .with_operation_timeout(Duration::from_secs(5))
+            .connect()
+            .await;
+        Ok((Box::new(SqsHarness { client }), proxy))
     }
 }
 
