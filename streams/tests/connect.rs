@@ -80,11 +80,12 @@ async fn write_then_read(conn: &Connection, stream: &str, task: ReadTask, count:
 
 #[tokio::test]
 async fn unknown_scheme_lists_supported_and_enabled_schemes() {
-    let reason = connect_err("nats://localhost:4222").await;
-    assert!(reason.contains("unknown scheme `nats`"), "{reason}");
+    let reason = connect_err("amqp://localhost:5672").await;
+    assert!(reason.contains("unknown scheme `amqp`"), "{reason}");
     for scheme in [
         "memory://",
         "kafka://",
+        "nats://",
         "sqs://",
         "sns://",
         "postgres://",
@@ -138,6 +139,33 @@ async fn kafka_needs_the_kafka_feature() {
     let reason = connect_err("kafka://localhost:9092").await;
     assert!(reason.contains("`kafka` feature"), "{reason}");
     assert!(!reason.contains("enabled in this build: kafka"), "{reason}");
+}
+
+#[cfg(not(feature = "nats"))]
+#[tokio::test]
+async fn nats_needs_the_nats_feature() {
+    let reason = connect_err("nats://localhost:4222").await;
+    assert!(reason.contains("`nats` feature"), "{reason}");
+}
+
+#[cfg(feature = "nats")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_round_trip_with_the_group_of_the_url() {
+    let servers = std::env::var("STREAMS_NATS_SERVERS")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "127.0.0.1:4222".to_owned());
+    let stream = unique("facade-nats");
+    let conn = connect(&format!("nats://{servers}?group=g"))
+        .await
+        .expect("connect nats://");
+    assert_eq!(conn.platform(), "nats");
+    conn.create_stream(&stream, 1).await.expect("create stream");
+    // No group on the task: the URL's group applies, a durable consumer that starts at
+    // the beginning of the stream, so messages written before it was created arrive.
+    write_then_read(&conn, &stream, ReadTask::new(&stream), 5).await;
+    conn.delete_stream(&stream).await.expect("delete stream");
+    conn.writer().close().await.expect("close");
 }
 
 #[cfg(not(feature = "sqs"))]
