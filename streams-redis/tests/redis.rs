@@ -1,0 +1,422 @@
+//! Redis Streams against the running server (and a private one for the restart): what
+//! the conformance suite does not cover.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use streams_core::{handler, BoxError, CancellationToken, Message, ReadTask, Reader, Writer};
+use streams_redis::{RedisClient, RedisConfig, RedisReader, RedisWriter, HEADER_DELIVERED};
+use tokio::sync::mpsc;
+
+fn url() -> String {
+    std::env::var("STREAMS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}.{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn client(config: RedisConfig) -> RedisClient {
+    RedisClient::connect(config).await.expect("Redis")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+fn collecting() -> (streams_core::Handler, mpsc::UnboundedReceiver<Message>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let h = handler(tower::service_fn(move |m: Message| {
+        let tx = tx.clone();
+        async move { tx.send(m).map_err(BoxError::from) }
+    }));
+    (h, rx)
+}
+
+async fn len(c: &RedisClient, stream: &str) -> i64 {
+    redis::cmd("XLEN")
+        .arg(stream)
+        .query_async(&mut c.connection())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn nothing_listening_fails_within_the_connect_timeout() {
+    let started = Instant::now();
+    let err = RedisClient::connect(
+        RedisConfig::new(format!("redis://127.0.0.1:{}", free_port()))
+            .with_connect_timeout(Duration::from_millis(500)),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(err.is_retryable(), "{err}");
+    let line = err.to_string();
+    assert!(
+        line.starts_with("redis: connect failed") && !line.contains('\n'),
+        "{line}"
+    );
+    assert!(RedisClient::connect(RedisConfig::new("http://nope"))
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn a_key_of_another_type_is_named_and_not_retryable() {
+    let c = client(RedisConfig::new(url())).await;
+    let stream = unique("wrongtype");
+    let _: () = redis::cmd("SET")
+        .arg(&stream)
+        .arg("a string")
+        .query_async(&mut c.connection())
+        .await
+        .unwrap();
+    let err = RedisWriter::new(c.clone())
+        .write(vec![Message::new(&stream, "x")])
+        .await
+        .unwrap_err();
+    assert!(
+        !err.is_retryable() && err.to_string().contains(&stream),
+        "{err}"
+    );
+    let err = RedisReader::new(c.clone())
+        .subscribe(ReadTask::new(&stream).with_group("g"))
+        .await
+        .unwrap_err();
+    assert!(
+        !err.is_retryable() && err.to_string().contains("WRONGTYPE"),
+        "{err}"
+    );
+    let _: i64 = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut c.connection())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_group_a_reader_starts_where_it_is_told() {
+    let c = client(RedisConfig::new(url()).with_block(Duration::from_millis(200))).await;
+    let stream = unique("start");
+    let writer = RedisWriter::new(c.clone());
+    writer
+        .write(vec![Message::new(&stream, "old")])
+        .await
+        .unwrap();
+    let reader = RedisReader::new(c.clone());
+    // `$` (the default) is resolved at subscribe: what comes after is read.
+    let from_now = reader.subscribe(ReadTask::new(&stream)).await.unwrap();
+    let from_start = reader
+        .subscribe(ReadTask::new(&stream).with_arg("start", "0"))
+        .await
+        .unwrap();
+    writer
+        .write(vec![Message::new(&stream, "new")])
+        .await
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let (h1, mut rx1) = collecting();
+    let (h2, mut rx2) = collecting();
+    let runs = [
+        tokio::spawn(from_now.run(h1, cancel.clone())),
+        tokio::spawn(from_start.run(h2, cancel.clone())),
+    ];
+    let next = |rx: &mut mpsc::UnboundedReceiver<Message>| {
+        let got = rx.try_recv().ok();
+        got.map(|m| String::from_utf8_lossy(&m.data).into_owned())
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(next(&mut rx1).as_deref(), Some("new"));
+    assert_eq!(next(&mut rx1), None);
+    assert_eq!(next(&mut rx2).as_deref(), Some("old"));
+    assert_eq!(next(&mut rx2).as_deref(), Some("new"));
+    cancel.cancel();
+    for r in runs {
+        r.await.unwrap().unwrap();
+    }
+    let err = reader
+        .subscribe(ReadTask::new(&stream).with_arg("start", "yesterday"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("`start`"), "{err}");
+    let _: i64 = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut c.connection())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn trimming_only_when_asked() {
+    let stream = unique("trim");
+    let plain = client(RedisConfig::new(url())).await;
+    let batch = |n: usize| {
+        (0..n)
+            .map(|i| Message::new(&stream, format!("{i}")))
+            .collect::<Vec<_>>()
+    };
+    RedisWriter::new(plain.clone())
+        .write(batch(300))
+        .await
+        .unwrap();
+    assert_eq!(
+        len(&plain, &stream).await,
+        300,
+        "nothing trimmed by default"
+    );
+    let trimming = client(RedisConfig::new(url()).with_max_len(100)).await;
+    RedisWriter::new(trimming).write(batch(300)).await.unwrap();
+    let n = len(&plain, &stream).await;
+    assert!(
+        (100..600).contains(&n) && n < 600,
+        "about 100 kept (~ trims by whole nodes): {n}"
+    );
+    let _: i64 = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut plain.connection())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_killed_mid_stream_has_its_entries_claimed_by_another() {
+    let c = client(
+        RedisConfig::new(url())
+            .with_claim_idle(Duration::from_secs(1))
+            .with_block(Duration::from_millis(200)),
+    )
+    .await;
+    let stream = unique("claim");
+    let reader = RedisReader::new(c.clone());
+    // Member A takes entries and never finishes; its run is aborted (a crash).
+    let started = Arc::new(AtomicUsize::new(0));
+    let s = started.clone();
+    let stuck = handler(tower::service_fn(move |_m: Message| {
+        s.fetch_add(1, Ordering::SeqCst);
+        std::future::pending::<Result<(), BoxError>>()
+    }));
+    let a = reader
+        .subscribe(ReadTask::new(&stream).with_group("g"))
+        .await
+        .unwrap();
+    let a = tokio::spawn(a.run(stuck, CancellationToken::new()));
+    let sent: Vec<Message> = (0..5)
+        .map(|i| Message::new(&stream, format!("{i}")))
+        .collect();
+    RedisWriter::new(c.clone())
+        .write(sent.clone())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while started.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(started.load(Ordering::SeqCst) > 0, "member A took an entry");
+    a.abort();
+    let _ = a.await;
+    // Member B of the same group claims what A left pending.
+    let (h, mut rx) = collecting();
+    let cancel = CancellationToken::new();
+    let b = reader
+        .subscribe(ReadTask::new(&stream).with_group("g"))
+        .await
+        .unwrap();
+    let b = tokio::spawn(b.run(h, cancel.clone()));
+    let mut got = HashSet::new();
+    let mut redelivered = 0;
+    while got.len() < sent.len() {
+        let m = tokio::time::timeout(Duration::from_secs(15), rx.recv())
+            .await
+            .expect("every entry arrives")
+            .unwrap();
+        if m.headers[HEADER_DELIVERED] != "1" {
+            redelivered += 1;
+        }
+        got.insert(m.id);
+    }
+    assert!(redelivered > 0, "what A held came back claimed");
+    assert_eq!(
+        got,
+        sent.iter().map(|m| m.id.clone()).collect::<HashSet<_>>()
+    );
+    cancel.cancel();
+    b.await.unwrap().unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut c.connection())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_handler_keeps_its_entry() {
+    let c = client(
+        RedisConfig::new(url())
+            .with_claim_idle(Duration::from_millis(600))
+            .with_block(Duration::from_millis(200)),
+    )
+    .await;
+    let stream = unique("long");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let k = calls.clone();
+    let slow = handler(tower::service_fn(move |_m: Message| {
+        let k = k.clone();
+        async move {
+            k.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Ok::<_, BoxError>(())
+        }
+    }));
+    let reader = RedisReader::new(c.clone());
+    let cancel = CancellationToken::new();
+    let a = reader
+        .subscribe(ReadTask::new(&stream).with_group("g"))
+        .await
+        .unwrap();
+    let b = reader
+        .subscribe(ReadTask::new(&stream).with_group("g"))
+        .await
+        .unwrap();
+    let runs = [
+        tokio::spawn(a.run(slow.clone(), cancel.clone())),
+        tokio::spawn(b.run(slow, cancel.clone())),
+    ];
+    RedisWriter::new(c.clone())
+        .write(vec![Message::new(&stream, "slow")])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "3 s handler, 0.6 s claim idle: handled once"
+    );
+    cancel.cancel();
+    for r in runs {
+        r.await.unwrap().unwrap();
+    }
+    let _: i64 = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut c.connection())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_append_only_loses_nothing_acknowledged() {
+    let bin = std::env::var("STREAMS_REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
+    let port = free_port();
+    let dir = std::env::temp_dir().join(unique("redis-restart"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let start = || {
+        tokio::process::Command::new(&bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server on the PATH (or STREAMS_REDIS_SERVER_BIN)")
+    };
+    let wait = || async {
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server did not listen on {port}");
+    };
+    let mut server = start();
+    wait().await;
+    let c = client(
+        RedisConfig::new(format!("redis://127.0.0.1:{port}"))
+            .with_response_timeout(Duration::from_secs(1))
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_claim_idle(Duration::from_secs(1))
+            .with_block(Duration::from_millis(200)),
+    )
+    .await;
+    let stream = unique("restart");
+    let handled = Arc::new(Mutex::new(HashSet::new()));
+    let hd = handled.clone();
+    let h = handler(tower::service_fn(move |m: Message| {
+        hd.lock().unwrap().insert(m.id);
+        std::future::ready(Ok::<_, BoxError>(()))
+    }));
+    let cancel = CancellationToken::new();
+    let sub = RedisReader::new(c.clone())
+        .subscribe(ReadTask::new(&stream).with_group("g"))
+        .await
+        .unwrap();
+    let run = tokio::spawn(sub.run(h, cancel.clone()));
+    let writer = RedisWriter::new(c.clone());
+    let mut acknowledged = Vec::new();
+    let mut errors = 0;
+    for round in 0..40 {
+        if round == 10 {
+            server.kill().await.unwrap();
+        }
+        if round == 20 {
+            server = start();
+            wait().await;
+        }
+        let batch: Vec<_> = (0..10)
+            .map(|i| Message::new(&stream, format!("{round}-{i}")))
+            .collect();
+        match writer.write(batch.clone()).await {
+            Ok(()) => acknowledged.extend(batch.into_iter().map(|m| m.id)),
+            Err(e) => {
+                assert!(
+                    e.is_retryable(),
+                    "an error during the restart is retryable: {e}"
+                );
+                assert!(!e.to_string().contains('\n'), "{e}");
+                errors += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(errors > 0, "the outage was noticed");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let missing = acknowledged
+            .iter()
+            .filter(|id| !handled.lock().unwrap().contains(*id))
+            .count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} acknowledged entries never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !run.is_finished(),
+        "the reader kept running through the restart"
+    );
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    server.kill().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
