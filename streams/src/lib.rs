@@ -9,6 +9,7 @@
 //! | `chanbuf` | `streams::chanbuf` | `streams-chanbuf`, the in-process bus | yes |
 //! | `kafka` | `streams::kafka` | `streams-kafka` | no |
 //! | `nats` | `streams::nats` | `streams-nats` (JetStream) | no |
+//! | `redis` | `streams::redis` | `streams-redis` (Redis Streams) | no |
 //! | `sqs` | `streams::sqs` | `streams-sqs` | no |
 //! | `sns` | `streams::sns` | `streams-sns` | no |
 //! | `sql` | `streams::sql` | `streams-sql` (PostgreSQL and MySQL/MariaDB outbox) | no |
@@ -40,6 +41,7 @@
 //! | `memory://[?queue_depth=N&concurrency=N]` | one `MemoryBus`, shared | the same bus | `chanbuf` |
 //! | `kafka://[host:port[,host:port...]][?group=G&<librdkafka key>=<value>...]` | `KafkaWriter` | `KafkaReader`; tasks without a group get `G` ([`DefaultGroupReader`]) | `kafka` |
 //! | `nats://[user:pass@][host:port[,host:port...]][?group=G&connect_timeout=D&request_timeout=D&ack_wait=D&concurrency=N&token=T]` | `NatsWriter` | `NatsReader`; tasks without a group get `G` | `nats` |
+//! | `redis://[user:pass@][host:port][/db][?group=G&connect_timeout=D&block=D&batch=N&claim_idle=D&concurrency=N&max_len=N]` | `RedisWriter` | `RedisReader`; tasks without a group get `G` | `redis` |
 //! | `sqs://[key:secret@][host:port][?region=R&tls=true&wait_time_seconds=S]` | `SqsWriter` | `SqsReader` | `sqs` |
 //! | `sns://[key:secret@][host:port][?region=R&account_id=A&tls=true]` | `SnsWriter` | none | `sns` |
 //! | `postgres://...[?table=T&create_table=true&<sqlx parameters>]` (or `postgresql://`) | `PgOutboxWriter` owning a pool | none | `sql` |
@@ -98,6 +100,8 @@ pub use streams_chanbuf as chanbuf;
 pub use streams_kafka as kafka;
 #[cfg(feature = "nats")]
 pub use streams_nats as nats;
+#[cfg(feature = "redis")]
+pub use streams_redis as redis;
 #[cfg(feature = "sns")]
 pub use streams_sns as sns;
 #[cfg(feature = "sql")]

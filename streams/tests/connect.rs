@@ -86,6 +86,7 @@ async fn unknown_scheme_lists_supported_and_enabled_schemes() {
         "memory://",
         "kafka://",
         "nats://",
+        "redis://",
         "sqs://",
         "sns://",
         "postgres://",
@@ -166,6 +167,24 @@ async fn nats_round_trip_with_the_group_of_the_url() {
     write_then_read(&conn, &stream, ReadTask::new(&stream), 5).await;
     conn.delete_stream(&stream).await.expect("delete stream");
     conn.writer().close().await.expect("close");
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_round_trip_with_the_group_of_the_url() {
+    let url = std::env::var("STREAMS_REDIS_URL")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
+    let stream = unique("facade-redis");
+    let conn = connect(&format!("{url}?group=g&block=200ms"))
+        .await
+        .expect("connect redis://");
+    assert_eq!(conn.platform(), "redis");
+    // No group on the task: the URL's group applies, created at the start of the
+    // stream, so entries written before it arrive.
+    write_then_read(&conn, &stream, ReadTask::new(&stream), 5).await;
+    conn.delete_stream(&stream).await.expect("delete stream");
 }
 
 #[cfg(not(feature = "sqs"))]
