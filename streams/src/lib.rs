@@ -57,6 +57,9 @@
 //! - `nats://`: servers default to `127.0.0.1:4222` (port 4222 when none is given).
 //!   Streams are JetStream streams named by `streams_nats::nats_name` (`streams
 //!   create` makes them); `group` is the durable consumer of read tasks that name none.
+//! - `redis://`: the server defaults to `127.0.0.1:6379`; the path is the database
+//!   number. Streams are Redis keys named as the stream; `group` is the consumer group
+//!   of read tasks that name none (created at the start of the stream).
 //! - `sqs://` and `sns://`: without a host the AWS SDK resolves the endpoint; with one,
 //!   requests go to `http://host:port` (`https` with `tls=true`), as for an emulator.
 //!   Region and credentials come from the usual AWS environment unless the URL gives
