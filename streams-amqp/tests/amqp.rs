@@ -1,0 +1,215 @@
+//! RabbitMQ against the running broker: what the conformance suite does not cover.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use streams_amqp::{
+    create_stream, delete_stream, AmqpClient, AmqpConfig, AmqpReader, AmqpWriter, HEADER_DELIVERED,
+};
+use streams_core::{
+    handler, BoxError, CancellationToken, Error, Message, ReadTask, Reader, Writer,
+};
+use tokio::sync::mpsc;
+
+fn url() -> String {
+    std::env::var("STREAMS_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}.{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn client() -> AmqpClient {
+    AmqpClient::connect(
+        AmqpConfig::new(url())
+            .with_retry_backoff(Duration::from_millis(20), Duration::from_millis(100))
+            .with_operation_timeout(Duration::from_secs(5)),
+    )
+    .await
+    .expect("RabbitMQ")
+}
+
+#[tokio::test]
+async fn nothing_listening_fails_within_the_connect_timeout() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let started = Instant::now();
+    let err = AmqpClient::connect(
+        AmqpConfig::new(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"))
+            .with_connect_timeout(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let line = err.to_string();
+    assert!(
+        err.is_retryable()
+            && line.starts_with("amqp: connect failed")
+            && line.contains(&port.to_string()),
+        "{line}"
+    );
+    assert!(!line.contains("guest:guest"), "{line}");
+    // Refused credentials are not retryable.
+    let err = AmqpClient::connect(AmqpConfig::new("amqp://guest:wrong@127.0.0.1:5672/%2f"))
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+}
+
+#[tokio::test]
+async fn a_missing_stream_and_an_unroutable_message_are_errors() {
+    let c = client().await;
+    let missing = unique("missing");
+    let err = AmqpReader::new(c.clone())
+        .subscribe(ReadTask::new(&missing).with_group("g"))
+        .await
+        .unwrap_err();
+    assert!(
+        !err.is_retryable() && err.to_string().contains(&missing),
+        "{err}"
+    );
+    // A stream with no group yet: the broker returns the message.
+    let stream = unique("unrouted");
+    create_stream(&c, &stream).await.unwrap();
+    let err = AmqpWriter::new(c.clone())
+        .write(vec![Message::new(&stream, "nobody listens")])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no queue is bound"), "{err}");
+    assert!(!err.is_retryable(), "{err}");
+    // Hostile input: a header name AMQP cannot carry.
+    let err = AmqpWriter::new(c.clone())
+        .write(vec![
+            Message::new(&stream, "x").with_header("h".repeat(300), "v")
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Rejected { .. }), "{err}");
+    delete_stream(&c, &stream).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_message_comes_back_with_the_quorum_delivery_count() {
+    let c = client().await;
+    let stream = unique("count");
+    create_stream(&c, &stream).await.unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let h = handler(tower::service_fn(move |m: Message| {
+        let s = s.clone();
+        async move {
+            let n: u32 = m.headers[HEADER_DELIVERED].parse().unwrap();
+            s.lock().unwrap().push(n);
+            if n < 3 {
+                Err::<(), BoxError>("not yet".into())
+            } else {
+                Ok(())
+            }
+        }
+    }));
+    let sub = AmqpReader::new(c.clone())
+        .subscribe(ReadTask::new(&stream).with_group("g"))
+        .await
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(sub.run(h, cancel.clone()));
+    AmqpWriter::new(c.clone())
+        .write(vec![Message::new(&stream, "x")])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    assert_eq!(*seen.lock().unwrap(), [1, 2, 3]);
+    delete_stream(&c, &stream).await.unwrap();
+}
+
+/// The broker closes every client connection (`rabbitmqctl close_all_connections`)
+/// while messages are written and read: nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_closed_by_the_broker_lose_nothing() {
+    let c = client().await;
+    let stream = unique("closed");
+    create_stream(&c, &stream).await.unwrap();
+    let handled = Arc::new(Mutex::new(HashSet::new()));
+    let hd = handled.clone();
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let h = handler(tower::service_fn(move |m: Message| {
+        hd.lock().unwrap().insert(m.id);
+        let _ = tx.send(());
+        std::future::ready(Ok::<_, BoxError>(()))
+    }));
+    let sub = AmqpReader::new(c.clone())
+        .subscribe(ReadTask::new(&stream).with_group("g"))
+        .await
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(sub.run(h, cancel.clone()));
+    let writer = AmqpWriter::new(c.clone());
+    let mut sent = Vec::new();
+    let mut errors = 0;
+    for round in 0..30 {
+        if round == 10 {
+            let out = tokio::process::Command::new("rabbitmqctl")
+                .args(["close_all_connections", "streams fault test"])
+                .output()
+                .await
+                .expect("rabbitmqctl on the PATH");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let batch: Vec<_> = (0..10)
+            .map(|i| Message::new(&stream, format!("{round}-{i}")))
+            .collect();
+        loop {
+            match writer.write(batch.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    assert!(
+                        e.is_retryable(),
+                        "an error after the broker closed us is retryable: {e}"
+                    );
+                    errors += 1;
+                    assert!(errors < 50, "writes keep failing: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        sent.extend(batch.into_iter().map(|m| m.id));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let missing = sent
+            .iter()
+            .filter(|id| !handled.lock().unwrap().contains(*id))
+            .count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} messages never arrived"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await;
+    }
+    assert!(!run.is_finished(), "the reader kept running");
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    delete_stream(&c, &stream).await.unwrap();
+}
