@@ -172,6 +172,14 @@ async fn connections_closed_by_the_broker_lose_nothing() {
                 "{}",
                 String::from_utf8_lossy(&out.stderr)
             );
+            let said = String::from_utf8_lossy(&out.stdout).into_owned();
+            let closed: usize = said
+                .split("Closed ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            assert!(closed >= 1, "the broker closed our connection: {said}");
         }
         let batch: Vec<_> = (0..10)
             .map(|i| Message::new(&stream, format!("{round}-{i}")))
