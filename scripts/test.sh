@@ -10,7 +10,7 @@ source scripts/services.sh
 services_up
 
 # Every example and platform; not the TLS/SASL features, which need system libraries.
-FEATURES=streams-examples/kafka,streams-examples/sql,streams-examples/aws,streams/kafka,streams/nats,streams/redis,streams/sqs,streams/sns,streams/sql,streams/opentelemetry
+FEATURES=streams-examples/kafka,streams-examples/sql,streams-examples/aws,streams/amqp,streams/kafka,streams/nats,streams/redis,streams/sqs,streams/sns,streams/sql,streams/opentelemetry
 
 log=$(mktemp)
 status=0

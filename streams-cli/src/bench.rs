@@ -313,14 +313,28 @@ pub async fn bench(
             async move { tally.handle(&msg) }
         })
     };
-    let reading = tokio::spawn(read_until(
+    let attached = CancellationToken::new();
+    let mut reading = tokio::spawn(read_until(
         reader,
         task,
         service,
         finish.clone(),
         stop.clone(),
         None,
+        Some(attached.clone()),
     ));
+    // Publish only once the reader is attached: on RabbitMQ the group's queue is made
+    // then, and a message published before would have nowhere to go.
+    tokio::select! {
+        _ = attached.cancelled() => {}
+        ended = &mut reading => {
+            return Err(match ended {
+                Ok(Ok(_)) => "the reader ended before it attached".into(),
+                Ok(Err(e)) => e,
+                Err(e) => BoxError::from(e),
+            });
+        }
+    }
 
     let outcome = async {
         // Warm up: until the reader has seen a message, everything else would measure

@@ -105,6 +105,7 @@ pub async fn consume(
         done,
         stop,
         args.idle.map(|d| (d, activity)),
+        None,
     )
     .await?;
     if let Some(reason) = failure.take() {

@@ -79,9 +79,10 @@ pub async fn redrive(
     }
     let reader = conn.reader()?;
     let writer = conn.writer();
-    // Where the platform acknowledges per group, a dry run reads with a group of its
-    // own; elsewhere it must not acknowledge.
-    let per_group = crate::has_groups(conn.platform());
+    // Where a new group reads the stream from its start, a dry run reads with a group
+    // of its own; elsewhere (SQS, and RabbitMQ, whose new group queue holds only what
+    // arrives after it) it reads the URL's group and must not acknowledge.
+    let per_group = crate::has_groups(conn.platform()) && conn.platform() != "amqp";
     let group = match (&args.group, args.dry_run && per_group) {
         (_, true) => Some(format!(
             "streams-dlq-dry-run-{}",
@@ -166,6 +167,7 @@ pub async fn redrive(
         done,
         stop,
         Some((args.idle, activity)),
+        None,
     )
     .await?;
     tracing::debug!(?ended, "redrive ended");

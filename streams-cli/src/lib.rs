@@ -40,8 +40,8 @@ pub use publish::{publish, InputFormat, PublishArgs};
 #[command(name = "streams", version, about, long_about = None)]
 pub struct Cli {
     /// Platform URL: memory://, kafka://host:port?group=G, nats://host:port?group=G,
-    /// redis://host:port?group=G, sqs://host:port?region=R, sns://..., postgres://...,
-    /// mysql://...
+    /// redis://host:port?group=G, amqp://user:pass@host:port/vhost?group=G,
+    /// sqs://host:port?region=R, sns://..., postgres://..., mysql://...
     #[arg(
         short,
         long,
@@ -273,7 +273,7 @@ pub fn duration(value: &str) -> Result<Duration, String> {
 
 /// Whether readers of `platform` take consumer groups (SQS queues have none).
 pub(crate) fn has_groups(platform: &str) -> bool {
-    matches!(platform, "kafka" | "memory" | "nats" | "redis")
+    matches!(platform, "kafka" | "memory" | "nats" | "redis" | "amqp")
 }
 
 /// What a command reports on stderr when it succeeds.

@@ -86,11 +86,13 @@ impl Write for Captured {
 }
 
 /// Whether a header was added by a reader (platform coordinates) rather than by the
-/// publisher: `streams-kafka-*`, `streams-nats-*`, `streams-redis-*` and `sqs-message-*`.
+/// publisher: `streams-kafka-*`, `streams-nats-*`, `streams-redis-*`, `streams-amqp-*`
+/// and `sqs-message-*`.
 pub fn is_reader_header(name: &str) -> bool {
     name.starts_with("streams-kafka-")
         || name.starts_with("streams-nats-")
         || name.starts_with("streams-redis-")
+        || name.starts_with("streams-amqp-")
         || name.starts_with("sqs-message-")
 }
 

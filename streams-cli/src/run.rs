@@ -83,7 +83,8 @@ pub(crate) enum Ended {
 
 /// Reads `task` with `service` until `done` or `stop` fires or, with `idle`, until no
 /// message was handled for that long; then stops the reader, waiting for handlers in
-/// flight. A reader that fails or ends by itself is an error.
+/// flight. A reader that fails or ends by itself is an error. `attached` fires once
+/// the read task is attached to its stream.
 pub(crate) async fn read_until<S>(
     reader: Arc<dyn Reader>,
     task: ReadTask,
@@ -91,6 +92,7 @@ pub(crate) async fn read_until<S>(
     done: CancellationToken,
     stop: CancellationToken,
     idle: Option<(Duration, Activity)>,
+    attached: Option<CancellationToken>,
 ) -> Result<Ended, BoxError>
 where
     S: tower::Service<Message, Response = ()> + Clone + Send + Sync + 'static,
@@ -101,6 +103,9 @@ where
     let mut sub = Router::new(reader, Arc::new(EventRegistry::new()));
     sub.subscribe(task, service);
     sub.start().await?;
+    if let Some(attached) = attached {
+        attached.cancel();
+    }
     let tick = idle.as_ref().map_or(Duration::from_secs(3600), |(d, _)| {
         (*d / 4).clamp(Duration::from_millis(10), Duration::from_millis(250))
     });

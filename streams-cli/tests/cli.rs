@@ -34,10 +34,10 @@ async fn bad_arguments_are_one_line_and_exit_2() {
 
 #[tokio::test]
 async fn platform_errors_are_one_line_and_exit_1() {
-    let run = streams(&["--url", "amqp://localhost", "consume", "x"], "", LIMIT).await;
+    let run = streams(&["--url", "mqtt://localhost", "consume", "x"], "", LIMIT).await;
     assert_eq!(run.code, 1, "{run:#?}");
     assert_eq!(run.stderr.lines().count(), 1, "{run:#?}");
-    assert!(run.stderr.contains("unknown scheme `amqp`"), "{run:#?}");
+    assert!(run.stderr.contains("unknown scheme `mqtt`"), "{run:#?}");
     assert!(
         run.stderr.contains("kafka://"),
         "lists what is supported: {run:#?}"

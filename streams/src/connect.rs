@@ -42,6 +42,7 @@ macro_rules! platforms {
 
 platforms! {
     "chanbuf" => ["memory"] => streams_chanbuf::connect,
+    "amqp" => ["amqp"] => streams_amqp::connect,
     "kafka" => ["kafka"] => streams_kafka::connect,
     "nats" => ["nats"] => streams_nats::connect,
     "redis" => ["redis"] => streams_redis::connect,
@@ -169,6 +170,7 @@ mod tests {
             ("memory://", cfg!(feature = "chanbuf")),
             ("kafka://", cfg!(feature = "kafka")),
             ("nats://", cfg!(feature = "nats")),
+            ("amqp://", cfg!(feature = "amqp")),
             ("redis://", cfg!(feature = "redis")),
             ("sqs://", cfg!(feature = "sqs")),
             ("sns://", cfg!(feature = "sns")),

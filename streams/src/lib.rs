@@ -7,6 +7,7 @@
 //! | feature | module | driver crate | on by default |
 //! |---|---|---|---|
 //! | `chanbuf` | `streams::chanbuf` | `streams-chanbuf`, the in-process bus | yes |
+//! | `amqp` | `streams::amqp` | `streams-amqp` (RabbitMQ) | no |
 //! | `kafka` | `streams::kafka` | `streams-kafka` | no |
 //! | `nats` | `streams::nats` | `streams-nats` (JetStream) | no |
 //! | `redis` | `streams::redis` | `streams-redis` (Redis Streams) | no |
@@ -40,6 +41,7 @@
 //! |---|---|---|---|
 //! | `memory://[?queue_depth=N&concurrency=N]` | one `MemoryBus`, shared | the same bus | `chanbuf` |
 //! | `kafka://[host:port[,host:port...]][?group=G&<librdkafka key>=<value>...]` | `KafkaWriter` | `KafkaReader`; tasks without a group get `G` ([`DefaultGroupReader`]) | `kafka` |
+//! | `amqp://user:pass@host:port/vhost[?group=G&connect_timeout=D&operation_timeout=D&queue_type=quorum\|classic&prefetch=N&concurrency=N]` | `AmqpWriter` | `AmqpReader`; tasks without a group get `G` | `amqp` |
 //! | `nats://[user:pass@][host:port[,host:port...]][?group=G&connect_timeout=D&request_timeout=D&ack_wait=D&concurrency=N&token=T]` | `NatsWriter` | `NatsReader`; tasks without a group get `G` | `nats` |
 //! | `redis://[user:pass@][host:port][/db][?group=G&connect_timeout=D&block=D&batch=N&claim_idle=D&concurrency=N&max_len=N]` | `RedisWriter` | `RedisReader`; tasks without a group get `G` | `redis` |
 //! | `sqs://[key:secret@][host:port][?region=R&tls=true&wait_time_seconds=S]` | `SqsWriter` | `SqsReader` | `sqs` |
@@ -97,6 +99,8 @@
 
 pub use streams_core::*;
 
+#[cfg(feature = "amqp")]
+pub use streams_amqp as amqp;
 #[cfg(feature = "chanbuf")]
 pub use streams_chanbuf as chanbuf;
 #[cfg(feature = "kafka")]

@@ -80,10 +80,11 @@ async fn write_then_read(conn: &Connection, stream: &str, task: ReadTask, count:
 
 #[tokio::test]
 async fn unknown_scheme_lists_supported_and_enabled_schemes() {
-    let reason = connect_err("amqp://localhost:5672").await;
-    assert!(reason.contains("unknown scheme `amqp`"), "{reason}");
+    let reason = connect_err("mqtt://localhost:1883").await;
+    assert!(reason.contains("unknown scheme `mqtt`"), "{reason}");
     for scheme in [
         "memory://",
+        "amqp://",
         "kafka://",
         "nats://",
         "redis://",
@@ -183,6 +184,32 @@ async fn redis_round_trip_with_the_group_of_the_url() {
     assert_eq!(conn.platform(), "redis");
     // No group on the task: the URL's group applies, created at the start of the
     // stream, so entries written before it arrive.
+    write_then_read(&conn, &stream, ReadTask::new(&stream), 5).await;
+    conn.delete_stream(&stream).await.expect("delete stream");
+}
+
+#[cfg(feature = "amqp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_round_trip_with_the_group_of_the_url() {
+    let url = std::env::var("STREAMS_AMQP_URL")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let stream = unique("facade-amqp");
+    let conn = connect(&format!("{url}?group=g"))
+        .await
+        .expect("connect amqp://");
+    assert_eq!(conn.platform(), "amqp");
+    conn.create_stream(&stream, 1).await.expect("create stream");
+    // The group's queue is made when its reader attaches: attach first (the round trip
+    // reads with the URL's group, so its queue then holds what is written).
+    let reader = conn.reader().expect("reader");
+    drop(
+        reader
+            .subscribe(ReadTask::new(&stream))
+            .await
+            .expect("attach"),
+    );
     write_then_read(&conn, &stream, ReadTask::new(&stream), 5).await;
     conn.delete_stream(&stream).await.expect("delete stream");
 }

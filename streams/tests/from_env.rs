@@ -13,7 +13,7 @@ async fn reads_streams_url_and_defaults_to_memory() {
     let conn = connect_from_env().await.expect("memory with a queue depth");
     assert_eq!(conn.platform(), "memory");
 
-    std::env::set_var(URL_ENV, "amqp://localhost:5672");
+    std::env::set_var(URL_ENV, "mqtt://localhost:1883");
     let err = connect_from_env().await.expect_err("unknown scheme");
     assert!(matches!(err, Error::Invalid { .. }), "{err}");
 

@@ -1,0 +1,93 @@
+//! The binary against RabbitMQ (`STREAMS_AMQP_URL`, default
+//! `amqp://guest:guest@127.0.0.1:5672/%2f`).
+#![cfg(feature = "amqp")]
+
+mod common;
+
+use common::{unique, Cli};
+
+fn cli(group: &str) -> Cli {
+    let url = std::env::var("STREAMS_AMQP_URL")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    Cli::new(format!("{url}?group={group}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_consume_and_redrive_on_amqp() {
+    let stream = unique("cli-amqp");
+    let dlq = format!("{stream}.dlq");
+    let cli = cli(&unique("cli-group"));
+    cli.ok(&["create", &stream], "").await;
+    cli.ok(&["create", &dlq], "").await;
+    // A RabbitMQ stream delivers into the queues of the groups that attached: attach
+    // the URL's group to both before publishing.
+    assert!(cli
+        .consume_data(&stream, &["--idle", "1s"])
+        .await
+        .is_empty());
+    assert!(cli.consume_data(&dlq, &["--idle", "1s"]).await.is_empty());
+
+    let args = [
+        "publish",
+        &stream,
+        "-k",
+        "customer-7",
+        "-H",
+        "tenant=acme",
+        "-t",
+        "json",
+    ];
+    let run = cli.ok(&args, "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n").await;
+    assert!(run.stderr.contains("published 3 message(s)"), "{run:#?}");
+
+    let run = cli.ok(&["consume", &stream, "--count", "3"], "").await;
+    let lines = run.json_lines();
+    assert_eq!(lines.len(), 3, "{run:#?}");
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["data"], format!("{{\"n\":{}}}", i + 1));
+        assert_eq!(line["key"], "customer-7");
+        assert_eq!(line["headers"]["tenant"], "acme");
+        assert_eq!(line["content_type"], "application/json");
+        assert_eq!(line["meta"]["streams-amqp-delivered"], "1", "{line}");
+    }
+    // The group acknowledged: nothing is left for it.
+    let left = cli.consume_data(&stream, &["--idle", "3s"]).await;
+    assert!(left.is_empty(), "{left:?}");
+
+    cli.dead_letters_round_trip(&stream).await;
+
+    cli.ok(&["delete", &stream], "").await;
+    cli.ok(&["delete", &dlq], "").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_listening_is_one_line_and_exit_1() {
+    let run = common::streams(
+        &[
+            "--url",
+            "amqp://guest:guest@127.0.0.1:1/%2f?connect_timeout=1s",
+            "publish",
+            "s",
+            "x",
+        ],
+        "",
+        std::time::Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(run.code, 1, "{run:#?}");
+    let line = run.stderr.trim();
+    assert!(
+        !line.contains('\n')
+            && line.contains("amqp: connect failed")
+            && line.contains("127.0.0.1:1"),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_on_amqp() {
+    let report = cli("unused").bench(2000, &[]).await;
+    assert_eq!(report["platform"], "amqp");
+}
