@@ -56,6 +56,9 @@
 //!   read tasks that name none; every other parameter is a librdkafka property passed
 //!   to `KafkaConfig::with_property` unchanged (`session.timeout.ms=6000`,
 //!   `security.protocol=SASL_SSL`, `sasl.username=...`), percent-decoded.
+//! - `amqp://`: the path is the virtual host (`%2f` for `/`). Streams are durable
+//!   fanout exchanges; `group` is the durable queue (`<stream>::<group>`) of read tasks
+//!   that name none.
 //! - `nats://`: servers default to `127.0.0.1:4222` (port 4222 when none is given).
 //!   Streams are JetStream streams named by `streams_nats::nats_name` (`streams
 //!   create` makes them); `group` is the durable consumer of read tasks that name none.
