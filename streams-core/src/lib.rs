@@ -42,7 +42,7 @@ pub use event::{Event, EventRegistry};
 pub use event_bus::EventBus;
 pub use id::{IdFactory, KsuidFactory, UuidFactory};
 pub use message::{
-    Headers, Message, CONTENT_TYPE_JSON, CONTENT_TYPE_OCTET_STREAM, CONTENT_TYPE_PROTOBUF,
+    Headers, Message, Metadata, CONTENT_TYPE_JSON, CONTENT_TYPE_OCTET_STREAM, CONTENT_TYPE_PROTOBUF,
 };
 pub use observe::{Observe, ObserveLayer, ObservedReader, ObservedWriter};
 pub use outbox::{decode_batch, encode_batch, OutboxStore, Relay, StoredBatch, WakeSource};

@@ -172,6 +172,7 @@ fn decode_by_hand(m: &rdkafka::message::BorrowedMessage<'_>) -> Message {
         stream: m.topic().to_owned(),
         key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
         headers,
+        metadata: Default::default(),
         content_type,
         data: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
         time: chrono::DateTime::from_timestamp_millis(m.timestamp().to_millis().unwrap_or(0))

@@ -9,14 +9,14 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, OwnedMessage};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{Offset, TopicPartitionList};
 use streams_core::{CancellationToken, Error, Handler, ReadTask, Reader, Result, Subscription};
 use tokio::sync::mpsc;
 
 use crate::client::{first_contact, KafkaContext};
 use crate::error::{code_error, fault, kafka_error, Fault};
-use crate::record::{to_message, Origin};
+use crate::record::{to_message, Origin, Record};
 use crate::{KafkaConfig, DRIVER};
 
 /// Reads Kafka topics; implements [`Reader`].
@@ -174,9 +174,8 @@ fn commit_stored<C: Consumer<ReaderContext>>(consumer: &C, group: &str, why: &st
 /// A record on its way to a partition worker. The worker builds the `Message` from it
 /// for each attempt, so nothing is copied up front for a redelivery that rarely comes.
 struct Work {
-    record: OwnedMessage,
+    record: Record,
     hwm: i64,
-    offset: i64,
     epoch: u64,
 }
 
@@ -391,8 +390,12 @@ impl KafkaReader {
             ownership,
             topic: task.stream.clone(),
             group: group.clone(),
-            client_id,
-            init_offset,
+            origin: Origin {
+                topic: task.stream.clone(),
+                client_id: client_id.into(),
+                group_id: group.as_str().into(),
+                init_offset: init_offset.into(),
+            },
             hwm: Mutex::new(HashMap::new()),
             retry_initial: self.config.retry_initial,
             retry_max: self.config.retry_max,
@@ -485,8 +488,8 @@ struct Shared {
     ownership: Arc<Ownership>,
     topic: String,
     group: String,
-    client_id: String,
-    init_offset: String,
+    /// What every message's metadata refers to.
+    origin: Origin,
     hwm: Mutex<HashMap<i32, i64>>,
     retry_initial: Duration,
     retry_max: Duration,
@@ -504,9 +507,8 @@ impl Shared {
             .map(|m| m.get(&partition).copied().unwrap_or(0))
             .unwrap_or(0);
         Work {
-            record: record.detach(),
+            record: Record::new(record),
             hwm,
-            offset: rdkafka::Message::offset(record),
             epoch,
         }
     }
@@ -801,9 +803,10 @@ async fn partition_worker(
             if handled && shared.commits && shared.ownership.owns(partition, work.epoch) {
                 // The consumer outlives the workers; the strong reference lasts this call.
                 if let Some(c) = consumer.upgrade() {
-                    if let Err(e) = c.store_offset(&shared.topic, partition, work.offset) {
+                    let offset = work.record.offset();
+                    if let Err(e) = c.store_offset(&shared.topic, partition, offset) {
                         tracing::warn!(
-                            topic = %shared.topic, partition, offset = work.offset, error = %e,
+                            topic = %shared.topic, partition, offset, error = %e,
                             "offset store failed"
                         );
                     }
@@ -836,15 +839,7 @@ async fn handle_until_success(
         if !shared.ownership.owns(partition, work.epoch) {
             return false;
         }
-        let message = to_message(
-            &work.record,
-            &Origin {
-                hwm: work.hwm,
-                client_id: &shared.client_id,
-                group_id: &shared.group,
-                init_offset: &shared.init_offset,
-            },
-        );
+        let message = to_message(&work.record, work.hwm, &shared.origin);
         // A handler slot, where the task bounds calls across partitions; not held
         // while backing off.
         let permit = match &shared.handlers {
@@ -861,7 +856,7 @@ async fn handle_until_success(
             Err(error) => {
                 // `LoggingLayer` logs failures at the level the user chose.
                 tracing::debug!(
-                    topic = %shared.topic, partition, offset = work.offset,
+                    topic = %shared.topic, partition, offset = work.record.offset(),
                     attempt, ?backoff, %error, "handler failed; delivering the message again"
                 );
             }
