@@ -5,6 +5,11 @@
 //! Run with a broker on `STREAMS_KAFKA_BROKERS` (default `localhost:9092`):
 //! `cargo bench -p streams-kafka --bench kafka_throughput`. `MESSAGES` sets the count
 //! (default 100,000), payloads are 256 bytes. Prints figures; asserts nothing.
+//!
+//! `FILL=<topic>` only writes `MESSAGES` to a new topic; `CASE=streams|raw|raw-decode
+//! TOPIC=<topic>` only runs that consumer on it, so that `valgrind` can count one
+//! consumer's instructions and allocations (run two counts and take the difference per
+//! message: the README shows the commands).
 
 #![allow(missing_docs, clippy::print_stdout, clippy::print_stderr)]
 
@@ -268,6 +273,25 @@ fn main() {
                 *slot = Some(f);
             }
         };
+        // FILL=topic creates the topic and writes `n` messages to it; CASE=streams, raw or
+        // raw-decode with TOPIC=topic then runs that one consumer on it, for counting
+        // instructions and allocations per message under valgrind (see the README).
+        if let Ok(topic) = std::env::var("FILL") {
+            create_topic(&config, &topic, 3, 1).await.expect("topic");
+            produce_raw(&config, &topic, n).await;
+            println!("{topic}: {n} messages written");
+            return;
+        }
+        if let (Ok(case), Ok(topic)) = (std::env::var("CASE"), std::env::var("TOPIC")) {
+            let f = match case.as_str() {
+                "streams" => consume_streams(&config, &topic, n).await,
+                "raw" => consume_raw(&config, &topic, n, false).await,
+                "raw-decode" => consume_raw(&config, &topic, n, true).await,
+                other => panic!("CASE={other}: streams, raw or raw-decode"),
+            };
+            println!("{case}: {n} messages consumed at {:.0}/s", f.rate(n));
+            return;
+        }
         // PHASE=consume measures only the consumers (for profiling them).
         let consume_only = std::env::var("PHASE").is_ok_and(|p| p == "consume");
         for round in 0..2 {

@@ -84,6 +84,9 @@ impl KafkaReader {
 #[derive(Default)]
 struct Ownership {
     epochs: Mutex<HashMap<i32, u64>>,
+    /// Bumped after each change of `epochs`, so that a worker checks the map only when
+    /// it changed rather than for every record.
+    generation: AtomicU64,
     next: AtomicU64,
     /// Partitions the reader paused: librdkafka keeps a partition paused across a
     /// revocation and a new assignment, so a revoked one is resumed at once.
@@ -93,6 +96,25 @@ struct Ownership {
 impl Ownership {
     fn owns(&self, partition: i32, epoch: u64) -> bool {
         self.lock().get(&partition) == Some(&epoch)
+    }
+
+    /// [`owns`](Ownership::owns), answered from `cache` (generation, answer) while the
+    /// assignment did not change.
+    fn owns_cached(&self, partition: i32, epoch: u64, cache: &mut Option<(u64, bool)>) -> bool {
+        let generation = self.generation.load(Ordering::Acquire);
+        match *cache {
+            Some((g, owns)) if g == generation => owns,
+            _ => {
+                let owns = self.owns(partition, epoch);
+                *cache = Some((generation, owns));
+                owns
+            }
+        }
+    }
+
+    /// To call after changing `epochs`, with the lock still held.
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     fn epoch(&self, partition: i32) -> Option<u64> {
@@ -138,6 +160,7 @@ impl ConsumerContext for ReaderContext {
                             resume.add_partition(e.topic(), e.partition());
                         }
                     }
+                    self.ownership.changed();
                 }
                 if resume.count() > 0 {
                     if let Err(e) = consumer.resume(&resume) {
@@ -154,6 +177,7 @@ impl ConsumerContext for ReaderContext {
                     let epoch = self.ownership.next.fetch_add(1, Ordering::Relaxed);
                     owned.insert(e.partition(), epoch);
                 }
+                self.ownership.changed();
                 tracing::info!(group = %self.group, partitions = tpl.count(), "partitions assigned");
             }
             Rebalance::Error(e) => {
@@ -315,7 +339,9 @@ impl Reader for KafkaReader {
                     consumer
                         .assign(&tpl)
                         .map_err(|e| kafka_error("assign", Some(&t.stream), e))?;
-                    consumer.context().ownership.lock().insert(p, 0);
+                    let ownership = &consumer.context().ownership;
+                    ownership.lock().insert(p, 0);
+                    ownership.changed();
                 }
                 None => {
                     info.misconfigured("subscribe", &t.stream)?;
@@ -789,27 +815,32 @@ async fn partition_worker(
     stop: CancellationToken,
 ) {
     let partition = worker.partition;
+    let mut owns = None;
+    // The last handled offset not stored yet: stored once per batch (or every
+    // `STORE_EVERY` records) rather than per record, and before any return.
+    let mut unstored = None;
     while let Some(batch) = tokio::select! {
         biased;
         _ = stop.cancelled() => None,
         w = worker.rx.recv() => w,
     } {
-        for work in batch {
+        for (i, work) in batch.into_iter().enumerate() {
             if stop.is_cancelled() {
+                store(&shared, &consumer, partition, unstored.take());
                 return;
             }
             let handled =
-                handle_until_success(&shared, partition, &mut handler, &work, &stop).await;
-            if handled && shared.commits && shared.ownership.owns(partition, work.epoch) {
-                // The consumer outlives the workers; the strong reference lasts this call.
-                if let Some(c) = consumer.upgrade() {
-                    let offset = work.record.offset();
-                    if let Err(e) = c.store_offset(&shared.topic, partition, offset) {
-                        tracing::warn!(
-                            topic = %shared.topic, partition, offset, error = %e,
-                            "offset store failed"
-                        );
-                    }
+                handle_until_success(&shared, partition, &mut handler, &work, &stop, &mut owns)
+                    .await;
+            if handled && shared.commits {
+                if shared
+                    .ownership
+                    .owns_cached(partition, work.epoch, &mut owns)
+                {
+                    unstored = Some(work.record.offset());
+                } else {
+                    // Revoked: what was handled before still counts.
+                    store(&shared, &consumer, partition, unstored.take());
                 }
             }
             let _ = worker.done.send(Done {
@@ -818,8 +849,30 @@ async fn partition_worker(
             });
             if !handled && stop.is_cancelled() {
                 // Stopped before success: not stored, so delivered again.
+                store(&shared, &consumer, partition, unstored.take());
                 return;
             }
+            if (i + 1) % STORE_EVERY == 0 {
+                store(&shared, &consumer, partition, unstored.take());
+            }
+        }
+        store(&shared, &consumer, partition, unstored.take());
+    }
+}
+
+/// Records handled between two offset stores at most.
+const STORE_EVERY: usize = 64;
+
+/// Stores `offset` (the last handled record of `partition`) for the next commit.
+fn store(shared: &Shared, consumer: &Weak<Consumer_>, partition: i32, offset: Option<i64>) {
+    let Some(offset) = offset else { return };
+    // The consumer outlives the workers; the strong reference lasts this call.
+    if let Some(c) = consumer.upgrade() {
+        if let Err(e) = c.store_offset(&shared.topic, partition, offset) {
+            tracing::warn!(
+                topic = %shared.topic, partition, offset, error = %e,
+                "offset store failed"
+            );
         }
     }
 }
@@ -832,11 +885,12 @@ async fn handle_until_success(
     handler: &mut Handler,
     work: &Work,
     stop: &CancellationToken,
+    owns: &mut Option<(u64, bool)>,
 ) -> bool {
     let mut backoff = shared.retry_initial;
     let mut attempt = 1u32;
     loop {
-        if !shared.ownership.owns(partition, work.epoch) {
+        if !shared.ownership.owns_cached(partition, work.epoch, owns) {
             return false;
         }
         let message = to_message(&work.record, work.hwm, &shared.origin);

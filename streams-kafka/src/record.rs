@@ -84,6 +84,9 @@ pub(crate) struct Record {
     timestamp: Option<i64>,
 }
 
+/// Bytes set aside for the headers when copying a record.
+const HEADER_ROOM: usize = 256;
+
 /// Length marker of a header without a value.
 const NO_VALUE: u32 = u32::MAX;
 
@@ -93,13 +96,11 @@ impl Record {
         let payload = record.payload();
         let key = record.key();
         let headers = record.headers();
-        let mut size = payload.map_or(0, <[u8]>::len) + key.map_or(0, <[u8]>::len);
-        if let Some(hs) = headers {
-            for h in hs.iter() {
-                size += 8 + h.key.len() + h.value.map_or(0, <[u8]>::len);
-            }
-        }
-        let mut buf = Vec::with_capacity(size);
+        // Room for the usual headers (ids, content type, a few user headers): one pass
+        // over them, and a reallocation only for records with more.
+        let mut buf = Vec::with_capacity(
+            payload.map_or(0, <[u8]>::len) + key.map_or(0, <[u8]>::len) + HEADER_ROOM,
+        );
         buf.extend_from_slice(payload.unwrap_or_default());
         buf.extend_from_slice(key.unwrap_or_default());
         if let Some(hs) = headers {
