@@ -6,10 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::{StreamExt as _, TryStreamExt as _};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
-use streams::{BoxError, CancellationToken, Connection, Message, ReadTask};
+use streams::{BoxError, CancellationToken, Connection, Message, ReadTask, WriteWindow};
 
 use crate::run::read_until;
 
@@ -31,7 +30,7 @@ pub struct BenchArgs {
     pub size: usize,
     /// Messages per write.
     pub batch: usize,
-    /// Writes in flight.
+    /// Batches in flight ([`WriteWindow`]).
     pub inflight: usize,
     /// Handlers at once.
     pub concurrency: usize,
@@ -51,8 +50,8 @@ impl Default for BenchArgs {
             stream: None,
             count: 10_000,
             size: 256,
-            batch: 100,
-            inflight: 4,
+            batch: 1000,
+            inflight: 8,
             concurrency: 4,
             partitions: 1,
             timeout: Duration::from_secs(60),
@@ -347,33 +346,22 @@ pub async fn bench(
         let payload = Bytes::from((0..args.size).map(|i| (i % 251) as u8).collect::<Vec<_>>());
         let batch = args.batch.max(1);
         let start = Instant::now();
-        futures::stream::iter((0..count).step_by(batch))
-            .map(|first| {
-                let (writer, payload, stream, bar) = (
-                    writer.clone(),
-                    payload.clone(),
-                    stream.clone(),
-                    published_bar.clone(),
-                );
-                async move {
-                    let last = (first + batch).min(count);
-                    let sent = now_ns().to_string();
-                    let msgs: Vec<Message> = (first..last)
-                        .map(|seq| {
-                            Message::new(&stream, payload.clone())
-                                .with_key(format!("k{}", seq % 64))
-                                .with_header(SEQ, seq.to_string())
-                                .with_header(SENT, sent.clone())
-                        })
-                        .collect();
-                    writer.write(msgs).await?;
-                    bar.inc((last - first) as u64);
-                    Ok::<_, BoxError>(())
-                }
-            })
-            .buffer_unordered(args.inflight.max(1))
-            .try_for_each(|()| async { Ok(()) })
-            .await?;
+        let mut window = WriteWindow::new(writer.clone(), args.inflight);
+        for first in (0..count).step_by(batch) {
+            let last = (first + batch).min(count);
+            let sent = now_ns().to_string();
+            let msgs: Vec<Message> = (first..last)
+                .map(|seq| {
+                    Message::new(&stream, payload.clone())
+                        .with_key(format!("k{}", seq % 64))
+                        .with_header(SEQ, seq.to_string())
+                        .with_header(SENT, sent.clone())
+                })
+                .collect();
+            window.write(msgs).await?;
+            published_bar.inc((last - first) as u64);
+        }
+        window.flush().await?;
         let publish_secs = start.elapsed().as_secs_f64();
         published_bar.finish();
         tokio::select! {

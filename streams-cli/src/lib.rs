@@ -178,10 +178,11 @@ pub struct BenchCmd {
     #[arg(short, long, default_value_t = 256)]
     pub size: usize,
     /// Messages per write.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch: u32,
-    /// Writes in flight.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Writes (batches) in flight: a wide window keeps Kafka's producer queues full
+    /// (see `streams::WriteWindow`).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub inflight: u32,
     /// Handlers at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
