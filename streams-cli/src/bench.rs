@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -186,23 +186,25 @@ fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Latencies and when the last distinct message arrived, under one lock.
-#[derive(Default)]
-struct Samples {
-    latencies_us: Vec<u64>,
-    last_at: Option<Instant>,
-}
-
-/// Everything the handler updates.
+/// Everything the handler updates; without a lock, so that concurrent handlers do not
+/// measure each other.
 struct Tally {
     seen: Vec<AtomicBool>,
+    /// Write-to-handler latency of each message, by sequence number.
+    latencies_us: Vec<AtomicU64>,
+    /// When the last distinct message arrived, in nanoseconds after `epoch`.
+    last_at_ns: AtomicU64,
+    epoch: Instant,
     received: AtomicU64,
     duplicates: AtomicU64,
-    samples: Mutex<Samples>,
     warm: CancellationToken,
     all: CancellationToken,
-    bar: ProgressBar,
+    /// Progress, drawn only on a terminal: updated every `BAR_STEP` messages.
+    bar: Option<ProgressBar>,
 }
+
+/// Messages between two updates of a progress bar.
+const BAR_STEP: u64 = 1024;
 
 impl Tally {
     fn handle(&self, msg: &Message) -> Result<(), BoxError> {
@@ -225,13 +227,13 @@ impl Tally {
             return Ok(());
         }
         let latency = now_ns().saturating_sub(sent) / 1_000;
-        {
-            let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-            samples.latencies_us.push(latency);
-            samples.last_at = Some(Instant::now());
-        }
-        self.bar.inc(1);
+        self.latencies_us[seq].store(latency, Ordering::Relaxed);
+        let at = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_at_ns.fetch_max(at, Ordering::Relaxed);
         let n = self.received.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(bar) = self.bar.as_ref().filter(|_| n.is_multiple_of(BAR_STEP)) {
+            bar.set_position(n);
+        }
         if n == self.seen.len() as u64 {
             self.all.cancel();
         }
@@ -267,7 +269,8 @@ pub async fn bench(
         .unwrap_or_else(|| format!("streams-bench-{}", uuid::Uuid::now_v7().simple()));
     conn.create_stream(&stream, args.partitions).await?;
 
-    let draw = if args.progress && std::io::stderr().is_terminal() {
+    let drawn = args.progress && std::io::stderr().is_terminal();
+    let draw = if drawn {
         ProgressDrawTarget::stderr()
     } else {
         ProgressDrawTarget::hidden()
@@ -290,15 +293,14 @@ pub async fn bench(
 
     let tally = Arc::new(Tally {
         seen: (0..count).map(|_| AtomicBool::new(false)).collect(),
+        latencies_us: (0..count).map(|_| AtomicU64::new(0)).collect(),
+        last_at_ns: AtomicU64::new(0),
+        epoch: Instant::now(),
         received: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
-        samples: Mutex::new(Samples {
-            latencies_us: Vec::with_capacity(count),
-            last_at: None,
-        }),
         warm: CancellationToken::new(),
         all: CancellationToken::new(),
-        bar: consumed_bar.clone(),
+        bar: drawn.then(|| consumed_bar.clone()),
     });
     let finish = CancellationToken::new();
     let mut task = ReadTask::new(&stream).with_concurrency(args.concurrency.max(1));
@@ -375,6 +377,7 @@ pub async fn bench(
 
     finish.cancel();
     let read = reading.await.map_err(|e| format!("reader task: {e}"))?;
+    consumed_bar.set_position(tally.received.load(Ordering::SeqCst));
     consumed_bar.finish();
     if created && !args.keep {
         if let Err(e) = conn.delete_stream(&stream).await {
@@ -385,11 +388,19 @@ pub async fn bench(
     read?;
 
     let received = tally.received.load(Ordering::SeqCst);
-    let Samples {
-        latencies_us: mut lat,
-        last_at,
-    } = std::mem::take(&mut *tally.samples.lock().unwrap_or_else(|e| e.into_inner()));
-    let consume_secs = last_at.map_or(0.0, |t| t.duration_since(start).as_secs_f64());
+    let mut lat: Vec<u64> = tally
+        .seen
+        .iter()
+        .zip(&tally.latencies_us)
+        .filter(|(seen, _)| seen.load(Ordering::SeqCst))
+        .map(|(_, l)| l.load(Ordering::Relaxed))
+        .collect();
+    let last_at = tally.epoch + Duration::from_nanos(tally.last_at_ns.load(Ordering::SeqCst));
+    let consume_secs = if received == 0 {
+        0.0
+    } else {
+        last_at.saturating_duration_since(start).as_secs_f64()
+    };
     lat.sort_unstable();
     let report = BenchReport {
         platform: conn.platform().to_owned(),
