@@ -32,6 +32,10 @@ pub struct BenchArgs {
     pub batch: usize,
     /// Batches in flight ([`WriteWindow`]).
     pub inflight: usize,
+    /// Publish at this steady rate (messages per second) instead of as fast as
+    /// possible, in batches of at most a millisecond's worth, so that the latency
+    /// measured is the platform's and not the queue's.
+    pub rate: Option<u64>,
     /// Handlers at once.
     pub concurrency: usize,
     /// Partitions of a created Kafka topic.
@@ -52,6 +56,7 @@ impl Default for BenchArgs {
             size: 256,
             batch: 1000,
             inflight: 8,
+            rate: None,
             concurrency: 4,
             partitions: 1,
             timeout: Duration::from_secs(60),
@@ -87,6 +92,8 @@ pub struct BenchReport {
     pub published: u64,
     /// Payload bytes per message.
     pub size: usize,
+    /// The steady rate asked for (`--rate`), when there was one.
+    pub rate: Option<u64>,
     /// Seconds from the first write to the last acknowledged write.
     pub publish_secs: f64,
     /// Distinct messages handled.
@@ -114,9 +121,13 @@ impl BenchReport {
     pub fn render(&self) -> String {
         let mib = |n: u64, secs: f64| rate(n, secs) * self.size as f64 / (1024.0 * 1024.0);
         let l = &self.latency;
+        let paced = self
+            .rate
+            .map(|r| format!(" (paced at {} msg/s)", thousands(r as f64)))
+            .unwrap_or_default();
         format!(
             "platform  {}\nstream    {} ({} messages of {} B)\n\
-             publish   {} in {:.3} s = {} msg/s, {:.1} MiB/s\n\
+             publish   {} in {:.3} s = {} msg/s, {:.1} MiB/s{}\n\
              consume   {} in {:.3} s = {} msg/s, {} duplicate(s)\n\
              latency   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
             self.platform,
@@ -127,6 +138,7 @@ impl BenchReport {
             self.publish_secs,
             thousands(self.publish_rate()),
             mib(self.published, self.publish_secs),
+            paced,
             self.received,
             self.consume_secs,
             thousands(self.consume_rate()),
@@ -259,6 +271,9 @@ pub async fn bench(
     if args.count == 0 {
         return Err("--count must be at least 1".into());
     }
+    if args.rate == Some(0) {
+        return Err("--rate must be at least 1".into());
+    }
     let count = usize::try_from(args.count).map_err(|_| "--count is too large")?;
     let reader = conn.reader()?;
     let writer = conn.writer();
@@ -346,11 +361,22 @@ pub async fn bench(
         }
 
         let payload = Bytes::from((0..args.size).map(|i| (i % 251) as u8).collect::<Vec<_>>());
-        let batch = args.batch.max(1);
+        let batch = match args.rate {
+            // At most a millisecond's worth per batch, so the pace is steady.
+            Some(rate) => args
+                .batch
+                .clamp(1, usize::try_from(rate / 1000).unwrap_or(1).max(1)),
+            None => args.batch.max(1),
+        };
         let start = Instant::now();
         let mut window = WriteWindow::new(writer.clone(), args.inflight);
         for first in (0..count).step_by(batch) {
             let last = (first + batch).min(count);
+            if let Some(rate) = args.rate {
+                // Batch `first` is due `first / rate` seconds after the start.
+                let due = start + Duration::from_secs_f64(first as f64 / rate as f64);
+                tokio::time::sleep_until(due.into()).await;
+            }
             let sent = now_ns().to_string();
             let msgs: Vec<Message> = (first..last)
                 .map(|seq| {
@@ -407,6 +433,7 @@ pub async fn bench(
         stream,
         published: args.count,
         size: args.size,
+        rate: args.rate,
         publish_secs,
         received,
         duplicates: tally.duplicates.load(Ordering::Relaxed),

@@ -1,15 +1,15 @@
 use std::fmt;
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
-use futures::stream::{FuturesUnordered, StreamExt as _};
+use tokio::task::JoinSet;
 
-use crate::{Message, Result, Writer};
+use crate::{Error, Message, Result, Writer};
 
 /// Keeps several batches in flight on one [`Writer`], so that a producer loop gets the
 /// throughput of a wide window without holding futures itself.
 ///
-/// [`write`](WriteWindow::write) starts a batch and returns as soon as fewer than
+/// [`write`](WriteWindow::write) starts a batch on a task of its own (so it makes
+/// progress while the caller does something else) and returns as soon as fewer than
 /// `batches` are in flight (waiting for one to finish when the window is full);
 /// [`flush`](WriteWindow::flush) waits for all of them. On Kafka a window of 16 batches
 /// of 500 keeps librdkafka's queues full through its `linger.ms`, where one awaited
@@ -34,10 +34,14 @@ use crate::{Message, Result, Writer};
 /// writer's error (which names the failed messages where the writer does); batches
 /// started after it may have been written. Dropping the window abandons the batches in
 /// flight: whether they are written is up to the writer.
+///
+/// # Panics
+///
+/// [`write`](WriteWindow::write) outside a Tokio runtime.
 pub struct WriteWindow {
     writer: Arc<dyn Writer>,
     batches: usize,
-    in_flight: FuturesUnordered<BoxFuture<'static, Result<()>>>,
+    in_flight: JoinSet<Result<()>>,
 }
 
 impl WriteWindow {
@@ -46,7 +50,7 @@ impl WriteWindow {
         WriteWindow {
             writer,
             batches: batches.max(1),
-            in_flight: FuturesUnordered::new(),
+            in_flight: JoinSet::new(),
         }
     }
 
@@ -57,14 +61,18 @@ impl WriteWindow {
     /// The error of a batch written earlier (see [`WriteWindow`]); `batch` was then
     /// not started.
     pub async fn write(&mut self, batch: Vec<Message>) -> Result<()> {
+        // Collect what finished meanwhile, so an error is reported early.
+        while let Some(done) = self.in_flight.try_join_next() {
+            joined(done)?;
+        }
         while self.in_flight.len() >= self.batches {
-            if let Some(done) = self.in_flight.next().await {
-                done?;
+            if let Some(done) = self.in_flight.join_next().await {
+                joined(done)?;
             }
         }
         let writer = self.writer.clone();
         self.in_flight
-            .push(Box::pin(async move { writer.write(batch).await }));
+            .spawn(async move { writer.write(batch).await });
         Ok(())
     }
 
@@ -75,8 +83,8 @@ impl WriteWindow {
     /// The first error of a batch; the others are still waited for.
     pub async fn flush(&mut self) -> Result<()> {
         let mut first = None;
-        while let Some(done) = self.in_flight.next().await {
-            if let Err(e) = done {
+        while let Some(done) = self.in_flight.join_next().await {
+            if let Err(e) = joined(done) {
                 first.get_or_insert(e);
             }
         }
@@ -87,6 +95,11 @@ impl WriteWindow {
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }
+}
+
+/// A finished write task's result; a write that panicked is a failed write.
+fn joined(done: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
+    done.map_err(|e| Error::driver("write window", "write", false, e))?
 }
 
 impl fmt::Debug for WriteWindow {
@@ -107,12 +120,25 @@ mod tests {
     use super::*;
     use crate::Error;
 
-    /// Counts writes in flight; fails the batch whose first message is named `fail`.
-    #[derive(Debug, Default)]
+    /// Counts writes in flight, each held until `open` gives it a permit; fails the
+    /// batch whose first message is named `fail`.
+    #[derive(Debug)]
     struct Gate {
         now: AtomicUsize,
         peak: AtomicUsize,
+        open: tokio::sync::Semaphore,
         written: Mutex<Vec<String>>,
+    }
+
+    impl Gate {
+        fn new(permits: usize) -> Arc<Self> {
+            Arc::new(Gate {
+                now: AtomicUsize::new(0),
+                peak: AtomicUsize::new(0),
+                open: tokio::sync::Semaphore::new(permits),
+                written: Mutex::new(Vec::new()),
+            })
+        }
     }
 
     #[async_trait::async_trait]
@@ -120,10 +146,7 @@ mod tests {
         async fn write(&self, batch: Vec<Message>) -> Result<()> {
             let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
             self.peak.fetch_max(n, Ordering::SeqCst);
-            // Let the other batches of the window start before this one ends.
-            for _ in 0..3 {
-                tokio::task::yield_now().await;
-            }
+            self.open.acquire().await.unwrap().forget();
             self.now.fetch_sub(1, Ordering::SeqCst);
             if batch[0].id == "fail" {
                 return Err(Error::invalid("batch", "refused"));
@@ -141,33 +164,42 @@ mod tests {
     fn batch(first: &str, n: usize) -> Vec<Message> {
         (0..n)
             .map(|i| {
-                Message::new("s", "x").with_id(if i == 0 {
+                let id = if i == 0 {
                     first.to_owned()
                 } else {
                     format!("{first}-{i}")
-                })
+                };
+                Message::new("s", "x").with_id(id)
             })
             .collect()
     }
 
-    #[tokio::test]
-    async fn keeps_at_most_the_window_in_flight_and_writes_everything() {
-        let gate = Arc::new(Gate::default());
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_progress_on_their_own_and_the_window_bounds_them() {
+        let gate = Gate::new(0);
         let mut window = WriteWindow::new(gate.clone(), 4);
-        for b in 0..20 {
+        for b in 0..4 {
+            window.write(batch(&format!("b{b}"), 10)).await.unwrap();
+        }
+        assert_eq!(window.in_flight(), 4);
+        // Started without the window being awaited again.
+        while gate.now.load(Ordering::SeqCst) < 4 {
+            tokio::task::yield_now().await;
+        }
+        gate.open.add_permits(1000);
+        for b in 4..20 {
             window.write(batch(&format!("b{b}"), 10)).await.unwrap();
             assert!(window.in_flight() <= 4);
         }
         window.flush().await.unwrap();
         assert_eq!(window.in_flight(), 0);
         assert_eq!(gate.written.lock().unwrap().len(), 200);
-        let peak = gate.peak.load(Ordering::SeqCst);
-        assert!((2..=4).contains(&peak), "peak {peak}");
+        assert_eq!(gate.peak.load(Ordering::SeqCst), 4);
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_batch_is_reported_and_the_others_still_finish() {
-        let gate = Arc::new(Gate::default());
+        let gate = Gate::new(1000);
         let mut window = WriteWindow::new(gate.clone(), 8);
         window.write(batch("a", 2)).await.unwrap();
         window.write(batch("fail", 2)).await.unwrap();

@@ -219,6 +219,8 @@ async fn consume_raw(config: &KafkaConfig, topic: &str, n: usize, decode: bool) 
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("session.timeout.ms", "6000")
+        // As the streams reader does by default.
+        .set("fetch.wait.max.ms", "10")
         .create()
         .expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");

@@ -23,7 +23,9 @@ use crate::{KafkaConfig, DRIVER};
 ///
 /// With a consumer group (`ReadTask::group`), the reader subscribes and shares the
 /// topic's partitions with the group's other members. Defaults (overridable through
-/// [`KafkaConfig::with_property`]): `auto.offset.reset=earliest`, `enable.auto.commit=true` with
+/// [`KafkaConfig::with_property`]): `auto.offset.reset=earliest`, `fetch.wait.max.ms=10`
+/// (a broker that holds each fetch for the whole wait, as tansu does, would otherwise cap
+/// throughput and add up to librdkafka's 500 ms of latency), `enable.auto.commit=true` with
 /// `enable.auto.offset.store=false`: the reader stores an offset only once its
 /// handler succeeded, and librdkafka commits stored offsets in the background.
 /// Revoked partitions and shutdown commit what was stored, synchronously.
@@ -207,7 +209,8 @@ struct Work {
 struct Worker {
     partition: i32,
     rx: mpsc::UnboundedReceiver<Vec<Work>>,
-    done: mpsc::UnboundedSender<Done>,
+    /// A std channel: the polling thread waits on it with a time-out when a queue is full.
+    done: std::sync::mpsc::Sender<Done>,
 }
 
 /// A worker is done with a record (handled, or dropped for a revoked partition).
@@ -226,6 +229,9 @@ struct PartitionState {
     next_offset: Option<i64>,
     paused: bool,
 }
+
+/// The reader's default `fetch.wait.max.ms`.
+const FETCH_WAIT_MAX_MS: &str = "10";
 
 /// Records taken from the consumer at most per turn of the polling loop.
 const DRAIN_MAX: usize = 512;
@@ -288,6 +294,10 @@ impl Reader for KafkaReader {
                 ("enable.auto.commit", if direct { "false" } else { "true" }),
                 ("enable.auto.offset.store", "false"),
                 ("enable.partition.eof", "false"),
+                // librdkafka's 500 ms default is how long a fetch may wait for data;
+                // some brokers (tansu) hold every fetch that long, which caps a reader
+                // at a few batches a second and adds half a second of latency.
+                ("fetch.wait.max.ms", FETCH_WAIT_MAX_MS),
                 ("client.id", &client_id),
             ],
         );
@@ -437,7 +447,7 @@ impl KafkaReader {
         let closed = CancellationToken::new();
         let _stop_on_drop = StopOnDrop(stop.clone(), closed.clone());
         let (spawn_tx, mut spawn_rx) = mpsc::unbounded_channel();
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
         let limit = self.config.queue_depth;
         let poller = Poller {
             consumer: consumer.clone(),
@@ -549,8 +559,8 @@ struct Poller {
     limit: usize,
     resume_at: usize,
     partitions: HashMap<i32, PartitionState>,
-    done_rx: mpsc::UnboundedReceiver<Done>,
-    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: std::sync::mpsc::Receiver<Done>,
+    done_tx: std::sync::mpsc::Sender<Done>,
     spawn: mpsc::UnboundedSender<Worker>,
     stop: CancellationToken,
     closed: CancellationToken,
@@ -689,10 +699,15 @@ impl Poller {
                 // Room (or the partition was revoked meanwhile).
                 _ => return,
             }
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if now >= deadline {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(1));
+            // Woken by the worker's next record rather than by a clock tick, so a fast
+            // worker does not leave the consumer idle.
+            if let Ok(done) = self.done_rx.recv_timeout(deadline - now) {
+                self.count_done(done);
+            }
         }
         self.pause(p);
     }
@@ -714,14 +729,18 @@ impl Poller {
         );
     }
 
+    fn count_done(&mut self, done: Done) {
+        if let Some(state) = self.partitions.get_mut(&done.partition) {
+            if state.epoch == done.epoch {
+                state.queued = state.queued.saturating_sub(1);
+            }
+        }
+    }
+
     /// Counts records the workers are done with.
     fn take_done(&mut self) {
         while let Ok(done) = self.done_rx.try_recv() {
-            if let Some(state) = self.partitions.get_mut(&done.partition) {
-                if state.epoch == done.epoch {
-                    state.queued = state.queued.saturating_sub(1);
-                }
-            }
+            self.count_done(done);
         }
         // Partitions revoked since: their workers drop what is queued and end.
         let ownership = &self.shared.ownership;
