@@ -1,5 +1,6 @@
 //! Publish-to-handler throughput of the in-process bus next to a raw tokio mpsc channel
-//! carrying the same `Message`s in the same run.
+//! carrying the same `Message`s in the same run, and of the bus behind the observed
+//! decorators `streams::connect` adds (no tracing subscriber, no metrics recorder).
 //!
 //! Run with `cargo bench -p streams-chanbuf --bench throughput`. Set `MESSAGES` to change
 //! the number of messages per case (default 500,000). Prints figures; asserts nothing.
@@ -12,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use streams_chanbuf::MemoryBus;
-use streams_core::{handler, BoxError, CancellationToken, Message, ReadTask, Reader, Writer};
+use streams_core::{
+    handler, BoxError, CancellationToken, Message, ObservedReader, ObservedWriter, ReadTask,
+    Reader, Writer,
+};
 use tokio::sync::{mpsc, Notify};
 
 const CAPACITY: usize = 1024;
@@ -38,17 +42,28 @@ fn counter(total: usize, seen: Arc<AtomicUsize>, done: Arc<Notify>) -> streams_c
     }))
 }
 
-async fn bus_case(subscribers: usize, payload: &Bytes, n: usize) -> Duration {
+/// Through the bus, or with `observed` through `ObservedWriter`/`ObservedReader` around
+/// it (what `streams::connect` returns), with no tracing subscriber and no metrics
+/// recorder installed.
+async fn bus_case(subscribers: usize, payload: &Bytes, n: usize, observed: bool) -> Duration {
     let bus = Arc::new(MemoryBus::builder().with_queue_depth(CAPACITY).build());
+    let (writer, reader): (Arc<dyn Writer>, Arc<dyn Reader>) = if observed {
+        (
+            Arc::new(ObservedWriter::new(bus.clone())),
+            Arc::new(ObservedReader::new(bus.clone())),
+        )
+    } else {
+        (bus.clone(), bus.clone())
+    };
     let seen = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(Notify::new());
     let cancel = CancellationToken::new();
     let mut readers = Vec::new();
     for _ in 0..subscribers {
         let h = counter(n * subscribers, seen.clone(), done.clone());
-        let (bus, cancel) = (bus.clone(), cancel.clone());
+        let (reader, cancel) = (reader.clone(), cancel.clone());
         readers.push(tokio::spawn(async move {
-            bus.read(ReadTask::new("bench"), h, cancel).await
+            reader.read(ReadTask::new("bench"), h, cancel).await
         }));
     }
     while bus.subscribers("bench") < subscribers {
@@ -58,7 +73,10 @@ async fn bus_case(subscribers: usize, payload: &Bytes, n: usize) -> Duration {
     let mut left = n;
     while left > 0 {
         let k = left.min(BATCH);
-        bus.write(make("bench", payload, k)).await.expect("write");
+        writer
+            .write(make("bench", payload, k))
+            .await
+            .expect("write");
         left -= k;
     }
     done.notified().await;
@@ -123,12 +141,19 @@ fn main() {
         .expect("runtime");
     println!("in-process bus vs raw tokio mpsc, {n} messages per case, publish to handler");
     println!(
-        "{:>11} {:>8} {:>15} {:>15} {:>7}",
-        "subscribers", "payload", "bus msg/s", "raw mpsc msg/s", "ratio"
+        "{:>11} {:>8} {:>15} {:>15} {:>7} | {:>15} {:>13}",
+        "subscribers",
+        "payload",
+        "bus msg/s",
+        "raw mpsc msg/s",
+        "ratio",
+        "observed msg/s",
+        "bus/observed"
     );
     rt.block_on(async {
         // Warm up allocator and runtime.
-        bus_case(1, &Bytes::from(vec![0u8; 16]), 20_000).await;
+        bus_case(1, &Bytes::from(vec![0u8; 16]), 20_000, false).await;
+        bus_case(1, &Bytes::from(vec![0u8; 16]), 20_000, true).await;
         raw_case(1, &Bytes::from(vec![0u8; 16]), 20_000).await;
         for subscribers in [1, 4] {
             for size in [16, 256, 4096] {
@@ -136,16 +161,20 @@ fn main() {
                 // Best of three, alternating, so both sides see the same machine state.
                 let mut bus = Duration::MAX;
                 let mut raw = Duration::MAX;
+                let mut observed = Duration::MAX;
                 for _ in 0..3 {
-                    bus = bus.min(bus_case(subscribers, &payload, n).await);
+                    bus = bus.min(bus_case(subscribers, &payload, n, false).await);
                     raw = raw.min(raw_case(subscribers, &payload, n).await);
+                    observed = observed.min(bus_case(subscribers, &payload, n, true).await);
                 }
                 let delivered = (n * subscribers) as f64;
                 let bus_rate = delivered / bus.as_secs_f64();
                 let raw_rate = delivered / raw.as_secs_f64();
+                let observed_rate = delivered / observed.as_secs_f64();
                 println!(
-                    "{subscribers:>11} {size:>8} {bus_rate:>15.0} {raw_rate:>15.0} {:>7.2}",
-                    bus_rate / raw_rate
+                    "{subscribers:>11} {size:>8} {bus_rate:>15.0} {raw_rate:>15.0} {:>7.2} | {observed_rate:>15.0} {:>13.2}",
+                    bus_rate / raw_rate,
+                    bus_rate / observed_rate,
                 );
             }
         }

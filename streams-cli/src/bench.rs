@@ -2,14 +2,13 @@
 
 use std::io::IsTerminal as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::{StreamExt as _, TryStreamExt as _};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
-use streams::{BoxError, CancellationToken, Connection, Message, ReadTask};
+use streams::{BoxError, CancellationToken, Connection, Message, ReadTask, WriteWindow};
 
 use crate::run::read_until;
 
@@ -31,8 +30,12 @@ pub struct BenchArgs {
     pub size: usize,
     /// Messages per write.
     pub batch: usize,
-    /// Writes in flight.
+    /// Batches in flight ([`WriteWindow`]).
     pub inflight: usize,
+    /// Publish at this steady rate (messages per second) instead of as fast as
+    /// possible, in batches of at most a millisecond's worth, so that the latency
+    /// measured is the platform's and not the queue's.
+    pub rate: Option<u64>,
     /// Handlers at once.
     pub concurrency: usize,
     /// Partitions of a created Kafka topic.
@@ -51,8 +54,9 @@ impl Default for BenchArgs {
             stream: None,
             count: 10_000,
             size: 256,
-            batch: 100,
-            inflight: 4,
+            batch: 1000,
+            inflight: 8,
+            rate: None,
             concurrency: 4,
             partitions: 1,
             timeout: Duration::from_secs(60),
@@ -88,6 +92,8 @@ pub struct BenchReport {
     pub published: u64,
     /// Payload bytes per message.
     pub size: usize,
+    /// The steady rate asked for (`--rate`), when there was one.
+    pub rate: Option<u64>,
     /// Seconds from the first write to the last acknowledged write.
     pub publish_secs: f64,
     /// Distinct messages handled.
@@ -115,9 +121,13 @@ impl BenchReport {
     pub fn render(&self) -> String {
         let mib = |n: u64, secs: f64| rate(n, secs) * self.size as f64 / (1024.0 * 1024.0);
         let l = &self.latency;
+        let paced = self
+            .rate
+            .map(|r| format!(" (paced at {} msg/s)", thousands(r as f64)))
+            .unwrap_or_default();
         format!(
             "platform  {}\nstream    {} ({} messages of {} B)\n\
-             publish   {} in {:.3} s = {} msg/s, {:.1} MiB/s\n\
+             publish   {} in {:.3} s = {} msg/s, {:.1} MiB/s{}\n\
              consume   {} in {:.3} s = {} msg/s, {} duplicate(s)\n\
              latency   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
             self.platform,
@@ -128,6 +138,7 @@ impl BenchReport {
             self.publish_secs,
             thousands(self.publish_rate()),
             mib(self.published, self.publish_secs),
+            paced,
             self.received,
             self.consume_secs,
             thousands(self.consume_rate()),
@@ -187,23 +198,25 @@ fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Latencies and when the last distinct message arrived, under one lock.
-#[derive(Default)]
-struct Samples {
-    latencies_us: Vec<u64>,
-    last_at: Option<Instant>,
-}
-
-/// Everything the handler updates.
+/// Everything the handler updates; without a lock, so that concurrent handlers do not
+/// measure each other.
 struct Tally {
     seen: Vec<AtomicBool>,
+    /// Write-to-handler latency of each message, by sequence number.
+    latencies_us: Vec<AtomicU64>,
+    /// When the last distinct message arrived, in nanoseconds after `epoch`.
+    last_at_ns: AtomicU64,
+    epoch: Instant,
     received: AtomicU64,
     duplicates: AtomicU64,
-    samples: Mutex<Samples>,
     warm: CancellationToken,
     all: CancellationToken,
-    bar: ProgressBar,
+    /// Progress, drawn only on a terminal: updated every `BAR_STEP` messages.
+    bar: Option<ProgressBar>,
 }
+
+/// Messages between two updates of a progress bar.
+const BAR_STEP: u64 = 1024;
 
 impl Tally {
     fn handle(&self, msg: &Message) -> Result<(), BoxError> {
@@ -226,13 +239,13 @@ impl Tally {
             return Ok(());
         }
         let latency = now_ns().saturating_sub(sent) / 1_000;
-        {
-            let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-            samples.latencies_us.push(latency);
-            samples.last_at = Some(Instant::now());
-        }
-        self.bar.inc(1);
+        self.latencies_us[seq].store(latency, Ordering::Relaxed);
+        let at = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_at_ns.fetch_max(at, Ordering::Relaxed);
         let n = self.received.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(bar) = self.bar.as_ref().filter(|_| n.is_multiple_of(BAR_STEP)) {
+            bar.set_position(n);
+        }
         if n == self.seen.len() as u64 {
             self.all.cancel();
         }
@@ -258,6 +271,9 @@ pub async fn bench(
     if args.count == 0 {
         return Err("--count must be at least 1".into());
     }
+    if args.rate == Some(0) {
+        return Err("--rate must be at least 1".into());
+    }
     let count = usize::try_from(args.count).map_err(|_| "--count is too large")?;
     let reader = conn.reader()?;
     let writer = conn.writer();
@@ -268,7 +284,8 @@ pub async fn bench(
         .unwrap_or_else(|| format!("streams-bench-{}", uuid::Uuid::now_v7().simple()));
     conn.create_stream(&stream, args.partitions).await?;
 
-    let draw = if args.progress && std::io::stderr().is_terminal() {
+    let drawn = args.progress && std::io::stderr().is_terminal();
+    let draw = if drawn {
         ProgressDrawTarget::stderr()
     } else {
         ProgressDrawTarget::hidden()
@@ -291,15 +308,14 @@ pub async fn bench(
 
     let tally = Arc::new(Tally {
         seen: (0..count).map(|_| AtomicBool::new(false)).collect(),
+        latencies_us: (0..count).map(|_| AtomicU64::new(0)).collect(),
+        last_at_ns: AtomicU64::new(0),
+        epoch: Instant::now(),
         received: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
-        samples: Mutex::new(Samples {
-            latencies_us: Vec::with_capacity(count),
-            last_at: None,
-        }),
         warm: CancellationToken::new(),
         all: CancellationToken::new(),
-        bar: consumed_bar.clone(),
+        bar: drawn.then(|| consumed_bar.clone()),
     });
     let finish = CancellationToken::new();
     let mut task = ReadTask::new(&stream).with_concurrency(args.concurrency.max(1));
@@ -359,35 +375,35 @@ pub async fn bench(
         }
 
         let payload = Bytes::from((0..args.size).map(|i| (i % 251) as u8).collect::<Vec<_>>());
-        let batch = args.batch.max(1);
+        let batch = match args.rate {
+            // At most a millisecond's worth per batch, so the pace is steady.
+            Some(rate) => args
+                .batch
+                .clamp(1, usize::try_from(rate / 1000).unwrap_or(1).max(1)),
+            None => args.batch.max(1),
+        };
         let start = Instant::now();
-        futures::stream::iter((0..count).step_by(batch))
-            .map(|first| {
-                let (writer, payload, stream, bar) = (
-                    writer.clone(),
-                    payload.clone(),
-                    stream.clone(),
-                    published_bar.clone(),
-                );
-                async move {
-                    let last = (first + batch).min(count);
-                    let sent = now_ns().to_string();
-                    let msgs: Vec<Message> = (first..last)
-                        .map(|seq| {
-                            Message::new(&stream, payload.clone())
-                                .with_key(format!("k{}", seq % 64))
-                                .with_header(SEQ, seq.to_string())
-                                .with_header(SENT, sent.clone())
-                        })
-                        .collect();
-                    writer.write(msgs).await?;
-                    bar.inc((last - first) as u64);
-                    Ok::<_, BoxError>(())
-                }
-            })
-            .buffer_unordered(args.inflight.max(1))
-            .try_for_each(|()| async { Ok(()) })
-            .await?;
+        let mut window = WriteWindow::new(writer.clone(), args.inflight);
+        for first in (0..count).step_by(batch) {
+            let last = (first + batch).min(count);
+            if let Some(rate) = args.rate {
+                // Batch `first` is due `first / rate` seconds after the start.
+                let due = start + Duration::from_secs_f64(first as f64 / rate as f64);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let sent = now_ns().to_string();
+            let msgs: Vec<Message> = (first..last)
+                .map(|seq| {
+                    Message::new(&stream, payload.clone())
+                        .with_key(format!("k{}", seq % 64))
+                        .with_header(SEQ, seq.to_string())
+                        .with_header(SENT, sent.clone())
+                })
+                .collect();
+            window.write(msgs).await?;
+            published_bar.inc((last - first) as u64);
+        }
+        window.flush().await?;
         let publish_secs = start.elapsed().as_secs_f64();
         published_bar.finish();
         tokio::select! {
@@ -401,6 +417,7 @@ pub async fn bench(
 
     finish.cancel();
     let read = reading.await.map_err(|e| format!("reader task: {e}"))?;
+    consumed_bar.set_position(tally.received.load(Ordering::SeqCst));
     consumed_bar.finish();
     if created && !args.keep {
         if let Err(e) = conn.delete_stream(&stream).await {
@@ -411,17 +428,26 @@ pub async fn bench(
     read?;
 
     let received = tally.received.load(Ordering::SeqCst);
-    let Samples {
-        latencies_us: mut lat,
-        last_at,
-    } = std::mem::take(&mut *tally.samples.lock().unwrap_or_else(|e| e.into_inner()));
-    let consume_secs = last_at.map_or(0.0, |t| t.duration_since(start).as_secs_f64());
+    let mut lat: Vec<u64> = tally
+        .seen
+        .iter()
+        .zip(&tally.latencies_us)
+        .filter(|(seen, _)| seen.load(Ordering::SeqCst))
+        .map(|(_, l)| l.load(Ordering::Relaxed))
+        .collect();
+    let last_at = tally.epoch + Duration::from_nanos(tally.last_at_ns.load(Ordering::SeqCst));
+    let consume_secs = if received == 0 {
+        0.0
+    } else {
+        last_at.saturating_duration_since(start).as_secs_f64()
+    };
     lat.sort_unstable();
     let report = BenchReport {
         platform: conn.platform().to_owned(),
         stream,
         published: args.count,
         size: args.size,
+        rate: args.rate,
         publish_secs,
         received,
         duplicates: tally.duplicates.load(Ordering::Relaxed),

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use streams::middleware::dead_letter_stream;
-use streams::{BoxError, CancellationToken, Connection, Message, ReadTask};
+use streams::{BoxError, CancellationToken, Connection, Message, Metadata, ReadTask};
 
 use crate::output::{is_dead_letter_header, is_reader_header, JsonMessage, Output};
 use crate::run::{read_until, Activity, Failure};
@@ -47,6 +47,7 @@ pub struct RedriveReport {
 pub fn restore(mut msg: Message, to: &str) -> Message {
     msg.headers
         .retain(|k, _| !is_dead_letter_header(k) && !is_reader_header(k));
+    msg.metadata = Metadata::new();
     msg.stream = to.to_owned();
     msg
 }

@@ -179,11 +179,17 @@ pub struct BenchCmd {
     #[arg(short, long, default_value_t = 256)]
     pub size: usize,
     /// Messages per write.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch: u32,
-    /// Writes in flight.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Writes (batches) in flight: a wide window keeps Kafka's producer queues full
+    /// (see `streams::WriteWindow`).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub inflight: u32,
+    /// Publish at this steady rate (messages per second), in batches of at most a
+    /// millisecond's worth, so that the latency percentiles are publish-to-handler
+    /// rather than time spent queueing behind a burst.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate: Option<u64>,
     /// Handlers at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub concurrency: u32,
@@ -429,6 +435,7 @@ pub async fn run_on(
                     inflight: cmd.inflight as usize,
                     concurrency: cmd.concurrency as usize,
                     partitions: cmd.partitions,
+                    rate: cmd.rate,
                     timeout: cmd.timeout,
                     keep: cmd.keep,
                     progress: !cmd.no_progress,

@@ -151,11 +151,14 @@ pub struct JsonMessage {
 impl JsonMessage {
     /// The JSON form of `msg`.
     pub fn from_message(msg: &Message) -> Self {
-        let (meta, headers): (BTreeMap<_, _>, BTreeMap<_, _>) = msg
+        let (mut meta, headers): (BTreeMap<_, _>, BTreeMap<_, _>) = msg
             .headers
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .partition(|(k, _)| is_reader_header(k));
+        for (k, v) in msg.metadata.iter() {
+            meta.entry(k.to_owned()).or_insert_with(|| v.to_owned());
+        }
         let (data, data_base64) = match std::str::from_utf8(&msg.data) {
             Ok(text) => (Some(text.to_owned()), None),
             Err(_) => (
@@ -246,6 +249,16 @@ mod tests {
         assert_eq!(json.group.as_deref(), Some("billing"));
         assert_eq!(json.headers.len(), 1, "reader headers go to meta");
         assert_eq!(json.meta.len(), 3);
+        let mut read = Message::new("orders", "x");
+        read.metadata.insert_i64("streams-kafka-current-offset", 7);
+        read.metadata
+            .insert_text("streams-kafka-group-id", "billing");
+        let read = JsonMessage::from_message(&read);
+        assert_eq!(
+            (read.offset, read.group.as_deref()),
+            (Some(7), Some("billing"))
+        );
+        assert!(read.headers.is_empty(), "reader metadata goes to meta");
         let line = json.to_line();
         let back: JsonMessage = serde_json::from_str(&line).unwrap();
         let again = back.into_message("other").unwrap();

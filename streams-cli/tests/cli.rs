@@ -126,6 +126,33 @@ async fn bench_on_memory_reports_every_message() {
     assert!(run.stdout.contains("p99"), "{run:#?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_at_a_steady_rate_paces_the_writes() {
+    let run = streams(
+        &[
+            "bench",
+            "-n",
+            "2000",
+            "--rate",
+            "10000",
+            "--json",
+            "--no-progress",
+        ],
+        "",
+        LIMIT,
+    )
+    .await
+    .ok();
+    let report = &run.json_lines()[0];
+    assert_eq!(report["rate"], 10000);
+    assert_eq!(report["received"], 2000);
+    assert_eq!(report["duplicates"], 0);
+
+    let run = streams(&["bench", "-n", "10", "--rate", "0"], "", LIMIT).await;
+    assert_ne!(run.code, 0, "{run:#?}");
+    assert!(run.stderr.contains("--rate"), "{run:#?}");
+}
+
 #[tokio::test]
 async fn publish_from_a_file_and_a_missing_file() {
     let path = std::env::temp_dir().join(format!("{}.txt", common::unique("cli-input")));

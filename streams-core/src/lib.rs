@@ -1,7 +1,8 @@
 //! The core of `streams`: one message model, one set of traits and one middleware
 //! stack for moving messages over an in-process bus, Kafka, SQS/SNS or a SQL outbox.
 //!
-//! - [`Message`] is the unit of data; [`Writer`] writes batches of them and [`Reader`]
+//! - [`Message`] is the unit of data; [`Writer`] writes batches of them ([`WriteWindow`]
+//!   keeps several in flight) and [`Reader`]
 //!   runs a [`ReadTask`], handing each message to a [`Handler`] (a `tower::Service`).
 //! - [`Event`], [`EventRegistry`], [`Publisher`], [`Router`] and [`EventBus`] add typed
 //!   events on top, encoded by a [`Codec`] (JSON or Protocol Buffers).
@@ -31,6 +32,7 @@ mod proto;
 mod publisher;
 mod router;
 mod stream;
+mod window;
 
 pub use codec::{Codec, CodecRegistry, JsonCodec, ProtobufCodec};
 pub use connection::{
@@ -42,13 +44,14 @@ pub use event::{Event, EventRegistry};
 pub use event_bus::EventBus;
 pub use id::{IdFactory, KsuidFactory, UuidFactory};
 pub use message::{
-    Headers, Message, CONTENT_TYPE_JSON, CONTENT_TYPE_OCTET_STREAM, CONTENT_TYPE_PROTOBUF,
+    Headers, Message, Metadata, CONTENT_TYPE_JSON, CONTENT_TYPE_OCTET_STREAM, CONTENT_TYPE_PROTOBUF,
 };
 pub use observe::{Observe, ObserveLayer, ObservedReader, ObservedWriter};
 pub use outbox::{decode_batch, encode_batch, OutboxStore, Relay, StoredBatch, WakeSource};
 pub use publisher::Publisher;
 pub use router::{typed, Router, Typed};
 pub use stream::{call_handler, handler, Handler, ReadTask, Reader, Subscription, Writer};
+pub use window::WriteWindow;
 
 pub use async_trait::async_trait;
 pub use tokio_util::sync::CancellationToken;

@@ -1,5 +1,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -38,8 +39,12 @@ pub struct Message {
     /// Partition or ordering key; messages with the same key keep their order on
     /// platforms that promise order per key.
     pub key: Option<String>,
-    /// User headers. Drivers add their own on read (partition, offset and so on).
+    /// User headers: what the publisher set, and what a reader found on the record.
     pub headers: Headers,
+    /// Where a reader found the message (partition, offset, consumer group, ...), under
+    /// the header names of the wire format; [`header`](Message::header) reads them too.
+    /// Empty on a message that was not read.
+    pub metadata: Metadata,
     /// MIME type of `data`, used to pick a codec when decoding.
     pub content_type: String,
     /// The payload.
@@ -57,6 +62,7 @@ impl Message {
             stream: stream.into(),
             key: None,
             headers: Headers::new(),
+            metadata: Metadata::new(),
             content_type: CONTENT_TYPE_OCTET_STREAM.to_owned(),
             data: data.into(),
             time: Utc::now(),
@@ -94,9 +100,174 @@ impl Message {
         self
     }
 
-    /// A header's value, if present.
+    /// A header's value, if present: a header, else a reader's [`metadata`](Message::metadata)
+    /// entry of that name (`streams-kafka-partition-id` and so on).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(String::as_str)
+        match self.headers.get(name) {
+            Some(v) => Some(v.as_str()),
+            None => self.metadata.get(name),
+        }
+    }
+
+    /// Copies the [`metadata`](Message::metadata) entries into the headers (a header of
+    /// the same name wins) and empties the metadata: for a message that leaves the
+    /// process as it was read, such as a dead-lettered one, so that it keeps saying where
+    /// it came from on platforms that carry only headers.
+    pub fn metadata_into_headers(&mut self) {
+        for (name, value) in std::mem::take(&mut self.metadata).iter() {
+            self.headers
+                .entry(name.to_owned())
+                .or_insert_with(|| value.to_owned());
+        }
+    }
+}
+
+/// Where a reader found a message: platform coordinates such as partition, offset, high
+/// watermark and consumer group, named as the headers of the wire format shared with the
+/// Go library (`streams-kafka-partition-id`, ...).
+///
+/// Kept apart from [`Headers`] so that a reader builds no owned strings for them per
+/// message: numbers are stored inline and texts are shared ([`Arc<str>`]); one small
+/// vector holds the entries. A value becomes a `&str` only when read.
+///
+/// ```
+/// use std::sync::Arc;
+/// use streams_core::{Message, Metadata};
+///
+/// let group: Arc<str> = Arc::from("billing");
+/// let mut meta = Metadata::with_capacity(2);
+/// meta.insert_i64("streams-kafka-current-offset", 42);
+/// meta.insert_text("streams-kafka-group-id", group.clone());
+/// let mut msg = Message::new("orders", "x");
+/// msg.metadata = meta;
+/// assert_eq!(msg.header("streams-kafka-current-offset"), Some("42"));
+/// assert_eq!(msg.metadata.get_i64("streams-kafka-current-offset"), Some(42));
+/// assert_eq!(msg.header("streams-kafka-group-id"), Some("billing"));
+/// ```
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Metadata {
+    entries: Vec<(&'static str, MetaValue)>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum MetaValue {
+    Int(i64, Digits),
+    Text(Arc<str>),
+}
+
+impl MetaValue {
+    fn as_str(&self) -> &str {
+        match self {
+            MetaValue::Int(_, d) => d.as_str(),
+            MetaValue::Text(t) => t,
+        }
+    }
+}
+
+/// A decimal `i64` rendered into a buffer of its own, so that reading it as text
+/// needs no allocation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Digits {
+    buf: [u8; 20],
+    start: u8,
+}
+
+impl Digits {
+    fn new(v: i64) -> Self {
+        let mut buf = [0u8; 20];
+        let mut i = buf.len();
+        let mut n = v.unsigned_abs();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        if v < 0 {
+            // i64::MIN has 19 digits: there is always room for the sign.
+            i -= 1;
+            buf[i] = b'-';
+        }
+        Digits {
+            buf,
+            start: i as u8,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[usize::from(self.start)..]).unwrap_or_default()
+    }
+}
+
+impl Metadata {
+    /// No entries; allocates nothing.
+    pub fn new() -> Self {
+        Metadata::default()
+    }
+
+    /// No entries, with room for `n`.
+    pub fn with_capacity(n: usize) -> Self {
+        Metadata {
+            entries: Vec::with_capacity(n),
+        }
+    }
+
+    /// Sets a number, replacing an entry of the same name.
+    pub fn insert_i64(&mut self, name: &'static str, value: i64) {
+        self.insert(name, MetaValue::Int(value, Digits::new(value)));
+    }
+
+    /// Sets a text, replacing an entry of the same name; pass a clone of a shared
+    /// [`Arc<str>`] to add it without copying.
+    pub fn insert_text(&mut self, name: &'static str, value: impl Into<Arc<str>>) {
+        self.insert(name, MetaValue::Text(value.into()));
+    }
+
+    fn insert(&mut self, name: &'static str, value: MetaValue) {
+        match self.entries.iter_mut().find(|(n, _)| *n == name) {
+            Some(entry) => entry.1 = value,
+            None => self.entries.push((name, value)),
+        }
+    }
+
+    /// An entry's value as text.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// An entry's value as a number: one set with [`insert_i64`](Metadata::insert_i64),
+    /// or a text that parses as one.
+    pub fn get_i64(&self, name: &str) -> Option<i64> {
+        match self.entries.iter().find(|(n, _)| *n == name)? {
+            (_, MetaValue::Int(v, _)) => Some(*v),
+            (_, MetaValue::Text(t)) => t.parse().ok(),
+        }
+    }
+
+    /// The entries in the order they were set, as `(name, value)`.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> + '_ {
+        self.entries.iter().map(|(n, v)| (*n, v.as_str()))
+    }
+
+    /// How many entries there are.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
     }
 }
 
@@ -107,6 +278,7 @@ impl fmt::Debug for Message {
             .field("stream", &self.stream)
             .field("key", &self.key)
             .field("headers", &self.headers)
+            .field("metadata", &self.metadata)
             .field("content_type", &self.content_type)
             .field("data_len", &self.data.len())
             .field("time", &self.time)
@@ -130,6 +302,27 @@ mod tests {
         let b = Message::new("s", "x");
         assert_ne!(a.id, b.id);
         assert_eq!(a.content_type, CONTENT_TYPE_OCTET_STREAM);
+    }
+
+    #[test]
+    fn metadata_numbers_read_as_text_and_headers_win() {
+        let mut m = Message::new("s", "x").with_header("b", "header");
+        for v in [0, 7, -1, 42, i64::MAX, i64::MIN] {
+            m.metadata.insert_i64("a", v);
+            assert_eq!(m.header("a"), Some(v.to_string().as_str()));
+            assert_eq!(m.metadata.get_i64("a"), Some(v));
+        }
+        m.metadata.insert_text("b", "metadata");
+        m.metadata.insert_text("c", "shared");
+        assert_eq!(m.metadata.len(), 3, "same name replaces");
+        assert_eq!(m.header("b"), Some("header"));
+        assert_eq!(m.header("c"), Some("shared"));
+        assert_eq!(m.metadata.get_i64("c"), None);
+        m.metadata_into_headers();
+        assert!(m.metadata.is_empty());
+        assert_eq!(m.headers["a"], i64::MIN.to_string());
+        assert_eq!(m.headers["b"], "header");
+        assert_eq!(m.headers["c"], "shared");
     }
 
     #[test]

@@ -86,7 +86,14 @@ pub fn encode_batch(messages: &[Message]) -> Bytes {
                 message_id: m.id.clone(),
                 stream_name: m.stream.clone(),
                 stream_key: m.key.clone().unwrap_or_default(),
-                headers: m.headers.clone(),
+                // A message that was read keeps its reader metadata, as headers.
+                headers: {
+                    let mut h = m.headers.clone();
+                    for (k, v) in m.metadata.iter() {
+                        h.entry(k.to_owned()).or_insert_with(|| v.to_owned());
+                    }
+                    h
+                },
                 content_type: m.content_type.clone(),
                 data: m.data.clone(),
                 time: Some(prost_types::Timestamp {
@@ -126,6 +133,7 @@ pub fn decode_batch(raw: &[u8]) -> Result<Vec<Message>> {
                 stream: m.stream_name,
                 key: (!m.stream_key.is_empty()).then_some(m.stream_key),
                 headers: m.headers,
+                metadata: crate::Metadata::new(),
                 content_type: m.content_type,
                 data: m.data,
                 time,

@@ -91,6 +91,7 @@ impl<C> Publisher<C> {
             stream: stream.into(),
             key: event.key().filter(|k| !k.is_empty()),
             headers: event.headers(),
+            metadata: crate::Metadata::new(),
             content_type: self.codec.content_type().to_owned(),
             data: self.codec.encode(event)?,
             time: Utc::now(),

@@ -5,6 +5,11 @@
 //! Run with a broker on `STREAMS_KAFKA_BROKERS` (default `localhost:9092`):
 //! `cargo bench -p streams-kafka --bench kafka_throughput`. `MESSAGES` sets the count
 //! (default 100,000), payloads are 256 bytes. Prints figures; asserts nothing.
+//!
+//! `FILL=<topic>` only writes `MESSAGES` to a new topic; `CASE=streams|raw|raw-decode
+//! TOPIC=<topic>` only runs that consumer on it, so that `valgrind` can count one
+//! consumer's instructions and allocations (run two counts and take the difference per
+//! message: the README shows the commands).
 
 #![allow(missing_docs, clippy::print_stdout, clippy::print_stderr)]
 
@@ -14,12 +19,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::join_all;
+use futures::stream::StreamExt as _;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::Message as _;
-use streams_core::{handler, BoxError, CancellationToken, Message, ReadTask, Reader, Writer};
+use streams_core::{
+    handler, BoxError, CancellationToken, Message, ReadTask, Reader, WriteWindow, Writer,
+};
 use streams_kafka::{create_topic, KafkaConfig, KafkaReader, KafkaWriter};
 use tokio::sync::Notify;
 
@@ -63,19 +71,52 @@ fn messages(topic: &str, n: usize) -> Vec<Message> {
         .collect()
 }
 
+/// Batches (of `BATCH`) in flight in both producers: the same window of 8,000 messages.
+const WINDOW: usize = 8;
+
 async fn produce_streams(config: &KafkaConfig, topic: &str, n: usize) -> Figures {
-    let writer = KafkaWriter::new(config).expect("writer");
+    let writer: Arc<dyn Writer> = Arc::new(KafkaWriter::new(config).expect("writer"));
+    // The first write waits for the connection and the topic's metadata: not measured.
+    writer.write(messages(topic, 1)).await.expect("warm-up");
     let all = messages(topic, n);
     let (cpu0, t0) = (cpu_time(), Instant::now());
+    let mut window = WriteWindow::new(writer, WINDOW);
     for chunk in all.chunks(BATCH) {
-        writer.write(chunk.to_vec()).await.expect("write");
+        window.write(chunk.to_vec()).await.expect("write");
     }
+    window.flush().await.expect("write");
     Figures {
         elapsed: t0.elapsed(),
         cpu: cpu_time() - cpu0,
     }
 }
 
+/// Sends one message as a streams record, by hand.
+fn send_raw<'a>(
+    producer: &'a FutureProducer,
+    topic: &'a str,
+    m: &'a Message,
+) -> impl std::future::Future<Output = rdkafka::producer::future_producer::OwnedDeliveryResult> + 'a
+{
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "message_id",
+            value: Some(m.id.as_str()),
+        })
+        .insert(Header {
+            key: "content_type",
+            value: Some(m.content_type.as_str()),
+        });
+    let record = FutureRecord::to(topic)
+        .payload(&m.data[..])
+        .key(m.key.as_deref().unwrap_or_default())
+        .timestamp(m.time.timestamp_millis())
+        .headers(headers);
+    producer.send(record, Timeout::Never)
+}
+
+/// The best raw loop: `WINDOW` chunks of `BATCH` records in flight, every delivery
+/// report awaited, with the streams record layout (id and content type headers).
 async fn produce_raw(config: &KafkaConfig, topic: &str, n: usize) -> Figures {
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", config.bootstrap_servers())
@@ -83,30 +124,20 @@ async fn produce_raw(config: &KafkaConfig, topic: &str, n: usize) -> Figures {
         .set("linger.ms", "5")
         .create()
         .expect("producer");
+    let warm = messages(topic, 1);
+    send_raw(&producer, topic, &warm[0]).await.expect("warm-up");
     let all = messages(topic, n);
     let (cpu0, t0) = (cpu_time(), Instant::now());
-    for chunk in all.chunks(BATCH) {
-        let sends = chunk.iter().map(|m| {
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "message_id",
-                    value: Some(m.id.as_str()),
-                })
-                .insert(Header {
-                    key: "content_type",
-                    value: Some(m.content_type.as_str()),
-                });
-            let record = FutureRecord::to(topic)
-                .payload(&m.data[..])
-                .key(m.key.as_deref().unwrap_or_default())
-                .timestamp(m.time.timestamp_millis())
-                .headers(headers);
-            producer.send(record, Timeout::Never)
-        });
-        for r in join_all(sends).await {
-            r.expect("delivery");
-        }
-    }
+    // `WINDOW` chunks of `BATCH` in flight, each awaited as a whole: as the writer does.
+    futures::stream::iter(all.chunks(BATCH))
+        .map(|chunk| join_all(chunk.iter().map(|m| send_raw(&producer, topic, m))))
+        .buffer_unordered(WINDOW)
+        .for_each(|results| async move {
+            for r in results {
+                r.expect("delivery");
+            }
+        })
+        .await;
     Figures {
         elapsed: t0.elapsed(),
         cpu: cpu_time() - cpu0,
@@ -172,6 +203,7 @@ fn decode_by_hand(m: &rdkafka::message::BorrowedMessage<'_>) -> Message {
         stream: m.topic().to_owned(),
         key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
         headers,
+        metadata: Default::default(),
         content_type,
         data: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
         time: chrono::DateTime::from_timestamp_millis(m.timestamp().to_millis().unwrap_or(0))
@@ -187,6 +219,8 @@ async fn consume_raw(config: &KafkaConfig, topic: &str, n: usize, decode: bool) 
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("session.timeout.ms", "6000")
+        // As the streams reader does by default.
+        .set("fetch.wait.max.ms", "10")
         .create()
         .expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
@@ -267,6 +301,25 @@ fn main() {
                 *slot = Some(f);
             }
         };
+        // FILL=topic creates the topic and writes `n` messages to it; CASE=streams, raw or
+        // raw-decode with TOPIC=topic then runs that one consumer on it, for counting
+        // instructions and allocations per message under valgrind (see the README).
+        if let Ok(topic) = std::env::var("FILL") {
+            create_topic(&config, &topic, 3, 1).await.expect("topic");
+            produce_raw(&config, &topic, n).await;
+            println!("{topic}: {n} messages written");
+            return;
+        }
+        if let (Ok(case), Ok(topic)) = (std::env::var("CASE"), std::env::var("TOPIC")) {
+            let f = match case.as_str() {
+                "streams" => consume_streams(&config, &topic, n).await,
+                "raw" => consume_raw(&config, &topic, n, false).await,
+                "raw-decode" => consume_raw(&config, &topic, n, true).await,
+                other => panic!("CASE={other}: streams, raw or raw-decode"),
+            };
+            println!("{case}: {n} messages consumed at {:.0}/s", f.rate(n));
+            return;
+        }
         // PHASE=consume measures only the consumers (for profiling them).
         let consume_only = std::env::var("PHASE").is_ok_and(|p| p == "consume");
         for round in 0..2 {

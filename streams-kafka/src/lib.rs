@@ -20,7 +20,10 @@
 //!   retryable only when it may pass.
 //! - Records use the Go library's layout: key = stream key, value = payload, timestamp
 //!   = message time, headers `message_id`, `content_type`, then the user headers.
-//!   Handlers also see the reader headers (`streams-kafka-partition-id`, ...).
+//!   Handlers also see where the record was read in
+//!   [`Message::metadata`](streams_core::Message::metadata) under the Go header names
+//!   (`msg.header(HEADER_PARTITION_ID)`, ...), built without a string per message; a
+//!   read message written again carries them as record headers.
 //!
 //! Every librdkafka setting passes through [`KafkaConfig::with_property`] (security protocol, SASL,
 //! TLS with the `ssl` feature, compression, linger, ...).

@@ -9,21 +9,23 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, OwnedMessage};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{Offset, TopicPartitionList};
 use streams_core::{CancellationToken, Error, Handler, ReadTask, Reader, Result, Subscription};
 use tokio::sync::mpsc;
 
 use crate::client::{first_contact, KafkaContext};
 use crate::error::{code_error, fault, kafka_error, Fault};
-use crate::record::{to_message, Origin};
+use crate::record::{to_message, Origin, Record};
 use crate::{KafkaConfig, DRIVER};
 
 /// Reads Kafka topics; implements [`Reader`].
 ///
 /// With a consumer group (`ReadTask::group`), the reader subscribes and shares the
 /// topic's partitions with the group's other members. Defaults (overridable through
-/// [`KafkaConfig::with_property`]): `auto.offset.reset=earliest`, `enable.auto.commit=true` with
+/// [`KafkaConfig::with_property`]): `auto.offset.reset=earliest`, `fetch.wait.max.ms=10`
+/// (a broker that holds each fetch for the whole wait, as tansu does, would otherwise cap
+/// throughput and add up to librdkafka's 500 ms of latency), `enable.auto.commit=true` with
 /// `enable.auto.offset.store=false`: the reader stores an offset only once its
 /// handler succeeded, and librdkafka commits stored offsets in the background.
 /// Revoked partitions and shutdown commit what was stored, synchronously.
@@ -84,6 +86,9 @@ impl KafkaReader {
 #[derive(Default)]
 struct Ownership {
     epochs: Mutex<HashMap<i32, u64>>,
+    /// Bumped after each change of `epochs`, so that a worker checks the map only when
+    /// it changed rather than for every record.
+    generation: AtomicU64,
     next: AtomicU64,
     /// Partitions the reader paused: librdkafka keeps a partition paused across a
     /// revocation and a new assignment, so a revoked one is resumed at once.
@@ -93,6 +98,25 @@ struct Ownership {
 impl Ownership {
     fn owns(&self, partition: i32, epoch: u64) -> bool {
         self.lock().get(&partition) == Some(&epoch)
+    }
+
+    /// [`owns`](Ownership::owns), answered from `cache` (generation, answer) while the
+    /// assignment did not change.
+    fn owns_cached(&self, partition: i32, epoch: u64, cache: &mut Option<(u64, bool)>) -> bool {
+        let generation = self.generation.load(Ordering::Acquire);
+        match *cache {
+            Some((g, owns)) if g == generation => owns,
+            _ => {
+                let owns = self.owns(partition, epoch);
+                *cache = Some((generation, owns));
+                owns
+            }
+        }
+    }
+
+    /// To call after changing `epochs`, with the lock still held.
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     fn epoch(&self, partition: i32) -> Option<u64> {
@@ -138,6 +162,7 @@ impl ConsumerContext for ReaderContext {
                             resume.add_partition(e.topic(), e.partition());
                         }
                     }
+                    self.ownership.changed();
                 }
                 if resume.count() > 0 {
                     if let Err(e) = consumer.resume(&resume) {
@@ -154,6 +179,7 @@ impl ConsumerContext for ReaderContext {
                     let epoch = self.ownership.next.fetch_add(1, Ordering::Relaxed);
                     owned.insert(e.partition(), epoch);
                 }
+                self.ownership.changed();
                 tracing::info!(group = %self.group, partitions = tpl.count(), "partitions assigned");
             }
             Rebalance::Error(e) => {
@@ -174,9 +200,8 @@ fn commit_stored<C: Consumer<ReaderContext>>(consumer: &C, group: &str, why: &st
 /// A record on its way to a partition worker. The worker builds the `Message` from it
 /// for each attempt, so nothing is copied up front for a redelivery that rarely comes.
 struct Work {
-    record: OwnedMessage,
+    record: Record,
     hwm: i64,
-    offset: i64,
     epoch: u64,
 }
 
@@ -184,7 +209,8 @@ struct Work {
 struct Worker {
     partition: i32,
     rx: mpsc::UnboundedReceiver<Vec<Work>>,
-    done: mpsc::UnboundedSender<Done>,
+    /// A std channel: the polling thread waits on it with a time-out when a queue is full.
+    done: std::sync::mpsc::Sender<Done>,
 }
 
 /// A worker is done with a record (handled, or dropped for a revoked partition).
@@ -203,6 +229,9 @@ struct PartitionState {
     next_offset: Option<i64>,
     paused: bool,
 }
+
+/// The reader's default `fetch.wait.max.ms`.
+const FETCH_WAIT_MAX_MS: &str = "10";
 
 /// Records taken from the consumer at most per turn of the polling loop.
 const DRAIN_MAX: usize = 512;
@@ -265,6 +294,10 @@ impl Reader for KafkaReader {
                 ("enable.auto.commit", if direct { "false" } else { "true" }),
                 ("enable.auto.offset.store", "false"),
                 ("enable.partition.eof", "false"),
+                // librdkafka's 500 ms default is how long a fetch may wait for data;
+                // some brokers (tansu) hold every fetch that long, which caps a reader
+                // at a few batches a second and adds half a second of latency.
+                ("fetch.wait.max.ms", FETCH_WAIT_MAX_MS),
                 ("client.id", &client_id),
             ],
         );
@@ -316,7 +349,9 @@ impl Reader for KafkaReader {
                     consumer
                         .assign(&tpl)
                         .map_err(|e| kafka_error("assign", Some(&t.stream), e))?;
-                    consumer.context().ownership.lock().insert(p, 0);
+                    let ownership = &consumer.context().ownership;
+                    ownership.lock().insert(p, 0);
+                    ownership.changed();
                 }
                 None => {
                     info.misconfigured("subscribe", &t.stream)?;
@@ -391,8 +426,12 @@ impl KafkaReader {
             ownership,
             topic: task.stream.clone(),
             group: group.clone(),
-            client_id,
-            init_offset,
+            origin: Origin {
+                topic: task.stream.clone(),
+                client_id: client_id.into(),
+                group_id: group.as_str().into(),
+                init_offset: init_offset.into(),
+            },
             hwm: Mutex::new(HashMap::new()),
             retry_initial: self.config.retry_initial,
             retry_max: self.config.retry_max,
@@ -408,7 +447,7 @@ impl KafkaReader {
         let closed = CancellationToken::new();
         let _stop_on_drop = StopOnDrop(stop.clone(), closed.clone());
         let (spawn_tx, mut spawn_rx) = mpsc::unbounded_channel();
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
         let limit = self.config.queue_depth;
         let poller = Poller {
             consumer: consumer.clone(),
@@ -485,8 +524,8 @@ struct Shared {
     ownership: Arc<Ownership>,
     topic: String,
     group: String,
-    client_id: String,
-    init_offset: String,
+    /// What every message's metadata refers to.
+    origin: Origin,
     hwm: Mutex<HashMap<i32, i64>>,
     retry_initial: Duration,
     retry_max: Duration,
@@ -504,9 +543,8 @@ impl Shared {
             .map(|m| m.get(&partition).copied().unwrap_or(0))
             .unwrap_or(0);
         Work {
-            record: record.detach(),
+            record: Record::new(record),
             hwm,
-            offset: rdkafka::Message::offset(record),
             epoch,
         }
     }
@@ -521,8 +559,8 @@ struct Poller {
     limit: usize,
     resume_at: usize,
     partitions: HashMap<i32, PartitionState>,
-    done_rx: mpsc::UnboundedReceiver<Done>,
-    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: std::sync::mpsc::Receiver<Done>,
+    done_tx: std::sync::mpsc::Sender<Done>,
     spawn: mpsc::UnboundedSender<Worker>,
     stop: CancellationToken,
     closed: CancellationToken,
@@ -661,10 +699,15 @@ impl Poller {
                 // Room (or the partition was revoked meanwhile).
                 _ => return,
             }
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if now >= deadline {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(1));
+            // Woken by the worker's next record rather than by a clock tick, so a fast
+            // worker does not leave the consumer idle.
+            if let Ok(done) = self.done_rx.recv_timeout(deadline - now) {
+                self.count_done(done);
+            }
         }
         self.pause(p);
     }
@@ -686,14 +729,18 @@ impl Poller {
         );
     }
 
+    fn count_done(&mut self, done: Done) {
+        if let Some(state) = self.partitions.get_mut(&done.partition) {
+            if state.epoch == done.epoch {
+                state.queued = state.queued.saturating_sub(1);
+            }
+        }
+    }
+
     /// Counts records the workers are done with.
     fn take_done(&mut self) {
         while let Ok(done) = self.done_rx.try_recv() {
-            if let Some(state) = self.partitions.get_mut(&done.partition) {
-                if state.epoch == done.epoch {
-                    state.queued = state.queued.saturating_sub(1);
-                }
-            }
+            self.count_done(done);
         }
         // Partitions revoked since: their workers drop what is queued and end.
         let ownership = &self.shared.ownership;
@@ -787,26 +834,32 @@ async fn partition_worker(
     stop: CancellationToken,
 ) {
     let partition = worker.partition;
+    let mut owns = None;
+    // The last handled offset not stored yet: stored once per batch (or every
+    // `STORE_EVERY` records) rather than per record, and before any return.
+    let mut unstored = None;
     while let Some(batch) = tokio::select! {
         biased;
         _ = stop.cancelled() => None,
         w = worker.rx.recv() => w,
     } {
-        for work in batch {
+        for (i, work) in batch.into_iter().enumerate() {
             if stop.is_cancelled() {
+                store(&shared, &consumer, partition, unstored.take());
                 return;
             }
             let handled =
-                handle_until_success(&shared, partition, &mut handler, &work, &stop).await;
-            if handled && shared.commits && shared.ownership.owns(partition, work.epoch) {
-                // The consumer outlives the workers; the strong reference lasts this call.
-                if let Some(c) = consumer.upgrade() {
-                    if let Err(e) = c.store_offset(&shared.topic, partition, work.offset) {
-                        tracing::warn!(
-                            topic = %shared.topic, partition, offset = work.offset, error = %e,
-                            "offset store failed"
-                        );
-                    }
+                handle_until_success(&shared, partition, &mut handler, &work, &stop, &mut owns)
+                    .await;
+            if handled && shared.commits {
+                if shared
+                    .ownership
+                    .owns_cached(partition, work.epoch, &mut owns)
+                {
+                    unstored = Some(work.record.offset());
+                } else {
+                    // Revoked: what was handled before still counts.
+                    store(&shared, &consumer, partition, unstored.take());
                 }
             }
             let _ = worker.done.send(Done {
@@ -815,8 +868,30 @@ async fn partition_worker(
             });
             if !handled && stop.is_cancelled() {
                 // Stopped before success: not stored, so delivered again.
+                store(&shared, &consumer, partition, unstored.take());
                 return;
             }
+            if (i + 1) % STORE_EVERY == 0 {
+                store(&shared, &consumer, partition, unstored.take());
+            }
+        }
+        store(&shared, &consumer, partition, unstored.take());
+    }
+}
+
+/// Records handled between two offset stores at most.
+const STORE_EVERY: usize = 64;
+
+/// Stores `offset` (the last handled record of `partition`) for the next commit.
+fn store(shared: &Shared, consumer: &Weak<Consumer_>, partition: i32, offset: Option<i64>) {
+    let Some(offset) = offset else { return };
+    // The consumer outlives the workers; the strong reference lasts this call.
+    if let Some(c) = consumer.upgrade() {
+        if let Err(e) = c.store_offset(&shared.topic, partition, offset) {
+            tracing::warn!(
+                topic = %shared.topic, partition, offset, error = %e,
+                "offset store failed"
+            );
         }
     }
 }
@@ -829,22 +904,15 @@ async fn handle_until_success(
     handler: &mut Handler,
     work: &Work,
     stop: &CancellationToken,
+    owns: &mut Option<(u64, bool)>,
 ) -> bool {
     let mut backoff = shared.retry_initial;
     let mut attempt = 1u32;
     loop {
-        if !shared.ownership.owns(partition, work.epoch) {
+        if !shared.ownership.owns_cached(partition, work.epoch, owns) {
             return false;
         }
-        let message = to_message(
-            &work.record,
-            &Origin {
-                hwm: work.hwm,
-                client_id: &shared.client_id,
-                group_id: &shared.group,
-                init_offset: &shared.init_offset,
-            },
-        );
+        let message = to_message(&work.record, work.hwm, &shared.origin);
         // A handler slot, where the task bounds calls across partitions; not held
         // while backing off.
         let permit = match &shared.handlers {
@@ -861,7 +929,7 @@ async fn handle_until_success(
             Err(error) => {
                 // `LoggingLayer` logs failures at the level the user chose.
                 tracing::debug!(
-                    topic = %shared.topic, partition, offset = work.offset,
+                    topic = %shared.topic, partition, offset = work.record.offset(),
                     attempt, ?backoff, %error, "handler failed; delivering the message again"
                 );
             }

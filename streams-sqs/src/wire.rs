@@ -144,6 +144,7 @@ pub(crate) fn decode(
         stream,
         key,
         headers,
+        metadata: streams_core::Metadata::new(),
         content_type,
         data: data.into(),
         time,

@@ -99,6 +99,8 @@ where
             };
             let source = copy.stream.clone();
             let mut dead = copy;
+            // Where it was read (partition, offset) goes along as headers.
+            dead.metadata_into_headers();
             dead.stream = dead_letter_stream(&source);
             dead.headers.insert(DLQ_REASON.into(), err.to_string());
             dead.headers
