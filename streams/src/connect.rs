@@ -154,14 +154,14 @@ mod tests {
 
     #[test]
     fn unknown_and_missing_schemes_list_the_supported_ones() {
-        let r = err("amqp://localhost:5672");
-        assert!(r.contains("unknown scheme `amqp`"), "{r}");
+        let r = err("mqtt://localhost:1883");
+        assert!(r.contains("unknown scheme `mqtt`"), "{r}");
         assert!(r.contains("supported: memory://"), "{r}");
         assert!(r.contains("kafka:// (feature `kafka`)"), "{r}");
         assert!(r.contains("enabled in this build:"), "{r}");
         let r = err("localhost:9092");
         assert!(r.contains("expected `<scheme>://...`"), "{r}");
-        assert!(!err("amqp://id:hunter2@host").contains("hunter2"));
+        assert!(!err("mqtt://id:hunter2@host").contains("hunter2"));
     }
 
     #[test]
