@@ -109,7 +109,7 @@ build_service() {
     ctx=$(mktemp -d)
     cp -a "$dir"/. "$ctx"/
     for f in "$@"; do cp -a "${f#*=}" "$ctx/${f%%=*}"; done
-    if ! docker build -q --build-arg "BASE=$base" -t "$tag" "$ctx" >"$STREAMS_TOOLS/image-$name.log" 2>&1; then
+    if ! docker build -q --force-rm --build-arg "BASE=$base" -t "$tag" "$ctx" >"$STREAMS_TOOLS/image-$name.log" 2>&1; then
       rm -rf "$ctx"
       log "building $tag failed; see $STREAMS_TOOLS/image-$name.log"
       return 1
