@@ -16,8 +16,7 @@ log=$(mktemp)
 status=0
 # Benchmarks are left out: they print figures and take minutes (see README).
 cargo test --workspace --features "$FEATURES" --lib --bins --tests --examples "$@" 2>&1 | tee "$log" || status=$?
-# STREAMS_TEST_DOC=0 leaves the doctests out (cargo refuses --doc beside --test NAME).
-if [ "$status" -eq 0 ] && [ "${STREAMS_TEST_DOC:-1}" != 0 ]; then
+if [ "$status" -eq 0 ]; then
   cargo test --workspace --features "$FEATURES" --doc "$@" 2>&1 | tee -a "$log" || status=$?
 fi
 # One closing line over every test binary.
