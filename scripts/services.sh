@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Service management for the test suite, sourced by scripts/test.sh.
 #
-# Every file in scripts/services.d/ is sourced; each defines a start function and adds
-# its name to SERVICES. A service that is already reachable (a docker-compose container,
-# a system service) is used as is; one the script starts is stopped on exit.
+# With a Docker engine (started here when missing, see scripts/containers.sh) the tests
+# start their own containers and nothing else is started. Without one, every file in
+# scripts/services.d/ is sourced; each defines a start function for a native service and
+# adds its name to SERVICES. A service that is already reachable (a docker-compose
+# container, a system service) is used as is; one the script starts is stopped on exit.
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/streams-target}"
 export STREAMS_TOOLS="${STREAMS_TOOLS:-$HOME/.cache/streams-tools}"
 SERVICES=()
+# Services without a container image yet: started (or waited for) natively also when
+# the others run in containers.
+UNCONTAINED=()
 STARTED_PIDS=()
 
 # Whether host:port accepts TCP connections.
@@ -37,13 +42,26 @@ services_start() {
   done
 }
 
-# Starts every service and stops the ones it started when the shell exits.
+# Containers when an engine can run, else every native service; what was started is
+# stopped when the shell exits.
 services_up() {
   trap services_stop EXIT
+  mkdir -p "$STREAMS_TOOLS"
+  if containers_start; then
+    local s
+    for s in "${UNCONTAINED[@]}"; do
+      echo "== service (native, no image yet): $s"
+      "$s"
+    done
+    return 0
+  fi
+  echo "containers: not used ($CONTAINERS_REASON); running the tests against native services"
+  export STREAMS_CONTAINERS=0
   services_start
 }
 
 services_stop() {
+  containers_stop
   local pid
   for pid in "${STARTED_PIDS[@]}"; do
     kill "$pid" 2>/dev/null || true
@@ -53,6 +71,8 @@ services_stop() {
   done
 }
 
+# shellcheck source=scripts/containers.sh
+source "$(dirname "${BASH_SOURCE[0]}")/containers.sh"
 for f in "$(dirname "${BASH_SOURCE[0]}")"/services.d/*.sh; do
   [ -e "$f" ] || continue
   # shellcheck source=/dev/null

@@ -17,3 +17,4 @@ amqp_wait() {
 }
 
 SERVICES+=(amqp_wait)
+UNCONTAINED+=(amqp_wait)

@@ -40,3 +40,4 @@ start_nats() {
 }
 
 SERVICES+=(start_nats)
+UNCONTAINED+=(start_nats)

@@ -29,3 +29,4 @@ start_redis() {
 }
 
 SERVICES+=(start_redis)
+UNCONTAINED+=(start_redis)

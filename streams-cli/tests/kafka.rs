@@ -7,10 +7,7 @@ mod common;
 use common::{unique, Cli};
 
 fn cli(group: &str) -> Cli {
-    let brokers = std::env::var("STREAMS_KAFKA_BROKERS")
-        .ok()
-        .filter(|b| !b.is_empty())
-        .unwrap_or_else(|| "localhost:9092".to_owned());
+    let brokers = streams_testkit::kafka_brokers();
     Cli::new(format!(
         "kafka://{brokers}?group={group}&session.timeout.ms=6000&heartbeat.interval.ms=1000"
     ))

@@ -195,29 +195,25 @@ async fn relay_from_unreachable_mysql() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_from_postgres_until_sigterm() {
-    let db = std::env::var("STREAMS_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let db = streams_testkit::postgres_url();
     relays_while_running_and_stops_on_sigterm(&db).await;
 }
 
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_from_mysql_until_sigterm() {
-    let db = std::env::var("STREAMS_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
+    let db = streams_testkit::mysql_url();
     relays_while_running_and_stops_on_sigterm(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_from_postgres() {
-    let db = std::env::var("STREAMS_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let db = streams_testkit::postgres_url();
     publish_then_relay(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_from_mysql() {
-    let db = std::env::var("STREAMS_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
+    let db = streams_testkit::mysql_url();
     publish_then_relay(&db).await;
 }

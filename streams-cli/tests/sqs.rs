@@ -7,10 +7,7 @@ mod common;
 use common::{unique, Cli};
 
 fn cli() -> Cli {
-    let endpoint = std::env::var("STREAMS_AWS_ENDPOINT")
-        .ok()
-        .filter(|e| !e.is_empty())
-        .unwrap_or_else(|| "http://127.0.0.1:4566".to_owned());
+    let endpoint = streams_testkit::aws_endpoint();
     let host = endpoint
         .trim_start_matches("http://")
         .trim_start_matches("https://")
@@ -77,8 +74,7 @@ async fn bench_on_sqs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_to_a_missing_queue_quarantines_nothing() {
     let cli = cli();
-    let db = std::env::var("STREAMS_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let db = streams_testkit::postgres_url();
     let table = unique("mq").replace('-', "_");
     let stream = unique("cli-sqs-missing");
     let outbox = Cli::new(format!("{db}?table={table}&create_table=true"));

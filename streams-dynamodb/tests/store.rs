@@ -15,10 +15,7 @@ use tower::{Layer, Service, ServiceExt};
 const TABLE: &str = "streams-dedup-store-tests";
 
 async fn store(table: &str) -> DynamoDedupStore {
-    let endpoint = std::env::var("STREAMS_AWS_ENDPOINT")
-        .ok()
-        .filter(|e| !e.is_empty())
-        .unwrap_or_else(|| "http://127.0.0.1:4566".to_owned());
+    let endpoint = streams_testkit::aws_endpoint();
     let store = DynamoDedupStore::builder()
         .with_endpoint(endpoint)
         .with_region("us-east-1")

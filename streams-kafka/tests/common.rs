@@ -1,5 +1,5 @@
-//! Shared helpers of the Kafka integration tests. The broker is found through
-//! `STREAMS_KAFKA_BROKERS` (default `localhost:9092`).
+//! Shared helpers of the Kafka integration tests. The broker is this test binary's
+//! container, or `STREAMS_KAFKA_BROKERS` (default `localhost:9092`): see streams-testkit.
 
 #![allow(
     dead_code,
@@ -22,7 +22,7 @@ pub fn config() -> KafkaConfig {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let mut config = KafkaConfig::from_env();
+    let mut config = KafkaConfig::new(streams_testkit::kafka_brokers());
     if let Ok(contexts) = std::env::var("STREAMS_KAFKA_DEBUG") {
         // librdkafka debug contexts, such as `consumer,fetch,cgrp`.
         config = config.with_property("debug", contexts);

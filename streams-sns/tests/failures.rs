@@ -14,10 +14,7 @@ const REGION: &str = "us-east-1";
 const BOUND: Duration = Duration::from_secs(30);
 
 fn endpoint() -> String {
-    std::env::var("STREAMS_AWS_ENDPOINT")
-        .ok()
-        .filter(|e| !e.is_empty())
-        .unwrap_or_else(|| "http://127.0.0.1:4566".to_owned())
+    streams_testkit::aws_endpoint()
 }
 
 fn builder(endpoint: &str) -> SnsWriterBuilder {

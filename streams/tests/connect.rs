@@ -281,10 +281,7 @@ fn connection_is_send_sync_and_writer_only_parts_refuse_a_reader() {
 
 #[cfg(feature = "kafka")]
 fn kafka_brokers() -> String {
-    std::env::var("STREAMS_KAFKA_BROKERS")
-        .ok()
-        .filter(|b| !b.is_empty())
-        .unwrap_or_else(|| "localhost:9092".to_owned())
+    streams_testkit::kafka_brokers()
 }
 
 #[cfg(feature = "kafka")]
@@ -340,10 +337,7 @@ async fn kafka_settings_reach_librdkafka() {
 
 #[cfg(any(feature = "sqs", feature = "sns"))]
 fn aws_host() -> String {
-    let endpoint = std::env::var("STREAMS_AWS_ENDPOINT")
-        .ok()
-        .filter(|e| !e.is_empty())
-        .unwrap_or_else(|| "http://127.0.0.1:4566".to_owned());
+    let endpoint = streams_testkit::aws_endpoint();
     let url = streams::ConnectUrl::parse("http", &endpoint).expect("STREAMS_AWS_ENDPOINT is a URL");
     url.hosts
 }
@@ -402,8 +396,7 @@ async fn sns_is_write_only() {
 async fn postgres_outbox_writer_is_write_only() {
     use streams::sql::sqlx;
 
-    let db = std::env::var("STREAMS_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let db = streams_testkit::postgres_url();
     let table = unique("facade_pg").replace('-', "_");
     let conn = connect(&format!("{db}?table={table}&create_table=true"))
         .await
@@ -432,8 +425,7 @@ async fn postgres_outbox_writer_is_write_only() {
 async fn mysql_outbox_writer_is_write_only() {
     use streams::sql::sqlx;
 
-    let db = std::env::var("STREAMS_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
+    let db = streams_testkit::mysql_url();
     let table = unique("facade_my").replace('-', "_");
     let conn = connect(&format!("{db}?table={table}&create_table=true"))
         .await

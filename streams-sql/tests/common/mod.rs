@@ -35,13 +35,14 @@ pub(crate) use both;
 /// How long a test waits for something that should take milliseconds before failing.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// PostgreSQL: this binary's container, or the native database (see streams-testkit).
 pub fn pg_url() -> String {
-    std::env::var("STREAMS_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    streams_testkit::postgres_url()
 }
 
+/// MariaDB: this binary's container, or the native database (see streams-testkit).
 pub fn mysql_url() -> String {
-    std::env::var("STREAMS_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+    streams_testkit::mysql_url()
 }
 
 /// One of the two databases; an unreachable database fails the test.

@@ -11,12 +11,9 @@ pub const ACCOUNT: &str = "123456789012";
 /// The region the tests use.
 pub const REGION: &str = "us-east-1";
 
-/// `STREAMS_AWS_ENDPOINT`, default LocalStack's port from docker-compose.yml.
+/// The AWS emulator: this binary's container, or `STREAMS_AWS_ENDPOINT` (see streams-testkit).
 pub fn endpoint() -> String {
-    std::env::var("STREAMS_AWS_ENDPOINT")
-        .ok()
-        .filter(|e| !e.is_empty())
-        .unwrap_or_else(|| "http://127.0.0.1:4566".to_owned())
+    streams_testkit::aws_endpoint()
 }
 
 /// A client of the emulator with dummy credentials.
