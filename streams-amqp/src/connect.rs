@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use streams_core::{invalid_url, ConnectUrl, Connection, DefaultGroupReader, Reader, Result};
+use streams_core::{invalid_url, ConnectUrl, Connection, Result};
 
 use crate::admin::AmqpAdmin;
 use crate::{AmqpClient, AmqpConfig, AmqpReader, AmqpWriter, QueueType};
@@ -41,12 +41,10 @@ pub async fn connect(url: &str) -> Result<Connection> {
     let (config, group) = parse(url)?;
     let client = AmqpClient::connect(config).await?;
     let writer = Arc::new(AmqpWriter::new(client.clone()));
-    let reader = AmqpReader::new(client.clone());
-    let reader: Arc<dyn Reader> = match group {
-        Some(group) => Arc::new(DefaultGroupReader::new(reader, group)),
-        None => Arc::new(reader),
-    };
-    Ok(Connection::new("amqp", writer, Some(reader)).with_admin(Arc::new(AmqpAdmin(client))))
+    let reader = Arc::new(AmqpReader::new(client.clone()));
+    Ok(Connection::new("amqp", writer, Some(reader))
+        .with_default_group(group)
+        .with_admin(Arc::new(AmqpAdmin(client))))
 }
 
 fn parse(url: &str) -> Result<(AmqpConfig, Option<String>)> {

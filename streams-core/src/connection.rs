@@ -96,6 +96,15 @@ impl Connection {
         }
     }
 
+    /// Gives read tasks that name no consumer group `group` (a URL's `group=`), through
+    /// [`DefaultGroupReader`]; `None` leaves the reader as it is.
+    pub fn with_default_group(mut self, group: Option<String>) -> Self {
+        if let (Some(group), Some(reader)) = (group, self.reader.take()) {
+            self.reader = Some(Arc::new(DefaultGroupReader::new(reader, group)));
+        }
+        self
+    }
+
     /// Sets how streams are created and deleted.
     pub fn with_admin(mut self, admin: Arc<dyn StreamAdmin>) -> Self {
         self.admin = Some(admin);

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use streams_core::{invalid_url, ConnectUrl, Connection, DefaultGroupReader, Reader, Result};
+use streams_core::{invalid_url, ConnectUrl, Connection, Result};
 
 use crate::admin::NatsAdmin;
 use crate::client::DEFAULT_SERVER;
@@ -45,12 +45,10 @@ pub async fn connect(url: &str) -> Result<Connection> {
     let (config, group) = parse(url)?;
     let client = NatsClient::connect(config).await?;
     let writer = Arc::new(NatsWriter::new(client.clone()));
-    let reader = NatsReader::new(client.clone());
-    let reader: Arc<dyn Reader> = match group {
-        Some(group) => Arc::new(DefaultGroupReader::new(reader, group)),
-        None => Arc::new(reader),
-    };
-    Ok(Connection::new("nats", writer, Some(reader)).with_admin(Arc::new(NatsAdmin(client))))
+    let reader = Arc::new(NatsReader::new(client.clone()));
+    Ok(Connection::new("nats", writer, Some(reader))
+        .with_default_group(group)
+        .with_admin(Arc::new(NatsAdmin(client))))
 }
 
 fn parse(url: &str) -> Result<(NatsConfig, Option<String>)> {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use streams_core::{invalid_url, ConnectUrl, Connection, DefaultGroupReader, Reader, Result};
+use streams_core::{invalid_url, ConnectUrl, Connection, Result};
 
 use crate::admin::RedisAdmin;
 use crate::{RedisClient, RedisConfig, RedisReader, RedisWriter};
@@ -44,12 +44,10 @@ pub async fn connect(url: &str) -> Result<Connection> {
     let (config, group) = parse(url)?;
     let client = RedisClient::connect(config).await?;
     let writer = Arc::new(RedisWriter::new(client.clone()));
-    let reader = RedisReader::new(client.clone());
-    let reader: Arc<dyn Reader> = match group {
-        Some(group) => Arc::new(DefaultGroupReader::new(reader, group)),
-        None => Arc::new(reader),
-    };
-    Ok(Connection::new("redis", writer, Some(reader)).with_admin(Arc::new(RedisAdmin(client))))
+    let reader = Arc::new(RedisReader::new(client.clone()));
+    Ok(Connection::new("redis", writer, Some(reader))
+        .with_default_group(group)
+        .with_admin(Arc::new(RedisAdmin(client))))
 }
 
 fn parse(url: &str) -> Result<(RedisConfig, Option<String>)> {
