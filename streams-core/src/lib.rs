@@ -40,7 +40,7 @@ pub use connection::{
     URL_ERROR_WHAT,
 };
 pub use error::{is_unrecoverable, BoxError, Error, FailedMessage, Result, Unrecoverable};
-pub use event::{Event, EventRegistry};
+pub use event::{Event, EventContract, EventRegistry, RegisteredEvent};
 pub use event_bus::EventBus;
 pub use id::{IdFactory, KsuidFactory, UuidFactory};
 pub use message::{
