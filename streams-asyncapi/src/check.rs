@@ -192,7 +192,9 @@ fn kind(v: &Value) -> Result<Kind, String> {
         Some(Value::String(s)) if s.starts_with("3.") => Ok(Kind::Document),
         Some(other) => Err(format!(
             "AsyncAPI {} is not supported; documents must be AsyncAPI 3",
-            other.as_str().map_or_else(|| other.to_string(), str::to_owned)
+            other
+                .as_str()
+                .map_or_else(|| other.to_string(), str::to_owned)
         )),
         None if o.contains_key("openapi") || o.contains_key("swagger") => {
             Err("an OpenAPI document, not an AsyncAPI document or a JSON Schema".into())
@@ -389,10 +391,7 @@ impl<'a, 'f> Comparison<'a, 'f> {
             self.push(
                 path,
                 Rule::EnumValueRemoved,
-                format!(
-                    "any value was allowed, now only {}",
-                    listed.join(", ")
-                ),
+                format!("any value was allowed, now only {}", listed.join(", ")),
             );
         }
 
@@ -415,9 +414,17 @@ impl<'a, 'f> Comparison<'a, 'f> {
         for field in new_required.difference(&old_required) {
             let child = child_path(path, field);
             if old_props.contains_key(field) {
-                self.push(&child, Rule::FieldRequired, "an optional field is now required".into());
+                self.push(
+                    &child,
+                    Rule::FieldRequired,
+                    "an optional field is now required".into(),
+                );
             } else if !old_props.is_empty() || !new_props.is_empty() {
-                self.push(&child, Rule::FieldRequired, "a new field is required".into());
+                self.push(
+                    &child,
+                    Rule::FieldRequired,
+                    "a new field is required".into(),
+                );
             }
         }
 
@@ -425,9 +432,10 @@ impl<'a, 'f> Comparison<'a, 'f> {
         if let (Some(o), Some(n)) = (items(old), items(new)) {
             self.compare(o, n, &format!("{path}[]"), depth + 1);
         }
-        if let (Some(o @ Value::Object(_)), Some(n @ Value::Object(_))) =
-            (old.get("additionalProperties"), new.get("additionalProperties"))
-        {
+        if let (Some(o @ Value::Object(_)), Some(n @ Value::Object(_))) = (
+            old.get("additionalProperties"),
+            new.get("additionalProperties"),
+        ) {
             self.compare(o, n, &child_path(path, "*"), depth + 1);
         }
         // `Option<Struct>` and the like: one non-null variant on each side.
@@ -448,7 +456,12 @@ impl<'a, 'f> Comparison<'a, 'f> {
         match v.get("type") {
             Some(Value::String(t)) => return Some(BTreeSet::from([t.clone()])),
             Some(Value::Array(ts)) => {
-                return Some(ts.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                return Some(
+                    ts.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect(),
+                )
             }
             _ => {}
         }

@@ -129,10 +129,7 @@ impl AsyncApi {
             }
             message.insert("x-streams-type".into(), json!(event.type_name));
             if event.content_types.len() > 1 {
-                message.insert(
-                    "x-streams-content-types".into(),
-                    json!(event.content_types),
-                );
+                message.insert("x-streams-content-types".into(), json!(event.content_types));
             }
             messages.insert(key.clone(), Value::Object(message));
 

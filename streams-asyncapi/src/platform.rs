@@ -23,8 +23,14 @@ pub(crate) struct Platform {
 pub(crate) fn driver_headers(protocol: &str) -> &'static [(&'static str, &'static str)] {
     const SQS: &[(&str, &str)] = &[
         ("streams-message-id", "The message id."),
-        ("streams-stream-name", "The stream the message was written to."),
-        ("streams-stream-key", "The message key (FIFO message group)."),
+        (
+            "streams-stream-name",
+            "The stream the message was written to.",
+        ),
+        (
+            "streams-stream-key",
+            "The message key (FIFO message group).",
+        ),
         ("streams-content-type", "The payload's content type."),
         (
             "streams-message-time",
@@ -52,7 +58,10 @@ pub(crate) fn driver_headers(protocol: &str) -> &'static [(&'static str, &'stati
             ),
             ("streams-key", "The message key."),
             ("content-type", "The payload's content type."),
-            ("streams-time", "The message time (RFC 3339, nanoseconds, UTC)."),
+            (
+                "streams-time",
+                "The message time (RFC 3339, nanoseconds, UTC).",
+            ),
         ],
         "redis" => &[
             ("id", "Entry field: the message id."),
@@ -254,10 +263,7 @@ mod tests {
             "orders-placed"
         );
         let p = Platform::parse("sns://127.0.0.1:4566").unwrap();
-        assert_eq!(
-            p.channel_binding("a.b.fifo").unwrap()["name"],
-            "a-b.fifo"
-        );
+        assert_eq!(p.channel_binding("a.b.fifo").unwrap()["name"], "a-b.fifo");
         assert_eq!(Platform::parse("amqp://h/%2f").unwrap().vhost, "/");
         for (url, says) in [
             ("memory://", "in-process"),

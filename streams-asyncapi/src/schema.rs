@@ -72,11 +72,9 @@ pub(crate) fn relocate(
             .iter()
             .map(|(n, v)| (n.clone(), rewrite_refs(v.clone(), &names)))
             .collect();
-        let clash = rewritten.iter().find(|(n, v)| {
-            schemas
-                .get(&names[n])
-                .is_some_and(|existing| existing != v)
-        });
+        let clash = rewritten
+            .iter()
+            .find(|(n, v)| schemas.get(&names[n]).is_some_and(|existing| existing != v));
         match clash {
             Some((n, _)) => {
                 let base = names[n].clone();
@@ -139,10 +137,7 @@ fn rewrite_ref(r: &str, names: &BTreeMap<String, String>) -> String {
     }
     if let Some(tail) = r.strip_prefix("#/") {
         // A pointer into the root schema itself.
-        return format!(
-            "{COMPONENTS_SCHEMAS}{}/{tail}",
-            escape_pointer(&names["#"])
-        );
+        return format!("{COMPONENTS_SCHEMAS}{}/{tail}", escape_pointer(&names["#"]));
     }
     r.to_owned()
 }
