@@ -167,10 +167,16 @@ pub fn check_values(old: &Value, new: &Value, name: Option<&str>) -> Result<Vec<
                 .unwrap_or_else(|| "payload".to_owned());
             Comparison::new(&event, old, new, &mut findings).compare(old, new, "", 0);
         }
-        _ => {
-            return Err(Error::Unreadable(
-                "OLD and NEW must both be AsyncAPI documents or both JSON Schemas".into(),
-            ))
+        (o, n) => {
+            let what = |k: Kind| match k {
+                Kind::Document => "an AsyncAPI document",
+                Kind::Schema => "a JSON Schema",
+            };
+            return Err(Error::Unreadable(format!(
+                "OLD is {} and NEW {}: compare two documents or two schemas",
+                what(o),
+                what(n)
+            )));
         }
     }
     findings.sort();

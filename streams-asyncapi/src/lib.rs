@@ -27,5 +27,6 @@ pub use check::{check, check_values, Finding, Rule};
 pub use contract::contract;
 pub use document::{AsyncApi, Document, ASYNCAPI_VERSION};
 pub use error::{Error, Result};
+pub use platform::driver_headers;
 /// The `schemars` this crate derives schemas with; derive `JsonSchema` from it.
 pub use schemars;

@@ -16,11 +16,18 @@ pub(crate) struct Platform {
     vhost: String,
 }
 
-/// The headers (message attributes, entry fields) a driver writes besides the
-/// message's own, with what each holds. These are the drivers' constants
-/// (`streams_kafka::HEADER_MESSAGE_ID`, ...); the CLI's tests check them against the
-/// driver crates.
-pub(crate) fn driver_headers(protocol: &str) -> &'static [(&'static str, &'static str)] {
+/// The headers (message attributes, entry fields) the driver of `protocol` (`kafka`,
+/// `sqs`, `sns`, `nats`, `redis`, `amqp`) writes besides the message's own, with what
+/// each holds; documents list them as the message's headers. These are the drivers'
+/// constants (`streams_kafka::HEADER_MESSAGE_ID`, ...), which this crate does not
+/// depend on: the `streams` tool's tests check them against the driver crates.
+///
+/// ```
+/// let kafka = streams_asyncapi::driver_headers("kafka");
+/// assert_eq!(kafka[0].0, "message_id");
+/// assert!(streams_asyncapi::driver_headers("memory").is_empty());
+/// ```
+pub fn driver_headers(protocol: &str) -> &'static [(&'static str, &'static str)] {
     const SQS: &[(&str, &str)] = &[
         ("streams-message-id", "The message id."),
         (

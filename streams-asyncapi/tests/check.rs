@@ -339,11 +339,7 @@ fn unreadable_input_is_one_clear_error() {
             "OLD: AsyncAPI 2.6.0 is not supported",
         ),
         (r#"{"openapi": "3.1.0"}"#, ok, "OLD: an OpenAPI document"),
-        (
-            doc,
-            ok,
-            "must both be AsyncAPI documents or both JSON Schemas",
-        ),
+        (doc, ok, "is an AsyncAPI document and NEW a JSON Schema"),
     ] {
         let e = check(old, new, None).unwrap_err();
         assert!(matches!(e, Error::Unreadable(_)), "{e}");

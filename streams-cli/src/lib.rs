@@ -8,6 +8,8 @@
 //! streams --url sqs://localhost:4566?region=us-east-1 dlq redrive orders --dry-run
 //! streams --url kafka://localhost:9092 relay --from postgres://postgres@localhost/test
 //! streams --url memory:// bench --count 100000 --size 256
+//! streams --url kafka://broker:9092 asyncapi payments.yaml --format json
+//! streams schema check payments-v1.yaml payments-v2.yaml
 //! ```
 //!
 //! The URL comes from `--url` or `STREAMS_URL` (default `memory://`); its grammar is
@@ -22,6 +24,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub mod bench;
 pub mod consume;
+pub mod contract;
 pub mod dlq;
 pub mod output;
 pub mod publish;
@@ -31,6 +34,7 @@ mod run;
 
 pub use bench::{bench, BenchArgs, BenchReport};
 pub use consume::{consume, ConsumeArgs};
+pub use contract::{asyncapi, schema_check, AsyncapiArgs, DocFormat};
 pub use dlq::{redrive, RedriveArgs, RedriveReport};
 pub use output::{JsonMessage, Output};
 pub use publish::{publish, InputFormat, PublishArgs};
@@ -76,6 +80,50 @@ pub enum Command {
     /// Dead-letter streams (`<stream>.dlq`).
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Print a program's AsyncAPI document with the server and bindings of --url.
+    Asyncapi(AsyncapiCmd),
+    /// Event contracts.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+}
+
+/// `streams asyncapi`.
+///
+/// A service writes its own document from its event registry (the payments example:
+/// `cargo run -p streams-examples --example payments_agentless --features sql --
+/// asyncapi`); this adds where it runs: the server of --url, the protocol's channel
+/// and message bindings, and the headers its driver sets.
+#[derive(Debug, Args)]
+pub struct AsyncapiCmd {
+    /// The document the program wrote (YAML or JSON); `-` or none reads stdin.
+    pub file: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = DocFormat::Yaml)]
+    pub format: DocFormat,
+    /// The server's name in the document (default: the platform, e.g. `kafka`).
+    #[arg(long)]
+    pub server: Option<String>,
+}
+
+/// `streams schema ...`.
+#[derive(Debug, Subcommand)]
+pub enum SchemaCommand {
+    /// Exit 1 when NEW breaks consumers of OLD (AsyncAPI documents or JSON Schemas),
+    /// one line per change: `<event>: <field>: <rule>: <detail>`; 2 on unreadable input.
+    Check(SchemaCheckCmd),
+}
+
+/// `streams schema check`.
+#[derive(Debug, Args)]
+pub struct SchemaCheckCmd {
+    /// The contract consumers use now.
+    pub old: PathBuf,
+    /// The contract about to be deployed.
+    pub new: PathBuf,
+    /// The event's name when comparing two JSON Schemas (default: the schema's title,
+    /// else NEW's file name).
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
 /// `streams publish`.
@@ -282,6 +330,15 @@ pub(crate) fn has_groups(platform: &str) -> bool {
     matches!(platform, "kafka" | "memory" | "nats" | "redis" | "amqp")
 }
 
+/// The line `streams schema check` reports after its findings.
+pub fn schema_summary(breaking: usize) -> String {
+    if breaking == 0 {
+        "schema check: compatible, no change breaks consumers".to_owned()
+    } else {
+        format!("schema check: {breaking} breaking change(s)")
+    }
+}
+
 /// What a command reports on stderr when it succeeds.
 pub type Summary = String;
 
@@ -299,6 +356,30 @@ pub async fn run(
 ) -> Result<Summary, streams::BoxError> {
     let url = cli.url.trim().to_owned();
     match cli.command {
+        Command::Asyncapi(cmd) => {
+            asyncapi(
+                AsyncapiArgs {
+                    url,
+                    file: cmd.file,
+                    format: cmd.format,
+                    server: cmd.server,
+                },
+                stdin,
+                out,
+            )
+            .await
+        }
+        Command::Schema(SchemaCommand::Check(cmd)) => {
+            let findings = schema_check(&cmd.old, &cmd.new, cmd.name.as_deref())?;
+            for f in &findings {
+                out.line(&f.to_string())?;
+            }
+            if findings.is_empty() {
+                Ok(schema_summary(0))
+            } else {
+                Err(schema_summary(findings.len()).into())
+            }
+        }
         #[cfg(feature = "sql")]
         Command::Relay(cmd) => {
             let (destination, to): (std::sync::Arc<dyn streams::Writer>, &str) = match cmd
@@ -490,6 +571,9 @@ pub async fn run_on(
         }
         #[cfg(feature = "sql")]
         Command::Relay(_) => Err("relay needs no connection; call `run`".into()),
+        Command::Asyncapi(_) | Command::Schema(_) => {
+            Err("asyncapi and schema need no connection; call `run`".into())
+        }
     }
 }
 

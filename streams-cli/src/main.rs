@@ -6,13 +6,33 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use streams::CancellationToken;
-use streams_cli::{Cli, Output};
+use streams_cli::{Cli, Command, Output, SchemaCommand};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    // Exit codes a CI step can tell apart: 1 breaking, 2 unreadable input.
+    if let Command::Schema(SchemaCommand::Check(cmd)) = &cli.command {
+        return match streams_cli::schema_check(&cmd.old, &cmd.new, cmd.name.as_deref()) {
+            Ok(findings) => {
+                for f in &findings {
+                    println!("{f}");
+                }
+                eprintln!("streams: {}", streams_cli::schema_summary(findings.len()));
+                if findings.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("streams: error: {}", one_line(&e));
+                ExitCode::from(2)
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

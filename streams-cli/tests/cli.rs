@@ -57,7 +57,9 @@ async fn platform_errors_are_one_line_and_exit_1() {
 #[tokio::test]
 async fn help_and_version_succeed() {
     let run = streams(&["--help"], "", LIMIT).await.ok();
-    for command in ["publish", "consume", "relay", "bench", "dlq"] {
+    for command in [
+        "publish", "consume", "relay", "bench", "dlq", "asyncapi", "schema",
+    ] {
         assert!(
             run.stdout.contains(command),
             "{command} missing from help: {run:#?}"
