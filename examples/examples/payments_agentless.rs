@@ -10,6 +10,10 @@
 //! `postgres://postgres@127.0.0.1:5432/test`, as in `docker-compose.yml`).
 //!
 //! Run: `cargo run -p streams-examples --example payments_agentless --features sql`
+//!
+//! With `-- asyncapi` it prints the service's AsyncAPI document, written from the
+//! registry of its bus, and exits without touching the database:
+//! `cargo run -p streams-examples --example payments_agentless --features sql -- asyncapi`.
 
 #![allow(clippy::print_stdout)]
 
@@ -19,25 +23,13 @@ use std::time::Duration;
 
 use streams_chanbuf::MemoryBus;
 use streams_core::Relay;
-use streams_core::{BoxError, CancellationToken, Event, EventBus, Message};
+use streams_core::{BoxError, CancellationToken, EventBus, Message};
+use streams_examples::payments::{self, PaymentCreated};
 use streams_sql::sqlx::{self, PgPool};
 use streams_sql::{PgOutbox, PgOutboxStore};
 use tokio::sync::Notify;
 
 const OUTBOX: &str = "payments_egress";
-
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct PaymentCreated {
-    payment_id: String,
-    account: String,
-    cents: i64,
-}
-
-impl Event for PaymentCreated {
-    fn key(&self) -> Option<String> {
-        Some(self.account.clone())
-    }
-}
 
 /// The service's one operation: store a payment and its event, atomically.
 async fn create_payment(
@@ -60,7 +52,7 @@ async fn create_payment(
         account: account.into(),
         cents,
     };
-    let message = bus.publisher().message("payments.created", &event)?;
+    let message = bus.publisher().message(payments::STREAM, &event)?;
     outbox.write(&mut tx, &[message]).await?;
     if cents <= 0 {
         // Dropping the transaction rolls back the payment and its event together.
@@ -77,6 +69,17 @@ async fn main() -> Result<(), BoxError> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
+
+    // The in-process bus, its one registration of the event, and (with `asyncapi`)
+    // the document that registration describes.
+    let chan = Arc::new(MemoryBus::new());
+    let mut bus = EventBus::new(chan.clone(), chan.clone());
+    bus.register::<PaymentCreated>(payments::STREAM);
+    if std::env::args().nth(1).as_deref() == Some("asyncapi") {
+        print!("{}", payments::asyncapi(bus.registry())?.to_yaml()?);
+        return Ok(());
+    }
+
     let url = std::env::var("STREAMS_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let pool = PgPool::connect(&url).await?;
@@ -87,10 +90,7 @@ async fn main() -> Result<(), BoxError> {
     .execute(&pool)
     .await?;
 
-    // The in-process bus, with a subscriber printing every payment event.
-    let chan = Arc::new(MemoryBus::new());
-    let mut bus = EventBus::new(chan.clone(), chan.clone());
-    bus.register::<PaymentCreated>("payments.created");
+    // A subscriber printing every payment event.
     let printed = Arc::new(AtomicUsize::new(0));
     let two_printed = Arc::new(Notify::new());
     {
@@ -111,7 +111,7 @@ async fn main() -> Result<(), BoxError> {
             })?;
     }
     bus.start().await?;
-    while chan.subscribers("payments.created") == 0 {
+    while chan.subscribers(payments::STREAM) == 0 {
         tokio::task::yield_now().await;
     }
 

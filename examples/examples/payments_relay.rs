@@ -27,17 +27,11 @@
 #![allow(clippy::print_stdout)]
 
 use streams_core::{BoxError, Message, CONTENT_TYPE_JSON};
+use streams_examples::payments::{self, PaymentCreated};
 use streams_sql::sqlx::{self, PgPool};
 use streams_sql::PgOutbox;
 
 const OUTBOX: &str = "payments_egress";
-
-#[derive(Debug, serde::Serialize)]
-struct PaymentCreated {
-    payment_id: String,
-    account: String,
-    cents: i64,
-}
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
@@ -69,7 +63,7 @@ async fn main() -> Result<(), BoxError> {
             .bind(event.cents)
             .execute(&mut *tx)
             .await?;
-        let message = Message::new("payments.created", serde_json_vec(&event)?)
+        let message = Message::new(payments::STREAM, serde_json_vec(&event)?)
             .with_key(account)
             .with_content_type(CONTENT_TYPE_JSON);
         let batch_id = outbox.write(&mut tx, &[message]).await?;

@@ -298,7 +298,7 @@ impl Document {
     /// The document as pretty JSON.
     pub fn to_json(&self) -> String {
         // A `Value` always has a JSON form.
-        serde_json::to_string_pretty(&self.value).unwrap_or_default() + "\n"
+        serde_json::to_string_pretty(&TopLevelOrder(&self.value)).unwrap_or_default() + "\n"
     }
 
     /// The document as YAML.
@@ -307,7 +307,42 @@ impl Document {
     ///
     /// [`Error::Invalid`] if the YAML writer fails (it does not for JSON values).
     pub fn to_yaml(&self) -> Result<String> {
-        serde_norway::to_string(&self.value).map_err(|e| Error::Invalid(format!("YAML: {e}")))
+        serde_norway::to_string(&TopLevelOrder(&self.value))
+            .map_err(|e| Error::Invalid(format!("YAML: {e}")))
+    }
+}
+
+/// Writes the top-level fields in the order of the specification (`asyncapi`, `info`,
+/// servers, channels, ... ) rather than alphabetically, so a person reads the document
+/// from its title down.
+struct TopLevelOrder<'a>(&'a Value);
+
+impl serde::Serialize for TopLevelOrder<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        const ORDER: [&str; 8] = [
+            "asyncapi",
+            "id",
+            "info",
+            "defaultContentType",
+            "servers",
+            "channels",
+            "operations",
+            "components",
+        ];
+        let Value::Object(map) = self.0 else {
+            return self.0.serialize(serializer);
+        };
+        let mut out = serializer.serialize_map(Some(map.len()))?;
+        for key in ORDER {
+            if let Some(v) = map.get(key) {
+                out.serialize_entry(key, v)?;
+            }
+        }
+        for (k, v) in map.iter().filter(|(k, _)| !ORDER.contains(&k.as_str())) {
+            out.serialize_entry(k, v)?;
+        }
+        out.end()
     }
 }
 
