@@ -1,6 +1,8 @@
 //! Documents built from a registry: their shape, and their validity according to the
 //! AsyncAPI initiative's own parser (`@asyncapi/parser` on Node.js).
 
+#![allow(clippy::print_stderr)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -166,6 +166,7 @@ pub struct RegisteredEvent {
 }
 
 /// Per registered type: its name, its stream and how to describe it.
+#[derive(Clone)]
 struct Entry {
     type_name: &'static str,
     stream: String,
@@ -302,16 +303,21 @@ impl EventRegistry {
     ///
     /// [`Error::Encode`] when an event's example cannot be encoded as JSON.
     pub fn events(&self) -> Result<Vec<RegisteredEvent>> {
-        let entries: Vec<(&'static str, String, fn() -> Result<Described>)> = self
+        let entries: Vec<Entry> = self
             .streams
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .map(|e| (e.type_name, e.stream.clone(), e.describe))
+            .cloned()
             .collect();
         // The contracts are built outside the lock: they may take a while (schemas).
         let mut events = Vec::with_capacity(entries.len());
-        for (type_name, stream, describe) in entries {
+        for Entry {
+            type_name,
+            stream,
+            describe,
+        } in entries
+        {
             let d = describe()?;
             events.push(RegisteredEvent {
                 type_name,
