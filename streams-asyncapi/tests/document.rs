@@ -331,6 +331,7 @@ fn validate(parser: &Path, name: &str, text: &str) -> (i32, String) {
         .arg(&file)
         .output()
         .expect("run node");
+    let _ = std::fs::remove_file(&file);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
