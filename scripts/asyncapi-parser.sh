@@ -10,8 +10,11 @@ STREAMS_TOOLS="${STREAMS_TOOLS:-$HOME/.cache/streams-tools}"
 dir="$STREAMS_TOOLS/asyncapi-parser"
 installed="$dir/node_modules/@asyncapi/parser/package.json"
 
+mkdir -p "$dir"
+# One install at a time (test binaries and scripts may ask at once).
+exec 9>"$dir/.lock"
+flock 9
 if [ ! -f "$installed" ] || ! grep -q "\"version\": \"$ASYNCAPI_PARSER_VERSION\"" "$installed"; then
-  mkdir -p "$dir"
   echo "installing @asyncapi/parser $ASYNCAPI_PARSER_VERSION into $dir (once)" >&2
   npm install --prefix "$dir" --no-audit --no-fund --loglevel=error \
     "@asyncapi/parser@$ASYNCAPI_PARSER_VERSION" >"$dir/install.log" 2>&1 || {

@@ -296,6 +296,12 @@ fn repo_root() -> PathBuf {
 /// The parser's directory, installed on first use; `None` (after one SKIPPED line)
 /// where Node.js or npm is missing.
 fn parser_dir(test: &str) -> Option<PathBuf> {
+    // Installed once per test binary; the script also locks against other processes.
+    static DIR: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+    let mut dir = DIR.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(d) = &*dir {
+        return Some(d.clone());
+    }
     for tool in ["node", "npm"] {
         let found = Command::new(tool)
             .arg("--version")
@@ -316,7 +322,9 @@ fn parser_dir(test: &str) -> Option<PathBuf> {
         "installing @asyncapi/parser failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()))
+    let found = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    *dir = Some(found.clone());
+    Some(found)
 }
 
 /// Runs scripts/asyncapi-validate.mjs on `text`; (exit code, output).
