@@ -348,3 +348,93 @@ fn unreadable_input_is_one_clear_error() {
         assert_eq!(e.lines().count(), 1, "{e}");
     }
 }
+
+mod v1 {
+    use schemars::JsonSchema;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize, JsonSchema)]
+    pub(crate) enum State {
+        Open,
+        Paid,
+        Void,
+    }
+
+    /// Version 1.
+    #[derive(Serialize, Deserialize, JsonSchema)]
+    pub(crate) struct PaymentCreated {
+        pub(crate) payment_id: String,
+        pub(crate) account: String,
+        pub(crate) cents: i64,
+        pub(crate) state: State,
+        pub(crate) note: Option<String>,
+    }
+    impl streams_core::Event for PaymentCreated {
+        fn contract() -> streams_core::EventContract<Self> {
+            streams_asyncapi::contract::<Self>()
+        }
+    }
+}
+
+mod v2 {
+    use schemars::JsonSchema;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize, JsonSchema)]
+    pub(crate) enum State {
+        Open,
+        Paid,
+    }
+
+    /// Version 2: `account` renamed, `cents` as text, `Void` gone, a new optional field.
+    #[derive(Serialize, Deserialize, JsonSchema)]
+    pub(crate) struct PaymentCreated {
+        pub(crate) payment_id: String,
+        pub(crate) account_id: String,
+        pub(crate) cents: String,
+        pub(crate) state: State,
+        pub(crate) note: Option<String>,
+        pub(crate) tenant: Option<String>,
+    }
+    impl streams_core::Event for PaymentCreated {
+        fn contract() -> streams_core::EventContract<Self> {
+            streams_asyncapi::contract::<Self>()
+        }
+    }
+}
+
+/// The check over documents built from two versions of a Rust type.
+#[test]
+fn documents_of_two_versions_of_a_rust_event() {
+    use streams_asyncapi::AsyncApi;
+    use streams_core::EventRegistry;
+
+    let document = |register: fn(&EventRegistry)| {
+        let registry = EventRegistry::new();
+        register(&registry);
+        AsyncApi::new("payments", "1")
+            .with_server("kafka", "kafka://localhost:9092")
+            .build(&registry)
+            .unwrap()
+            .to_yaml()
+            .unwrap()
+    };
+    let old = document(|r| r.register::<v1::PaymentCreated>("payments.created"));
+    let new = document(|r| r.register::<v2::PaymentCreated>("payments.created"));
+    let found: Vec<String> = check(&old, &new, None)
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        found,
+        [
+            "PaymentCreated: account: field-removed: the field is gone (renamed counts as removed)",
+            "PaymentCreated: account_id: field-required: a new field is required",
+            "PaymentCreated: cents: type-changed: integer -> string",
+            "PaymentCreated: state: enum-value-removed: \"Void\" is no longer allowed",
+        ]
+    );
+    // The same version on both sides passes.
+    assert!(check(&old, &old, None).unwrap().is_empty());
+}
