@@ -268,6 +268,10 @@ impl Document {
 
         if let Some(Value::Object(channels)) = root.get_mut("channels") {
             for (id, channel) in channels.iter_mut() {
+                // A reference may have no siblings; the channel it names gets them.
+                if channel.get("$ref").is_some() {
+                    continue;
+                }
                 let address = channel
                     .get("address")
                     .and_then(Value::as_str)
