@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+#[allow(unsafe_code)] // `GlobalAlloc` is an unsafe trait; see the module.
+pub mod alloc;
 pub mod bench;
 pub mod consume;
 pub mod dlq;
@@ -211,6 +213,15 @@ pub struct BenchCmd {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// On memory://, measure only the connection: without this, the same run also
+    /// measures the bare bus (no spans, no metrics) and a raw tokio mpsc channel
+    /// carrying the same messages, and prints the ratios.
+    #[arg(long)]
+    pub no_baseline: bool,
+    /// Draw throughput over time and the latency percentiles of every case to this
+    /// SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
 }
 
 /// `streams create`.
@@ -349,6 +360,12 @@ pub async fn run(
                 "relay stopped".to_owned()
             })
         }
+        Command::Bench(cmd) if url.starts_with("memory:") && !cmd.no_baseline => {
+            let conn = streams::connect(&url).await?;
+            // The same bus without the observing decorators, for the overhead ratio.
+            let bare = streams::chanbuf::connect(&url).await?;
+            bench_command(&conn, cmd, Some(bare), out, stop).await
+        }
         command => {
             let conn = streams::connect(&url).await?;
             let result = run_on(&conn, command, stdin, out, stop).await;
@@ -360,6 +377,46 @@ pub async fn run(
             Ok(summary)
         }
     }
+}
+
+/// `streams bench` on `conn`, with `bare` (the same platform without the observing
+/// decorators) as a baseline; the raw baseline runs with it.
+async fn bench_command(
+    conn: &streams::Connection,
+    cmd: BenchCmd,
+    bare: Option<streams::Connection>,
+    out: Output,
+    stop: streams::CancellationToken,
+) -> Result<Summary, streams::BoxError> {
+    let in_process = bare.is_some() && conn.platform() == "memory";
+    let report = bench(
+        conn,
+        BenchArgs {
+            stream: cmd.stream,
+            count: cmd.count,
+            size: cmd.size,
+            batch: cmd.batch as usize,
+            inflight: cmd.inflight as usize,
+            concurrency: cmd.concurrency as usize,
+            partitions: cmd.partitions,
+            rate: cmd.rate,
+            timeout: cmd.timeout,
+            keep: cmd.keep,
+            progress: !cmd.no_progress,
+            bare,
+            raw: in_process,
+            plot: cmd.plot,
+        },
+        stop,
+    )
+    .await?;
+    let text = if cmd.json {
+        serde_json::to_string(&report)?
+    } else {
+        report.render()
+    };
+    out.line(&text)?;
+    Ok(format!("bench on {} done", conn.platform()))
 }
 
 /// Runs a command on an open connection (everything but `relay`, which needs no
@@ -423,34 +480,7 @@ pub async fn run_on(
                 "consumed {n} message(s) from `{stream}` ({platform})"
             ))
         }
-        Command::Bench(cmd) => {
-            let json = cmd.json;
-            let report = bench(
-                conn,
-                BenchArgs {
-                    stream: cmd.stream,
-                    count: cmd.count,
-                    size: cmd.size,
-                    batch: cmd.batch as usize,
-                    inflight: cmd.inflight as usize,
-                    concurrency: cmd.concurrency as usize,
-                    partitions: cmd.partitions,
-                    rate: cmd.rate,
-                    timeout: cmd.timeout,
-                    keep: cmd.keep,
-                    progress: !cmd.no_progress,
-                },
-                stop,
-            )
-            .await?;
-            let text = if json {
-                serde_json::to_string(&report)?
-            } else {
-                report.render()
-            };
-            out.line(&text)?;
-            Ok(format!("bench on {platform} done"))
-        }
+        Command::Bench(cmd) => bench_command(conn, cmd, None, out, stop).await,
         Command::Create(cmd) => {
             conn.create_stream(&cmd.stream, cmd.partitions).await?;
             Ok(format!("created `{}` ({platform})", cmd.stream))
