@@ -1,18 +1,22 @@
 //! Counting heap allocations, so that `streams bench` can print allocations per message.
 //!
-//! The `streams` binary installs [`CountingAllocator`] as its global allocator. It counts
+//! The `streams` binary installs [`CountingAllocator`] as its global allocator: mimalloc,
+//! which costs a fraction of glibc's malloc when messages are allocated on one thread
+//! and freed on another (the bench's raw baseline runs on it too). It counts
 //! only while [`counting`] is on (the bench turns it on around what it measures), with
 //! one relaxed atomic add per allocation; otherwise it costs one relaxed load. A program
 //! that does not install it reads zero and the bench prints no allocation figure.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+use mimalloc::MiMalloc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 static COUNTING: AtomicBool = AtomicBool::new(false);
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
-/// The system allocator, counting allocations (`alloc`, `alloc_zeroed` and `realloc`)
+/// mimalloc, counting allocations (`alloc`, `alloc_zeroed` and `realloc`)
 /// while [`counting`] is on.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CountingAllocator;
@@ -26,34 +30,34 @@ impl CountingAllocator {
     }
 }
 
-// SAFETY: every call is forwarded to `System` unchanged; counting touches only atomics
+// SAFETY: every call is forwarded to `MiMalloc` unchanged; counting touches only atomics
 // and never allocates.
 unsafe impl GlobalAlloc for CountingAllocator {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         Self::count();
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which `System` shares.
-        unsafe { System.alloc(layout) }
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which `MiMalloc` shares.
+        unsafe { MiMalloc.alloc(layout) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         Self::count();
         // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
+        unsafe { MiMalloc.alloc_zeroed(layout) }
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System` through this allocator, with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
+        // SAFETY: `ptr` came from `MiMalloc` through this allocator, with `layout`.
+        unsafe { MiMalloc.dealloc(ptr, layout) }
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         Self::count();
         // SAFETY: as for `dealloc`; `new_size` is the caller's, checked by its contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
+        unsafe { MiMalloc.realloc(ptr, layout, new_size) }
     }
 }
 
