@@ -31,7 +31,7 @@ pub mod publish;
 pub mod relay;
 mod run;
 
-pub use bench::{bench, BenchArgs, BenchReport};
+pub use bench::{bench, BenchArgs, BenchCase, BenchReport};
 pub use consume::{consume, ConsumeArgs};
 pub use dlq::{redrive, RedriveArgs, RedriveReport};
 pub use output::{JsonMessage, Output};
@@ -213,11 +213,12 @@ pub struct BenchCmd {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
-    /// On memory://, measure only the connection: without this, the same run also
-    /// measures the bare bus (no spans, no metrics) and a raw tokio mpsc channel
-    /// carrying the same messages, and prints the ratios.
-    #[arg(long)]
-    pub no_baseline: bool,
+    /// What to run, in order: `streams` (the connection), `bare` (the in-process bus
+    /// without spans and metrics) and `raw` (a tokio mpsc channel carrying the same
+    /// messages to the same handler). Default: all three on memory://, `streams`
+    /// elsewhere; `bare` and `raw` are in-process only.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub cases: Vec<bench::BenchCase>,
     /// Draw throughput over time and the latency percentiles of every case to this
     /// SVG file.
     #[arg(long, value_name = "FILE.svg")]
@@ -360,7 +361,7 @@ pub async fn run(
                 "relay stopped".to_owned()
             })
         }
-        Command::Bench(cmd) if url.starts_with("memory:") && !cmd.no_baseline => {
+        Command::Bench(cmd) if url.starts_with("memory:") => {
             let conn = streams::connect(&url).await?;
             // The same bus without the observing decorators, for the overhead ratio.
             let bare = streams::chanbuf::connect(&url).await?;
@@ -388,7 +389,16 @@ async fn bench_command(
     out: Output,
     stop: streams::CancellationToken,
 ) -> Result<Summary, streams::BoxError> {
-    let in_process = bare.is_some() && conn.platform() == "memory";
+    let cases = if !cmd.cases.is_empty() {
+        cmd.cases
+    } else if bare.is_some() {
+        vec![bench::BenchCase::Streams, bench::BenchCase::Bare, bench::BenchCase::Raw]
+    } else {
+        vec![bench::BenchCase::Streams]
+    };
+    if cases.iter().any(|c| *c != bench::BenchCase::Streams) && bare.is_none() {
+        return Err("--cases bare and raw run on memory:// only".into());
+    }
     let report = bench(
         conn,
         BenchArgs {
@@ -403,8 +413,8 @@ async fn bench_command(
             timeout: cmd.timeout,
             keep: cmd.keep,
             progress: !cmd.no_progress,
+            cases,
             bare,
-            raw: in_process,
             plot: cmd.plot,
         },
         stop,

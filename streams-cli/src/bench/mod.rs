@@ -24,10 +24,10 @@ pub(crate) use pace::Pace;
 pub use stats::Latency;
 pub(crate) use stats::{micros, per_second, thousands};
 
-/// Header carrying a bench message's sequence number and when it was written, in
-/// nanoseconds since the Unix epoch: `<seq>/<ns>`. One header rather than two, as the
-/// bench's own cost per message counts in what it measures.
-const SEQ_SENT: &str = "streams-bench-seq-sent-ns";
+/// Header carrying a bench message's sequence number. When it was written stays in the
+/// bench's [`Tally`], by sequence number: the bench's own cost per message counts in
+/// what it measures, and formatting and parsing a time per message would be most of it.
+const SEQ: &str = "streams-bench-seq";
 /// Header marking the warm-up message.
 const WARM_UP: &str = "streams-bench-warm-up";
 /// Distinct keys of bench messages.
@@ -64,12 +64,11 @@ pub struct BenchArgs {
     pub keep: bool,
     /// Draw progress bars when stderr is a terminal.
     pub progress: bool,
-    /// The same platform without the observing decorators (spans, metrics), run
-    /// after the measured connection for the `observed / bare` ratio.
+    /// What to run, in this order.
+    pub cases: Vec<BenchCase>,
+    /// The same platform without the observing decorators (spans, metrics), for
+    /// [`BenchCase::Bare`].
     pub bare: Option<Connection>,
-    /// Also run the raw baseline: a tokio mpsc channel carrying the same messages,
-    /// built the same way, to the same handler (in-process platforms only).
-    pub raw: bool,
     /// Draw throughput over time and the latency percentiles of every case to this
     /// file (`.svg` or `.png`).
     pub plot: Option<PathBuf>,
@@ -89,9 +88,32 @@ impl Default for BenchArgs {
             timeout: Duration::from_secs(60),
             keep: false,
             progress: true,
+            cases: vec![BenchCase::Streams],
             bare: None,
-            raw: false,
             plot: None,
+        }
+    }
+}
+
+/// One way through which a bench sends its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchCase {
+    /// The connection as `streams::connect` returns it.
+    Streams,
+    /// The same platform without the observing decorators (no spans, no metrics).
+    Bare,
+    /// A bounded tokio mpsc channel carrying the same messages, built the same way,
+    /// to the same handler: the in-process raw baseline.
+    Raw,
+}
+
+impl BenchCase {
+    /// The case's name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchCase::Streams => "streams",
+            BenchCase::Bare => "bare",
+            BenchCase::Raw => "raw",
         }
     }
 }
@@ -143,10 +165,10 @@ pub struct BenchReport {
     pub size: usize,
     /// The steady rate asked for (`--rate`), when there was one.
     pub rate: Option<u64>,
-    /// The measured connection.
+    /// The first case run: the measured connection, unless `--cases` put another first.
     #[serde(flatten)]
     pub streams: CaseReport,
-    /// The baselines run in the same process after it (`bare`, `raw`).
+    /// The other cases, run in the same process after it (`bare`, `raw`).
     pub baselines: Vec<CaseReport>,
 }
 
@@ -234,10 +256,9 @@ fn now_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// The sequence number and write time of a bench message's [`SEQ_SENT`] header.
-fn seq_sent(msg: &Message) -> Option<(usize, u64)> {
-    let (seq, sent) = msg.headers.get(SEQ_SENT)?.split_once('/')?;
-    Some((seq.parse().ok()?, sent.parse().ok()?))
+/// The sequence number of a bench message.
+fn seq(msg: &Message) -> Option<usize> {
+    msg.headers.get(SEQ)?.parse().ok()
 }
 
 /// The bench's messages: each carries its sequence number and when it was written.
@@ -265,16 +286,18 @@ impl Source {
         (0..self.count).step_by(self.pace.batch())
     }
 
-    /// Waits until the write starting with `first` is due, then builds it.
-    async fn next(&self, start: Instant, first: usize) -> Vec<Message> {
+    /// Waits until the write starting with `first` is due, then builds it and notes
+    /// in `tally` when it was sent.
+    async fn next(&self, start: Instant, first: usize, tally: &Tally) -> Vec<Message> {
         self.pace.wait(start, first).await;
         let last = (first + self.pace.batch()).min(self.count);
-        let sent = now_ns();
+        tally.sent(first..last, now_ns());
+        let mut digits = itoa::Buffer::new();
         (first..last)
             .map(|seq| {
                 Message::new(self.stream.as_str(), self.payload.clone())
                     .with_key(self.keys[seq % KEYS].as_str())
-                    .with_header(SEQ_SENT, format!("{seq}/{sent}"))
+                    .with_header(SEQ, digits.format(seq))
             })
             .collect()
     }
@@ -284,12 +307,11 @@ impl Source {
 /// measure each other.
 struct Tally {
     seen: Vec<AtomicBool>,
-    /// Write-to-handler latency of each message, by sequence number.
-    latencies_us: Vec<AtomicU64>,
-    /// When each message was handled, in microseconds after `epoch_ns`.
-    handled_us: Vec<AtomicU64>,
-    /// When the tally was made, in nanoseconds since the Unix epoch.
-    epoch_ns: u64,
+    /// When each message was written, by sequence number, in nanoseconds since the
+    /// Unix epoch.
+    sent_ns: Vec<AtomicU64>,
+    /// When each message was handled, likewise.
+    handled_ns: Vec<AtomicU64>,
     received: AtomicU64,
     duplicates: AtomicU64,
     warm: CancellationToken,
@@ -305,9 +327,8 @@ impl Tally {
     fn new(count: usize, bar: Option<ProgressBar>) -> Self {
         Tally {
             seen: (0..count).map(|_| AtomicBool::new(false)).collect(),
-            latencies_us: (0..count).map(|_| AtomicU64::new(0)).collect(),
-            handled_us: (0..count).map(|_| AtomicU64::new(0)).collect(),
-            epoch_ns: now_ns(),
+            sent_ns: (0..count).map(|_| AtomicU64::new(0)).collect(),
+            handled_ns: (0..count).map(|_| AtomicU64::new(0)).collect(),
             received: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             warm: CancellationToken::new(),
@@ -316,12 +337,20 @@ impl Tally {
         }
     }
 
+    /// Notes that messages `seqs` were written at `at_ns`; a later note replaces an
+    /// earlier one (the relay bench notes the commit after the insert).
+    fn sent(&self, seqs: std::ops::Range<usize>, at_ns: u64) {
+        for sent in self.sent_ns.get(seqs).unwrap_or_default() {
+            sent.store(at_ns, Ordering::Relaxed);
+        }
+    }
+
     fn handle(&self, msg: &Message) -> Result<(), BoxError> {
         if msg.headers.contains_key(WARM_UP) {
             self.warm.cancel();
             return Ok(());
         }
-        let Some((seq, sent)) = seq_sent(msg) else {
+        let Some(seq) = seq(msg) else {
             // Something else on the stream: not ours to count.
             return Ok(());
         };
@@ -332,10 +361,7 @@ impl Tally {
             self.duplicates.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        let now = now_ns();
-        self.latencies_us[seq].store(now.saturating_sub(sent) / 1_000, Ordering::Relaxed);
-        let at = now.saturating_sub(self.epoch_ns) / 1_000;
-        self.handled_us[seq].store(at, Ordering::Relaxed);
+        self.handled_ns[seq].store(now_ns(), Ordering::Relaxed);
         let n = self.received.fetch_add(1, Ordering::AcqRel) + 1;
         if let Some(bar) = self.bar.as_ref().filter(|_| n.is_multiple_of(BAR_STEP)) {
             bar.set_position(n);
@@ -358,12 +384,12 @@ impl Tally {
     /// The case's figures, `start_ns` being when the first write began (nanoseconds
     /// since the Unix epoch).
     fn result(&self, case: &str, published: u64, publish_secs: f64, start_ns: u64) -> Case {
-        let offset = start_ns.saturating_sub(self.epoch_ns) / 1_000;
         let (mut latencies, mut handled) = (Vec::new(), Vec::new());
-        for ((seen, lat), at) in self.seen.iter().zip(&self.latencies_us).zip(&self.handled_us) {
+        for ((seen, sent), at) in self.seen.iter().zip(&self.sent_ns).zip(&self.handled_ns) {
             if seen.load(Ordering::Acquire) {
-                latencies.push(lat.load(Ordering::Relaxed));
-                handled.push(at.load(Ordering::Relaxed).saturating_sub(offset));
+                let at = at.load(Ordering::Relaxed);
+                latencies.push(at.saturating_sub(sent.load(Ordering::Relaxed)) / 1_000);
+                handled.push(at.saturating_sub(start_ns) / 1_000);
             }
         }
         latencies.sort_unstable();
@@ -458,12 +484,21 @@ pub async fn bench(
         .clone()
         .unwrap_or_else(|| format!("streams-bench-{}", uuid::Uuid::now_v7().simple()));
 
-    let mut cases = vec![connection_case("streams", conn, &stream, &args, count, &stop).await?];
-    if let Some(bare) = &args.bare {
-        cases.push(connection_case("bare", bare, &stream, &args, count, &stop).await?);
-    }
-    if args.raw {
-        cases.push(raw_case(&stream, &args, count, &stop).await?);
+    let mut cases = Vec::with_capacity(args.cases.len());
+    for &case in &args.cases {
+        cases.push(match case {
+            BenchCase::Streams => {
+                connection_case(case.name(), conn, &stream, &args, count, &stop).await?
+            }
+            BenchCase::Bare => {
+                let bare = args
+                    .bare
+                    .as_ref()
+                    .ok_or("the bare case needs the platform without decorators (memory:// only)")?;
+                connection_case(case.name(), bare, &stream, &args, count, &stop).await?
+            }
+            BenchCase::Raw => raw_case(&stream, &args, count, &stop).await?,
+        });
     }
     if let Some(path) = &args.plot {
         plot::draw(path, conn.platform(), &args, &cases)?;
@@ -569,7 +604,7 @@ async fn connection_case(
         let (start, start_ns) = (Instant::now(), now_ns());
         let mut window = WriteWindow::new(writer.clone(), args.inflight);
         for first in source.firsts() {
-            let msgs = source.next(start, first).await;
+            let msgs = source.next(start, first, &tally).await;
             let n = msgs.len() as u64;
             window.write(msgs).await?;
             bars.published.inc(n);
@@ -630,7 +665,7 @@ async fn raw_case(
     let allocations = crate::alloc::counting();
     let (start, start_ns) = (Instant::now(), now_ns());
     for first in source.firsts() {
-        let msgs = source.next(start, first).await;
+        let msgs = source.next(start, first, &tally).await;
         let n = msgs.len() as u64;
         for msg in msgs {
             tx.send(msg).await.map_err(|_| "the raw consumer ended")?;
@@ -700,7 +735,7 @@ mod tests {
         let start = Instant::now();
         let mut sizes = Vec::new();
         for first in source.firsts() {
-            let batch = source.next(start, first).await;
+            let batch = source.next(start, first, &tally).await;
             sizes.push(batch.len());
             for m in &batch {
                 tally.handle(m).unwrap();
