@@ -223,6 +223,11 @@ pub struct BenchCmd {
     /// SVG file.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+    /// Bench the outbox relay: write to the outbox of the `--url` database (table
+    /// `streams_bench_outbox`, created if missing), relay it with LISTEN/NOTIFY to
+    /// this URL, and measure from each insert's commit to the handler there.
+    #[arg(long, value_name = "URL")]
+    pub relay_to: Option<String>,
 }
 
 /// `streams create`.
@@ -361,6 +366,10 @@ pub async fn run(
                 "relay stopped".to_owned()
             })
         }
+        #[cfg(feature = "sql")]
+        Command::Bench(cmd) if cmd.relay_to.is_some() => {
+            bench::relay::bench_relay(&url, cmd, out, stop).await
+        }
         Command::Bench(cmd) if url.starts_with("memory:") => {
             let conn = streams::connect(&url).await?;
             // The same bus without the observing decorators, for the overhead ratio.
@@ -382,7 +391,7 @@ pub async fn run(
 
 /// `streams bench` on `conn`, with `bare` (the same platform without the observing
 /// decorators) as a baseline; the raw baseline runs with it.
-async fn bench_command(
+pub(crate) async fn bench_command(
     conn: &streams::Connection,
     cmd: BenchCmd,
     bare: Option<streams::Connection>,
@@ -398,6 +407,9 @@ async fn bench_command(
     };
     if cases.iter().any(|c| *c != bench::BenchCase::Streams) && bare.is_none() {
         return Err("--cases bare and raw run on memory:// only".into());
+    }
+    if cmd.relay_to.is_some() && !cfg!(feature = "sql") {
+        return Err("--relay-to needs the `sql` feature".into());
     }
     let report = bench(
         conn,
@@ -416,6 +428,7 @@ async fn bench_command(
             cases,
             bare,
             plot: cmd.plot,
+            from_ack: cmd.relay_to.is_some(),
         },
         stop,
     )

@@ -18,6 +18,8 @@ use crate::run::read_until;
 
 mod pace;
 mod plot;
+#[cfg(feature = "sql")]
+pub(crate) mod relay;
 mod stats;
 
 pub(crate) use pace::Pace;
@@ -70,8 +72,11 @@ pub struct BenchArgs {
     /// [`BenchCase::Bare`].
     pub bare: Option<Connection>,
     /// Draw throughput over time and the latency percentiles of every case to this
-    /// file (`.svg` or `.png`).
+    /// SVG file.
     pub plot: Option<PathBuf>,
+    /// Measure latency from when each write was acknowledged (for an outbox: when
+    /// its insert committed) instead of from when it began.
+    pub from_ack: bool,
 }
 
 impl Default for BenchArgs {
@@ -91,6 +96,7 @@ impl Default for BenchArgs {
             cases: vec![BenchCase::Streams],
             bare: None,
             plot: None,
+            from_ack: false,
         }
     }
 }
@@ -602,7 +608,15 @@ async fn connection_case(
 
         let allocations = crate::alloc::counting();
         let (start, start_ns) = (Instant::now(), now_ns());
-        let mut window = WriteWindow::new(writer.clone(), args.inflight);
+        let writer: Arc<dyn streams::Writer> = if args.from_ack {
+            Arc::new(AckStamp {
+                inner: writer.clone(),
+                tally: tally.clone(),
+            })
+        } else {
+            writer.clone()
+        };
+        let mut window = WriteWindow::new(writer, args.inflight);
         for first in source.firsts() {
             let msgs = source.next(start, first, &tally).await;
             let n = msgs.len() as u64;
@@ -632,6 +646,39 @@ async fn connection_case(
     let mut result = tally.result(case, args.count, publish_secs, start_ns);
     result.report.allocations_per_message = allocations.map(|a| a as f64 / args.count as f64);
     Ok(result)
+}
+
+/// Notes in the tally when each write was acknowledged, for `from_ack`.
+#[derive(Debug)]
+struct AckStamp {
+    inner: Arc<dyn streams::Writer>,
+    tally: Arc<Tally>,
+}
+
+impl std::fmt::Debug for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tally")
+            .field("received", &self.received)
+            .finish_non_exhaustive()
+    }
+}
+
+#[streams::async_trait]
+impl streams::Writer for AckStamp {
+    async fn write(&self, batch: Vec<Message>) -> streams::Result<()> {
+        // A bench batch is a run of consecutive sequence numbers.
+        let first = batch.first().and_then(seq);
+        let n = batch.len();
+        self.inner.write(batch).await?;
+        if let Some(first) = first {
+            self.tally.sent(first..first + n, now_ns());
+        }
+        Ok(())
+    }
+
+    async fn close(&self) -> streams::Result<()> {
+        self.inner.close().await
+    }
 }
 
 /// The raw baseline: the same messages, built the same way, through a bounded tokio

@@ -7,8 +7,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use tower::{Layer, Service};
 use tracing::field::Empty;
-use tracing::instrument::Instrumented;
-use tracing::{Instrument, Span};
+use tracing::Span;
 
 use super::{
     record_error, StreamKeys, StreamLabel, KAFKA_GROUP_HEADER, KAFKA_OFFSET_HEADER,
@@ -141,7 +140,7 @@ where
         };
         ObserveFuture {
             state: State::Observed {
-                inner: OBSERVING_TASK.scope((), fut).instrument(span.clone()),
+                inner: fut,
                 outcome: Outcome {
                     keys,
                     started,
@@ -175,7 +174,7 @@ pin_project_lite::pin_project! {
         PassThrough { #[pin] inner: F },
         Observed {
             #[pin]
-            inner: Instrumented<tokio::task::futures::TaskLocalFuture<(), F>>,
+            inner: F,
             outcome: Outcome,
         },
     }
@@ -192,7 +191,15 @@ where
         match self.project().state.project() {
             StateProj::PassThrough { inner } => inner.poll(cx).map_err(Into::into),
             StateProj::Observed { inner, outcome } => {
-                let result = std::task::ready!(inner.poll(cx)).map_err(Into::into);
+                // Each poll runs inside the span, and marked as observed so that an
+                // `Observe` called from the handler (now or after an await) passes
+                // the message through.
+                let polled = {
+                    let _entered = outcome.span.enter();
+                    let _observing = Observing::enter();
+                    inner.poll(cx)
+                };
+                let result = std::task::ready!(polled).map_err(Into::into);
                 if let Err(err) = &result {
                     record_error(&outcome.span, err.as_ref());
                 }
@@ -349,7 +356,7 @@ impl<R: Reader> Reader for ObservedReader<R> {
 }
 
 thread_local! {
-    /// Set while an `Observe` calls its inner service.
+    /// Set while an `Observe` calls or polls its inner service.
     static OBSERVING_CALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
@@ -361,7 +368,7 @@ tokio::task_local! {
 
 /// Whether an `Observe` further out is handling the current message.
 fn observing() -> bool {
-    OBSERVING_CALL.with(std::cell::Cell::get) || OBSERVING_TASK.try_with(|_| ()).is_ok()
+    OBSERVING_CALL.with(std::cell::Cell::get)
 }
 
 /// Marks the synchronous part of an inner `call` as observed.

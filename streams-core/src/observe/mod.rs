@@ -221,8 +221,17 @@ pub(crate) fn record_error(span: &tracing::Span, err: &(dyn std::error::Error + 
 /// key with a label allocates and hashes, which per message would cost more than the
 /// rest of the observation. Metrics are still registered at every use, so a recorder
 /// installed later (or a thread-local one) sees them.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub(crate) struct StreamLabel(Option<std::sync::Arc<StreamKeys>>);
+
+impl Clone for StreamLabel {
+    /// Empty: each clone of a handler (a reader runs one per worker, on its own
+    /// thread) builds its own keys, so handling a message never touches a reference
+    /// count another thread is touching.
+    fn clone(&self) -> Self {
+        StreamLabel::default()
+    }
+}
 
 /// The keys of one stream's handling metrics.
 #[derive(Debug)]
