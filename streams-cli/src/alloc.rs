@@ -88,7 +88,9 @@ pub struct Counting {
 impl Counting {
     /// Allocations made since the guard was taken.
     pub fn allocations(&self) -> u64 {
-        ALLOCATIONS.load(Ordering::Relaxed).saturating_sub(self.start)
+        ALLOCATIONS
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.start)
     }
 }
 

@@ -401,7 +401,11 @@ pub(crate) async fn bench_command(
     let cases = if !cmd.cases.is_empty() {
         cmd.cases
     } else if bare.is_some() {
-        vec![bench::BenchCase::Streams, bench::BenchCase::Bare, bench::BenchCase::Raw]
+        vec![
+            bench::BenchCase::Streams,
+            bench::BenchCase::Bare,
+            bench::BenchCase::Raw,
+        ]
     } else {
         vec![bench::BenchCase::Streams]
     };

@@ -223,7 +223,13 @@ impl BenchReport {
         if !self.baselines.is_empty() {
             out.push_str(&format!(
                 "\n\n{:<8} {:>13} {:>13} {:>9} {:>9} {:>10} {:>12}",
-                "case", "publish msg/s", "consume msg/s", "p50", "p99", "allocs/msg", "streams/case"
+                "case",
+                "publish msg/s",
+                "consume msg/s",
+                "p50",
+                "p99",
+                "allocs/msg",
+                "streams/case"
             ));
             for case in std::iter::once(s).chain(&self.baselines) {
                 out.push_str(&format!(
@@ -497,10 +503,9 @@ pub async fn bench(
                 connection_case(case.name(), conn, &stream, &args, count, &stop).await?
             }
             BenchCase::Bare => {
-                let bare = args
-                    .bare
-                    .as_ref()
-                    .ok_or("the bare case needs the platform without decorators (memory:// only)")?;
+                let bare = args.bare.as_ref().ok_or(
+                    "the bare case needs the platform without decorators (memory:// only)",
+                )?;
                 connection_case(case.name(), bare, &stream, &args, count, &stop).await?
             }
             BenchCase::Raw => raw_case(&stream, &args, count, &stop).await?,
@@ -549,10 +554,7 @@ async fn connection_case(
     let writer = conn.writer();
     conn.create_stream(stream, args.partitions).await?;
     let bars = Bars::new(case, args.count, args.progress)?;
-    let tally = Arc::new(Tally::new(
-        count,
-        bars.drawn.then(|| bars.consumed.clone()),
-    ));
+    let tally = Arc::new(Tally::new(count, bars.drawn.then(|| bars.consumed.clone())));
     let finish = CancellationToken::new();
     let mut task = ReadTask::new(stream).with_concurrency(args.concurrency.max(1));
     if crate::has_groups(conn.platform()) {
@@ -597,7 +599,9 @@ async fn connection_case(
                 );
             }
             writer
-                .write(vec![Message::new(stream, "warm-up").with_header(WARM_UP, "1")])
+                .write(vec![
+                    Message::new(stream, "warm-up").with_header(WARM_UP, "1")
+                ])
                 .await?;
             tokio::select! {
                 _ = tally.warm.cancelled() => {}
@@ -634,7 +638,8 @@ async fn connection_case(
 
     finish.cancel();
     let read = reading.await.map_err(|e| format!("reader task: {e}"))?;
-    bars.consumed.set_position(tally.received.load(Ordering::Acquire));
+    bars.consumed
+        .set_position(tally.received.load(Ordering::Acquire));
     bars.consumed.finish();
     if args.stream.is_none() && !args.keep {
         if let Err(e) = conn.delete_stream(stream).await {
@@ -691,10 +696,7 @@ async fn raw_case(
     stop: &CancellationToken,
 ) -> Result<Case, BoxError> {
     let bars = Bars::new("raw", args.count, args.progress)?;
-    let tally = Arc::new(Tally::new(
-        count,
-        bars.drawn.then(|| bars.consumed.clone()),
-    ));
+    let tally = Arc::new(Tally::new(count, bars.drawn.then(|| bars.consumed.clone())));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(RAW_CAPACITY);
     let consumer = {
         let tally = tally.clone();
@@ -725,7 +727,8 @@ async fn raw_case(
     let allocations = allocations.map(|a| a.allocations());
     drop(tx);
     consumer.await.map_err(|e| format!("raw consumer: {e}"))??;
-    bars.consumed.set_position(tally.received.load(Ordering::Acquire));
+    bars.consumed
+        .set_position(tally.received.load(Ordering::Acquire));
     bars.consumed.finish();
     let mut result = tally.result("raw", args.count, publish_secs, start_ns);
     result.report.allocations_per_message = allocations.map(|a| a as f64 / args.count as f64);
@@ -766,7 +769,10 @@ mod tests {
         let raw = text.lines().find(|l| l.starts_with("raw")).unwrap();
         assert!(raw.trim_end().ends_with("0.25"), "{text}");
         let json = serde_json::to_value(&r).unwrap();
-        assert_eq!(json["received"], 1000, "the measured case is flattened: {json}");
+        assert_eq!(
+            json["received"], 1000,
+            "the measured case is flattened: {json}"
+        );
         assert_eq!(json["baselines"][1]["case"], "raw");
     }
 

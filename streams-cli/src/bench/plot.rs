@@ -49,9 +49,9 @@ fn draw_on<DB: DrawingBackend>(
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let root = backend.into_drawing_area();
     root.fill(&WHITE)?;
-    let paced = args
-        .rate
-        .map_or("as fast as possible".to_owned(), |r| format!("paced at {r} msg/s"));
+    let paced = args.rate.map_or("as fast as possible".to_owned(), |r| {
+        format!("paced at {r} msg/s")
+    });
     let title = format!(
         "streams bench on {platform}: {} messages of {} B, {paced}",
         args.count, args.size
@@ -67,12 +67,7 @@ fn draw_on<DB: DrawingBackend>(
         .iter()
         .filter_map(|s| s.last().map(|p| p.0))
         .fold(0.001, f64::max);
-    let y_max = series
-        .iter()
-        .flatten()
-        .map(|p| p.1)
-        .fold(1.0, f64::max)
-        * 1.1;
+    let y_max = series.iter().flatten().map(|p| p.1).fold(1.0, f64::max) * 1.1;
     let mut chart = ChartBuilder::on(&left)
         .caption("messages handled per second", ("sans-serif", 16))
         .margin(10)
@@ -86,7 +81,10 @@ fn draw_on<DB: DrawingBackend>(
         .draw()?;
     for ((case, points), colour) in cases.iter().zip(&series).zip(COLOURS.iter().cycle()) {
         chart
-            .draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2)))?
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                colour.stroke_width(2),
+            ))?
             .label(case.report.case.clone())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
     }
@@ -96,7 +94,10 @@ fn draw_on<DB: DrawingBackend>(
         .border_style(BLACK)
         .draw()?;
 
-    let curves: Vec<_> = cases.iter().map(|c| percentile_curve(&c.latencies)).collect();
+    let curves: Vec<_> = cases
+        .iter()
+        .map(|c| percentile_curve(&c.latencies))
+        .collect();
     let nines_max = curves
         .iter()
         .filter_map(|c| c.last().map(|p| p.0))
@@ -141,7 +142,7 @@ fn draw_on<DB: DrawingBackend>(
 
 /// A percentage without trailing zeros: `99.9`, `50`.
 fn trim(p: f64) -> String {
-    let s = format!("{p:.3}");
+    let s = format!("{p:.6}");
     s.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 

@@ -20,9 +20,15 @@ pub(crate) async fn bench_relay(
     out: Output,
     stop: CancellationToken,
 ) -> Result<Summary, BoxError> {
-    let to = cmd.relay_to.clone().ok_or("--relay-to names no destination")?;
+    let to = cmd
+        .relay_to
+        .clone()
+        .ok_or("--relay-to names no destination")?;
     if url.contains("table=") {
-        return Err(format!("--relay-to writes to the table `{TABLE}`: leave `table` out of --url").into());
+        return Err(format!(
+            "--relay-to writes to the table `{TABLE}`: leave `table` out of --url"
+        )
+        .into());
     }
     let destination = streams::connect(&to).await?;
     let sep = if url.contains('?') { '&' } else { '?' };
@@ -37,19 +43,21 @@ pub(crate) async fn bench_relay(
         let relay_stop = relay_stop.clone();
         tokio::spawn(async move { relay.run(relay_stop).await })
     };
-    let conn = Connection::new(
-        "outbox-relay",
-        outbox.writer(),
-        Some(destination.reader()?),
-    )
-    .with_admin(Arc::new(NoStreamAdmin));
+    let conn = Connection::new("outbox-relay", outbox.writer(), Some(destination.reader()?))
+        .with_admin(Arc::new(NoStreamAdmin));
     let result = crate::bench_command(&conn, cmd, None, out, stop).await;
     relay_stop.cancel();
     let relayed = relaying.await.map_err(|e| format!("relay task: {e}"))?;
-    let closed = (outbox.writer().close().await, destination.writer().close().await);
+    let closed = (
+        outbox.writer().close().await,
+        destination.writer().close().await,
+    );
     let summary = result?;
     relayed.map_err(|e| format!("the relay failed: {e}"))?;
     closed.0?;
     closed.1?;
-    Ok(summary.replace("bench on outbox-relay", &format!("relay bench from {TABLE} to {}", destination.platform())))
+    Ok(summary.replace(
+        "bench on outbox-relay",
+        &format!("relay bench from {TABLE} to {}", destination.platform()),
+    ))
 }

@@ -591,6 +591,9 @@ fn stream_label_is_shared_while_the_stream_stays() {
     assert!(Arc::ptr_eq(&a, &b));
     let c = label.get("payments");
     assert_eq!(&*c.stream, "payments");
-    assert_eq!(c.handled.labels().next().map(|l| l.value()), Some("payments"));
+    assert_eq!(
+        c.handled.labels().next().map(|l| l.value()),
+        Some("payments")
+    );
     assert!(!Arc::ptr_eq(&a, &c));
 }
