@@ -535,22 +535,6 @@ async fn lane_worker(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::lane_hash;
-
-    #[test]
-    fn lane_hash_is_stable_and_spreads_keys() {
-        assert_eq!(lane_hash(""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(lane_hash("a"), 0xaf63_dc4c_8601_ec8c);
-        let mut lanes = [0usize; 4];
-        for k in 0..64 {
-            lanes[(lane_hash(&format!("k{k}")) % 4) as usize] += 1;
-        }
-        assert!(lanes.iter().all(|&n| (8..=24).contains(&n)), "{lanes:?}");
-    }
-}
-
 /// Most messages a member handles from a lane before giving the other members a turn.
 const BURST: usize = 32;
 
@@ -570,5 +554,21 @@ impl fmt::Debug for MemoryBus {
             .field("streams", &streams.len())
             .field("closed", &self.is_closed())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lane_hash;
+
+    #[test]
+    fn lane_hash_is_stable_and_spreads_keys() {
+        assert_eq!(lane_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(lane_hash("a"), 0xaf63_dc4c_8601_ec8c);
+        let mut lanes = [0usize; 4];
+        for k in 0..64 {
+            lanes[(lane_hash(&format!("k{k}")) % 4) as usize] += 1;
+        }
+        assert!(lanes.iter().all(|&n| (8..=24).contains(&n)), "{lanes:?}");
     }
 }

@@ -197,8 +197,13 @@ impl BenchReport {
             .rate
             .map(|r| format!(" (paced at {} msg/s)", thousands(r as f64)))
             .unwrap_or_default();
+        let case = if s.case == BenchCase::Streams.name() {
+            String::new()
+        } else {
+            format!(" (case {})", s.case)
+        };
         let mut out = format!(
-            "platform  {}\nstream    {} ({} messages of {} B)\n\
+            "platform  {}{case}\nstream    {} ({} messages of {} B)\n\
              publish   {} in {:.3} s = {} msg/s, {:.1} MiB/s{}\n\
              consume   {} in {:.3} s = {} msg/s, {} duplicate(s)\n\
              latency   {}",
