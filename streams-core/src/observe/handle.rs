@@ -66,7 +66,8 @@ impl<S> Layer<S> for ObserveLayer {
 }
 
 /// Runs each message's handler call inside a `streams.handle` span and records
-/// [`MESSAGES_HANDLED`], [`MESSAGES_FAILED`] and [`HANDLER_DURATION`]; the result passes
+/// [`MESSAGES_HANDLED`](super::MESSAGES_HANDLED), [`MESSAGES_FAILED`](super::MESSAGES_FAILED) and
+/// [`HANDLER_DURATION`](super::HANDLER_DURATION); the result passes
 /// through unchanged.
 ///
 /// A call that never answers (it panicked, or a time-out or shutdown dropped it) counts
