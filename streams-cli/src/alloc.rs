@@ -10,9 +10,10 @@
 use std::alloc::{GlobalAlloc, Layout};
 
 use mimalloc::MiMalloc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-static COUNTING: AtomicBool = AtomicBool::new(false);
+/// Guards alive: counting is on while there is one.
+static COUNTING: AtomicUsize = AtomicUsize::new(0);
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
@@ -24,7 +25,7 @@ pub struct CountingAllocator;
 impl CountingAllocator {
     #[inline]
     fn count() {
-        if COUNTING.load(Ordering::Relaxed) {
+        if COUNTING.load(Ordering::Relaxed) > 0 {
             ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -73,13 +74,14 @@ pub fn counting() -> Option<Counting> {
     if !INSTALLED.load(Ordering::Relaxed) {
         return None;
     }
-    COUNTING.store(true, Ordering::Relaxed);
+    COUNTING.fetch_add(1, Ordering::Relaxed);
     Some(Counting {
         start: ALLOCATIONS.load(Ordering::Relaxed),
     })
 }
 
-/// Allocations counted since [`counting`]; stops counting when dropped.
+/// Allocations counted since [`counting`]; counting stops when the last guard is
+/// dropped.
 #[derive(Debug)]
 pub struct Counting {
     start: u64,
@@ -96,7 +98,7 @@ impl Counting {
 
 impl Drop for Counting {
     fn drop(&mut self) {
-        COUNTING.store(false, Ordering::Relaxed);
+        COUNTING.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -108,19 +110,20 @@ mod tests {
     static GLOBAL: CountingAllocator = CountingAllocator;
 
     #[test]
-    fn counts_allocations_only_while_counting() {
+    fn counts_allocations_while_a_guard_lives() {
         assert!(counting().is_none(), "not marked installed yet");
         mark_installed();
-        let guard = counting().expect("installed");
+        let outer = counting().expect("installed");
+        let inner = counting().expect("installed");
         // Other tests may allocate on other threads meanwhile: at least ours count.
         let boxes: Vec<Box<u64>> = (0..100).map(Box::new).collect();
         std::hint::black_box(&boxes);
-        assert!(guard.allocations() >= 101, "{}", guard.allocations());
-        drop(guard);
-        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        assert!(inner.allocations() >= 101, "{}", inner.allocations());
+        drop(inner);
+        // Another guard still lives: counting goes on.
+        let counted = outer.allocations();
         let more: Vec<Box<u64>> = (0..100).map(Box::new).collect();
         std::hint::black_box(&more);
-        // Only allocations from other tests that started counting could add.
-        assert!(ALLOCATIONS.load(Ordering::Relaxed) - before < 100);
+        assert!(outer.allocations() >= counted + 101);
     }
 }
