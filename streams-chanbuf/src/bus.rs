@@ -1,7 +1,5 @@
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -120,11 +118,7 @@ impl Group {
             return &self.lanes[0];
         }
         let i = match key {
-            Some(key) => {
-                let mut h = DefaultHasher::new();
-                key.hash(&mut h);
-                (h.finish() % n as u64) as usize
-            }
+            Some(key) => (lane_hash(key) % n as u64) as usize,
             None => self.next_lane.fetch_add(1, Ordering::Relaxed) % n,
         };
         &self.lanes[i]
@@ -135,6 +129,15 @@ impl Group {
             lane.close();
         }
     }
+}
+
+/// FNV-1a over the key's bytes: keys are short, and SipHash (the standard hasher, made
+/// to resist flooding from outside, which lane choice does not need) cost more per
+/// message than the rest of choosing the lane.
+fn lane_hash(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 impl Default for MemoryBus {
@@ -345,23 +348,20 @@ struct StreamCache {
 }
 
 impl StreamCache {
-    fn groups(&mut self, inner: &Inner, stream: &str) -> Arc<[Arc<Group>]> {
-        if let Some(g) = &self.groups {
-            if self.stream == stream {
-                return g.clone();
-            }
+    fn groups(&mut self, inner: &Inner, stream: &str) -> &[Arc<Group>] {
+        if self.groups.is_none() || self.stream != stream {
+            let g = inner
+                .streams
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(stream)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(Vec::new()));
+            self.stream.clear();
+            self.stream.push_str(stream);
+            self.groups = Some(g);
         }
-        let g = inner
-            .streams
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(stream)
-            .cloned()
-            .unwrap_or_else(|| Arc::from(Vec::new()));
-        self.stream.clear();
-        self.stream.push_str(stream);
-        self.groups = Some(g.clone());
-        g
+        self.groups.as_deref().unwrap_or_default()
     }
 }
 
@@ -554,5 +554,21 @@ impl fmt::Debug for MemoryBus {
             .field("streams", &streams.len())
             .field("closed", &self.is_closed())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lane_hash;
+
+    #[test]
+    fn lane_hash_is_stable_and_spreads_keys() {
+        assert_eq!(lane_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(lane_hash("a"), 0xaf63_dc4c_8601_ec8c);
+        let mut lanes = [0usize; 4];
+        for k in 0..64 {
+            lanes[(lane_hash(&format!("k{k}")) % 4) as usize] += 1;
+        }
+        assert!(lanes.iter().all(|&n| (8..=24).contains(&n)), "{lanes:?}");
     }
 }

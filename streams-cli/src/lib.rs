@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+#[allow(unsafe_code)] // `GlobalAlloc` is an unsafe trait; see the module.
+pub mod alloc;
 pub mod bench;
 pub mod consume;
 pub mod contract;
@@ -32,7 +34,7 @@ pub mod publish;
 pub mod relay;
 mod run;
 
-pub use bench::{bench, BenchArgs, BenchReport};
+pub use bench::{bench, BenchArgs, BenchCase, BenchReport};
 pub use consume::{consume, ConsumeArgs};
 pub use contract::{asyncapi, schema_check, AsyncapiArgs, DocFormat};
 pub use dlq::{redrive, RedriveArgs, RedriveReport};
@@ -259,6 +261,21 @@ pub struct BenchCmd {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// What to run, in order: `streams` (the connection), `bare` (the in-process bus
+    /// without spans and metrics) and `raw` (a tokio mpsc channel carrying the same
+    /// messages to the same handler). Default: all three on memory://, `streams`
+    /// elsewhere; `bare` and `raw` are in-process only.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub cases: Vec<bench::BenchCase>,
+    /// Draw throughput over time and the latency percentiles of every case to this
+    /// SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Bench the outbox relay: write to the outbox of the `--url` database (table
+    /// `streams_bench_outbox`, created if missing), relay it with LISTEN/NOTIFY to
+    /// this URL, and measure from each insert's commit to the handler there.
+    #[arg(long, value_name = "URL")]
+    pub relay_to: Option<String>,
 }
 
 /// `streams create`.
@@ -430,6 +447,16 @@ pub async fn run(
                 "relay stopped".to_owned()
             })
         }
+        #[cfg(feature = "sql")]
+        Command::Bench(cmd) if cmd.relay_to.is_some() => {
+            bench::relay::bench_relay(&url, cmd, out, stop).await
+        }
+        Command::Bench(cmd) if url.starts_with("memory:") => {
+            let conn = streams::connect(&url).await?;
+            // The same bus without the observing decorators, for the overhead ratio.
+            let bare = streams::chanbuf::connect(&url).await?;
+            bench_command(&conn, cmd, Some(bare), out, stop).await
+        }
         command => {
             let conn = streams::connect(&url).await?;
             let result = run_on(&conn, command, stdin, out, stop).await;
@@ -441,6 +468,63 @@ pub async fn run(
             Ok(summary)
         }
     }
+}
+
+/// `streams bench` on `conn`, with `bare` (the same platform without the observing
+/// decorators) as a baseline; the raw baseline runs with it.
+pub(crate) async fn bench_command(
+    conn: &streams::Connection,
+    cmd: BenchCmd,
+    bare: Option<streams::Connection>,
+    out: Output,
+    stop: streams::CancellationToken,
+) -> Result<Summary, streams::BoxError> {
+    let cases = if !cmd.cases.is_empty() {
+        cmd.cases
+    } else if bare.is_some() {
+        vec![
+            bench::BenchCase::Streams,
+            bench::BenchCase::Bare,
+            bench::BenchCase::Raw,
+        ]
+    } else {
+        vec![bench::BenchCase::Streams]
+    };
+    if cases.iter().any(|c| *c != bench::BenchCase::Streams) && bare.is_none() {
+        return Err("--cases bare and raw run on memory:// only".into());
+    }
+    if cmd.relay_to.is_some() && !cfg!(feature = "sql") {
+        return Err("--relay-to needs the `sql` feature".into());
+    }
+    let report = bench(
+        conn,
+        BenchArgs {
+            stream: cmd.stream,
+            count: cmd.count,
+            size: cmd.size,
+            batch: cmd.batch as usize,
+            inflight: cmd.inflight as usize,
+            concurrency: cmd.concurrency as usize,
+            partitions: cmd.partitions,
+            rate: cmd.rate,
+            timeout: cmd.timeout,
+            keep: cmd.keep,
+            progress: !cmd.no_progress,
+            cases,
+            bare,
+            plot: cmd.plot,
+            from_ack: cmd.relay_to.is_some(),
+        },
+        stop,
+    )
+    .await?;
+    let text = if cmd.json {
+        serde_json::to_string(&report)?
+    } else {
+        report.render()
+    };
+    out.line(&text)?;
+    Ok(format!("bench on {} done", conn.platform()))
 }
 
 /// Runs a command on an open connection (everything but `relay`, which needs no
@@ -504,34 +588,7 @@ pub async fn run_on(
                 "consumed {n} message(s) from `{stream}` ({platform})"
             ))
         }
-        Command::Bench(cmd) => {
-            let json = cmd.json;
-            let report = bench(
-                conn,
-                BenchArgs {
-                    stream: cmd.stream,
-                    count: cmd.count,
-                    size: cmd.size,
-                    batch: cmd.batch as usize,
-                    inflight: cmd.inflight as usize,
-                    concurrency: cmd.concurrency as usize,
-                    partitions: cmd.partitions,
-                    rate: cmd.rate,
-                    timeout: cmd.timeout,
-                    keep: cmd.keep,
-                    progress: !cmd.no_progress,
-                },
-                stop,
-            )
-            .await?;
-            let text = if json {
-                serde_json::to_string(&report)?
-            } else {
-                report.render()
-            };
-            out.line(&text)?;
-            Ok(format!("bench on {platform} done"))
-        }
+        Command::Bench(cmd) => bench_command(conn, cmd, None, out, stop).await,
         Command::Create(cmd) => {
             conn.create_stream(&cmd.stream, cmd.partitions).await?;
             Ok(format!("created `{}` ({platform})", cmd.stream))

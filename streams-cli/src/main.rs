@@ -6,9 +6,16 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use streams::CancellationToken;
+use streams_cli::alloc::CountingAllocator;
 use streams_cli::{Cli, Command, Output, SchemaCommand};
 
+/// Counts allocations while `streams bench` measures; otherwise the system allocator
+/// behind one relaxed load.
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
 fn main() -> ExitCode {
+    streams_cli::alloc::mark_installed();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),

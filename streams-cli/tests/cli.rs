@@ -128,6 +128,56 @@ async fn bench_on_memory_reports_every_message() {
     assert!(run.stdout.contains("p99"), "{run:#?}");
 }
 
+/// On memory:// the bench runs the bare bus and the raw channel beside the connection,
+/// counts allocations per message and draws the plot; what it cannot do is one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_on_memory_runs_its_baselines_and_plots() {
+    let plot = std::env::temp_dir().join(format!("{}.svg", common::unique("bench-plot")));
+    let plot = plot.to_str().unwrap();
+    let run = streams(
+        &[
+            "bench",
+            "-n",
+            "3000",
+            "--json",
+            "--no-progress",
+            "--plot",
+            plot,
+        ],
+        "",
+        LIMIT,
+    )
+    .await
+    .ok();
+    let report = &run.json_lines()[0];
+    assert_eq!(report["case"], "streams", "{report}");
+    assert_eq!(report["received"], 3000);
+    let baselines = report["baselines"].as_array().unwrap();
+    let names: Vec<_> = baselines
+        .iter()
+        .map(|b| b["case"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["bare", "raw"]);
+    for case in std::iter::once(report).chain(baselines) {
+        assert_eq!(case["received"], 3000, "{case}");
+        // At least the message, its id, stream, key and header allocate.
+        let allocs = case["allocations_per_message"].as_f64().unwrap();
+        assert!((4.0..100.0).contains(&allocs), "{case}");
+    }
+    let svg = std::fs::read_to_string(plot).unwrap();
+    std::fs::remove_file(plot).unwrap();
+    assert!(svg.contains("raw") && svg.contains("bare"), "{svg}");
+
+    let run = streams(&["bench", "-n", "300", "--cases", "raw"], "", LIMIT)
+        .await
+        .ok();
+    assert!(run.stdout.contains("raw"), "{run:#?}");
+
+    let run = streams(&["bench", "-n", "10", "--plot", "x.gif"], "", LIMIT).await;
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert!(run.stderr.contains("only .svg"), "{run:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_at_a_steady_rate_paces_the_writes() {
     let run = streams(

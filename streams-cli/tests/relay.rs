@@ -217,3 +217,61 @@ async fn relay_from_mysql() {
     let db = streams_testkit::mysql_url();
     publish_then_relay(&db).await;
 }
+
+/// `bench --relay-to`: every row written to the outbox reaches the handler through the
+/// relay, with commit-to-handler percentiles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_the_relay_from_postgres() {
+    let db = streams_testkit::postgres_url();
+    let run = streams(
+        &[
+            "--url",
+            &db,
+            "bench",
+            "--relay-to",
+            "memory://",
+            "--rate",
+            "500",
+            "-n",
+            "500",
+            "--json",
+            "--no-progress",
+        ],
+        "",
+        LIMIT,
+    )
+    .await
+    .ok();
+    let report = &run.json_lines()[0];
+    assert_eq!(report["platform"], "outbox-relay", "{report}");
+    assert_eq!(report["received"], 500, "{report}");
+    assert_eq!(report["duplicates"], 0, "{report}");
+    assert!(
+        report["latency"]["p99_us"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+}
+
+/// The relay bench against a database that is not there: one line, quickly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_the_relay_from_unreachable_postgres() {
+    let started = std::time::Instant::now();
+    let run = streams(
+        &[
+            "--url",
+            "postgres://postgres@127.0.0.1:1/test",
+            "bench",
+            "--relay-to",
+            "memory://",
+            "-n",
+            "10",
+        ],
+        "",
+        LIMIT,
+    )
+    .await;
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{run:#?}");
+    assert_eq!(run.stderr.lines().count(), 1, "{run:#?}");
+    assert!(run.stderr.contains("127.0.0.1:1"), "{run:#?}");
+}

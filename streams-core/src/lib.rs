@@ -46,7 +46,7 @@ pub use id::{IdFactory, KsuidFactory, UuidFactory};
 pub use message::{
     Headers, Message, Metadata, CONTENT_TYPE_JSON, CONTENT_TYPE_OCTET_STREAM, CONTENT_TYPE_PROTOBUF,
 };
-pub use observe::{Observe, ObserveLayer, ObservedReader, ObservedWriter};
+pub use observe::{Observe, ObserveFuture, ObserveLayer, ObservedReader, ObservedWriter};
 pub use outbox::{decode_batch, encode_batch, OutboxStore, Relay, StoredBatch, WakeSource};
 pub use publisher::Publisher;
 pub use router::{typed, Router, Typed};

@@ -1,16 +1,17 @@
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
 use tower::{Layer, Service};
 use tracing::field::Empty;
-use tracing::{Instrument, Span};
+use tracing::Span;
 
 use super::{
-    record_error, StreamLabel, HANDLER_DURATION, KAFKA_GROUP_HEADER, KAFKA_OFFSET_HEADER,
-    KAFKA_PARTITION_HEADER, MESSAGES_FAILED, MESSAGES_HANDLED, SQS_MESSAGE_ID_HEADER, STREAM_LABEL,
+    record_error, StreamKeys, StreamLabel, KAFKA_GROUP_HEADER, KAFKA_OFFSET_HEADER,
+    KAFKA_PARTITION_HEADER, SQS_MESSAGE_ID_HEADER,
 };
 use crate::{BoxError, Message, ReadTask, Reader, Result, Subscription};
 
@@ -65,7 +66,8 @@ impl<S> Layer<S> for ObserveLayer {
 }
 
 /// Runs each message's handler call inside a `streams.handle` span and records
-/// [`MESSAGES_HANDLED`], [`MESSAGES_FAILED`] and [`HANDLER_DURATION`]; the result passes
+/// [`MESSAGES_HANDLED`](super::MESSAGES_HANDLED), [`MESSAGES_FAILED`](super::MESSAGES_FAILED) and
+/// [`HANDLER_DURATION`](super::HANDLER_DURATION); the result passes
 /// through unchanged.
 ///
 /// A call that never answers (it panicked, or a time-out or shutdown dropped it) counts
@@ -113,7 +115,7 @@ where
 {
     type Response = ();
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<(), BoxError>>;
+    type Future = ObserveFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -123,33 +125,89 @@ where
         // Inside another `Observe` (an `ObservedReader`'s, say) the message is counted
         // and spanned already: pass it through, so nothing is counted twice.
         if observing() {
-            let fut = self.inner.call(msg);
-            return Box::pin(async move { fut.await.map_err(Into::into) });
+            return ObserveFuture {
+                state: State::PassThrough {
+                    inner: self.inner.call(msg),
+                },
+            };
         }
-        let outcome = Outcome {
-            stream: self.label.get(&msg.stream),
-            started: Instant::now(),
-            span: handle_span(&msg, self.group.as_deref(), self.system),
-            ok: None,
-        };
-        let span = outcome.span.clone();
+        let keys = self.label.get(&msg.stream);
+        let span = handle_span(&msg, self.group.as_deref(), self.system);
+        let started = Instant::now();
         let fut = {
             let _entered = span.enter();
             let _observing = Observing::enter();
             self.inner.call(msg)
         };
-        Box::pin(
-            async move {
-                let mut outcome = outcome;
-                let result = OBSERVING_TASK.scope((), fut).await.map_err(Into::into);
+        ObserveFuture {
+            state: State::Observed {
+                inner: fut,
+                outcome: Outcome {
+                    keys,
+                    started,
+                    span,
+                    ok: None,
+                },
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of an [`Observe`]d handler call: the inner call inside the
+    /// `streams.handle` span, counted and timed when it answers or is dropped.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct ObserveFuture<F> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+impl<F> std::fmt::Debug for ObserveFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObserveFuture").finish_non_exhaustive()
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        PassThrough { #[pin] inner: F },
+        Observed {
+            #[pin]
+            inner: F,
+            outcome: Outcome,
+        },
+    }
+}
+
+impl<F, E> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<(), E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<(), BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::PassThrough { inner } => inner.poll(cx).map_err(Into::into),
+            StateProj::Observed { inner, outcome } => {
+                // Each poll runs inside the span, and marked as observed so that an
+                // `Observe` called from the handler (now or after an await) passes
+                // the message through.
+                let polled = {
+                    let _entered = outcome.span.enter();
+                    let _observing = Observing::enter();
+                    inner.poll(cx)
+                };
+                let result = std::task::ready!(polled).map_err(Into::into);
                 if let Err(err) = &result {
                     record_error(&outcome.span, err.as_ref());
                 }
                 outcome.ok = Some(result.is_ok());
-                result
+                Poll::Ready(result)
             }
-            .instrument(span),
-        )
+        }
     }
 }
 
@@ -196,8 +254,12 @@ fn handle_span(msg: &Message, group: Option<&str>, system: Option<&'static str>)
 
 /// Records the metrics of one handler call when dropped: with the answer when there was
 /// one, as a failure when the call was dropped unanswered.
+/// What the `metrics` macros would pass for the handling metrics.
+static METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
 struct Outcome {
-    stream: Arc<str>,
+    keys: Arc<StreamKeys>,
     started: Instant,
     span: Span,
     ok: Option<bool>,
@@ -216,14 +278,18 @@ impl Drop for Outcome {
             }
             false
         });
-        let name = if ok {
-            MESSAGES_HANDLED
+        let counted = if ok {
+            &self.keys.handled
         } else {
-            MESSAGES_FAILED
+            &self.keys.failed
         };
-        metrics::counter!(name, STREAM_LABEL => self.stream.clone()).increment(1);
-        metrics::histogram!(HANDLER_DURATION, STREAM_LABEL => self.stream.clone())
-            .record(self.started.elapsed().as_secs_f64());
+        let elapsed = self.started.elapsed().as_secs_f64();
+        metrics::with_recorder(|recorder| {
+            recorder.register_counter(counted, &METADATA).increment(1);
+            recorder
+                .register_histogram(&self.keys.duration, &METADATA)
+                .record(elapsed);
+        });
     }
 }
 
@@ -291,7 +357,7 @@ impl<R: Reader> Reader for ObservedReader<R> {
 }
 
 thread_local! {
-    /// Set while an `Observe` calls its inner service.
+    /// Set while an `Observe` calls or polls its inner service.
     static OBSERVING_CALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
@@ -303,7 +369,7 @@ tokio::task_local! {
 
 /// Whether an `Observe` further out is handling the current message.
 fn observing() -> bool {
-    OBSERVING_CALL.with(std::cell::Cell::get) || OBSERVING_TASK.try_with(|_| ()).is_ok()
+    OBSERVING_CALL.with(std::cell::Cell::get)
 }
 
 /// Marks the synchronous part of an inner `call` as observed.

@@ -83,7 +83,7 @@ mod publish;
 #[cfg(test)]
 mod tests;
 
-pub use handle::{Observe, ObserveLayer, ObservedReader};
+pub use handle::{Observe, ObserveFuture, ObserveLayer, ObservedReader};
 #[cfg(feature = "opentelemetry")]
 pub use otel::{extract_context, inject_context, HeaderExtractor, HeaderInjector};
 pub use publish::ObservedWriter;
@@ -217,17 +217,57 @@ pub(crate) fn record_error(span: &tracing::Span, err: &(dyn std::error::Error + 
 
 /// A shared copy of a stream name for metric labels, reused while the stream stays the
 /// same, so a handler or writer serving one stream does not copy its name per message.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct StreamLabel(Option<std::sync::Arc<str>>);
+/// The metric keys of the last stream a handler saw, built once per stream: building a
+/// key with a label allocates and hashes, which per message would cost more than the
+/// rest of the observation. Metrics are still registered at every use, so a recorder
+/// installed later (or a thread-local one) sees them.
+#[derive(Debug, Default)]
+pub(crate) struct StreamLabel(Option<std::sync::Arc<StreamKeys>>);
+
+impl Clone for StreamLabel {
+    /// Empty: each clone of a handler (a reader runs one per worker, on its own
+    /// thread) builds its own keys, so handling a message never touches a reference
+    /// count another thread is touching.
+    fn clone(&self) -> Self {
+        StreamLabel::default()
+    }
+}
+
+/// The keys of one stream's handling metrics.
+#[derive(Debug)]
+pub(crate) struct StreamKeys {
+    pub(crate) stream: std::sync::Arc<str>,
+    pub(crate) handled: metrics::Key,
+    pub(crate) failed: metrics::Key,
+    pub(crate) duration: metrics::Key,
+}
+
+impl StreamKeys {
+    fn new(stream: &str) -> Self {
+        let stream: std::sync::Arc<str> = stream.into();
+        let key = |name: &'static str| {
+            metrics::Key::from_parts(
+                name,
+                vec![metrics::Label::new(STREAM_LABEL, stream.clone())],
+            )
+        };
+        StreamKeys {
+            handled: key(MESSAGES_HANDLED),
+            failed: key(MESSAGES_FAILED),
+            duration: key(HANDLER_DURATION),
+            stream,
+        }
+    }
+}
 
 impl StreamLabel {
-    pub(crate) fn get(&mut self, stream: &str) -> std::sync::Arc<str> {
+    pub(crate) fn get(&mut self, stream: &str) -> std::sync::Arc<StreamKeys> {
         match &self.0 {
-            Some(label) if &**label == stream => label.clone(),
+            Some(keys) if &*keys.stream == stream => keys.clone(),
             _ => {
-                let label: std::sync::Arc<str> = stream.into();
-                self.0 = Some(label.clone());
-                label
+                let keys = std::sync::Arc::new(StreamKeys::new(stream));
+                self.0 = Some(keys.clone());
+                keys
             }
         }
     }

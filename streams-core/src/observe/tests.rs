@@ -590,6 +590,10 @@ fn stream_label_is_shared_while_the_stream_stays() {
     let b = label.get("orders");
     assert!(Arc::ptr_eq(&a, &b));
     let c = label.get("payments");
-    assert_eq!(&*c, "payments");
+    assert_eq!(&*c.stream, "payments");
+    assert_eq!(
+        c.handled.labels().next().map(|l| l.value()),
+        Some("payments")
+    );
     assert!(!Arc::ptr_eq(&a, &c));
 }
