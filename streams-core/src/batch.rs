@@ -348,9 +348,8 @@ pub async fn call_batch_handler(handler: &mut BatchHandler, batch: Batch) -> Bat
     }
 }
 
-type BatchRunFn = Box<
-    dyn FnOnce(BatchHandler, CancellationToken) -> BoxFuture<'static, Result<()>> + Send,
->;
+type BatchRunFn =
+    Box<dyn FnOnce(BatchHandler, CancellationToken) -> BoxFuture<'static, Result<()>> + Send>;
 
 /// A read task attached to its stream by
 /// [`Reader::subscribe_batch`](crate::Reader::subscribe_batch), waiting to be run with a
@@ -550,6 +549,122 @@ async fn fill<T>(
             _ = cancel.cancelled() => {}
             _ = finished.cancelled() => {}
         }
+    }
+}
+
+/// Turns a function of decoded events into a batch handler.
+///
+/// Each message is decoded with `E`'s codecs; the function receives the events that
+/// decoded, with their messages, in batch order, and answers with an outcome indexed
+/// into that list. A message that does not decode is a failed message of the batch
+/// (an [`Unrecoverable`](crate::Unrecoverable) error, so retry middleware leaves it and
+/// dead-letter middleware captures it), never a failed batch; a batch where nothing
+/// decodes does not call the function.
+///
+/// ```
+/// use streams_core::{typed_batch, BatchOutcome, BoxError, Event, Message};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Paid { invoice: String }
+/// impl Event for Paid {}
+///
+/// let svc = typed_batch(|paid: Vec<(Paid, Message)>| async move {
+///     tracing::info!(count = paid.len(), "paid");
+///     Ok::<_, BoxError>(BatchOutcome::ok())
+/// });
+/// # let _ = streams_core::batch_handler(svc);
+/// ```
+pub fn typed_batch<E, F, Fut>(f: F) -> TypedBatch<E, F>
+where
+    E: crate::Event,
+    F: Fn(Vec<(E, Message)>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<BatchOutcome, BoxError>> + Send + 'static,
+{
+    TypedBatch {
+        f,
+        codecs: Arc::new(E::codecs()),
+        _event: std::marker::PhantomData,
+    }
+}
+
+/// A batch handler that decodes each message into `E`; see [`typed_batch`].
+pub struct TypedBatch<E: crate::Event, F> {
+    f: F,
+    codecs: Arc<crate::CodecRegistry<E>>,
+    _event: std::marker::PhantomData<fn() -> E>,
+}
+
+impl<E: crate::Event, F: Clone> Clone for TypedBatch<E, F> {
+    fn clone(&self) -> Self {
+        TypedBatch {
+            f: self.f.clone(),
+            codecs: self.codecs.clone(),
+            _event: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<E: crate::Event, F> fmt::Debug for TypedBatch<E, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TypedBatch")
+            .field("event", &std::any::type_name::<E>())
+            .field("codecs", &self.codecs)
+            .finish()
+    }
+}
+
+impl<E, F, Fut> tower::Service<Batch> for TypedBatch<E, F>
+where
+    E: crate::Event,
+    F: Fn(Vec<(E, Message)>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<BatchOutcome, BoxError>> + Send + 'static,
+{
+    type Response = BatchOutcome;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<BatchOutcome, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, batch: Batch) -> Self::Future {
+        let mut outcome = BatchOutcome::ok();
+        let mut events = Vec::with_capacity(batch.len());
+        let mut positions = Vec::with_capacity(batch.len());
+        for (i, msg) in batch.into_messages().into_iter().enumerate() {
+            match msg.decode_with(&self.codecs) {
+                Ok(event) => {
+                    events.push((event, msg));
+                    positions.push(i);
+                }
+                Err(e) => outcome.fail(i, crate::Unrecoverable::new(e)),
+            }
+        }
+        if events.is_empty() {
+            return Box::pin(async move { Ok(outcome) });
+        }
+        let call = (self.f)(events);
+        Box::pin(async move {
+            let n = positions.len();
+            match call.await {
+                Ok(inner) => {
+                    for (j, e) in inner.into_failed() {
+                        if let Some(&i) = positions.get(j) {
+                            outcome.fail(i, e);
+                        }
+                    }
+                }
+                Err(e) => {
+                    for (j, e) in BatchOutcome::all_failed(n, e).into_failed() {
+                        outcome.fail(positions[j], e);
+                    }
+                }
+            }
+            Ok(outcome)
+        })
     }
 }
 

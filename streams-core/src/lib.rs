@@ -36,8 +36,8 @@ mod stream;
 mod window;
 
 pub use batch::{
-    batch_handler, call_batch_handler, Batch, BatchHandler, BatchOutcome, BatchSize,
-    BatchSubscription, MAX_BATCH_MESSAGES, MAX_BATCH_WAIT,
+    batch_handler, call_batch_handler, typed_batch, Batch, BatchHandler, BatchOutcome, BatchSize,
+    BatchSubscription, TypedBatch, MAX_BATCH_MESSAGES, MAX_BATCH_WAIT,
 };
 pub use codec::{Codec, CodecRegistry, JsonCodec, ProtobufCodec};
 pub use connection::{

@@ -31,7 +31,10 @@ impl LaneReader {
 
     fn acked(&self) -> Vec<String> {
         let log = self.log.lock().unwrap();
-        log.iter().filter(|(_, ok)| *ok).map(|(id, _)| id.clone()).collect()
+        log.iter()
+            .filter(|(_, ok)| *ok)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 }
 
@@ -41,36 +44,39 @@ impl Reader for LaneReader {
         let lanes = task.concurrency.unwrap_or(1);
         *self.concurrency_seen.lock().unwrap() = Some(lanes);
         let me = self.clone();
-        Ok(Subscription::new(task.stream, move |h: Handler, cancel| async move {
-            let mut per_lane: Vec<Vec<Message>> = vec![Vec::new(); lanes];
-            for m in me.messages.clone() {
-                let lane = m.key.as_deref().map_or(0, |k| k.len() % lanes);
-                per_lane[lane].push(m);
-            }
-            let workers = per_lane.into_iter().map(|queue| {
-                let mut h = h.clone();
-                let log = me.log.clone();
-                let cancel = cancel.clone();
-                let redeliver = me.redeliver;
-                async move {
-                    for m in queue {
-                        loop {
-                            if cancel.is_cancelled() {
-                                return;
-                            }
-                            let id = m.id.clone();
-                            let ok = crate::call_handler(&mut h, m.clone()).await.is_ok();
-                            log.lock().unwrap().push((id, ok));
-                            if ok || !redeliver {
-                                break;
+        Ok(Subscription::new(
+            task.stream,
+            move |h: Handler, cancel| async move {
+                let mut per_lane: Vec<Vec<Message>> = vec![Vec::new(); lanes];
+                for m in me.messages.clone() {
+                    let lane = m.key.as_deref().map_or(0, |k| k.len() % lanes);
+                    per_lane[lane].push(m);
+                }
+                let workers = per_lane.into_iter().map(|queue| {
+                    let mut h = h.clone();
+                    let log = me.log.clone();
+                    let cancel = cancel.clone();
+                    let redeliver = me.redeliver;
+                    async move {
+                        for m in queue {
+                            loop {
+                                if cancel.is_cancelled() {
+                                    return;
+                                }
+                                let id = m.id.clone();
+                                let ok = crate::call_handler(&mut h, m.clone()).await.is_ok();
+                                log.lock().unwrap().push((id, ok));
+                                if ok || !redeliver {
+                                    break;
+                                }
                             }
                         }
                     }
-                }
-            });
-            futures::future::join_all(workers).await;
-            Ok(())
-        }))
+                });
+                futures::future::join_all(workers).await;
+                Ok(())
+            },
+        ))
     }
 }
 
@@ -185,10 +191,13 @@ async fn generic_path_fills_batches_up_to_max_messages() {
         .await
         .unwrap();
     assert_eq!(*reader.concurrency_seen.lock().unwrap(), Some(3));
-    tokio::time::timeout(Duration::from_secs(10), sub.run(h, CancellationToken::new()))
-        .await
-        .expect("the run ends once the reader handed everything over")
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        sub.run(h, CancellationToken::new()),
+    )
+    .await
+    .expect("the run ends once the reader handed everything over")
+    .unwrap();
     let seen = seen.lock().unwrap();
     // Three lanes of one key each: every batch is full, never two of one key.
     assert!(seen.iter().all(|b| b.len() == 3), "{seen:?}");
@@ -220,7 +229,11 @@ async fn generic_path_acknowledges_per_message_and_keeps_order_per_key() {
     // Each key acknowledged in order, a-2 after its redelivery, exactly once each.
     let acked = reader.acked();
     for key in ["a", "bb"] {
-        let order: Vec<_> = acked.iter().filter(|id| id.starts_with(&format!("{key}-"))).cloned().collect();
+        let order: Vec<_> = acked
+            .iter()
+            .filter(|id| id.starts_with(&format!("{key}-")))
+            .cloned()
+            .collect();
         let want: Vec<_> = (0..5).map(|n| format!("{key}-{n}")).collect();
         assert_eq!(order, want);
     }
@@ -256,16 +269,19 @@ async fn cancel_while_collecting_hands_over_at_once_and_loses_nothing() {
     impl Reader for OneThenWait {
         async fn subscribe(&self, task: ReadTask) -> Result<Subscription> {
             let answer = self.0.clone();
-            Ok(Subscription::new(task.stream, move |mut h: Handler, cancel: CancellationToken| async move {
-                let call = crate::call_handler(&mut h, Message::new("orders", "x"));
-                tokio::pin!(call);
-                let r = tokio::select! {
-                    r = &mut call => r,
-                    _ = cancel.cancelled() => call.await,
-                };
-                *answer.lock().unwrap() = Some(r.is_ok());
-                Ok(())
-            }))
+            Ok(Subscription::new(
+                task.stream,
+                move |mut h: Handler, cancel: CancellationToken| async move {
+                    let call = crate::call_handler(&mut h, Message::new("orders", "x"));
+                    tokio::pin!(call);
+                    let r = tokio::select! {
+                        r = &mut call => r,
+                        _ = cancel.cancelled() => call.await,
+                    };
+                    *answer.lock().unwrap() = Some(r.is_ok());
+                    Ok(())
+                },
+            ))
         }
     }
     let answer = Arc::new(Mutex::new(None));
@@ -299,7 +315,8 @@ async fn a_huge_batch_of_huge_messages_is_handed_over_whole() {
     let big = bytes::Bytes::from(vec![7u8; 4 << 20]);
     let messages: Vec<_> = (0..8)
         .map(|n| {
-            let mut m = Message::new("orders", big.clone()).with_key(format!("{n:0width$}", width = n + 1));
+            let mut m =
+                Message::new("orders", big.clone()).with_key(format!("{n:0width$}", width = n + 1));
             m.id = n.to_string();
             m
         })
@@ -332,12 +349,17 @@ async fn a_huge_batch_of_huge_messages_is_handed_over_whole() {
 
 #[test]
 fn select_keeps_stream_and_partition() {
-    let b = Batch::new("s", (0..4).map(|i| Message::new("s", i.to_string())).collect())
-        .with_partition(3);
+    let b = Batch::new(
+        "s",
+        (0..4).map(|i| Message::new("s", i.to_string())).collect(),
+    )
+    .with_partition(3);
     let s = b.select(&[1, 3, 9]);
     assert_eq!(s.partition(), Some(3));
     assert_eq!(s.stream(), "s");
     let data: Vec<_> = s.messages().iter().map(|m| m.data.clone()).collect();
     assert_eq!(data, vec!["1", "3"]);
-    let _ = handler(tower::service_fn(|_m: Message| async { Ok::<_, BoxError>(()) }));
+    let _ = handler(tower::service_fn(|_m: Message| async {
+        Ok::<_, BoxError>(())
+    }));
 }
