@@ -23,6 +23,7 @@ impl Harness for KafkaHarness {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::none()
+            .with_batches(true)
             .with_redelivery(true)
             .with_persistent(true)
             .with_ordered_per_key(true)

@@ -26,6 +26,7 @@ impl Harness for SqsFifoHarness {
         // meanwhile (two readers, 6 keys x 30 messages: 8 keys handled twice at once).
         // So order is promised per reader only.
         Capabilities::none()
+            .with_batches(true)
             .with_redelivery(true)
             .with_persistent(true)
             .with_ordered_per_key(true)
