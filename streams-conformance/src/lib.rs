@@ -70,6 +70,10 @@ pub struct Capabilities {
     /// [`redelivery`](Self::with_redelivery) and
     /// [`ordered_per_key`](Self::with_ordered_per_key) promise, for batches.
     pub batches: bool,
+    /// A failed message comes again before the later messages of its key are handled
+    /// (redelivery in place, as on Kafka and SQS FIFO queues), so order per key holds
+    /// across failures too. Checked by `batch_failed_message_in_middle`.
+    pub ordered_redelivery: bool,
 }
 
 impl Capabilities {
@@ -105,6 +109,12 @@ impl Capabilities {
     /// Sets [`reconnect`](Self::reconnect).
     pub fn with_reconnect(mut self, yes: bool) -> Self {
         self.reconnect = yes;
+        self
+    }
+
+    /// Sets [`ordered_redelivery`](Self::with_ordered_redelivery).
+    pub fn with_ordered_redelivery(mut self, yes: bool) -> Self {
+        self.ordered_redelivery = yes;
         self
     }
 
@@ -214,7 +224,7 @@ impl Need {
                 "batch handlers in order per key",
             ),
             Need::BatchRedeliveryInOrder => (
-                c.batches && c.redelivery && c.ordered_per_key,
+                c.batches && c.redelivery && c.ordered_per_key && c.ordered_redelivery,
                 "batch handlers with redelivery in order per key",
             ),
         };
