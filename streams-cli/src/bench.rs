@@ -10,8 +10,6 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use streams::{BoxError, CancellationToken, Connection, Message, ReadTask, WriteWindow};
 
-use crate::run::read_until;
-
 /// Header carrying a bench message's sequence number.
 const SEQ: &str = "streams-bench-seq";
 /// Header carrying when a bench message was written, in nanoseconds since the Unix epoch.
@@ -36,8 +34,11 @@ pub struct BenchArgs {
     /// possible, in batches of at most a millisecond's worth, so that the latency
     /// measured is the platform's and not the queue's.
     pub rate: Option<u64>,
-    /// Handlers at once.
+    /// Handlers at once (batch handlers at once with `batch_handler`).
     pub concurrency: usize,
+    /// Hand messages to a batch handler, this many at most per batch (or what arrived
+    /// within 10 ms), instead of one at a time.
+    pub batch_handler: Option<usize>,
     /// Partitions of a created Kafka topic.
     pub partitions: u32,
     /// Give up when not everything arrived within this time after publishing.
@@ -58,6 +59,7 @@ impl Default for BenchArgs {
             inflight: 8,
             rate: None,
             concurrency: 4,
+            batch_handler: None,
             partitions: 1,
             timeout: Duration::from_secs(60),
             keep: false,
@@ -322,6 +324,7 @@ pub async fn bench(
     if crate::has_groups(conn.platform()) {
         task = task.with_group(format!("streams-bench-{}", uuid::Uuid::now_v7().simple()));
     }
+    let tally_for_batches = tally.clone();
     let service = {
         let tally = tally.clone();
         tower::service_fn(move |msg: Message| {
@@ -330,10 +333,33 @@ pub async fn bench(
         })
     };
     let attached = CancellationToken::new();
-    let mut reading = tokio::spawn(read_until(
+    let batch_size = args
+        .batch_handler
+        .map(|n| streams::BatchSize::new(n, Duration::from_millis(10)));
+    let mut reading = tokio::spawn(crate::run::read_routed(
         reader,
-        task,
-        service,
+        stream.clone(),
+        move |router| match batch_size {
+            None => {
+                router.subscribe(task, service);
+            }
+            Some(size) => {
+                let tally = tally_for_batches;
+                router.subscribe_batch(
+                    task,
+                    size,
+                    tower::service_fn(move |batch: streams::Batch| {
+                        let tally = tally.clone();
+                        async move {
+                            for msg in batch.messages() {
+                                tally.handle(msg)?;
+                            }
+                            Ok::<_, BoxError>(streams::BatchOutcome::ok())
+                        }
+                    }),
+                );
+            }
+        },
         finish.clone(),
         stop.clone(),
         None,

@@ -193,6 +193,11 @@ pub struct BenchCmd {
     /// Handlers at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub concurrency: u32,
+    /// Also run a batch handler of up to N messages (or what arrived within 10 ms) on
+    /// a second stream in the same run, and print both reports and the ratio of their
+    /// consume rates.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_handler: Option<u32>,
     /// Use this stream instead of a new one (which is created, then deleted).
     #[arg(long)]
     pub stream: Option<String>,
@@ -425,28 +430,58 @@ pub async fn run_on(
         }
         Command::Bench(cmd) => {
             let json = cmd.json;
-            let report = bench(
+            let args = BenchArgs {
+                stream: cmd.stream,
+                count: cmd.count,
+                size: cmd.size,
+                batch: cmd.batch as usize,
+                inflight: cmd.inflight as usize,
+                concurrency: cmd.concurrency as usize,
+                batch_handler: None,
+                partitions: cmd.partitions,
+                rate: cmd.rate,
+                timeout: cmd.timeout,
+                keep: cmd.keep,
+                progress: !cmd.no_progress,
+            };
+            let Some(n) = cmd.batch_handler else {
+                let report = bench(conn, args, stop).await?;
+                let text = if json {
+                    serde_json::to_string(&report)?
+                } else {
+                    report.render()
+                };
+                out.line(&text)?;
+                return Ok(format!("bench on {platform} done"));
+            };
+            // Per message, then batches, one after the other on fresh streams: the
+            // same machine, the same moment.
+            let per_message = bench(conn, args.clone(), stop.clone()).await?;
+            let batched = bench(
                 conn,
                 BenchArgs {
-                    stream: cmd.stream,
-                    count: cmd.count,
-                    size: cmd.size,
-                    batch: cmd.batch as usize,
-                    inflight: cmd.inflight as usize,
-                    concurrency: cmd.concurrency as usize,
-                    partitions: cmd.partitions,
-                    rate: cmd.rate,
-                    timeout: cmd.timeout,
-                    keep: cmd.keep,
-                    progress: !cmd.no_progress,
+                    batch_handler: Some(n as usize),
+                    ..args
                 },
                 stop,
             )
             .await?;
+            let ratio = batched.consume_rate() / per_message.consume_rate().max(f64::MIN_POSITIVE);
             let text = if json {
-                serde_json::to_string(&report)?
+                serde_json::json!({
+                    "per_message": per_message,
+                    "batch": batched,
+                    "batch_handler": n,
+                    "consume_ratio": ratio,
+                })
+                .to_string()
             } else {
-                report.render()
+                format!(
+                    "per-message handler\n{}\n\nbatch handler (up to {n} per batch)\n{}\n\n\
+                     batch / per-message consume rate: {ratio:.2}x",
+                    per_message.render(),
+                    batched.render()
+                )
             };
             out.line(&text)?;
             Ok(format!("bench on {platform} done"))
