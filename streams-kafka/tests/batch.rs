@@ -24,6 +24,9 @@ async fn write_one_by_one(writer: &KafkaWriter, messages: &[Message]) {
     }
 }
 
+/// A batch's partition and messages.
+type Handed = (Option<i32>, Vec<Message>);
+
 /// What a batch handler saw: each batch's partition and ids, and which failed.
 type Calls = Arc<Mutex<Vec<(Option<i32>, Vec<String>, Option<usize>)>>>;
 
@@ -170,7 +173,7 @@ async fn batches_hold_one_partition_and_keep_order_per_key() {
     let writer = KafkaWriter::new(&config()).unwrap();
     let sent = batch(&t, 300, "o");
     writer.write(sent.clone()).await.unwrap();
-    let seen: Arc<Mutex<Vec<(Option<i32>, Vec<Message>)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Handed>>> = Arc::default();
     let s = seen.clone();
     let h = batch_handler(tower::service_fn(move |b: Batch| {
         let s = s.clone();

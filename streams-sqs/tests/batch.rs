@@ -88,7 +88,7 @@ async fn failed_messages_come_again_alone_and_successes_are_deleted() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     cancel.cancel();
     join.await.unwrap().unwrap();
-    let calls = calls.lock().unwrap();
+    let calls = calls.lock().unwrap().clone();
     let mut handed: HashMap<String, usize> = HashMap::new();
     for (ids, _) in calls.iter() {
         assert!(ids.len() <= 10);
