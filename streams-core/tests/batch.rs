@@ -126,3 +126,40 @@ async fn an_observed_reader_forwards_batches_to_the_native_path() {
         sizes.lock().unwrap()
     );
 }
+
+#[tokio::test]
+async fn a_default_group_reader_forwards_batches_with_its_group() {
+    let bus = Arc::new(MemoryBus::new());
+    let reader = streams_core::DefaultGroupReader::new(bus.clone(), "billing");
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let s = sizes.clone();
+    let mut router = Router::new(Arc::new(reader), Arc::new(EventRegistry::new()));
+    router.subscribe_batch(
+        ReadTask::new("orders"),
+        BatchSize::new(100, Duration::from_millis(50)),
+        tower::service_fn(move |b: Batch| {
+            s.lock().unwrap().push(b.len());
+            async { Ok::<_, BoxError>(BatchOutcome::ok()) }
+        }),
+    );
+    router.start().await.unwrap();
+    assert_eq!(bus.subscribers("orders"), 1);
+    bus.write(
+        (0..50)
+            .map(|i| Message::new("orders", i.to_string()))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sizes.lock().unwrap().iter().sum::<usize>() < 50 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    router.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert!(
+        sizes.lock().unwrap().len() <= 2,
+        "{:?}",
+        sizes.lock().unwrap()
+    );
+}
