@@ -127,6 +127,36 @@ async fn bench_on_memory_reports_every_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_with_a_batch_handler_reports_both_runs_and_their_ratio() {
+    let run = streams(
+        &[
+            "bench",
+            "-n",
+            "3000",
+            "--batch-handler",
+            "50",
+            "--json",
+            "--no-progress",
+        ],
+        "",
+        LIMIT,
+    )
+    .await
+    .ok();
+    let report = &run.json_lines()[0];
+    assert_eq!(report["batch_handler"], 50);
+    for run in ["per_message", "batch"] {
+        assert_eq!(report[run]["received"], 3000, "{report}");
+        assert_eq!(report[run]["duplicates"], 0, "{report}");
+    }
+    assert!(report["consume_ratio"].as_f64().unwrap() > 0.0);
+
+    let run = streams(&["bench", "-n", "300", "--batch-handler", "0"], "", LIMIT).await;
+    assert_ne!(run.code, 0, "{run:#?}");
+    assert!(run.stderr.contains("--batch-handler"), "{run:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_at_a_steady_rate_paces_the_writes() {
     let run = streams(
         &[
