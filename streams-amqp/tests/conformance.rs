@@ -30,6 +30,7 @@ impl Harness for AmqpHarness {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::none()
+            .with_batches(true)
             .with_redelivery(true)
             .with_persistent(true)
             // Per member: lanes by key. The members of a group consume one queue.

@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use async_channel::{Receiver, Sender, TrySendError};
 use async_trait::async_trait;
 use streams_core::{
-    call_handler, CancellationToken, Error, FailedMessage, Handler, Message, ReadTask, Reader,
-    Result, Subscription, Writer,
+    call_batch_handler, call_handler, Batch, BatchHandler, BatchSize, BatchSubscription,
+    CancellationToken, Error, FailedMessage, Handler, Message, ReadTask, Reader, Result,
+    Subscription, Writer,
 };
 
 /// A [`EventBus`](streams_core::EventBus) over a new in-process [`MemoryBus`] with default
@@ -399,21 +400,41 @@ impl Writer for MemoryBus {
 #[async_trait]
 impl Reader for MemoryBus {
     async fn subscribe(&self, task: ReadTask) -> Result<Subscription> {
+        let membership = self.attach(&task)?;
+        Ok(Subscription::new(task.stream, move |handler, cancel| {
+            membership.run(handler, cancel)
+        }))
+    }
+
+    /// Batches natively: each lane's worker takes up to `max_messages` of its lane (the
+    /// messages already waiting, then what arrives within `max_wait`) and hands them
+    /// over as one batch, so a batch holds messages of the lane's keys in publish order
+    /// and the task's `concurrency` is the number of batches handled at once. Failed
+    /// messages are logged and not redelivered, as for per-message handlers.
+    async fn subscribe_batch(&self, task: ReadTask, size: BatchSize) -> Result<BatchSubscription> {
+        size.check()?;
+        let membership = self.attach(&task)?;
+        Ok(BatchSubscription::new(
+            task.stream,
+            move |handler, cancel| membership.run_batch(handler, size, cancel),
+        ))
+    }
+}
+
+impl MemoryBus {
+    fn attach(&self, task: &ReadTask) -> Result<Membership> {
         if task.stream.is_empty() {
             return Err(Error::invalid("read task", "stream name is empty"));
         }
         task.refuse_partitions("in-process bus")?;
         task.refuse_args("the in-process bus", &[])?;
         // Joined now, so everything published from here on reaches this member.
-        let membership = Membership {
+        Ok(Membership {
             bus: self.clone(),
-            group: self.join(&task),
+            group: self.join(task),
             stream: task.stream.clone(),
             left: false,
-        };
-        Ok(Subscription::new(task.stream, move |handler, cancel| {
-            membership.run(handler, cancel)
-        }))
+        })
     }
 }
 
@@ -427,20 +448,38 @@ struct Membership {
 }
 
 impl Membership {
-    async fn run(mut self, handler: Handler, cancel: CancellationToken) -> Result<()> {
+    async fn run(self, handler: Handler, cancel: CancellationToken) -> Result<()> {
+        self.run_lanes(cancel, |stream, group, lane, stop| {
+            lane_worker(stream, group, lane, handler.clone(), stop)
+        })
+        .await
+    }
+
+    async fn run_batch(
+        self,
+        handler: BatchHandler,
+        size: BatchSize,
+        cancel: CancellationToken,
+    ) -> Result<()> {
+        self.run_lanes(cancel, |stream, group, lane, stop| {
+            lane_batch_worker(stream, group, lane, handler.clone(), size, stop)
+        })
+        .await
+    }
+
+    /// Runs a worker per lane until cancelled or the bus closes.
+    async fn run_lanes<F, Fut>(mut self, cancel: CancellationToken, mut worker: F) -> Result<()>
+    where
+        F: FnMut(String, Arc<Group>, usize, CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let (bus, group, stream) = (self.bus.clone(), self.group.clone(), self.stream.clone());
         let stop = CancellationToken::new();
         let mut workers = tokio::task::JoinSet::new();
         for lane in 0..group.receivers.len() {
-            workers.spawn(lane_worker(
-                stream.clone(),
-                group.clone(),
-                lane,
-                handler.clone(),
-                stop.clone(),
-            ));
+            workers.spawn(worker(stream.clone(), group.clone(), lane, stop.clone()));
         }
-        drop(handler);
+        drop(worker);
         let last = tokio::select! {
             _ = cancel.cancelled() => {
                 // The last member drains the backlog (its lanes are closed by `leave`);
@@ -531,6 +570,78 @@ async fn lane_worker(
             }
         }
         // The turn passes only now, so the next message of this lane waits for this one.
+        drop(rx);
+    }
+}
+
+/// Serves one lane of a group for one member with a batch handler: takes the lane's
+/// turn, collects a batch (what is waiting, then what arrives within `max_wait`, up to
+/// `max_messages`), hands it over, gives the turn back. A stop ends the collecting, not
+/// the batch: what was taken is handed over.
+async fn lane_batch_worker(
+    stream: String,
+    group: Arc<Group>,
+    lane: usize,
+    mut handler: BatchHandler,
+    size: BatchSize,
+    stop: CancellationToken,
+) {
+    if let Some(after) = &group.after {
+        tokio::select! {
+            _ = after.cancelled() => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+    let lane = &group.receivers[lane];
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let rx = tokio::select! {
+            rx = lane.lock() => rx,
+            _ = stop.cancelled() => return,
+        };
+        let first = tokio::select! {
+            biased;
+            m = rx.recv() => match m {
+                Ok(m) => m,
+                Err(_) => return,
+            },
+            _ = stop.cancelled() => return,
+        };
+        let mut messages = vec![first];
+        let deadline = tokio::time::Instant::now() + size.max_wait();
+        while messages.len() < size.max_messages() {
+            match rx.try_recv() {
+                Ok(m) => {
+                    messages.push(m);
+                    continue;
+                }
+                Err(async_channel::TryRecvError::Closed) => break,
+                Err(async_channel::TryRecvError::Empty) => {}
+            }
+            if stop.is_cancelled() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                m = rx.recv() => match m {
+                    Ok(m) => messages.push(m),
+                    Err(_) => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = stop.cancelled() => break,
+            }
+        }
+        let count = messages.len();
+        let outcome = call_batch_handler(&mut handler, Batch::new(stream.clone(), messages)).await;
+        if !outcome.is_ok() {
+            tracing::debug!(
+                %stream, failed = outcome.failed_count(), count,
+                "batch handler failed messages; the in-process bus does not redeliver"
+            );
+        }
+        // The turn passes only now, so the lane's next batch waits for this one.
         drop(rx);
     }
 }

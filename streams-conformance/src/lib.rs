@@ -39,7 +39,11 @@ use streams_core::{BoxError, CancellationToken, Message, ReadTask, Reader, Resul
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 
+mod batch;
 mod proxy;
+pub use batch::{
+    batch_acknowledges_per_message, batch_failed_message_in_middle, batch_keeps_order_per_key,
+};
 pub use proxy::TcpProxy;
 
 /// What a driver promises; scenarios that need more are skipped.
@@ -61,6 +65,15 @@ pub struct Capabilities {
     /// The platform is reached over TCP, and [`Harness::behind_proxy`] gives a harness
     /// whose clients go through a [`TcpProxy`]: they reconnect after an outage.
     pub reconnect: bool,
+    /// [`Reader::subscribe_batch`] hands batches to a batch handler and acknowledges
+    /// each message by its outcome. The batch scenarios also check what
+    /// [`redelivery`](Self::with_redelivery) and
+    /// [`ordered_per_key`](Self::with_ordered_per_key) promise, for batches.
+    pub batches: bool,
+    /// A failed message comes again before the later messages of its key are handled
+    /// (redelivery in place, as on Kafka and SQS FIFO queues), so order per key holds
+    /// across failures too. Checked by `batch_failed_message_in_middle`.
+    pub ordered_redelivery: bool,
 }
 
 impl Capabilities {
@@ -96,6 +109,18 @@ impl Capabilities {
     /// Sets [`reconnect`](Self::reconnect).
     pub fn with_reconnect(mut self, yes: bool) -> Self {
         self.reconnect = yes;
+        self
+    }
+
+    /// Sets [`ordered_redelivery`](Self::with_ordered_redelivery).
+    pub fn with_ordered_redelivery(mut self, yes: bool) -> Self {
+        self.ordered_redelivery = yes;
+        self
+    }
+
+    /// Sets [`batches`](Self::with_batches).
+    pub fn with_batches(mut self, yes: bool) -> Self {
+        self.batches = yes;
         self
     }
 
@@ -166,7 +191,7 @@ pub enum Outcome {
 
 /// What a scenario needs beyond delivery to a live subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Need {
+pub(crate) enum Need {
     Nothing,
     Redelivery,
     Persistence,
@@ -174,6 +199,9 @@ enum Need {
     OrderAcrossMembers,
     ConsumerGroups,
     Reconnect,
+    BatchRedelivery,
+    BatchOrder,
+    BatchRedeliveryInOrder,
 }
 
 impl Need {
@@ -190,18 +218,27 @@ impl Need {
             ),
             Need::ConsumerGroups => (c.consumer_groups, "consumer groups"),
             Need::Reconnect => (c.reconnect, "a TCP connection to put a proxy in"),
+            Need::BatchRedelivery => (c.batches && c.redelivery, "batch handlers with redelivery"),
+            Need::BatchOrder => (
+                c.batches && c.ordered_per_key,
+                "batch handlers in order per key",
+            ),
+            Need::BatchRedeliveryInOrder => (
+                c.batches && c.redelivery && c.ordered_per_key && c.ordered_redelivery,
+                "batch handlers with redelivery in order per key",
+            ),
         };
         (!met).then_some(what)
     }
 
-    fn skip(self, h: &dyn Harness) -> Option<Outcome> {
+    pub(crate) fn skip(self, h: &dyn Harness) -> Option<Outcome> {
         self.missing(&h.capabilities()).map(Outcome::Skipped)
     }
 }
 
-type ScenarioResult = std::result::Result<Outcome, String>;
+pub(crate) type ScenarioResult = std::result::Result<Outcome, String>;
 
-const PROBE: &str = "conformance-probe";
+pub(crate) const PROBE: &str = "conformance-probe";
 
 /// A new stream name no other scenario or run uses.
 pub fn unique_stream(scenario: &str) -> String {
@@ -398,7 +435,7 @@ fn ids(msgs: &[Message]) -> HashSet<String> {
     msgs.iter().map(|m| m.id.clone()).collect()
 }
 
-fn ensure(cond: bool, what: impl FnOnce() -> String) -> std::result::Result<(), String> {
+pub(crate) fn ensure(cond: bool, what: impl FnOnce() -> String) -> std::result::Result<(), String> {
     if cond {
         Ok(())
     } else {
@@ -406,7 +443,7 @@ fn ensure(cond: bool, what: impl FnOnce() -> String) -> std::result::Result<(), 
     }
 }
 
-async fn setup(
+pub(crate) async fn setup(
     h: &dyn Harness,
     scenario: &str,
 ) -> std::result::Result<(String, Arc<dyn Writer>), String> {
@@ -691,7 +728,7 @@ pub async fn order_per_key(h: &dyn Harness) -> ScenarioResult {
 
 /// Writes `per_key` messages for each of `keys` keys, interleaved (`key-K`, payload
 /// `K:SEQ`, header `seq`), in writes of `chunk` messages.
-async fn write_keyed(
+pub(crate) async fn write_keyed(
     writer: &dyn Writer,
     stream: &str,
     keys: u32,
@@ -939,6 +976,19 @@ fn scenarios() -> Vec<(&'static str, Need, ScenarioFn)> {
             Box::pin(publish_after_shutdown(h))
         }),
         ("reconnect", Need::Reconnect, |h| Box::pin(reconnect(h))),
+        (
+            "batch_acknowledges_per_message",
+            Need::BatchRedelivery,
+            |h| Box::pin(batch_acknowledges_per_message(h)),
+        ),
+        ("batch_keeps_order_per_key", Need::BatchOrder, |h| {
+            Box::pin(batch_keeps_order_per_key(h))
+        }),
+        (
+            "batch_failed_message_in_middle",
+            Need::BatchRedeliveryInOrder,
+            |h| Box::pin(batch_failed_message_in_middle(h)),
+        ),
         (
             "subscribe_refuses_what_it_cannot_honour",
             Need::Nothing,

@@ -18,6 +18,7 @@
 //!
 //! Drivers live in their own crates (`streams-chanbuf`, `streams-kafka`, ...).
 
+mod batch;
 mod codec;
 mod connection;
 mod error;
@@ -34,6 +35,10 @@ mod router;
 mod stream;
 mod window;
 
+pub use batch::{
+    batch_handler, call_batch_handler, typed_batch, Batch, BatchHandler, BatchOutcome, BatchSize,
+    BatchSubscription, TypedBatch, MAX_BATCH_MESSAGES, MAX_BATCH_WAIT,
+};
 pub use codec::{Codec, CodecRegistry, JsonCodec, ProtobufCodec};
 pub use connection::{
     invalid_url, ConnectUrl, Connection, DefaultGroupReader, NoStreamAdmin, StreamAdmin, UrlParams,

@@ -11,7 +11,10 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Offset, TopicPartitionList};
-use streams_core::{CancellationToken, Error, Handler, ReadTask, Reader, Result, Subscription};
+use streams_core::{
+    BatchHandler, BatchSize, BatchSubscription, CancellationToken, Error, Handler, ReadTask,
+    Reader, Result, Subscription,
+};
 use tokio::sync::mpsc;
 
 use crate::client::{first_contact, KafkaContext};
@@ -246,9 +249,10 @@ const FULL_PATIENCE: Duration = Duration::from_millis(500);
 
 type Consumer_ = BaseConsumer<ReaderContext>;
 
-#[async_trait]
-impl Reader for KafkaReader {
-    async fn subscribe(&self, task: ReadTask) -> Result<Subscription> {
+impl KafkaReader {
+    /// Checks the task, creates the consumer, reaches the cluster and joins the topic:
+    /// what `subscribe` and `subscribe_batch` share.
+    async fn attach(&self, task: ReadTask) -> Result<(Attached, ReadTask)> {
         if task.stream.is_empty() {
             return Err(Error::invalid("read task", "stream (topic) is empty"));
         }
@@ -373,12 +377,47 @@ impl Reader for KafkaReader {
             init_offset: if direct { init_offset } else { String::new() },
             direct,
         };
+        Ok((attached, task))
+    }
+}
+
+#[async_trait]
+impl Reader for KafkaReader {
+    async fn subscribe(&self, task: ReadTask) -> Result<Subscription> {
+        let (attached, task) = self.attach(task).await?;
         let reader = self.clone();
         Ok(Subscription::new(
             task.stream.clone(),
-            move |handler, cancel| reader.run(attached, task, handler, cancel),
+            move |handler, cancel| reader.run(attached, task, Consume::Message(handler), cancel),
         ))
     }
+
+    /// Batches natively, per partition: each partition's worker takes up to
+    /// `max_messages` of its queue (what is queued, then what arrives within
+    /// `max_wait`) and hands them over as one batch, so order per key holds. The offset
+    /// stored for the commit passes the batch's successes up to the first failed
+    /// message and never that one: the failed message and those after it in the batch
+    /// are handed over again, in order, after the reader's redelivery backoff (as a
+    /// failed message of a per-message handler is). The task's `concurrency` bounds
+    /// batches handled at once across partitions.
+    async fn subscribe_batch(&self, task: ReadTask, size: BatchSize) -> Result<BatchSubscription> {
+        size.check()?;
+        let (attached, task) = self.attach(task).await?;
+        let reader = self.clone();
+        Ok(BatchSubscription::new(
+            task.stream.clone(),
+            move |handler, cancel| {
+                reader.run(attached, task, Consume::Batch(handler, size), cancel)
+            },
+        ))
+    }
+}
+
+/// What a run hands records to: a message handler or a batch handler.
+#[derive(Clone)]
+enum Consume {
+    Message(Handler),
+    Batch(BatchHandler, BatchSize),
 }
 
 /// What `subscribe` prepared for `run`: a consumer that reached the cluster and joined
@@ -408,7 +447,7 @@ impl KafkaReader {
         self,
         mut attached: Attached,
         task: ReadTask,
-        handler: Handler,
+        handler: Consume,
         cancel: CancellationToken,
     ) -> Result<()> {
         let consumer = attached.consumer.take().expect("consumer attached once");
@@ -475,15 +514,27 @@ impl KafkaReader {
                 _ = cancel.cancelled() => break,
                 // The polling thread stopped on a fatal error.
                 _ = stop.cancelled() => break,
-                Some(w) = spawn_rx.recv() => {
-                    workers.spawn(partition_worker(
-                        shared.clone(),
-                        weak.clone(),
-                        w,
-                        handler.clone(),
-                        stop.clone(),
-                    ));
-                }
+                Some(w) = spawn_rx.recv() => match &handler {
+                    Consume::Message(handler) => {
+                        workers.spawn(partition_worker(
+                            shared.clone(),
+                            weak.clone(),
+                            w,
+                            handler.clone(),
+                            stop.clone(),
+                        ));
+                    }
+                    Consume::Batch(handler, size) => {
+                        workers.spawn(partition_batch_worker(
+                            shared.clone(),
+                            weak.clone(),
+                            w,
+                            handler.clone(),
+                            *size,
+                            stop.clone(),
+                        ));
+                    }
+                },
                 Some(joined) = workers.join_next(), if !workers.is_empty() => {
                     if let Err(e) = joined {
                         tracing::error!(topic = %task.stream, error = %e, "partition worker failed");
@@ -876,6 +927,139 @@ async fn partition_worker(
             }
         }
         store(&shared, &consumer, partition, unstored.take());
+    }
+}
+
+/// The batch counterpart of [`partition_worker`]: collects up to `size` records of the
+/// partition, hands them over as one batch, stores the offset of the successes before
+/// the first failure, and hands the failed record and the ones after it over again
+/// (with more, when more arrived) after a backoff.
+async fn partition_batch_worker(
+    shared: Arc<Shared>,
+    consumer: Weak<Consumer_>,
+    mut worker: Worker,
+    mut handler: BatchHandler,
+    size: BatchSize,
+    stop: CancellationToken,
+) {
+    use std::collections::VecDeque;
+    use tokio::sync::mpsc::error::TryRecvError;
+
+    let partition = worker.partition;
+    let mut owns = None;
+    let mut pending: VecDeque<Work> = VecDeque::new();
+    let mut closed = false;
+    let mut backoff = shared.retry_initial;
+    let mut attempt = 1u32;
+    loop {
+        if pending.is_empty() {
+            if closed {
+                return;
+            }
+            match tokio::select! {
+                biased;
+                _ = stop.cancelled() => None,
+                w = worker.rx.recv() => w,
+            } {
+                Some(works) => pending.extend(works),
+                None => return,
+            }
+        }
+        // Fill the batch: what is queued, then what arrives before the wait ends. A
+        // stop ends the wait, not the batch: what was taken is handed over.
+        let deadline = tokio::time::Instant::now() + size.max_wait();
+        while pending.len() < size.max_messages() && !closed {
+            match worker.rx.try_recv() {
+                Ok(works) => {
+                    pending.extend(works);
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+                Err(TryRecvError::Empty) => {}
+            }
+            if stop.is_cancelled() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                w = worker.rx.recv() => match w {
+                    Some(works) => pending.extend(works),
+                    None => closed = true,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = stop.cancelled() => break,
+            }
+        }
+        let epoch = pending.front().expect("not empty").epoch;
+        if !shared.ownership.owns_cached(partition, epoch, &mut owns) {
+            // Revoked: the new owner reads these from the committed offset.
+            for work in pending.drain(..) {
+                let _ = worker.done.send(Done {
+                    partition,
+                    epoch: work.epoch,
+                });
+            }
+            continue;
+        }
+        let n = pending.len().min(size.max_messages());
+        let messages = pending
+            .iter()
+            .take(n)
+            .map(|w| to_message(&w.record, w.hwm, &shared.origin))
+            .collect();
+        let batch =
+            streams_core::Batch::new(shared.topic.clone(), messages).with_partition(partition);
+        let permit = match &shared.handlers {
+            None => None,
+            Some(slots) => tokio::select! {
+                p = slots.clone().acquire_owned() => p.ok(),
+                // Stopped before the batch was handed over: nothing stored, so the
+                // next reader gets it.
+                _ = stop.cancelled() => return,
+            },
+        };
+        let outcome = streams_core::call_batch_handler(&mut handler, batch).await;
+        drop(permit);
+        let handled = outcome.first_failed().unwrap_or(n);
+        let mut last = None;
+        for work in pending.drain(..handled) {
+            last = Some(work.record.offset());
+            let _ = worker.done.send(Done {
+                partition,
+                epoch: work.epoch,
+            });
+        }
+        if shared.commits && shared.ownership.owns_cached(partition, epoch, &mut owns) {
+            store(&shared, &consumer, partition, last);
+        }
+        if handled == n {
+            backoff = shared.retry_initial;
+            attempt = 1;
+            if stop.is_cancelled() {
+                return;
+            }
+            continue;
+        }
+        let offset = pending.front().map(|w| w.record.offset());
+        // `LoggingLayer` logs failures at the level the user chose.
+        tracing::debug!(
+            topic = %shared.topic, partition, offset, attempt, ?backoff,
+            failed = outcome.failed_count(), error = %outcome.error(handled).expect("first failed"),
+            "batch handler failed a message; delivering it and the ones after it again"
+        );
+        tokio::select! {
+            // Stopped before success: not stored, so delivered again.
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        // Jitter keeps many failing partitions from retrying in lockstep.
+        backoff = (backoff * 2)
+            .min(shared.retry_max)
+            .mul_f64(0.75 + fastrand::f64() * 0.25);
+        attempt += 1;
     }
 }
 

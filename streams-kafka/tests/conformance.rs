@@ -23,6 +23,9 @@ impl Harness for KafkaHarness {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::none()
+            .with_batches(true)
+            // A failed message is retried in place; its key's later messages wait.
+            .with_ordered_redelivery(true)
             .with_redelivery(true)
             .with_persistent(true)
             .with_ordered_per_key(true)

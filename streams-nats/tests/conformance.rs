@@ -19,6 +19,7 @@ impl Harness for NatsHarness {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::none()
+            .with_batches(true)
             .with_redelivery(true)
             .with_persistent(true)
             // Per member: lanes by key. Members of one group pull from one consumer, so

@@ -31,6 +31,7 @@ impl Harness for RedisHarness {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::none()
+            .with_batches(true)
             .with_redelivery(true)
             .with_persistent(true)
             // Per member: lanes by key. The members of a group read from one stream,

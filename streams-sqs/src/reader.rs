@@ -11,7 +11,10 @@ use aws_sdk_sqs::types::{
 };
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use streams_core::{CancellationToken, Handler, Message, ReadTask, Reader, Result, Subscription};
+use streams_core::{
+    BatchHandler, BatchSize, BatchSubscription, CancellationToken, Handler, Message, ReadTask,
+    Reader, Result, Subscription,
+};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -179,6 +182,37 @@ struct Ctx {
 #[async_trait]
 impl Reader for SqsReader {
     async fn subscribe(&self, task: ReadTask) -> Result<Subscription> {
+        let url = self.attach(&task).await?;
+        let reader = self.clone();
+        Ok(Subscription::new(
+            task.stream.clone(),
+            move |handler, cancel| reader.run(task, url, handler, cancel),
+        ))
+    }
+
+    /// Batches natively: a batch is what the receives of one poller return (up to ten
+    /// messages a receive, more receives while the batch has room and `max_wait` has
+    /// not passed). Its successful messages are deleted together (`DeleteMessageBatch`,
+    /// ten per call); its failed ones are made visible again after the redelivery
+    /// backoff, as for a per-message handler, so SQS redelivers exactly those. On a
+    /// FIFO queue a failure also releases the messages of its group that came after it
+    /// in the batch, so order per group holds. The heartbeat covers the whole batch while
+    /// the handler runs. The task's `concurrency` bounds batches handled at once.
+    async fn subscribe_batch(&self, task: ReadTask, size: BatchSize) -> Result<BatchSubscription> {
+        size.check()?;
+        let url = self.attach(&task).await?;
+        let reader = self.clone();
+        Ok(BatchSubscription::new(
+            task.stream.clone(),
+            move |handler, cancel| reader.run_batch(task, url, handler, size, cancel),
+        ))
+    }
+}
+
+impl SqsReader {
+    /// Checks the task and finds the queue: what `subscribe` and `subscribe_batch`
+    /// share.
+    async fn attach(&self, task: &ReadTask) -> Result<String> {
         if task.group.is_some() {
             return Err(streams_core::Error::invalid(
                 "read task",
@@ -189,12 +223,7 @@ impl Reader for SqsReader {
         task.refuse_partitions("SQS")?;
         task.refuse_args("SQS", &[])?;
         // A missing queue or an unreachable endpoint fails here.
-        let url = self.client.queue_url(&task.stream).await?;
-        let reader = self.clone();
-        Ok(Subscription::new(
-            task.stream.clone(),
-            move |handler, cancel| reader.run(task, url, handler, cancel),
-        ))
+        self.client.queue_url(&task.stream).await
     }
 }
 
@@ -259,7 +288,7 @@ async fn poll_loop(
                 Err(_) => break,
             }
         }
-        let receive = receive(&ctx, held.len());
+        let receive = receive(&ctx, held.len(), ctx.opts.wait_time);
         tokio::pin!(receive);
         let (out, stopping) = tokio::select! {
             biased;
@@ -298,14 +327,14 @@ async fn poll_loop(
     result
 }
 
-async fn receive(ctx: &Ctx, max: usize) -> Result<Vec<SqsMessage>> {
+async fn receive(ctx: &Ctx, max: usize, wait: Duration) -> Result<Vec<SqsMessage>> {
     let call = ctx
         .client
         .sdk()
         .receive_message()
         .queue_url(&ctx.url)
         .max_number_of_messages(max as i32)
-        .wait_time_seconds(ctx.opts.wait_time.as_secs() as i32)
+        .wait_time_seconds(wait.as_secs() as i32)
         .visibility_timeout(secs(ctx.opts.visibility_timeout))
         .message_attribute_names("All")
         .message_system_attribute_names(MessageSystemAttributeName::All);
@@ -314,7 +343,7 @@ async fn receive(ctx: &Ctx, max: usize) -> Result<Vec<SqsMessage>> {
     let result = match ctx.client.operation_timeout() {
         Some(limit) => {
             let timeouts = TimeoutConfig::builder()
-                .operation_timeout(limit + ctx.opts.wait_time)
+                .operation_timeout(limit + wait)
                 .build();
             call.customize()
                 .config_override(aws_sdk_sqs::Config::builder().timeout_config(timeouts))
@@ -405,6 +434,235 @@ async fn run_unit(ctx: &Ctx, handler: Handler, unit: Vec<SqsMessage>) {
             change_visibility(ctx, std::iter::once(&m), secs(delay), "redelivery backoff").await;
         }
         return;
+    }
+}
+
+impl SqsReader {
+    async fn run_batch(
+        self,
+        task: ReadTask,
+        url: String,
+        handler: BatchHandler,
+        size: BatchSize,
+        cancel: CancellationToken,
+    ) -> Result<()> {
+        let limit = task.concurrency.unwrap_or(self.opts.concurrency).max(1);
+        let permits = Arc::new(Semaphore::new(limit));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let deleter = tokio::spawn(delete_loop(
+            self.client.clone(),
+            url.clone(),
+            rx,
+            self.opts.pollers.max(2),
+        ));
+        let ctx = Arc::new(Ctx {
+            client: self.client.clone(),
+            fifo: is_fifo(&url),
+            url,
+            stream: task.stream,
+            opts: self.opts.clone(),
+            deletes: tx,
+            received: AtomicBool::new(false),
+        });
+        let stop = cancel.child_token();
+        let loops = (0..self.opts.pollers).map(|_| {
+            batch_poll_loop(
+                ctx.clone(),
+                handler.clone(),
+                size,
+                permits.clone(),
+                stop.clone(),
+            )
+        });
+        let results = futures::future::join_all(loops).await;
+        drop(ctx);
+        if let Err(e) = deleter.await {
+            tracing::error!(error = %e, "sqs delete loop panicked");
+        }
+        results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
+    }
+}
+
+/// The batch counterpart of [`poll_loop`]: one permit per batch; receives until the
+/// batch is full or `max_wait` passed since its first message, then hands it over.
+async fn batch_poll_loop(
+    ctx: Arc<Ctx>,
+    handler: BatchHandler,
+    size: BatchSize,
+    permits: Arc<Semaphore>,
+    stop: CancellationToken,
+) -> Result<()> {
+    let mut units = JoinSet::new();
+    let mut pause = Duration::from_millis(100);
+    let result = 'run: loop {
+        while units.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break Ok(()),
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let mut messages: Vec<SqsMessage> = Vec::new();
+        let mut deadline = None;
+        loop {
+            let room = size.max_messages() - messages.len();
+            // Until the first message, a full long poll; then what is left of the wait.
+            let wait = match deadline {
+                None => ctx.opts.wait_time,
+                Some(d) => {
+                    let now = tokio::time::Instant::now();
+                    if now >= d {
+                        break;
+                    }
+                    (d - now).min(ctx.opts.wait_time)
+                }
+            };
+            let receive = receive(&ctx, room.min(10), wait);
+            tokio::pin!(receive);
+            let (out, stopping) = tokio::select! {
+                biased;
+                out = &mut receive => (out, false),
+                // Let a long poll end (a dropped one hides what it took), then hand
+                // over what the batch holds.
+                _ = stop.cancelled() => (receive.await, true),
+            };
+            match out {
+                Ok(got) => {
+                    ctx.received.store(true, Ordering::Relaxed);
+                    pause = Duration::from_millis(100);
+                    if !got.is_empty() && deadline.is_none() {
+                        deadline = Some(tokio::time::Instant::now() + size.max_wait());
+                    }
+                    messages.extend(got);
+                }
+                Err(e) if e.is_retryable() && ctx.received.load(Ordering::Relaxed) => {
+                    tracing::warn!(stream = %ctx.stream, error = %e, retry_in = ?pause, "sqs receive failed");
+                    if messages.is_empty() && !stopping {
+                        tokio::select! {
+                            _ = stop.cancelled() => break 'run Ok(()),
+                            _ = tokio::time::sleep(pause) => {}
+                        }
+                        pause = (pause * 2).min(Duration::from_secs(20));
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(stream = %ctx.stream, error = %e, "sqs receive failed for good");
+                    stop.cancel();
+                    if !messages.is_empty() {
+                        change_visibility(&ctx, messages.iter(), 0, "release on failure").await;
+                    }
+                    break 'run Err(e);
+                }
+            }
+            if stopping || messages.len() >= size.max_messages() || stop.is_cancelled() {
+                break;
+            }
+            if deadline.is_some() && size.max_wait().is_zero() {
+                break;
+            }
+        }
+        if messages.is_empty() {
+            if stop.is_cancelled() {
+                break Ok(());
+            }
+            continue;
+        }
+        let ctx = ctx.clone();
+        let handler = handler.clone();
+        units.spawn(async move {
+            run_batch_unit(&ctx, handler, messages).await;
+            drop(permit);
+        });
+    };
+    while units.join_next().await.is_some() {}
+    result
+}
+
+/// Hands one batch over and settles each message: deletes the successes, makes the
+/// failures visible again after their backoff (and, on FIFO queues, the messages of a
+/// failed group after the failure, at once).
+async fn run_batch_unit(ctx: &Ctx, mut handler: BatchHandler, received: Vec<SqsMessage>) {
+    let mut decoded = Vec::with_capacity(received.len());
+    let mut handed = Vec::with_capacity(received.len());
+    let mut failed: Vec<&SqsMessage> = Vec::new();
+    for m in &received {
+        match to_message(&ctx.stream, m) {
+            Ok(msg) => {
+                decoded.push(msg);
+                handed.push(m);
+            }
+            Err(reason) => {
+                tracing::error!(stream = %ctx.stream, sqs_message_id = ?m.message_id, %reason, "undecodable sqs message");
+                failed.push(m);
+            }
+        }
+    }
+    let outcome = if decoded.is_empty() {
+        streams_core::BatchOutcome::ok()
+    } else {
+        let batch = streams_core::Batch::new(ctx.stream.clone(), decoded);
+        let call = streams_core::call_batch_handler(&mut handler, batch);
+        tokio::pin!(call);
+        let period = (ctx.opts.visibility_timeout / 2).max(Duration::from_secs(1));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            tokio::select! {
+                o = &mut call => break o,
+                _ = tick.tick(), if ctx.opts.heartbeat => {
+                    change_visibility(ctx, handed.iter().copied(), secs(ctx.opts.visibility_timeout), "heartbeat").await;
+                }
+            }
+        }
+    };
+    let mut release = Vec::new();
+    let mut failed_groups: Vec<String> = Vec::new();
+    for (i, m) in handed.iter().enumerate() {
+        let group = if ctx.fifo {
+            system_attribute(m, MessageSystemAttributeName::MessageGroupId)
+        } else {
+            None
+        };
+        if let Some(error) = outcome.error(i) {
+            tracing::debug!(stream = %ctx.stream, sqs_message_id = ?m.message_id, %error, "batch handler failed a message; it will be redelivered");
+            if let Some(g) = group {
+                if failed_groups.contains(&g) {
+                    release.push(*m);
+                    continue;
+                }
+                failed_groups.push(g);
+            }
+            failed.push(m);
+        } else if group.is_some_and(|g| failed_groups.contains(&g)) {
+            // After a failure of its group: delivered again behind it.
+            release.push(*m);
+        } else if let Some(h) = &m.receipt_handle {
+            let _ = ctx.deletes.send(h.clone());
+        }
+    }
+    if !release.is_empty() {
+        change_visibility(
+            ctx,
+            release.into_iter(),
+            0,
+            "release after a failure in the group",
+        )
+        .await;
+    }
+    if let Some(backoff) = ctx.opts.backoff {
+        // One request per delay: messages received as often share one.
+        let mut by_delay: HashMap<i32, Vec<&SqsMessage>> = HashMap::new();
+        for m in failed {
+            let receives = system_attribute(m, MessageSystemAttributeName::ApproximateReceiveCount)
+                .and_then(|c| c.parse::<u32>().ok())
+                .unwrap_or(1);
+            by_delay
+                .entry(secs(redelivery_delay(backoff, receives)))
+                .or_default()
+                .push(m);
+        }
+        for (delay, messages) in by_delay {
+            change_visibility(ctx, messages.into_iter(), delay, "redelivery backoff").await;
+        }
     }
 }
 

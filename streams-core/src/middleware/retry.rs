@@ -136,8 +136,8 @@ impl<S> Layer<S> for RetryLayer {
 /// [`MESSAGES_RETRIED`](crate::observe::MESSAGES_RETRIED).
 #[derive(Debug, Clone)]
 pub struct Retry<S> {
-    inner: S,
-    policy: RetryPolicy,
+    pub(super) inner: S,
+    pub(super) policy: RetryPolicy,
 }
 
 impl<S> Retry<S> {
