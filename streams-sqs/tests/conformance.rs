@@ -24,6 +24,7 @@ impl Harness for SqsHarness {
         // order, and one queue has one set of consumers.
         Capabilities::none()
             .with_redelivery(true)
+            .with_delayed_redelivery(true)
             .with_persistent(true)
             .with_reconnect(true)
     }

@@ -27,6 +27,7 @@ impl Harness for SqsFifoHarness {
         // So order is promised per reader only.
         Capabilities::none()
             .with_redelivery(true)
+            .with_delayed_redelivery(true)
             .with_persistent(true)
             .with_ordered_per_key(true)
             .with_ordered_across_members(false)
