@@ -20,6 +20,7 @@ impl Harness for NatsHarness {
     fn capabilities(&self) -> Capabilities {
         Capabilities::none()
             .with_redelivery(true)
+            .with_delayed_redelivery(true)
             .with_persistent(true)
             // Per member: lanes by key. Members of one group pull from one consumer, so
             // a key's messages may be handled by two members at once.
