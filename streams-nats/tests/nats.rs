@@ -492,12 +492,11 @@ async fn a_server_restart_loses_nothing_acknowledged_and_skips_nothing() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// When each delivery came, and its delivery count.
+type Seen = Arc<Mutex<Vec<(Instant, Option<u32>)>>>;
+
 /// Fails deliveries before `until` with `delay`, recording each delivery count.
-fn delaying(
-    delay: Duration,
-    until: u32,
-    seen: Arc<Mutex<Vec<(Instant, Option<u32>)>>>,
-) -> streams_core::Handler {
+fn delaying(delay: Duration, until: u32, seen: Seen) -> streams_core::Handler {
     handler(tower::service_fn(move |m: Message| {
         let seen = seen.clone();
         async move {
@@ -512,7 +511,7 @@ fn delaying(
     }))
 }
 
-async fn wait_for(seen: &Mutex<Vec<(Instant, Option<u32>)>>, n: usize, within: Duration) {
+async fn wait_for(seen: &Seen, n: usize, within: Duration) {
     let deadline = Instant::now() + within;
     while seen.lock().unwrap().len() < n && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
