@@ -451,7 +451,7 @@ async fn wait_for(seen: &Seen, n: usize, within: Duration) {
 async fn a_delay_longer_than_the_claim_idle_time_is_kept_and_shutdown_loses_nothing() {
     // Claimed as idle after 300 ms, yet delayed for 2 s: the claim must leave it alone,
     // and a restart in between must bring it back after the delay, not before.
-    let config = RedisConfig::new(&url()).with_claim_idle(Duration::from_millis(300));
+    let config = RedisConfig::new(url()).with_claim_idle(Duration::from_millis(300));
     let c = client(config).await;
     let stream = unique("delay");
     let delay = Duration::from_secs(2);
@@ -497,7 +497,7 @@ async fn a_delay_longer_than_the_claim_idle_time_is_kept_and_shutdown_loses_noth
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zero_delay_comes_back_at_once_and_without_a_group_nothing_comes_back() {
-    let c = client(RedisConfig::new(&url())).await;
+    let c = client(RedisConfig::new(url())).await;
     let stream = unique("delay-zero");
     let seen: Seen = Arc::default();
     let cancel = CancellationToken::new();
