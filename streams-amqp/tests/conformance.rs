@@ -31,6 +31,7 @@ impl Harness for AmqpHarness {
     fn capabilities(&self) -> Capabilities {
         Capabilities::none()
             .with_redelivery(true)
+            .with_delayed_redelivery(true)
             .with_persistent(true)
             // Per member: lanes by key. The members of a group consume one queue.
             .with_ordered_per_key(true)
