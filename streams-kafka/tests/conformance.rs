@@ -24,6 +24,7 @@ impl Harness for KafkaHarness {
     fn capabilities(&self) -> Capabilities {
         Capabilities::none()
             .with_redelivery(true)
+            .with_delayed_redelivery(true)
             .with_persistent(true)
             .with_ordered_per_key(true)
             // A partition has one owner in a group.
