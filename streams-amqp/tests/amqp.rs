@@ -316,6 +316,9 @@ async fn a_held_delivery_frees_its_lane_and_shutdown_gives_it_back() {
         .unwrap();
     wait_for(&seen, 2, Duration::from_secs(10)).await;
     assert_eq!(seen.lock().unwrap().len(), 2, "the lane went on");
+    // Time for the second message's acknowledgement to reach the broker (the handler
+    // records before its delivery is acknowledged).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     // Shutdown with the delivery held for a minute: it goes back to the queue.
     cancel.cancel();
     tokio::time::timeout(Duration::from_secs(10), run)
