@@ -100,3 +100,45 @@ async fn a_delay_holds_its_partition_only_and_no_handler_slot() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_a_delay_is_prompt_and_loses_nothing() {
+    let topic = topic("delay-shutdown", 1).await;
+    let group = unique("delay-shutdown-group");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let h = handler(tower::service_fn(move |m: Message| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(m.delivery_attempt());
+            Err::<(), BoxError>(RetryAfter::new(Duration::from_secs(300), "later").into())
+        }
+    }));
+    let (cancel, join) = start(config(), ReadTask::new(&topic).with_group(&group), h);
+    KafkaWriter::new(&config())
+        .unwrap()
+        .write(vec![Message::new(&topic, "x")])
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("delivered")
+        .unwrap();
+    assert_eq!(first, Some(1));
+    // Five minutes to wait: cancellation does not.
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(30), join)
+        .await
+        .expect("the reader stops without waiting for the delay")
+        .unwrap()
+        .unwrap();
+    // Not committed: the group's next reader gets it.
+    let mut next = run(ReadTask::new(&topic).with_group(&group));
+    let again = next.take(1, Duration::from_secs(60)).await;
+    assert_eq!(
+        again.len(),
+        1,
+        "the delayed record comes back on the next run"
+    );
+    assert_eq!(again[0].data.as_ref(), b"x");
+    next.stop().await;
+}
