@@ -221,3 +221,123 @@ async fn connections_closed_by_the_broker_lose_nothing() {
     run.await.unwrap().unwrap();
     delete_stream(&c, &stream).await.unwrap();
 }
+
+/// When each delivery came, and its delivery attempt.
+type Seen = Arc<Mutex<Vec<(Instant, Option<u32>)>>>;
+
+/// Fails deliveries before `until` with `delay`, recording each.
+fn delaying(delay: Duration, until: u32, seen: Seen) -> streams_core::Handler {
+    handler(tower::service_fn(move |m: Message| {
+        let seen = seen.clone();
+        async move {
+            let n = m.delivery_attempt();
+            seen.lock().unwrap().push((Instant::now(), n));
+            if n.unwrap_or(1) < until {
+                Err::<(), BoxError>(streams_core::RetryAfter::new(delay, "later").into())
+            } else {
+                Ok(())
+            }
+        }
+    }))
+}
+
+async fn wait_for(seen: &Seen, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while seen.lock().unwrap().len() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_over_the_limit_is_refused_and_the_message_comes_back_after_the_backoff() {
+    let c = client().await;
+    let stream = unique("delay-long");
+    create_stream(&c, &stream).await.unwrap();
+    let seen: Seen = Arc::default();
+    let sub = AmqpReader::new(c.clone())
+        .subscribe(ReadTask::new(&stream).with_group("g"))
+        .await
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let too_long = streams_amqp::MAX_DELAY + Duration::from_secs(1);
+    let run = tokio::spawn(sub.run(delaying(too_long, 2, seen.clone()), cancel.clone()));
+    AmqpWriter::new(c.clone())
+        .write(vec![Message::new(&stream, "x")])
+        .await
+        .unwrap();
+    // The client's backoff is 20 ms: back at once rather than in 25 minutes.
+    wait_for(&seen, 2, Duration::from_secs(10)).await;
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        [Some(1), Some(2)]
+    );
+    delete_stream(&c, &stream).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_delivery_frees_its_lane_and_shutdown_gives_it_back() {
+    let c = client().await;
+    let stream = unique("delay-hold");
+    create_stream(&c, &stream).await.unwrap();
+    let task = ReadTask::new(&stream).with_group("g");
+    let seen: Seen = Arc::default();
+    let s = seen.clone();
+    // One lane: the second message is handled while the first is held.
+    let h = handler(tower::service_fn(move |m: Message| {
+        let s = s.clone();
+        async move {
+            s.lock()
+                .unwrap()
+                .push((Instant::now(), m.delivery_attempt()));
+            if m.data.as_ref() == b"slow" {
+                Err::<(), BoxError>(
+                    streams_core::RetryAfter::new(Duration::from_secs(60), "later").into(),
+                )
+            } else {
+                Ok(())
+            }
+        }
+    }));
+    let sub = AmqpReader::new(c.clone())
+        .subscribe(task.clone().with_concurrency(1))
+        .await
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(sub.run(h, cancel.clone()));
+    AmqpWriter::new(c.clone())
+        .write(vec![
+            Message::new(&stream, "slow"),
+            Message::new(&stream, "fast"),
+        ])
+        .await
+        .unwrap();
+    wait_for(&seen, 2, Duration::from_secs(10)).await;
+    assert_eq!(seen.lock().unwrap().len(), 2, "the lane went on");
+    // Time for the second message's acknowledgement to reach the broker (the handler
+    // records before its delivery is acknowledged).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Shutdown with the delivery held for a minute: it goes back to the queue.
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("shutdown does not wait for the delay")
+        .unwrap()
+        .unwrap();
+    let again: Seen = Arc::default();
+    let sub = AmqpReader::new(c.clone()).subscribe(task).await.unwrap();
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(sub.run(delaying(Duration::ZERO, 0, again.clone()), cancel.clone()));
+    wait_for(&again, 1, Duration::from_secs(10)).await;
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    let again = again.lock().unwrap().clone();
+    assert_eq!(
+        again.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        [Some(2)],
+        "the held message comes back on the next run, counted"
+    );
+    delete_stream(&c, &stream).await.unwrap();
+}

@@ -32,6 +32,7 @@ impl Harness for AmqpHarness {
         Capabilities::none()
             .with_batches(true)
             .with_redelivery(true)
+            .with_delayed_redelivery(true)
             .with_persistent(true)
             // Per member: lanes by key. The members of a group consume one queue.
             .with_ordered_per_key(true)

@@ -74,6 +74,10 @@ pub struct Capabilities {
     /// (redelivery in place, as on Kafka and SQS FIFO queues), so order per key holds
     /// across failures too. Checked by `batch_failed_message_in_middle`.
     pub ordered_redelivery: bool,
+    /// A handler error carrying a delay ([`RetryAfter`](streams_core::RetryAfter)) brings
+    /// the message back no sooner than the delay and not much later
+    /// ([`Harness::delay_tolerance`]).
+    pub delayed_redelivery: bool,
 }
 
 impl Capabilities {
@@ -124,6 +128,12 @@ impl Capabilities {
         self
     }
 
+    /// Sets [`delayed_redelivery`](Self::delayed_redelivery).
+    pub fn with_delayed_redelivery(mut self, yes: bool) -> Self {
+        self.delayed_redelivery = yes;
+        self
+    }
+
     /// Sets [`ordered_across_members`](Self::with_ordered_across_members).
     pub fn with_ordered_across_members(mut self, yes: bool) -> Self {
         self.ordered_across_members = yes;
@@ -160,6 +170,12 @@ pub trait Harness: Send + Sync + 'static {
     /// How long a scenario waits for deliveries.
     fn patience(&self) -> Duration {
         Duration::from_secs(30)
+    }
+
+    /// How late past its delay a message asking for one may come back (the
+    /// `delayed_redelivery` scenario); platforms that poll need more. Default 3 s.
+    fn delay_tolerance(&self) -> Duration {
+        Duration::from_secs(3)
     }
 
     /// For the reconnect scenario (when [`Capabilities::reconnect`] is promised): a
@@ -202,6 +218,7 @@ pub(crate) enum Need {
     BatchRedelivery,
     BatchOrder,
     BatchRedeliveryInOrder,
+    DelayedRedelivery,
 }
 
 impl Need {
@@ -227,6 +244,7 @@ impl Need {
                 c.batches && c.redelivery && c.ordered_per_key && c.ordered_redelivery,
                 "batch handlers with redelivery in order per key",
             ),
+            Need::DelayedRedelivery => (c.delayed_redelivery, "redelivery after a chosen delay"),
         };
         (!met).then_some(what)
     }
@@ -641,6 +659,111 @@ pub async fn redelivery_after_failure(h: &dyn Harness) -> ScenarioResult {
     Ok(Outcome::Passed)
 }
 
+/// The delay of the `delayed_redelivery` scenario.
+pub const REDELIVERY_DELAY: Duration = Duration::from_secs(2);
+
+/// A handler that fails with a delay ([`RetryAfter`](streams_core::RetryAfter)) sees
+/// the message again no sooner than the delay and at most
+/// [`Harness::delay_tolerance`] later; a reader that reports the delivery attempt
+/// reports the second one as 2.
+pub async fn delayed_redelivery(h: &dyn Harness) -> ScenarioResult {
+    if let Some(skip) = Need::DelayedRedelivery.skip(h) {
+        return Ok(skip);
+    }
+    let (stream, writer) = setup(h, "delayed").await?;
+    let reader = h.reader().await.map_err(|e| format!("reader: {e}"))?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Message, Instant)>();
+    let ready = Arc::new(tokio::sync::Notify::new());
+    let failed_once = Arc::new(Mutex::new(HashSet::new()));
+    let r = ready.clone();
+    let svc = tower::service_fn(move |m: Message| {
+        let (tx, r, failed_once) = (tx.clone(), r.clone(), failed_once.clone());
+        async move {
+            if m.header(PROBE).is_some() {
+                r.notify_one();
+                return Ok(());
+            }
+            let first = failed_once.lock().expect("lock").insert(m.id.clone());
+            let _ = tx.send((m, Instant::now()));
+            if first {
+                Err::<(), BoxError>(
+                    streams_core::RetryAfter::new(REDELIVERY_DELAY, "conformance: later").into(),
+                )
+            } else {
+                Ok(())
+            }
+        }
+    });
+    let cancel = CancellationToken::new();
+    let subscription = reader
+        .subscribe(h.task(&stream, "delayed"))
+        .await
+        .map_err(|e| format!("subscribe: {e}"))?;
+    let (_, never) = mpsc::unbounded_channel();
+    let sub = Sub {
+        rx: never,
+        ready,
+        cancel: cancel.clone(),
+        join: tokio::spawn(subscription.run(streams_core::handler(svc), cancel)),
+    };
+    sub.wait_ready(writer.as_ref(), &stream, h.patience())
+        .await?;
+    let sent: Vec<Message> = (0..3)
+        .map(|i| Message::new(&stream, format!("{i}")).with_key(format!("k{i}")))
+        .collect();
+    let sent_ids = ids(&sent);
+    writer
+        .write(sent)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut seen: HashMap<String, Vec<(Message, Instant)>> = HashMap::new();
+    let deadline = Instant::now() + h.patience() + REDELIVERY_DELAY + h.delay_tolerance();
+    while sent_ids
+        .iter()
+        .any(|id| seen.get(id).map_or(0, Vec::len) < 2)
+    {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some((m, at))) => seen.entry(m.id.clone()).or_default().push((m, at)),
+            _ => break,
+        }
+    }
+    sub.stop().await?;
+    for id in &sent_ids {
+        let deliveries = seen.get(id).map(Vec::as_slice).unwrap_or_default();
+        ensure(deliveries.len() >= 2, || {
+            format!(
+                "message {id} delivered {} time(s), expected it again after {REDELIVERY_DELAY:?}",
+                deliveries.len()
+            )
+        })?;
+        let (first, failed_at) = &deliveries[0];
+        let (second, back_at) = &deliveries[1];
+        let away = back_at.duration_since(*failed_at);
+        // The handler fails right after the first timestamp, so a message may be back
+        // a hair sooner than the full delay measured from it.
+        ensure(away + Duration::from_millis(50) >= REDELIVERY_DELAY, || {
+            format!(
+                "message {id} came back after {away:?}, before its delay of {REDELIVERY_DELAY:?}"
+            )
+        })?;
+        ensure(away <= REDELIVERY_DELAY + h.delay_tolerance(), || {
+            format!(
+                "message {id} came back after {away:?}, more than {:?} past its delay of {REDELIVERY_DELAY:?}",
+                h.delay_tolerance()
+            )
+        })?;
+        if let Some(n) = first.delivery_attempt() {
+            ensure(second.delivery_attempt() == Some(n + 1), || {
+                format!(
+                    "message {id}: delivery attempt {n} then {:?}",
+                    second.delivery_attempt()
+                )
+            })?;
+        }
+    }
+    Ok(Outcome::Passed)
+}
+
 /// Messages published while a group's reader is closed arrive when it reopens.
 pub async fn resume_after_reopen(h: &dyn Harness) -> ScenarioResult {
     if let Some(skip) = Need::Persistence.skip(h) {
@@ -952,6 +1075,9 @@ fn scenarios() -> Vec<(&'static str, Need, ScenarioFn)> {
         }),
         ("redelivery_after_failure", Need::Redelivery, |h| {
             Box::pin(redelivery_after_failure(h))
+        }),
+        ("delayed_redelivery", Need::DelayedRedelivery, |h| {
+            Box::pin(delayed_redelivery(h))
         }),
         ("resume_after_reopen", Need::Persistence, |h| {
             Box::pin(resume_after_reopen(h))

@@ -44,12 +44,16 @@ pub use connection::{
     invalid_url, ConnectUrl, Connection, DefaultGroupReader, NoStreamAdmin, StreamAdmin, UrlParams,
     URL_ERROR_WHAT,
 };
-pub use error::{is_unrecoverable, BoxError, Error, FailedMessage, Result, Unrecoverable};
+pub use error::{
+    is_unrecoverable, retry_after, BoxError, Error, FailedMessage, Result, RetryAfter,
+    Unrecoverable,
+};
 pub use event::{Event, EventContract, EventRegistry, RegisteredEvent};
 pub use event_bus::EventBus;
 pub use id::{IdFactory, KsuidFactory, UuidFactory};
 pub use message::{
-    Headers, Message, Metadata, CONTENT_TYPE_JSON, CONTENT_TYPE_OCTET_STREAM, CONTENT_TYPE_PROTOBUF,
+    Headers, Message, Metadata, CONTENT_TYPE_JSON, CONTENT_TYPE_OCTET_STREAM,
+    CONTENT_TYPE_PROTOBUF, DELIVERY_ATTEMPT,
 };
 pub use observe::{Observe, ObserveFuture, ObserveLayer, ObservedReader, ObservedWriter};
 pub use outbox::{decode_batch, encode_batch, OutboxStore, Relay, StoredBatch, WakeSource};

@@ -55,6 +55,14 @@ use crate::{KafkaConfig, DRIVER};
 ///
 /// A failed handler call is retried for the same message, with backoff (see
 /// [`KafkaConfig::with_retry_backoff`]); the partition's later records wait behind it.
+/// A handler error that asks for a delay ([`RetryAfter`](streams_core::RetryAfter)) is
+/// retried after that delay instead (zero: at once), holding no handler slot
+/// meanwhile; the partition waits (so its order holds) and the others go on. Handlers
+/// see the attempt as [`Message::delivery_attempt`](streams_core::Message::delivery_attempt)
+/// (1 the first time; counted by this reader, so it starts again at 1 for a record
+/// another member or a restarted reader takes over). On cancellation during a delay the
+/// record is not committed, so the next reader gets it at once: a delay is not
+/// honoured across a restart.
 /// Each partition queues at most [`KafkaConfig::with_queue_depth`]
 /// records for its worker. When a queue is full and its worker makes no room within
 /// half a second (a handler stuck or retrying, not merely busy), the reader pauses that
@@ -1096,7 +1104,10 @@ async fn handle_until_success(
         if !shared.ownership.owns_cached(partition, work.epoch, owns) {
             return false;
         }
-        let message = to_message(&work.record, work.hwm, &shared.origin);
+        let mut message = to_message(&work.record, work.hwm, &shared.origin);
+        message
+            .metadata
+            .insert_i64(streams_core::DELIVERY_ATTEMPT, i64::from(attempt));
         // A handler slot, where the task bounds calls across partitions; not held
         // while backing off.
         let permit = match &shared.handlers {
@@ -1108,25 +1119,32 @@ async fn handle_until_success(
         };
         let result = streams_core::call_handler(handler, message).await;
         drop(permit);
-        match result {
+        let chosen = match result {
             Ok(()) => return true,
             Err(error) => {
+                let chosen = streams_core::retry_after(error.as_ref());
                 // `LoggingLayer` logs failures at the level the user chose.
                 tracing::debug!(
                     topic = %shared.topic, partition, offset = work.record.offset(),
-                    attempt, ?backoff, %error, "handler failed; delivering the message again"
+                    attempt, wait = ?chosen.unwrap_or(backoff), %error,
+                    "handler failed; delivering the message again"
                 );
+                chosen
             }
-        }
+        };
+        // Only this partition waits; when its queue fills meanwhile, the poller pauses
+        // it and seeks back once there is room again.
         tokio::select! {
             _ = stop.cancelled() => return false,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(chosen.unwrap_or(backoff)) => {}
         }
-        // Jitter keeps many failing partitions from retrying in lockstep.
-        backoff = (backoff * 2)
-            .min(shared.retry_max)
-            .mul_f64(0.75 + fastrand::f64() * 0.25);
-        attempt += 1;
+        if chosen.is_none() {
+            // Jitter keeps many failing partitions from retrying in lockstep.
+            backoff = (backoff * 2)
+                .min(shared.retry_max)
+                .mul_f64(0.75 + fastrand::f64() * 0.25);
+        }
+        attempt = attempt.saturating_add(1);
     }
 }
 

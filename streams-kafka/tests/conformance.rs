@@ -27,6 +27,7 @@ impl Harness for KafkaHarness {
             // A failed message is retried in place; its key's later messages wait.
             .with_ordered_redelivery(true)
             .with_redelivery(true)
+            .with_delayed_redelivery(true)
             .with_persistent(true)
             .with_ordered_per_key(true)
             // A partition has one owner in a group.

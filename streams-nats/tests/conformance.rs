@@ -21,6 +21,7 @@ impl Harness for NatsHarness {
         Capabilities::none()
             .with_batches(true)
             .with_redelivery(true)
+            .with_delayed_redelivery(true)
             .with_persistent(true)
             // Per member: lanes by key. Members of one group pull from one consumer, so
             // a key's messages may be handled by two members at once.

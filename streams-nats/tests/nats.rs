@@ -491,3 +491,107 @@ async fn a_server_restart_loses_nothing_acknowledged_and_skips_nothing() {
     server.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// When each delivery came, and its delivery count.
+type Seen = Arc<Mutex<Vec<(Instant, Option<u32>)>>>;
+
+/// Fails deliveries before `until` with `delay`, recording each delivery count.
+fn delaying(delay: Duration, until: u32, seen: Seen) -> streams_core::Handler {
+    handler(tower::service_fn(move |m: Message| {
+        let seen = seen.clone();
+        async move {
+            let n = m.delivery_attempt();
+            seen.lock().unwrap().push((Instant::now(), n));
+            if n.unwrap_or(1) < until {
+                Err::<(), BoxError>(streams_core::RetryAfter::new(delay, "later").into())
+            } else {
+                Ok(())
+            }
+        }
+    }))
+}
+
+async fn wait_for(seen: &Seen, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while seen.lock().unwrap().len() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_chosen_by_the_handler_replaces_the_backoff_and_zero_is_at_once() {
+    // A long backoff that a chosen delay must override.
+    let c = client(
+        NatsConfig::new(&servers())
+            .with_retry_backoff(Duration::from_secs(30), Duration::from_secs(30)),
+    )
+    .await;
+    let stream = unique("nak-zero");
+    create_stream(&c, &stream).await.unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let cancel = CancellationToken::new();
+    let sub = NatsReader::new(c.clone())
+        .subscribe(ReadTask::new(&stream).with_group("g"))
+        .await
+        .unwrap();
+    let run = tokio::spawn(sub.run(delaying(Duration::ZERO, 3, seen.clone()), cancel.clone()));
+    NatsWriter::new(c.clone())
+        .write(vec![Message::new(&stream, "x")])
+        .await
+        .unwrap();
+    wait_for(&seen, 3, Duration::from_secs(10)).await;
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        [Some(1), Some(2), Some(3)]
+    );
+    assert!(seen[2].0 - seen[0].0 < Duration::from_secs(5));
+    delete_stream(&c, &stream).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_while_a_delay_is_pending_loses_nothing() {
+    let c = client(NatsConfig::new(&servers())).await;
+    let stream = unique("nak-shutdown");
+    create_stream(&c, &stream).await.unwrap();
+    let delay = Duration::from_secs(2);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let task = ReadTask::new(&stream).with_group("g");
+    let cancel = CancellationToken::new();
+    let sub = NatsReader::new(c.clone())
+        .subscribe(task.clone())
+        .await
+        .unwrap();
+    let run = tokio::spawn(sub.run(delaying(delay, 2, seen.clone()), cancel.clone()));
+    NatsWriter::new(c.clone())
+        .write(vec![Message::new(&stream, "x")])
+        .await
+        .unwrap();
+    wait_for(&seen, 1, Duration::from_secs(10)).await;
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("shutdown does not wait for the delay")
+        .unwrap()
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let sub = NatsReader::new(c.clone()).subscribe(task).await.unwrap();
+    let run = tokio::spawn(sub.run(delaying(delay, 2, seen.clone()), cancel.clone()));
+    wait_for(&seen, 2, Duration::from_secs(15)).await;
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        [Some(1), Some(2)],
+        "the delayed message comes back on the next run"
+    );
+    assert!(
+        seen[1].0 - seen[0].0 >= delay,
+        "{:?}",
+        seen[1].0 - seen[0].0
+    );
+    delete_stream(&c, &stream).await.unwrap();
+}

@@ -33,6 +33,7 @@ impl Harness for RedisHarness {
         Capabilities::none()
             .with_batches(true)
             .with_redelivery(true)
+            .with_delayed_redelivery(true)
             .with_persistent(true)
             // Per member: lanes by key. The members of a group read from one stream,
             // so a key's entries may be handled by two members at once.

@@ -420,3 +420,121 @@ async fn a_restart_with_append_only_loses_nothing_acknowledged() {
     server.kill().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// When each delivery came, and its delivery attempt.
+type Seen = Arc<Mutex<Vec<(Instant, Option<u32>)>>>;
+
+/// Fails deliveries before `until` with `delay`, recording each.
+fn delaying(delay: Duration, until: u32, seen: Seen) -> streams_core::Handler {
+    handler(tower::service_fn(move |m: Message| {
+        let seen = seen.clone();
+        async move {
+            let n = m.delivery_attempt();
+            seen.lock().unwrap().push((Instant::now(), n));
+            if n.unwrap_or(1) < until {
+                Err::<(), BoxError>(streams_core::RetryAfter::new(delay, "later").into())
+            } else {
+                Ok(())
+            }
+        }
+    }))
+}
+
+async fn wait_for(seen: &Seen, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while seen.lock().unwrap().len() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_longer_than_the_claim_idle_time_is_kept_and_shutdown_loses_nothing() {
+    // Claimed as idle after 300 ms, yet delayed for 2 s: the claim must leave it alone,
+    // and a restart in between must bring it back after the delay, not before.
+    let config = RedisConfig::new(url()).with_claim_idle(Duration::from_millis(300));
+    let c = client(config).await;
+    let stream = unique("delay");
+    let delay = Duration::from_secs(2);
+    let seen: Seen = Arc::default();
+    let task = ReadTask::new(&stream).with_group("g");
+    let cancel = CancellationToken::new();
+    let sub = RedisReader::new(c.clone())
+        .subscribe(task.clone())
+        .await
+        .unwrap();
+    let run = tokio::spawn(sub.run(delaying(delay, 3, seen.clone()), cancel.clone()));
+    RedisWriter::new(c.clone())
+        .write(vec![Message::new(&stream, "x")])
+        .await
+        .unwrap();
+    wait_for(&seen, 1, Duration::from_secs(10)).await;
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("shutdown does not wait for the delay")
+        .unwrap()
+        .unwrap();
+    // Another member meanwhile: it claims idle entries every 150 ms.
+    let cancel = CancellationToken::new();
+    let sub = RedisReader::new(c.clone()).subscribe(task).await.unwrap();
+    let run = tokio::spawn(sub.run(delaying(delay, 3, seen.clone()), cancel.clone()));
+    wait_for(&seen, 3, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        [Some(1), Some(2), Some(3)],
+        "each delivery once, counted"
+    );
+    for w in seen.windows(2) {
+        let away = w[1].0 - w[0].0;
+        assert!(away >= delay, "back after {away:?}");
+        assert!(away < delay + Duration::from_secs(3), "back after {away:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_delay_comes_back_at_once_and_without_a_group_nothing_comes_back() {
+    let c = client(RedisConfig::new(url())).await;
+    let stream = unique("delay-zero");
+    let seen: Seen = Arc::default();
+    let cancel = CancellationToken::new();
+    let sub = RedisReader::new(c.clone())
+        .subscribe(ReadTask::new(&stream).with_group("g"))
+        .await
+        .unwrap();
+    let run = tokio::spawn(sub.run(delaying(Duration::ZERO, 2, seen.clone()), cancel.clone()));
+    // Without a group: no attempt number, so the handler's delay goes nowhere.
+    let plain_seen: Seen = Arc::default();
+    let plain = RedisReader::new(c.clone())
+        .subscribe(ReadTask::new(&stream))
+        .await
+        .unwrap();
+    let plain_run = tokio::spawn(plain.run(
+        delaying(Duration::ZERO, 2, plain_seen.clone()),
+        cancel.clone(),
+    ));
+    RedisWriter::new(c.clone())
+        .write(vec![Message::new(&stream, "x")])
+        .await
+        .unwrap();
+    wait_for(&seen, 2, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    plain_run.await.unwrap().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        [Some(1), Some(2)]
+    );
+    assert!(seen[1].0 - seen[0].0 < Duration::from_secs(3));
+    let plain_seen = plain_seen.lock().unwrap().clone();
+    assert_eq!(
+        plain_seen.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        [None],
+        "without a group, read once and never again"
+    );
+}

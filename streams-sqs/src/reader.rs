@@ -13,7 +13,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use streams_core::{
     BatchHandler, BatchSize, BatchSubscription, CancellationToken, Handler, Message, ReadTask,
-    Reader, Result, Subscription,
+    Reader, Result, Subscription, DELIVERY_ATTEMPT,
 };
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -30,6 +30,14 @@ use crate::wire::{decode, Delivery};
 ///   is made visible again after a backoff growing with its receive count (or, without
 ///   backoff, when its visibility timeout ends), so SQS redelivers it; a redrive policy
 ///   on the queue moves it to a dead-letter queue after enough receives.
+/// - A handler error that asks for a delay ([`RetryAfter`](streams_core::RetryAfter))
+///   sets the message's visibility timeout to that delay (rounded up to whole seconds),
+///   so SQS redelivers it then and no handler slot waits meanwhile. SQS keeps a message
+///   invisible for at most 12 hours from its receive: a longer delay is refused, logged
+///   as an error naming the limit, and the message comes back as after any other
+///   failure. A zero delay makes it visible at once.
+/// - Handlers see the receive count (`ApproximateReceiveCount`) as
+///   [`Message::delivery_attempt`](streams_core::Message::delivery_attempt).
 /// - While a handler runs, a heartbeat extends the message's visibility timeout.
 /// - FIFO queues (queue name ending in `.fifo`): messages of one group are handled one
 ///   at a time in order; when one fails, the group's later messages of the same receive
@@ -408,14 +416,18 @@ fn dispatch(
 }
 
 async fn run_unit(ctx: &Ctx, handler: Handler, unit: Vec<SqsMessage>) {
+    let received = tokio::time::Instant::now();
     let mut pending: VecDeque<SqsMessage> = unit.into();
     while let Some(m) = pending.pop_front() {
-        if handle(ctx, &handler, &m, &pending).await {
-            if let Some(h) = m.receipt_handle {
-                let _ = ctx.deletes.send(h);
+        let chosen = match handle(ctx, &handler, &m, &pending).await {
+            Handled::Done => {
+                if let Some(h) = m.receipt_handle {
+                    let _ = ctx.deletes.send(h);
+                }
+                continue;
             }
-            continue;
-        }
+            Handled::Failed(delay) => delay,
+        };
         // The group's later messages were not handled: release them now. SQS keeps
         // them behind the failed one, which is still in flight.
         change_visibility(
@@ -425,6 +437,23 @@ async fn run_unit(ctx: &Ctx, handler: Handler, unit: Vec<SqsMessage>) {
             "release after a failure in the group",
         )
         .await;
+        if let Some(delay) = chosen {
+            match visibility_for_delay(delay, received.elapsed()) {
+                Ok(seconds) => {
+                    change_visibility(
+                        ctx,
+                        std::iter::once(&m),
+                        seconds,
+                        "delay chosen by the handler",
+                    )
+                    .await;
+                    return;
+                }
+                Err(reason) => {
+                    tracing::error!(stream = %ctx.stream, sqs_message_id = ?m.message_id, %reason, "cannot delay the message as the handler asked; it comes back as after any failure");
+                }
+            }
+        }
         if let Some(backoff) = ctx.opts.backoff {
             let receives =
                 system_attribute(&m, MessageSystemAttributeName::ApproximateReceiveCount)
@@ -666,6 +695,36 @@ async fn run_batch_unit(ctx: &Ctx, mut handler: BatchHandler, received: Vec<SqsM
     }
 }
 
+/// Most SQS keeps a message invisible, counted from its receive.
+const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
+
+/// The visibility timeout that makes a message visible again after `delay`, `held` after
+/// it was received: `delay` rounded up to whole seconds, so the message never comes back
+/// early.
+///
+/// # Errors
+///
+/// When SQS's 12 hours from the receive would be exceeded, a sentence saying so.
+fn visibility_for_delay(delay: Duration, held: Duration) -> std::result::Result<i32, String> {
+    let whole = Duration::from_secs(delay.as_secs() + u64::from(delay.subsec_nanos() > 0));
+    if held.saturating_add(whole) > MAX_VISIBILITY {
+        return Err(format!(
+            "the handler asked for a delay of {delay:?}, but SQS keeps a message invisible at most \
+             12 hours from its receive ({:?} left)",
+            MAX_VISIBILITY.saturating_sub(held)
+        ));
+    }
+    Ok(secs(whole))
+}
+
+/// How a handler left a message.
+enum Handled {
+    /// Acknowledged: delete it.
+    Done,
+    /// Failed; with the delay the handler asked for, if any.
+    Failed(Option<Duration>),
+}
+
 /// `base * 2^(receives - 1)`, at most `max` and at most the SQS limit of 12 hours.
 fn redelivery_delay((base, max): (Duration, Duration), receives: u32) -> Duration {
     let factor = 2u32.saturating_pow(receives.saturating_sub(1).min(30));
@@ -674,19 +733,18 @@ fn redelivery_delay((base, max): (Duration, Duration), receives: u32) -> Duratio
         .min(Duration::from_secs(43_200))
 }
 
-/// Runs the handler on one message, renewing visibility while it runs. Whether the
-/// handler succeeded.
+/// Runs the handler on one message, renewing visibility while it runs.
 async fn handle(
     ctx: &Ctx,
     handler: &Handler,
     m: &SqsMessage,
     waiting: &VecDeque<SqsMessage>,
-) -> bool {
+) -> Handled {
     let msg = match to_message(&ctx.stream, m) {
         Ok(msg) => msg,
         Err(reason) => {
             tracing::error!(stream = %ctx.stream, sqs_message_id = ?m.message_id, %reason, "undecodable sqs message");
-            return false;
+            return Handled::Failed(None);
         }
     };
     let id = msg.id.clone();
@@ -705,11 +763,11 @@ async fn handle(
         }
     };
     match result {
-        Ok(()) => true,
+        Ok(()) => Handled::Done,
         Err(error) => {
             // `LoggingLayer` logs failures at the level the user chose.
             tracing::debug!(stream = %ctx.stream, %id, %error, "handler failed; message will be redelivered");
-            false
+            Handled::Failed(streams_core::retry_after(error.as_ref()))
         }
     }
 }
@@ -735,7 +793,13 @@ fn to_message(stream: &str, m: &SqsMessage) -> std::result::Result<Message, Stri
         sent_millis: system_attribute(m, MessageSystemAttributeName::SentTimestamp)
             .and_then(|t| t.parse().ok()),
     };
-    decode(stream, m.body().unwrap_or_default(), attributes, delivery)
+    let mut msg = decode(stream, m.body().unwrap_or_default(), attributes, delivery)?;
+    if let Some(receives) = system_attribute(m, MessageSystemAttributeName::ApproximateReceiveCount)
+        .and_then(|c| c.parse::<i64>().ok())
+    {
+        msg.metadata.insert_i64(DELIVERY_ATTEMPT, receives);
+    }
+    Ok(msg)
 }
 
 fn system_attribute(m: &SqsMessage, name: MessageSystemAttributeName) -> Option<String> {
@@ -843,6 +907,27 @@ async fn delete_batch(client: &SqsClient, url: &str, batch: Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chosen_delay_rounds_up_and_stays_within_twelve_hours() {
+        let zero = Duration::ZERO;
+        assert_eq!(visibility_for_delay(zero, zero), Ok(0));
+        assert_eq!(visibility_for_delay(Duration::from_millis(1), zero), Ok(1));
+        assert_eq!(
+            visibility_for_delay(Duration::from_millis(2500), zero),
+            Ok(3)
+        );
+        assert_eq!(visibility_for_delay(MAX_VISIBILITY, zero), Ok(43_200));
+        let err = visibility_for_delay(MAX_VISIBILITY + Duration::from_secs(1), zero).unwrap_err();
+        assert!(err.contains("at most 12 hours"), "{err}");
+        // Time already spent on the message counts against the limit.
+        let held = Duration::from_secs(60);
+        assert!(visibility_for_delay(MAX_VISIBILITY - Duration::from_secs(30), held).is_err());
+        assert_eq!(
+            visibility_for_delay(MAX_VISIBILITY - held, held),
+            Ok(43_140)
+        );
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -25,6 +25,7 @@ impl Harness for SqsHarness {
         Capabilities::none()
             .with_batches(true)
             .with_redelivery(true)
+            .with_delayed_redelivery(true)
             .with_persistent(true)
             .with_reconnect(true)
     }

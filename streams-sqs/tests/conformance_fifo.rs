@@ -30,6 +30,7 @@ impl Harness for SqsFifoHarness {
             // A failed message is retried in place; its key's later messages wait.
             .with_ordered_redelivery(true)
             .with_redelivery(true)
+            .with_delayed_redelivery(true)
             .with_persistent(true)
             .with_ordered_per_key(true)
             .with_ordered_across_members(false)

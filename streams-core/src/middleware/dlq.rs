@@ -73,6 +73,9 @@ impl<S> Layer<S> for DeadLetterLayer {
 /// write itself fails, the handler's error is returned so the message is not
 /// acknowledged and nothing is lost. Each message written to the dead-letter stream
 /// counts in [`MESSAGES_DEAD_LETTERED`](crate::observe::MESSAGES_DEAD_LETTERED).
+///
+/// An error that asks for a later delivery ([`RetryAfter`](crate::RetryAfter)) is passed
+/// on, not dead-lettered: the message is still being retried.
 #[derive(Debug, Clone)]
 pub struct DeadLetter<S> {
     pub(super) inner: S,
@@ -115,6 +118,10 @@ where
                 Ok(()) => return Ok(()),
                 Err(e) => e.into(),
             };
+            // The platform delivers it again after the delay: not dead yet.
+            if crate::retry_after(err.as_ref()).is_some() {
+                return Err(err);
+            }
             let source = copy.stream.clone();
             let dead = dead_letter_copy(copy, err.as_ref());
             let id = dead.id.clone();
