@@ -48,14 +48,17 @@ mod client;
 mod config;
 mod connect;
 mod error;
+mod pipeline;
 mod reader;
 mod record;
+mod transaction;
 mod writer;
 
 pub use admin::{create_topic, delete_topic};
 pub use client::KafkaContext;
 pub use config::KafkaConfig;
 pub use connect::{connect, DEFAULT_BROKERS};
+pub use pipeline::KafkaPipeline;
 pub use reader::KafkaReader;
 pub use record::{
     HEADER_CLIENT_ID, HEADER_CONTENT_TYPE, HEADER_CURRENT_OFFSET, HEADER_GROUP_ID,

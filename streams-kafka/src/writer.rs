@@ -14,6 +14,7 @@ use streams_core::{Error, FailedMessage, Message, Result, Writer};
 use crate::client::{first_contact, KafkaContext};
 use crate::error::{code_of, describe, fault, kafka_error, Fault};
 use crate::record::record_headers;
+use crate::transaction::TxProducer;
 use crate::{KafkaConfig, DRIVER};
 
 /// Produces batches to Kafka; implements [`Writer`].
@@ -37,6 +38,23 @@ pub struct KafkaWriter {
     /// Topics a first write found.
     known: Mutex<HashSet<String>>,
     context: KafkaContext,
+    /// Set when the config has a `transactional.id`: each write is one transaction.
+    transactions: Option<Transactions>,
+}
+
+/// A transactional writer's producer and state. A producer has at most one open
+/// transaction, so writes take turns.
+struct Transactions {
+    tx: TxProducer,
+    state: tokio::sync::Mutex<TxState>,
+}
+
+enum TxState {
+    /// `init_transactions` not done yet (it needs the cluster: at the first write).
+    New,
+    Ready,
+    /// The producer is done for (fenced); every write fails with this error's text.
+    Failed(String),
 }
 
 impl KafkaWriter {
@@ -47,6 +65,9 @@ impl KafkaWriter {
     /// A configuration librdkafka rejects.
     pub fn new(config: &KafkaConfig) -> Result<Self> {
         let context = KafkaContext::default();
+        if config.get("transactional.id") == Some("") {
+            return Err(Error::invalid("transactional.id", "is empty"));
+        }
         let producer: FutureProducer<KafkaContext> = config
             .client_config(
                 crate::config::Role::Producer,
@@ -54,7 +75,16 @@ impl KafkaWriter {
             )
             .create_with_context(context.clone())
             .map_err(|e| kafka_error("create producer", None, e))?;
+        let transactions = config.get("transactional.id").map(|id| Transactions {
+            tx: TxProducer {
+                producer: producer.clone(),
+                id: id.to_owned(),
+                config: config.clone(),
+            },
+            state: tokio::sync::Mutex::new(TxState::New),
+        });
         Ok(KafkaWriter {
+            transactions,
             producer: Some(producer),
             closed: AtomicBool::new(false),
             config: config.clone(),
@@ -85,6 +115,77 @@ impl KafkaWriter {
             .unwrap_or_else(|e| e.into_inner())
             .insert(topic.to_owned());
         Ok(())
+    }
+
+    /// One transaction: begin, enqueue every record, wait for their delivery, commit;
+    /// abort when anything fails, so that a batch is written whole or not at all.
+    async fn write_transaction(&self, t: &Transactions, batch: &[Message]) -> Result<()> {
+        let mut state = t.state.lock().await;
+        match &*state {
+            TxState::Failed(detail) => {
+                return Err(crate::error::driver_error("write", None, false, detail))
+            }
+            TxState::New => {
+                t.tx.init().await.map_err(|e| Self::fail(&mut state, e))?;
+                *state = TxState::Ready;
+            }
+            TxState::Ready => {}
+        }
+        t.tx.begin().map_err(|e| Self::fail(&mut state, e))?;
+        let mut deliveries = Vec::with_capacity(batch.len());
+        let mut refused = None;
+        for m in batch {
+            match t.tx.enqueue(m).await {
+                Ok(d) => deliveries.push((m.id.clone(), d)),
+                Err(e) => {
+                    refused = Some((m, e));
+                    break;
+                }
+            }
+        }
+        let failure = match refused {
+            Some((m, e)) => Some((m.id.clone(), e, 1)),
+            None => crate::transaction::delivered(deliveries).await.err(),
+        };
+        if let Some((id, e, n)) = failure {
+            let m = batch.iter().find(|m| m.id == id).expect("a message of the batch");
+            let retryable = crate::error::retryable(&e);
+            let abort = t.tx.abort().await;
+            tracing::warn!(transactional_id = %t.tx.id, failed = n, of = batch.len(), "kafka transaction aborted");
+            let error = crate::error::driver_error(
+                "produce",
+                None,
+                retryable && abort.is_ok(),
+                format!(
+                    "transactional id `{}`: transaction aborted, nothing of the batch written \
+                     ({n} of {} messages failed; message `{}`: {})",
+                    t.tx.id,
+                    batch.len(),
+                    m.id,
+                    self.reason(m, &e)
+                ),
+            );
+            return Err(error);
+        }
+        match t.tx.commit().await {
+            Ok(()) => Ok(()),
+            Err((e, crate::transaction::After::Abort)) => {
+                let _ = t.tx.abort().await;
+                Err(e)
+            }
+            Err((e, crate::transaction::After::Fatal)) => Err(Self::fail(&mut state, e)),
+        }
+    }
+
+    /// Remembers a not retryable transaction error: the producer is done for, and every
+    /// later write fails with the same error.
+    fn fail(state: &mut TxState, e: Error) -> Error {
+        if !e.is_retryable() {
+            if let Error::Driver { operation, source, .. } = &e {
+                *state = TxState::Failed(format!("{operation} failed earlier: {source}"));
+            }
+        }
+        e
     }
 
     /// Why a message failed, for [`FailedMessage::reason`]; sizes for a message too large.
@@ -144,6 +245,9 @@ impl Writer for KafkaWriter {
         };
         for topic in new {
             self.check_topic(topic).await?;
+        }
+        if let Some(t) = &self.transactions {
+            return self.write_transaction(t, &batch).await;
         }
         let deliveries = batch.iter().map(|m| {
             let mut record = FutureRecord::to(&m.stream)
