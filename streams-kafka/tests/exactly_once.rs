@@ -1,0 +1,336 @@
+//! Kafka transactions against a real broker (`STREAMS_KAFKA_BROKERS`): the
+//! transactional writer and the exactly-once pipeline, including a process killed
+//! between producing and committing.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::process::ExitStatusExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use streams_core::{BoxError, CancellationToken, Error, Message, ReadTask, Writer};
+use streams_kafka::{KafkaConfig, KafkaPipeline, KafkaWriter};
+use tokio::sync::mpsc;
+
+const PATIENCE: Duration = Duration::from_secs(90);
+
+/// The header an output carries: the id of the input it was made from.
+const INPUT: &str = "input-id";
+
+/// Child mode of this test binary: runs the pipeline named by the environment and
+/// kills itself (SIGKILL) in the middle of a transaction, after its first outputs were
+/// produced and before the commit. Does nothing in a normal test run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_pipeline() {
+    let Ok(spec) = std::env::var("STREAMS_EOS_CHILD") else {
+        return;
+    };
+    let [input, output, group, id, crash_at]: [&str; 5] = spec
+        .split(',')
+        .collect::<Vec<_>>()
+        .try_into()
+        .expect("input,output,group,id,crash_at");
+    let crash_at: usize = crash_at.parse().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let output = output.to_owned();
+    let transform = tower::service_fn(move |m: Message| {
+        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let output = output.clone();
+        async move {
+            if n == crash_at {
+                // The outputs of this transaction's earlier records are produced (linger
+                // is 5 ms); die before the commit, as a crash or an OOM kill would.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                eprintln!("child: killing myself at transform call {n}");
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &std::process::id().to_string()])
+                    .status();
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, BoxError>(vec![out(&output, &m)])
+        }
+    });
+    let pipeline = KafkaPipeline::new(pipeline_config(id), input, group).with_max_batch(10);
+    pipeline
+        .run(transform, CancellationToken::new())
+        .await
+        .expect("child pipeline");
+}
+
+fn out(topic: &str, input: &Message) -> Message {
+    Message::new(topic, input.data.clone())
+        .with_key(input.key.clone().unwrap_or_default())
+        .with_header(INPUT, input.id.clone())
+}
+
+fn pipeline_config(transactional_id: &str) -> KafkaConfig {
+    config()
+        .with_property("transactional.id", transactional_id)
+        .with_property("max.poll.interval.ms", "10000")
+}
+
+/// Runs the pipeline in a child process until it kills itself at transform call
+/// `crash_at`.
+async fn crash_once(input: &str, output: &str, group: &str, id: &str, crash_at: usize) {
+    let child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_pipeline", "--nocapture", "--test-threads", "1"])
+        .env(
+            "STREAMS_EOS_CHILD",
+            format!("{input},{output},{group},{id},{crash_at}"),
+        )
+        .env("STREAMS_KAFKA_BROKERS", streams_testkit::kafka_brokers())
+        .kill_on_drop(true)
+        .output();
+    let done = tokio::time::timeout(PATIENCE, child)
+        .await
+        .expect("the child reaches its crash point")
+        .expect("run child");
+    assert_eq!(
+        done.status.signal(),
+        Some(9),
+        "the child must die by SIGKILL at call {crash_at}; status {:?}, stderr: {}",
+        done.status,
+        String::from_utf8_lossy(&done.stderr)
+    );
+}
+
+/// Everything a reader with `isolation` sees on partition 0 of `topic` within `quiet`
+/// after the last record (at most [`PATIENCE`]), until `until` records arrived.
+async fn read_all(topic: &str, isolation: &str, until: usize, quiet: Duration) -> Vec<Message> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (cancel, join) = start(
+        config().with_property("isolation.level", isolation),
+        ReadTask::new(topic).with_partition(0),
+        forwarding(tx),
+    );
+    let mut r = Running { rx, cancel, join };
+    let mut got = r.take(until, PATIENCE).await;
+    got.extend(r.rest(quiet).await);
+    r.stop().await;
+    got
+}
+
+/// How many outputs each input id has.
+fn counts(outputs: &[Message]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for m in outputs {
+        let input = m.headers.get(INPUT).expect("output names its input").clone();
+        *counts.entry(input).or_default() += 1;
+    }
+    counts
+}
+
+fn assert_exactly_once(inputs: &[Message], outputs: &[Message]) {
+    let counts = counts(outputs);
+    let missing: Vec<_> = inputs
+        .iter()
+        .filter(|m| !counts.contains_key(&m.id))
+        .map(|m| m.id.as_str())
+        .collect();
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(missing.is_empty(), "inputs without output: {missing:?}");
+    assert!(twice.is_empty(), "inputs with more than one output: {twice:?}");
+    assert_eq!(outputs.len(), inputs.len());
+}
+
+/// Writes each input as its own record batch (tansu cannot fetch from inside one, and
+/// restarts resume at any offset).
+async fn inputs(topic: &str, n: usize) -> Vec<Message> {
+    let writer = KafkaWriter::new(&config()).unwrap();
+    let sent = batch(topic, n, "in");
+    for m in &sent {
+        writer.write(vec![m.clone()]).await.unwrap();
+    }
+    sent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_produce_and_commit_each_input_once() {
+    let input = topic("eos-in", 2).await;
+    let output = topic("eos-out", 1).await;
+    let group = format!("g-{input}");
+    let id = format!("tx-{input}");
+    let sent = inputs(&input, 40).await;
+
+    // Three runs die in the middle of a transaction (the first before any commit);
+    // each restart aborts what the one before left open and resumes from the
+    // offsets committed with the last committed transaction.
+    for crash_at in [6, 14, 9] {
+        crash_once(&input, &output, &group, &id, crash_at).await;
+    }
+    // The last run goes to the end in this process.
+    let stop = CancellationToken::new();
+    let o = output.clone();
+    let transform = tower::service_fn(move |m: Message| {
+        let o = o.clone();
+        async move { Ok::<_, BoxError>(vec![out(&o, &m)]) }
+    });
+    let pipeline = KafkaPipeline::new(pipeline_config(&id), &input, &group).with_max_batch(10);
+    let s = stop.clone();
+    let run = tokio::spawn(async move { pipeline.run(transform, s).await });
+
+    let committed = read_all(&output, "read_committed", sent.len(), Duration::from_secs(5)).await;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("pipeline stops")
+        .unwrap()
+        .expect("pipeline ok");
+    assert_exactly_once(&sent, &committed);
+
+    // The crashes did leave produced records behind: aborted ones, which only a
+    // read_uncommitted reader sees. Without them the test would prove nothing.
+    let everything = read_all(&output, "read_uncommitted", sent.len() + 1, Duration::from_secs(3)).await;
+    assert!(
+        everything.len() > committed.len(),
+        "the killed runs produced records before their commit ({} records in all, {} committed)",
+        everything.len(),
+        committed.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_transform_aborts_and_transforms_again() {
+    let input = topic("eos-fail-in", 1).await;
+    let output = topic("eos-fail-out", 1).await;
+    let sent = inputs(&input, 12).await;
+    let failing = sent[4].id.clone();
+    let attempts: Arc<std::sync::Mutex<HashMap<String, usize>>> = Arc::default();
+    let a = attempts.clone();
+    let o = output.clone();
+    let transform = tower::service_fn(move |m: Message| {
+        let n = {
+            let mut a = a.lock().unwrap();
+            let n = a.entry(m.id.clone()).or_default();
+            *n += 1;
+            *n
+        };
+        let fail = m.id == failing && n <= 2;
+        let o = o.clone();
+        async move {
+            if fail {
+                return Err::<Vec<Message>, BoxError>("not today".into());
+            }
+            Ok(vec![out(&o, &m)])
+        }
+    });
+    let pipeline = KafkaPipeline::new(
+        pipeline_config(&format!("tx-{input}")),
+        &input,
+        format!("g-{input}"),
+    )
+    .with_max_batch(12);
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let run = tokio::spawn(async move { pipeline.run(transform, s).await });
+    let committed = read_all(&output, "read_committed", sent.len(), Duration::from_secs(3)).await;
+    stop.cancel();
+    run.await.unwrap().expect("pipeline ok");
+    assert_exactly_once(&sent, &committed);
+    assert_eq!(attempts.lock().unwrap()[&sent[4].id], 3, "failed twice, then succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_writer_writes_a_batch_whole_or_not_at_all() {
+    let t = topic("eos-writer", 1).await;
+    let writer =
+        KafkaWriter::new(&config().with_property("transactional.id", format!("w-{t}"))).unwrap();
+    let first = batch(&t, 5, "a");
+    writer.write(first.clone()).await.unwrap();
+    // One message the producer refuses: the whole batch is aborted.
+    let mut second = batch(&t, 5, "b");
+    second[2] = Message::new(&t, vec![0u8; 2_000_000]);
+    let e = writer.write(second).await.unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("transaction aborted, nothing of the batch written"), "{text}");
+    assert!(text.contains(&format!("w-{t}")), "{text}");
+    assert!(!e.is_retryable(), "{text}");
+    let third = batch(&t, 5, "c");
+    writer.write(third.clone()).await.unwrap();
+    writer.close().await.unwrap();
+
+    let got = read_all(&t, "read_committed", 10, Duration::from_secs(3)).await;
+    let ids: Vec<_> = got.iter().map(|m| m.id.clone()).collect();
+    let want: Vec<_> = first.iter().chain(&third).map(|m| m.id.clone()).collect();
+    assert_eq!(ids, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_writer_fails_with_an_error_naming_its_id() {
+    let t = topic("eos-fenced", 1).await;
+    let id = format!("fenced-{t}");
+    let config = config().with_property("transactional.id", &id);
+    let old = KafkaWriter::new(&config).unwrap();
+    old.write(batch(&t, 2, "old")).await.unwrap();
+    // A second producer with the same id takes over.
+    let new = KafkaWriter::new(&config).unwrap();
+    new.write(batch(&t, 2, "new")).await.unwrap();
+
+    let started = Instant::now();
+    let e = tokio::time::timeout(Duration::from_secs(60), old.write(batch(&t, 2, "zombie")))
+        .await
+        .expect("a clear error, not a hang")
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(!e.is_retryable(), "{text}");
+    assert!(text.contains(&id), "{text}");
+    assert!(text.to_lowercase().contains("fenced"), "{text}");
+    assert!(!text.contains('\n'));
+    eprintln!("fenced after {:?}: {text}", started.elapsed());
+    // And at once from then on.
+    let e = old.write(batch(&t, 1, "again")).await.unwrap_err();
+    assert!(!e.is_retryable(), "{e}");
+    new.write(batch(&t, 1, "new2")).await.unwrap();
+
+    let got = read_all(&t, "read_committed", 5, Duration::from_secs(3)).await;
+    assert!(
+        got.iter().all(|m| !m.data.starts_with(b"zombie") && !m.data.starts_with(b"again")),
+        "nothing of the fenced writer is visible"
+    );
+    assert_eq!(got.len(), 5);
+}
+
+#[tokio::test]
+async fn pipeline_needs_a_transactional_id() {
+    let e = KafkaPipeline::new(KafkaConfig::new("127.0.0.1:1"), "in", "g")
+        .run(
+            tower::service_fn(|_m: Message| async { Ok::<_, BoxError>(vec![]) }),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Invalid { what: "transactional.id", .. }), "{e}");
+}
+
+#[tokio::test]
+async fn pipeline_without_a_broker_fails_within_its_bound() {
+    let config = KafkaConfig::new("127.0.0.1:1")
+        .with_property("transactional.id", "nobody")
+        .with_connect_timeout(Duration::from_secs(2));
+    let started = Instant::now();
+    let e = KafkaPipeline::new(config, "in", "g")
+        .run(
+            tower::service_fn(|_m: Message| async { Ok::<_, BoxError>(vec![]) }),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(e.is_retryable(), "{e}");
+    assert!(e.to_string().starts_with("kafka: connect failed: no broker answered at 127.0.0.1:1"), "{e}");
+}
+
+#[tokio::test]
+async fn transactional_writer_without_a_broker_fails_within_its_bound() {
+    let config = KafkaConfig::new("127.0.0.1:1")
+        .with_property("transactional.id", "nobody")
+        .with_connect_timeout(Duration::from_secs(2));
+    let writer = KafkaWriter::new(&config).unwrap();
+    let started = Instant::now();
+    let e = writer.write(vec![Message::new("t", "x")]).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(e.to_string().starts_with("kafka: connect failed"), "{e}");
+}
