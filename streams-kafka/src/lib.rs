@@ -2,6 +2,11 @@
 //!
 //! - [`KafkaWriter`] produces a batch and returns once the broker acknowledged every
 //!   record, or says which messages failed. The idempotent producer is on by default.
+//! - With `transactional.id` set, [`KafkaWriter`] writes each batch in one Kafka
+//!   transaction, whole or not at all; [`KafkaPipeline`] is exactly-once
+//!   consume-transform-produce: a transform's outputs and the consumed offsets are
+//!   committed in one transaction, so a `read_committed` consumer of the outputs sees
+//!   each input's outputs once, whatever crashes in between.
 //! - [`KafkaReader`] reads with a consumer group (the task's `group`) or directly from
 //!   one partition and offset. It is at least once: an offset is stored for commit only
 //!   after its handler succeeded; a failed message is handed to the handler again, with

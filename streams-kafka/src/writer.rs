@@ -29,6 +29,36 @@ use crate::{KafkaConfig, DRIVER};
 /// missing or forbidden topic at once. Later writes to the topic go straight to
 /// librdkafka, which reconnects on its own when a broker goes away (a write then waits
 /// up to librdkafka's `message.timeout.ms`).
+///
+/// # Transactions
+///
+/// With librdkafka's `transactional.id` in the config
+/// (`KafkaConfig::with_property("transactional.id", "billing-0")`), each
+/// [`write`](Writer::write) is one Kafka transaction: begin, produce every message, wait
+/// for their delivery, commit. A batch is then written whole or not at all, as a
+/// `read_committed` consumer (`isolation.level=read_committed`) sees it; any failure
+/// aborts the transaction and the error says so (`transaction aborted, nothing of the
+/// batch written`). Writes take turns (a producer has one open transaction at a time).
+/// The first write registers the transactional id with the cluster (fencing an older
+/// producer with the same id), bounded by [`KafkaConfig::with_connect_timeout`]. When
+/// another producer with the same id takes over, this one is fenced: its writes fail
+/// with a not retryable error naming the id, and a new writer must be created. To
+/// commit consumed offsets in the same transaction (consume-transform-produce), use
+/// [`KafkaPipeline`](crate::KafkaPipeline).
+///
+/// ```no_run
+/// # async fn demo() -> streams_core::Result<()> {
+/// use streams_core::{Message, Writer};
+/// use streams_kafka::{KafkaConfig, KafkaWriter};
+///
+/// let config = KafkaConfig::from_env().with_property("transactional.id", "orders-0");
+/// let writer = KafkaWriter::new(&config)?;
+/// // Both or neither.
+/// writer
+///     .write(vec![Message::new("orders", "placed"), Message::new("stock", "reserved")])
+///     .await?;
+/// # Ok(()) }
+/// ```
 pub struct KafkaWriter {
     /// Always `Some` until dropped: dropping a producer blocks (it flushes and joins its
     /// thread), so [`Drop`] moves it to a blocking thread.
@@ -228,6 +258,12 @@ impl Writer for KafkaWriter {
     ///   included) when some were written and some failed for a reason other than
     ///   their own; `retryable` says whether those others may succeed when written
     ///   again.
+    ///
+    /// A transactional writer (see [Transactions](KafkaWriter#transactions)) writes
+    /// nothing of a batch with a failure: a not retryable [`Error::Driver`] when the
+    /// cluster refuses transactions or this producer was fenced, naming the
+    /// transactional id; otherwise an [`Error::Driver`] saying the transaction was
+    /// aborted, naming the first failed message, retryable when every failure may pass.
     async fn write(&self, batch: Vec<Message>) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed("kafka writer"));
