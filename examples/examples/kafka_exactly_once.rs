@@ -14,9 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use streams_core::{
-    handler, BoxError, CancellationToken, Message, ReadTask, Reader, Writer,
-};
+use streams_core::{handler, BoxError, CancellationToken, Message, ReadTask, Reader, Writer};
 use streams_kafka::{create_topic, KafkaConfig, KafkaPipeline, KafkaReader, KafkaWriter};
 use tokio::sync::Notify;
 
@@ -43,13 +41,15 @@ async fn main() -> Result<(), BoxError> {
     create_topic(&config, "orders.invoiced", 1, 1).await?;
 
     // A transactional writer: each write is one transaction, all of it or nothing.
-    let writer = KafkaWriter::new(
-        &config
-            .clone()
-            .with_property("transactional.id", format!("{}-orders", args.transactional_id)),
-    )?;
+    let writer = KafkaWriter::new(&config.clone().with_property(
+        "transactional.id",
+        format!("{}-orders", args.transactional_id),
+    ))?;
     let orders: Vec<Message> = (0..args.count)
-        .map(|i| Message::new("orders.placed", format!("order {i}")).with_key(format!("customer-{}", i % 3)))
+        .map(|i| {
+            Message::new("orders.placed", format!("order {i}"))
+                .with_key(format!("customer-{}", i % 3))
+        })
         .collect();
     writer.write(orders).await?;
     writer.close().await?;
@@ -97,7 +97,11 @@ async fn main() -> Result<(), BoxError> {
     let r = stop.clone();
     let invoices = tokio::spawn(async move {
         reader
-            .read(ReadTask::new("orders.invoiced").with_group("invoice-printer"), print, r)
+            .read(
+                ReadTask::new("orders.invoiced").with_group("invoice-printer"),
+                print,
+                r,
+            )
             .await
     });
     tokio::select! {
@@ -105,8 +109,12 @@ async fn main() -> Result<(), BoxError> {
         _ = tokio::signal::ctrl_c() => {}
     }
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(30), billing).await??.map_err(BoxError::from)?;
-    tokio::time::timeout(Duration::from_secs(30), invoices).await??.map_err(BoxError::from)?;
+    tokio::time::timeout(Duration::from_secs(30), billing)
+        .await??
+        .map_err(BoxError::from)?;
+    tokio::time::timeout(Duration::from_secs(30), invoices)
+        .await??
+        .map_err(BoxError::from)?;
     println!("printed {} invoices", seen.load(Ordering::SeqCst));
     Ok(())
 }

@@ -474,10 +474,9 @@ impl Running {
                 .add_partition_offset(&self.origin.topic, *p, Offset::Offset(*offset))
                 .map_err(|e| kafka_error("send offsets", Some(&self.origin.topic), e))?;
         }
-        let metadata = self
-            .consumer
-            .group_metadata()
-            .ok_or_else(|| driver_error("send offsets", None, true, "no consumer group metadata"))?;
+        let metadata = self.consumer.group_metadata().ok_or_else(|| {
+            driver_error("send offsets", None, true, "no consumer group metadata")
+        })?;
         let timeout = self.tx.config.operation_timeout;
         let sent = self
             .tx

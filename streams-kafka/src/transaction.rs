@@ -56,7 +56,9 @@ impl TxProducer {
     /// and librdkafka's code; not retryable when the producer is done for.
     pub(crate) fn error(&self, operation: &'static str, e: &KafkaError) -> Error {
         let (code, text) = match e {
-            KafkaError::Transaction(t) => (Some(t.code()), format!("{:?} ({})", t.code(), t.string())),
+            KafkaError::Transaction(t) => {
+                (Some(t.code()), format!("{:?} ({})", t.code(), t.string()))
+            }
             e => (e.rdkafka_error_code(), describe(e)),
         };
         let mut detail = format!("transactional id `{}`: {text}", one_line(&self.id));
@@ -73,9 +75,7 @@ impl TxProducer {
     /// the same id and aborting its open transaction), within the connect bound.
     pub(crate) async fn init(&self) -> Result<()> {
         let timeout = self.config.connect_timeout();
-        let r = self
-            .blocking(move |p| p.init_transactions(timeout))
-            .await?;
+        let r = self.blocking(move |p| p.init_transactions(timeout)).await?;
         r.map_err(|e| {
             let code = match &e {
                 KafkaError::Transaction(t) => Some(t.code()),
@@ -141,7 +141,10 @@ impl TxProducer {
 
     /// Enqueues one record of `m` in the open transaction; waits while librdkafka's
     /// local queue is full.
-    pub(crate) async fn enqueue(&self, m: &Message) -> std::result::Result<DeliveryFuture, KafkaError> {
+    pub(crate) async fn enqueue(
+        &self,
+        m: &Message,
+    ) -> std::result::Result<DeliveryFuture, KafkaError> {
         loop {
             let mut record = FutureRecord::to(&m.stream)
                 .payload(&m.data[..])
@@ -199,7 +202,9 @@ mod tests {
             assert_eq!(after(&KafkaError::MessageProduction(code)), After::Fatal);
         }
         assert_eq!(
-            after(&KafkaError::MessageProduction(RDKafkaErrorCode::RequestTimedOut)),
+            after(&KafkaError::MessageProduction(
+                RDKafkaErrorCode::RequestTimedOut
+            )),
             After::Abort
         );
     }
@@ -222,7 +227,10 @@ mod tests {
         );
         assert!(!e.is_retryable());
         let text = e.to_string();
-        assert!(text.starts_with("kafka: commit transaction failed: transactional id `billing-1`: "), "{text}");
+        assert!(
+            text.starts_with("kafka: commit transaction failed: transactional id `billing-1`: "),
+            "{text}"
+        );
         assert!(text.contains("fenced"), "{text}");
         assert!(!text.contains('\n'));
         let e = tx.error(

@@ -178,7 +178,10 @@ impl KafkaWriter {
             None => crate::transaction::delivered(deliveries).await.err(),
         };
         if let Some((id, e, n)) = failure {
-            let m = batch.iter().find(|m| m.id == id).expect("a message of the batch");
+            let m = batch
+                .iter()
+                .find(|m| m.id == id)
+                .expect("a message of the batch");
             let retryable = crate::error::retryable(&e);
             let abort = t.tx.abort().await;
             tracing::warn!(transactional_id = %t.tx.id, failed = n, of = batch.len(), "kafka transaction aborted");
@@ -211,7 +214,10 @@ impl KafkaWriter {
     /// later write fails with the same error.
     fn fail(state: &mut TxState, e: Error) -> Error {
         if !e.is_retryable() {
-            if let Error::Driver { operation, source, .. } = &e {
+            if let Error::Driver {
+                operation, source, ..
+            } = &e
+            {
                 *state = TxState::Failed(format!("{operation} failed earlier: {source}"));
             }
         }

@@ -2,6 +2,8 @@
 //! transactional writer and the exactly-once pipeline, including a process killed
 //! between producing and committing.
 
+#![allow(clippy::print_stderr)]
+
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
@@ -76,7 +78,13 @@ fn pipeline_config(transactional_id: &str) -> KafkaConfig {
 /// `crash_at`.
 async fn crash_once(input: &str, output: &str, group: &str, id: &str, crash_at: usize) {
     let child = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_pipeline", "--nocapture", "--test-threads", "1"])
+        .args([
+            "--exact",
+            "child_pipeline",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
         .env(
             "STREAMS_EOS_CHILD",
             format!("{input},{output},{group},{id},{crash_at}"),
@@ -117,7 +125,11 @@ async fn read_all(topic: &str, isolation: &str, until: usize, quiet: Duration) -
 fn counts(outputs: &[Message]) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for m in outputs {
-        let input = m.headers.get(INPUT).expect("output names its input").clone();
+        let input = m
+            .headers
+            .get(INPUT)
+            .expect("output names its input")
+            .clone();
         *counts.entry(input).or_default() += 1;
     }
     counts
@@ -132,7 +144,10 @@ fn assert_exactly_once(inputs: &[Message], outputs: &[Message]) {
         .collect();
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(missing.is_empty(), "inputs without output: {missing:?}");
-    assert!(twice.is_empty(), "inputs with more than one output: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "inputs with more than one output: {twice:?}"
+    );
     assert_eq!(outputs.len(), inputs.len());
 }
 
@@ -172,7 +187,13 @@ async fn killed_between_produce_and_commit_each_input_once() {
     let s = stop.clone();
     let run = tokio::spawn(async move { pipeline.run(transform, s).await });
 
-    let committed = read_all(&output, "read_committed", sent.len(), Duration::from_secs(5)).await;
+    let committed = read_all(
+        &output,
+        "read_committed",
+        sent.len(),
+        Duration::from_secs(5),
+    )
+    .await;
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(30), run)
         .await
@@ -183,7 +204,13 @@ async fn killed_between_produce_and_commit_each_input_once() {
 
     // The crashes did leave produced records behind: aborted ones, which only a
     // read_uncommitted reader sees. Without them the test would prove nothing.
-    let everything = read_all(&output, "read_uncommitted", sent.len() + 1, Duration::from_secs(3)).await;
+    let everything = read_all(
+        &output,
+        "read_uncommitted",
+        sent.len() + 1,
+        Duration::from_secs(3),
+    )
+    .await;
     assert!(
         everything.len() > committed.len(),
         "the killed runs produced records before their commit ({} records in all, {} committed)",
@@ -226,11 +253,21 @@ async fn failed_transform_aborts_and_transforms_again() {
     let stop = CancellationToken::new();
     let s = stop.clone();
     let run = tokio::spawn(async move { pipeline.run(transform, s).await });
-    let committed = read_all(&output, "read_committed", sent.len(), Duration::from_secs(3)).await;
+    let committed = read_all(
+        &output,
+        "read_committed",
+        sent.len(),
+        Duration::from_secs(3),
+    )
+    .await;
     stop.cancel();
     run.await.unwrap().expect("pipeline ok");
     assert_exactly_once(&sent, &committed);
-    assert_eq!(attempts.lock().unwrap()[&sent[4].id], 3, "failed twice, then succeeded");
+    assert_eq!(
+        attempts.lock().unwrap()[&sent[4].id],
+        3,
+        "failed twice, then succeeded"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,7 +282,10 @@ async fn transactional_writer_writes_a_batch_whole_or_not_at_all() {
     second[2] = Message::new(&t, vec![0u8; 2_000_000]);
     let e = writer.write(second).await.unwrap_err();
     let text = e.to_string();
-    assert!(text.contains("transaction aborted, nothing of the batch written"), "{text}");
+    assert!(
+        text.contains("transaction aborted, nothing of the batch written"),
+        "{text}"
+    );
     assert!(text.contains(&format!("w-{t}")), "{text}");
     assert!(!e.is_retryable(), "{text}");
     let third = batch(&t, 5, "c");
@@ -287,7 +327,8 @@ async fn fenced_writer_fails_with_an_error_naming_its_id() {
 
     let got = read_all(&t, "read_committed", 5, Duration::from_secs(3)).await;
     assert!(
-        got.iter().all(|m| !m.data.starts_with(b"zombie") && !m.data.starts_with(b"again")),
+        got.iter()
+            .all(|m| !m.data.starts_with(b"zombie") && !m.data.starts_with(b"again")),
         "nothing of the fenced writer is visible"
     );
     assert_eq!(got.len(), 5);
@@ -302,7 +343,16 @@ async fn pipeline_needs_a_transactional_id() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(e, Error::Invalid { what: "transactional.id", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::Invalid {
+                what: "transactional.id",
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -318,9 +368,17 @@ async fn pipeline_without_a_broker_fails_within_its_bound() {
         )
         .await
         .unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(e.is_retryable(), "{e}");
-    assert!(e.to_string().starts_with("kafka: connect failed: no broker answered at 127.0.0.1:1"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("kafka: connect failed: no broker answered at 127.0.0.1:1"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -330,7 +388,14 @@ async fn transactional_writer_without_a_broker_fails_within_its_bound() {
         .with_connect_timeout(Duration::from_secs(2));
     let writer = KafkaWriter::new(&config).unwrap();
     let started = Instant::now();
-    let e = writer.write(vec![Message::new("t", "x")]).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    let e = writer
+        .write(vec![Message::new("t", "x")])
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(e.to_string().starts_with("kafka: connect failed"), "{e}");
 }
