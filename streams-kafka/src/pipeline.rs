@@ -488,6 +488,10 @@ impl Running {
                 return Err(error);
             }
             tracing::warn!(%error, "aborting the transaction");
+            if !error.is_retryable() {
+                let _ = self.abort().await;
+                return Err(error);
+            }
             self.abort().await?;
             return Ok(Attempt::Again);
         }
@@ -499,6 +503,11 @@ impl Running {
             Err((e, After::Fatal)) => Err(e),
             Err((error, After::Abort)) => {
                 tracing::warn!(%error, "aborting the transaction");
+                if !error.is_retryable() {
+                    // Refused for good (the broker lacks EndTxn, access denied): say so.
+                    let _ = self.abort().await;
+                    return Err(error);
+                }
                 self.abort().await?;
                 Ok(Attempt::Again)
             }

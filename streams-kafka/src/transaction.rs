@@ -68,7 +68,10 @@ impl TxProducer {
                  this one can no longer write",
             );
         }
-        driver_error(operation, None, after(e) != After::Fatal, detail)
+        // A refusal of the setup (unsupported by the broker, denied) does not pass.
+        let retryable = after(e) != After::Fatal
+            && code.is_none_or(|c| crate::error::fault(c) == crate::error::Fault::Transient);
+        driver_error(operation, None, retryable, detail)
     }
 
     /// Registers the transactional id with the cluster (fencing an older producer with

@@ -156,12 +156,14 @@ impl KafkaWriter {
                 return Err(crate::error::driver_error("write", None, false, detail))
             }
             TxState::New => {
-                t.tx.init().await.map_err(|e| Self::fail(&mut state, e))?;
+                t.tx.init()
+                    .await
+                    .map_err(|e| Self::fail(&mut state, e, false))?;
                 *state = TxState::Ready;
             }
             TxState::Ready => {}
         }
-        t.tx.begin().map_err(|e| Self::fail(&mut state, e))?;
+        t.tx.begin().map_err(|e| Self::fail(&mut state, e, false))?;
         let mut deliveries = Vec::with_capacity(batch.len());
         let mut refused = None;
         for m in batch {
@@ -203,17 +205,20 @@ impl KafkaWriter {
         match t.tx.commit().await {
             Ok(()) => Ok(()),
             Err((e, crate::transaction::After::Abort)) => {
-                let _ = t.tx.abort().await;
+                // A producer that can neither commit nor abort cannot go on.
+                if t.tx.abort().await.is_err() || !e.is_retryable() {
+                    return Err(Self::fail(&mut state, e, true));
+                }
                 Err(e)
             }
-            Err((e, crate::transaction::After::Fatal)) => Err(Self::fail(&mut state, e)),
+            Err((e, crate::transaction::After::Fatal)) => Err(Self::fail(&mut state, e, false)),
         }
     }
 
-    /// Remembers a not retryable transaction error: the producer is done for, and every
-    /// later write fails with the same error.
-    fn fail(state: &mut TxState, e: Error) -> Error {
-        if !e.is_retryable() {
+    /// Remembers a not retryable transaction error (any error when `always`): the
+    /// producer is done for, and every later write fails with the same error.
+    fn fail(state: &mut TxState, e: Error, always: bool) -> Error {
+        if always || !e.is_retryable() {
             if let Error::Driver {
                 operation, source, ..
             } = &e
