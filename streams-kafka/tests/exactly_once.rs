@@ -554,3 +554,61 @@ async fn shared_broker_commits_or_refuses_clearly() {
         }
     }
 }
+
+/// The pipeline on the shared broker: its output commits with the input's offset
+/// (Apache Kafka), or `run` ends within its bound with one line naming the
+/// transactional id and the refusal (tansu 0.6.0: no EndTxn) and nothing is visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_broker_pipeline_commits_or_refuses_clearly() {
+    let input = topic("eos-shared-in", 1).await;
+    let output = topic("eos-shared-out", 1).await;
+    let writer = KafkaWriter::new(&config()).unwrap();
+    let sent = batch(&input, 3, "in");
+    writer.write(sent.clone()).await.unwrap();
+    let id = format!("shared-{input}");
+    let o = output.clone();
+    let transform = tower::service_fn(move |m: Message| {
+        let o = o.clone();
+        async move { Ok::<_, BoxError>(vec![out(&o, &m)]) }
+    });
+    let pipeline = KafkaPipeline::new(pipeline_config(config(), &id), &input, format!("g-{input}"));
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let run = tokio::spawn(async move { pipeline.run(transform, s).await });
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (cancel, join) = start(
+        config().with_property("isolation.level", "read_committed"),
+        ReadTask::new(&output).with_partition(0),
+        forwarding(tx),
+    );
+    let mut r = Running { rx, cancel, join };
+    let mut run = run;
+    let ended = tokio::select! {
+        got = r.take(3, PATIENCE) => {
+            stop.cancel();
+            r.stop().await;
+            run.await.unwrap().expect("pipeline ok");
+            let mut want: Vec<_> = sent.iter().map(|m| m.id.clone()).collect();
+            let mut ids: Vec<_> = got.iter().map(|m| m.headers[INPUT].clone()).collect();
+            want.sort();
+            ids.sort();
+            assert_eq!(ids, want);
+            return;
+        }
+        ended = tokio::time::timeout(Duration::from_secs(60), &mut run) => ended,
+    };
+    let e = ended
+        .expect("the pipeline ends with an error rather than hanging")
+        .unwrap()
+        .unwrap_err();
+    let got = r.rest(Duration::from_secs(3)).await;
+    r.stop().await;
+    let text = e.to_string();
+    eprintln!("the shared broker refused the pipeline's transaction: {text}");
+    assert!(!e.is_retryable(), "{text}");
+    assert!(text.contains(&id), "{text}");
+    assert!(
+        got.is_empty(),
+        "nothing of a refused transaction is visible: {got:?}"
+    );
+}
