@@ -78,6 +78,14 @@ use crate::{KafkaConfig, DRIVER};
 ///
 /// The consumer is not polled while a batch is transformed and retried, so a transform
 /// must succeed (or give up) within `max.poll.interval.ms` (5 minutes by default).
+///
+/// # Brokers
+///
+/// Needs a broker with Kafka transactions (Apache Kafka 0.11 and later). On one without
+/// (tansu 0.6.0 has no EndTxn), `run` ends at the first commit with a not retryable
+/// `kafka: commit transaction failed: transactional id `ID`: UnsupportedFeature
+/// (EndTxnRequest (KIP-98) not supported by broker, ...)`, and nothing of the
+/// transaction is visible to `read_committed` consumers.
 #[derive(Clone)]
 pub struct KafkaPipeline {
     config: KafkaConfig,

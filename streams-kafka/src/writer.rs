@@ -44,7 +44,10 @@ use crate::{KafkaConfig, DRIVER};
 /// another producer with the same id takes over, this one is fenced: its writes fail
 /// with a not retryable error naming the id, and a new writer must be created. To
 /// commit consumed offsets in the same transaction (consume-transform-produce), use
-/// [`KafkaPipeline`](crate::KafkaPipeline).
+/// [`KafkaPipeline`](crate::KafkaPipeline). A broker without transactions (tansu 0.6.0
+/// has no EndTxn) makes the first write fail with a not retryable
+/// `UnsupportedFeature (EndTxnRequest ...)` naming the transactional id, and every
+/// later one at once.
 ///
 /// ```no_run
 /// # async fn demo() -> streams_core::Result<()> {
