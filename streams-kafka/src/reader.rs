@@ -242,7 +242,7 @@ struct PartitionState {
 }
 
 /// The reader's default `fetch.wait.max.ms`.
-const FETCH_WAIT_MAX_MS: &str = "10";
+pub(crate) const FETCH_WAIT_MAX_MS: &str = "10";
 
 /// Records taken from the consumer at most per turn of the polling loop.
 const DRAIN_MAX: usize = 512;
