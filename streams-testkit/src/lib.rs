@@ -327,6 +327,12 @@ impl PrivateService {
         self.container.stop(seconds).await;
     }
 
+    /// Kills the container's processes at once with SIGKILL (a crash: no shutdown runs);
+    /// its data stays.
+    pub async fn kill(&self) {
+        self.container.kill().await;
+    }
+
     /// Starts the stopped container again, on the same port, and waits until the service
     /// says it is ready again.
     ///
@@ -472,10 +478,10 @@ impl PrivateServer {
         }
     }
 
-    /// Kills the server at once (no grace); its data stays.
+    /// Kills the server at once (SIGKILL: a crash, no shutdown runs); its data stays.
     pub async fn kill(&mut self) {
         match &mut self.inner {
-            Inner::Container(c) => c.stop(Duration::ZERO).await,
+            Inner::Container(c) => c.kill().await,
             Inner::Process { child, .. } => {
                 if let Some(mut child) = child.take() {
                     let _ = child.kill();
@@ -485,7 +491,34 @@ impl PrivateServer {
         }
     }
 
-    /// Starts the killed server again on the same port with its data, and waits until it
+    /// Stops the server gracefully (SIGTERM; SIGKILL after `grace`); its data stays.
+    ///
+    /// # Panics
+    ///
+    /// When Docker or `kill -TERM` fails.
+    pub async fn stop(&mut self, grace: Duration) {
+        match &mut self.inner {
+            Inner::Container(c) => c.stop(grace).await,
+            Inner::Process { child, .. } => {
+                if let Some(mut child) = child.take() {
+                    let pid = child.id().to_string();
+                    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+                    let deadline = std::time::Instant::now() + grace;
+                    while matches!(child.try_wait(), Ok(None)) {
+                        if std::time::Instant::now() >= deadline {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts the killed or stopped server again on the same port with its data, and
+    /// waits until it
     /// accepts connections.
     ///
     /// # Panics
@@ -581,6 +614,7 @@ impl Drop for PrivateServer {
 trait Control: Send + Sync {
     fn id(&self) -> &str;
     async fn stop(&self, seconds: i32);
+    async fn kill(&self);
     async fn start(&self);
     async fn pause(&self);
     async fn unpause(&self);
@@ -600,6 +634,23 @@ impl<I: Image> Control for ContainerAsync<I> {
         self.stop_with_timeout(Some(seconds))
             .await
             .unwrap_or_else(|e| panic!("docker stop {id}: {e}"));
+    }
+
+    async fn kill(&self) {
+        let id = self.id().to_owned();
+        let docker = testcontainers::bollard::Docker::connect_with_defaults()
+            .unwrap_or_else(|e| panic!("docker kill {id}: {e}"));
+        docker
+            .kill_container(&id, None)
+            .await
+            .unwrap_or_else(|e| panic!("docker kill {id}: {e}"));
+        // Until Docker has seen the container exit, it cannot be started again.
+        for _ in 0..100 {
+            if !self.is_running().await.unwrap_or(false) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn start(&self) {
