@@ -1,7 +1,13 @@
 //! Helpers shared by the integration tests: database handles, unique tables and a
 //! recording destination.
 
-#![allow(dead_code, unreachable_pub, missing_docs, unused_macros, unused_imports)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    unused_macros,
+    unused_imports
+)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
