@@ -1,4 +1,6 @@
-//! RabbitMQ against the running broker: what the conformance suite does not cover.
+//! RabbitMQ against the suite's broker (streams-testkit: a container of this test binary,
+//! or the native one): what the conformance suite does not cover. The restart and
+//! partition tests are in faults.rs.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -10,11 +12,11 @@ use streams_amqp::{
 use streams_core::{
     handler, BoxError, CancellationToken, Error, Message, ReadTask, Reader, Writer,
 };
+use streams_testkit::Service;
 use tokio::sync::mpsc;
 
 fn url() -> String {
-    std::env::var("STREAMS_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    streams_testkit::amqp_url()
 }
 
 fn unique(prefix: &str) -> String {
@@ -22,8 +24,12 @@ fn unique(prefix: &str) -> String {
 }
 
 async fn client() -> AmqpClient {
+    client_of(url()).await
+}
+
+async fn client_of(url: String) -> AmqpClient {
     AmqpClient::connect(
-        AmqpConfig::new(url())
+        AmqpConfig::new(url)
             .with_retry_backoff(Duration::from_millis(20), Duration::from_millis(100))
             .with_operation_timeout(Duration::from_secs(5)),
     )
@@ -58,7 +64,9 @@ async fn nothing_listening_fails_within_the_connect_timeout() {
     );
     assert!(!line.contains("guest:guest"), "{line}");
     // Refused credentials are not retryable.
-    let err = AmqpClient::connect(AmqpConfig::new("amqp://guest:wrong@127.0.0.1:5672/%2f"))
+    let wrong = url().replacen("guest:guest@", "guest:wrong@", 1);
+    assert_ne!(wrong, url(), "the suite's broker takes guest:guest");
+    let err = AmqpClient::connect(AmqpConfig::new(wrong))
         .await
         .unwrap_err();
     assert!(!err.is_retryable(), "{err}");
@@ -137,10 +145,20 @@ async fn a_failed_message_comes_back_with_the_quorum_delivery_count() {
 }
 
 /// The broker closes every client connection (`rabbitmqctl close_all_connections`)
-/// while messages are written and read: nothing is lost.
+/// while messages are written and read: nothing is lost. The broker is a container of the
+/// test's own in container mode (rabbitmqctl runs in it), else the native one (rabbitmqctl
+/// from the PATH).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_closed_by_the_broker_lose_nothing() {
-    let c = client().await;
+    let own = if streams_testkit::containers_enabled() {
+        Some(streams_testkit::PrivateService::start(Service::RabbitMq, &[], &[]).await)
+    } else {
+        None
+    };
+    let c = match &own {
+        Some(broker) => client_of(broker.address()).await,
+        None => client().await,
+    };
     let stream = unique("closed");
     create_stream(&c, &stream).await.unwrap();
     let handled = Arc::new(Mutex::new(HashSet::new()));
@@ -162,17 +180,23 @@ async fn connections_closed_by_the_broker_lose_nothing() {
     let mut errors = 0;
     for round in 0..30 {
         if round == 10 {
-            let out = tokio::process::Command::new("rabbitmqctl")
-                .args(["close_all_connections", "streams fault test"])
-                .output()
-                .await
-                .expect("rabbitmqctl on the PATH");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let said = String::from_utf8_lossy(&out.stdout).into_owned();
+            let command = ["rabbitmqctl", "close_all_connections", "streams fault test"];
+            let said = match &own {
+                Some(broker) => broker.exec(&command).await.expect("rabbitmqctl"),
+                None => {
+                    let out = tokio::process::Command::new(command[0])
+                        .args(&command[1..])
+                        .output()
+                        .await
+                        .expect("rabbitmqctl on the PATH");
+                    assert!(
+                        out.status.success(),
+                        "{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    String::from_utf8_lossy(&out.stdout).into_owned()
+                }
+            };
             let closed: usize = said
                 .split("Closed ")
                 .nth(1)

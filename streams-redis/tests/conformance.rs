@@ -12,7 +12,7 @@ struct RedisHarness {
 }
 
 fn server() -> String {
-    std::env::var("STREAMS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    streams_testkit::redis_url()
 }
 
 /// Quick claims, so a failed handler's entry comes back within the scenarios' patience.
@@ -85,7 +85,7 @@ async fn harness() -> RedisHarness {
     RedisHarness {
         client: RedisClient::connect(config(server()))
             .await
-            .expect("Redis on STREAMS_REDIS_URL (default redis://127.0.0.1:6379)"),
+            .expect("Redis (streams-testkit: STREAMS_REDIS_URL, a container, or 127.0.0.1:6379)"),
     }
 }
 

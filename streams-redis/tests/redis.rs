@@ -1,5 +1,6 @@
-//! Redis Streams against the running server (and a private one for the restart): what
-//! the conformance suite does not cover.
+//! Redis Streams against the suite's server (streams-testkit: a container of this test
+//! binary, or the native one): what the conformance suite does not cover. The fault tests
+//! are in faults.rs.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,7 +12,7 @@ use streams_redis::{RedisClient, RedisConfig, RedisReader, RedisWriter, HEADER_D
 use tokio::sync::mpsc;
 
 fn url() -> String {
-    std::env::var("STREAMS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    streams_testkit::redis_url()
 }
 
 fn unique(prefix: &str) -> String {
@@ -310,115 +311,6 @@ async fn a_long_handler_keeps_its_entry() {
         .query_async(&mut c.connection())
         .await
         .unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_with_append_only_loses_nothing_acknowledged() {
-    let bin = std::env::var("STREAMS_REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
-    let port = free_port();
-    let dir = std::env::temp_dir().join(unique("redis-restart"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let start = || {
-        tokio::process::Command::new(&bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server on the PATH (or STREAMS_REDIS_SERVER_BIN)")
-    };
-    let wait = || async {
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("redis-server did not listen on {port}");
-    };
-    let mut server = start();
-    wait().await;
-    let c = client(
-        RedisConfig::new(format!("redis://127.0.0.1:{port}"))
-            .with_response_timeout(Duration::from_secs(1))
-            .with_connect_timeout(Duration::from_secs(1))
-            .with_claim_idle(Duration::from_secs(1))
-            .with_block(Duration::from_millis(200)),
-    )
-    .await;
-    let stream = unique("restart");
-    let handled = Arc::new(Mutex::new(HashSet::new()));
-    let hd = handled.clone();
-    let h = handler(tower::service_fn(move |m: Message| {
-        hd.lock().unwrap().insert(m.id);
-        std::future::ready(Ok::<_, BoxError>(()))
-    }));
-    let cancel = CancellationToken::new();
-    let sub = RedisReader::new(c.clone())
-        .subscribe(ReadTask::new(&stream).with_group("g"))
-        .await
-        .unwrap();
-    let run = tokio::spawn(sub.run(h, cancel.clone()));
-    let writer = RedisWriter::new(c.clone());
-    let mut acknowledged = Vec::new();
-    let mut errors = 0;
-    for round in 0..40 {
-        if round == 10 {
-            server.kill().await.unwrap();
-        }
-        if round == 20 {
-            server = start();
-            wait().await;
-        }
-        let batch: Vec<_> = (0..10)
-            .map(|i| Message::new(&stream, format!("{round}-{i}")))
-            .collect();
-        match writer.write(batch.clone()).await {
-            Ok(()) => acknowledged.extend(batch.into_iter().map(|m| m.id)),
-            Err(e) => {
-                assert!(
-                    e.is_retryable(),
-                    "an error during the restart is retryable: {e}"
-                );
-                assert!(!e.to_string().contains('\n'), "{e}");
-                errors += 1;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(errors > 0, "the outage was noticed");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let missing = acknowledged
-            .iter()
-            .filter(|id| !handled.lock().unwrap().contains(*id))
-            .count();
-        if missing == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} acknowledged entries never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        !run.is_finished(),
-        "the reader kept running through the restart"
-    );
-    cancel.cancel();
-    run.await.unwrap().unwrap();
-    server.kill().await.unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// When each delivery came, and its delivery attempt.

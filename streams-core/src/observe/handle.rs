@@ -374,8 +374,9 @@ impl<R: Reader> Reader for ObservedReader<R> {
 
 /// For batch handlers: one `streams.handle` span per batch (with
 /// `messaging.batch.message_count`), and the metrics per message: each acknowledged
-/// message counts in [`MESSAGES_HANDLED`], each failed one in [`MESSAGES_FAILED`], and
-/// [`HANDLER_DURATION`] records the batch's time once per message. A call that never
+/// message counts in [`MESSAGES_HANDLED`](super::MESSAGES_HANDLED), each failed one in
+/// [`MESSAGES_FAILED`](super::MESSAGES_FAILED), and
+/// [`HANDLER_DURATION`](super::HANDLER_DURATION) records the batch's time once per message. A call that never
 /// answers counts every message as failed.
 impl<S> Service<Batch> for Observe<S>
 where
