@@ -2,6 +2,9 @@
 # Starts PostgreSQL, creates POSTGRES_DB when missing, then prints the line the official
 # image prints on stdout once it accepts connections.
 set -eu
+# A container starts with no server running: lock files left by a killed one are stale,
+# and one naming a PID that is now another process would stop the server from starting.
+rm -f "$PGDATA/postmaster.pid" /tmp/.s.PGSQL.5432.lock
 postgres -D "$PGDATA" -k /tmp &
 pid=$!
 trap 'kill -INT "$pid"' INT TERM

@@ -344,13 +344,22 @@ impl PrivateService {
         let before = self.container.logs().await.matches(line).count();
         self.container.start().await;
         let deadline = std::time::Instant::now() + STARTUP;
-        while self.container.logs().await.matches(line).count() <= before {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{:?} container {} restarted but did not log {line:?} within {STARTUP:?}",
-                self.service,
-                self.id()
-            );
+        loop {
+            let logs = self.container.logs().await;
+            if logs.matches(line).count() > before {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                let tail: Vec<&str> = logs.lines().rev().take(20).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "{:?} container {} restarted but did not log {line:?} within {STARTUP:?}; \
+                     its last log lines:\n{}",
+                    self.service,
+                    self.id(),
+                    tail.join("\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
