@@ -379,13 +379,20 @@ impl Writer for MemoryBus {
                 tracing::trace!(stream = %msg.stream, id = %msg.id, "no subscriber");
                 continue;
             };
+            // A lane with room takes the message at once, without the future of a
+            // waiting send (a message is large, and that future would copy it twice
+            // more). A closed lane means the group left (its messages are no one's) or
+            // the bus closed, which `check_open` reports below.
             for g in rest {
-                let m = msg.clone();
-                let _ = g.lane(m.key.as_deref()).send(m).await;
+                let lane = g.lane(msg.key.as_deref());
+                if let Err(TrySendError::Full(m)) = lane.try_send(msg.clone()) {
+                    let _ = lane.send(m).await;
+                }
             }
-            // A closed lane means the group left (its messages are no one's) or the
-            // bus closed, which `check_open` reports below.
-            let _ = last.lane(msg.key.as_deref()).send(msg).await;
+            let lane = last.lane(msg.key.as_deref());
+            if let Err(TrySendError::Full(msg)) = lane.try_send(msg) {
+                let _ = lane.send(msg).await;
+            }
         }
         self.check_open()
     }
@@ -485,6 +492,16 @@ async fn join_all(workers: &mut tokio::task::JoinSet<()>, stream: &str) {
     }
 }
 
+/// Hands a message to the handler. Not an `async fn` of its own: each future around
+/// the call would hold (and copy) the message once more.
+macro_rules! handle {
+    ($stream:expr, $handler:expr, $msg:expr) => {
+        if let Err(error) = call_handler($handler, $msg).await {
+            failed($stream, &error);
+        }
+    };
+}
+
 /// Serves one lane of a group for one member: takes the lane's turn, handles a message
 /// (and those already waiting behind it, a burst at most), gives the turn back.
 async fn lane_worker(
@@ -518,7 +535,7 @@ async fn lane_worker(
             },
             _ = stop.cancelled() => return,
         };
-        handle(&stream, &mut handler, msg).await;
+        handle!(&stream, &mut handler, msg);
         // While it has the turn, the member also takes what is already waiting (a burst
         // at most), so that a lone member does not pay for the turn per message.
         for _ in 1..BURST {
@@ -526,7 +543,7 @@ async fn lane_worker(
                 break;
             }
             match rx.try_recv() {
-                Ok(msg) => handle(&stream, &mut handler, msg).await,
+                Ok(msg) => handle!(&stream, &mut handler, msg),
                 Err(_) => break,
             }
         }
@@ -538,12 +555,10 @@ async fn lane_worker(
 /// Most messages a member handles from a lane before giving the other members a turn.
 const BURST: usize = 32;
 
-async fn handle(stream: &str, handler: &mut Handler, msg: Message) {
-    if let Err(error) = call_handler(handler, msg).await {
-        // `LoggingLayer` logs failures at the level the user chose; this is the bus's
-        // own account of them.
-        tracing::debug!(%stream, %error, "handler failed; the in-process bus does not redeliver");
-    }
+/// The bus's own account of a failed handler call; `LoggingLayer` logs failures at the
+/// level the user chose.
+fn failed(stream: &str, error: &streams_core::BoxError) {
+    tracing::debug!(%stream, %error, "handler failed; the in-process bus does not redeliver");
 }
 
 impl fmt::Debug for MemoryBus {

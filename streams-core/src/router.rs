@@ -10,9 +10,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    handler, BoxError, Error, Event, EventRegistry, Handler, Message, ReadTask, Reader, Result,
-    Unrecoverable,
+    BoxError, Error, Event, EventRegistry, Message, ReadTask, Reader, Result, Unrecoverable,
 };
+
+/// Runs a subscribed handler on its subscription.
+type Run = Box<
+    dyn FnOnce(crate::Subscription, CancellationToken) -> BoxFuture<'static, Result<()>>
+        + Send
+        + Sync,
+>;
 
 /// The router: routes each stream of a [`Reader`] to its handler. Subscribe (a read
 /// task and a handler), [`start`](Self::start), then [`shutdown`](Self::shutdown).
@@ -22,7 +28,7 @@ use crate::{
 pub struct Router {
     reader: Arc<dyn Reader>,
     registry: Arc<EventRegistry>,
-    pending: Vec<(ReadTask, Handler)>,
+    pending: Vec<(ReadTask, Run)>,
     running: JoinSet<(String, Result<()>)>,
     cancel: CancellationToken,
     failed: Vec<(String, Error)>,
@@ -49,7 +55,12 @@ impl Router {
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
     {
-        self.pending.push((task, handler(service)));
+        // The service stays unboxed until its subscription is known, so that an
+        // observing reader wraps it before it is boxed, once (see `Subscription`).
+        let run: Run = Box::new(move |subscription, cancel| {
+            Box::pin(subscription.run_service(service, cancel))
+        });
+        self.pending.push((task, run));
         self
     }
 
@@ -113,22 +124,22 @@ impl Router {
     /// reader's error.
     pub async fn start(&mut self) -> Result<()> {
         let mut attached = Vec::with_capacity(self.pending.len());
-        for (task, handler) in std::mem::take(&mut self.pending) {
+        for (task, run) in std::mem::take(&mut self.pending) {
             let stream = task.stream.clone();
             match self.reader.subscribe(task).await {
-                Ok(subscription) => attached.push((subscription, handler)),
+                Ok(subscription) => attached.push((subscription, run)),
                 Err(e) => {
                     tracing::error!(stream = %stream, error = %e, "cannot subscribe");
                     return Err(Error::Readers(vec![(stream, e)]));
                 }
             }
         }
-        for (subscription, handler) in attached {
+        for (subscription, run) in attached {
             let cancel = self.cancel.child_token();
             let stream = subscription.stream().to_owned();
             self.running.spawn(async move {
                 tracing::debug!(stream = %stream, "reader started");
-                let result = subscription.run(handler, cancel).await;
+                let result = run(subscription, cancel).await;
                 if let Err(e) = &result {
                     tracing::error!(stream = %stream, error = %e, "reader failed");
                 }
