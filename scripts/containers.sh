@@ -57,7 +57,10 @@ compose_services_use() {
   for spec in "kafka 9092 STREAMS_KAFKA_BROKERS 127.0.0.1:%s Kafka.Server.started" \
     "localstack 4566 STREAMS_AWS_ENDPOINT http://127.0.0.1:%s Ready\\." \
     "postgres 5432 STREAMS_POSTGRES_URL postgres://postgres@127.0.0.1:%s/test ready.to.accept.connections" \
-    "mariadb 3306 STREAMS_MYSQL_URL mysql://root@127.0.0.1:%s/test ready.for.connections"; do
+    "mariadb 3306 STREAMS_MYSQL_URL mysql://root@127.0.0.1:%s/test ready.for.connections" \
+    "nats 4222 STREAMS_NATS_SERVERS 127.0.0.1:%s Server.is.ready" \
+    "redis 6379 STREAMS_REDIS_URL redis://127.0.0.1:%s Ready.to.accept.connections" \
+    "rabbitmq 5672 STREAMS_AMQP_URL amqp://guest:guest@127.0.0.1:%s/%%2f Server.startup.complete"; do
     read -r service port var fmt pattern <<<"$spec"
     [ -z "${!var:-}" ] || continue
     id=$(docker ps -q --filter label=com.docker.compose.project=streams \
@@ -91,7 +94,7 @@ containers_start() {
   compose_services_use
   export STREAMS_CONTAINERS=1
   export STREAMS_TEST_SESSION="streams-test-$$"
-  echo "containers: each test binary starts its own (images: $STREAMS_IMAGE_KAFKA $STREAMS_IMAGE_AWS $STREAMS_IMAGE_POSTGRES $STREAMS_IMAGE_MARIADB)"
+  echo "containers: each test binary starts its own (images: $STREAMS_IMAGE_KAFKA $STREAMS_IMAGE_AWS $STREAMS_IMAGE_POSTGRES $STREAMS_IMAGE_MARIADB $STREAMS_IMAGE_NATS $STREAMS_IMAGE_REDIS $STREAMS_IMAGE_RABBITMQ)"
 }
 
 # Removes what the tests left (they remove their containers themselves; this covers a

@@ -10,6 +10,9 @@
 #   mariadb   base + Debian's mariadb-server (images/mariadb)
 #   kafka     base + the tansu binary scripts/test.sh installs (images/kafka)
 #   aws       base + moto[server] from PyPI (images/aws)
+#   nats      FROM scratch: the machine's nats-server with the libraries ldd lists (images/nats)
+#   redis     base + Debian's redis-server (images/redis)
+#   rabbitmq  base + Debian's rabbitmq-server (images/rabbitmq)
 #
 # A variable already set (STREAMS_IMAGE_POSTGRES=postgres:16, ...; names in
 # images/images.env) is printed as is and its image is not built: with a registry, use
@@ -92,6 +95,24 @@ moto_wheels() {
   echo "$dir"
 }
 
+# The nats image's root: the machine's nats-server (as scripts/services.d/nats.sh finds
+# it) and every library `ldd` lists, at their paths. Rebuilt each run (a few MB); its
+# contents count in the image's hash, so a new nats-server builds a new image.
+nats_rootfs() {
+  # shellcheck source=scripts/services.d/nats.sh
+  source scripts/services.d/nats.sh
+  local bin dir="$STREAMS_TOOLS/nats-rootfs" lib
+  bin=$(nats_server_bin) || return 1
+  rm -rf "$dir"
+  mkdir -p "$dir/usr/local/bin"
+  cp -L "$bin" "$dir/usr/local/bin/nats-server"
+  for lib in $(ldd "$bin" | grep -oE '/[^ ]+'); do
+    mkdir -p "$dir$(dirname "$lib")"
+    cp -L "$lib" "$dir$lib"
+  done
+  echo "$dir"
+}
+
 # One service image from images/<name>/ on the base; NAME=PATH arguments copy a file or
 # folder into the build context as NAME (its contents count in the hash).
 build_service() {
@@ -132,6 +153,13 @@ main() {
   if [ -z "${STREAMS_IMAGE_POSTGRES:-}" ]; then need_base; STREAMS_IMAGE_POSTGRES=$(build_service postgres "$base"); fi
   if [ -z "${STREAMS_IMAGE_MARIADB:-}" ]; then need_base; STREAMS_IMAGE_MARIADB=$(build_service mariadb "$base"); fi
   if [ -z "${STREAMS_IMAGE_AWS:-}" ]; then need_base; STREAMS_IMAGE_AWS=$(build_service aws "$base" "wheels=$(moto_wheels)"); fi
+  if [ -z "${STREAMS_IMAGE_NATS:-}" ]; then
+    local rootfs
+    rootfs=$(nats_rootfs)
+    STREAMS_IMAGE_NATS=$(build_service nats scratch "rootfs=$rootfs")
+  fi
+  if [ -z "${STREAMS_IMAGE_REDIS:-}" ]; then need_base; STREAMS_IMAGE_REDIS=$(build_service redis "$base"); fi
+  if [ -z "${STREAMS_IMAGE_RABBITMQ:-}" ]; then need_base; STREAMS_IMAGE_RABBITMQ=$(build_service rabbitmq "$base"); fi
   if [ -z "${STREAMS_IMAGE_KAFKA:-}" ]; then
     need_base
     # shellcheck source=scripts/services.d/kafka.sh
@@ -140,7 +168,8 @@ main() {
   fi
   log "images ready in $((SECONDS - start))s"
   local v
-  for v in STREAMS_IMAGE_KAFKA STREAMS_IMAGE_AWS STREAMS_IMAGE_POSTGRES STREAMS_IMAGE_MARIADB; do
+  for v in STREAMS_IMAGE_KAFKA STREAMS_IMAGE_AWS STREAMS_IMAGE_POSTGRES STREAMS_IMAGE_MARIADB \
+    STREAMS_IMAGE_NATS STREAMS_IMAGE_REDIS STREAMS_IMAGE_RABBITMQ; do
     echo "export $v=${!v}"
   done
 }

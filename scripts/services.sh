@@ -10,8 +10,8 @@
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/streams-target}"
 export STREAMS_TOOLS="${STREAMS_TOOLS:-$HOME/.cache/streams-tools}"
 SERVICES=()
-# Services without a container image yet: started (or waited for) natively also when
-# the others run in containers.
+# Services without a container image: started (or waited for) natively also when the
+# others run in containers (none today; a service.d file adds its start function).
 UNCONTAINED=()
 STARTED_PIDS=()
 
@@ -49,7 +49,7 @@ services_up() {
   mkdir -p "$STREAMS_TOOLS"
   if containers_start; then
     local s
-    for s in "${UNCONTAINED[@]}"; do
+    for s in "${UNCONTAINED[@]+"${UNCONTAINED[@]}"}"; do
       echo "== service (native, no image yet): $s"
       "$s"
     done

@@ -1,4 +1,4 @@
-# RabbitMQ for the streams-amqp tests: the broker listening on STREAMS_AMQP_URL (default
+# RabbitMQ for the streams-amqp tests without containers: the broker listening on STREAMS_AMQP_URL (default
 # amqp://guest:guest@127.0.0.1:5672/%2f). It runs on the development and CI machines
 # (and in docker-compose.yml); nothing is started here. A missing one fails the tests
 # early with how to start it. The close-all-connections test needs `rabbitmqctl`.
@@ -17,4 +17,3 @@ amqp_wait() {
 }
 
 SERVICES+=(amqp_wait)
-UNCONTAINED+=(amqp_wait)

@@ -42,11 +42,3 @@ start_kafka() {
 
 SERVICES+=(start_kafka)
 
-# The Kafka reconnect scenario runs a private broker from this binary (advertising its
-# proxy's port), also when the shared broker is a container.
-kafka_private_bin() {
-  STREAMS_TANSU_BIN="$(tansu_bin)"
-  export STREAMS_TANSU_BIN
-}
-
-UNCONTAINED+=(kafka_private_bin)

@@ -1,8 +1,9 @@
-# NATS with JetStream for the streams-nats tests: the server listening on
-# STREAMS_NATS_SERVERS (default 127.0.0.1:4222; docker-compose.yml has one), else
+# NATS with JetStream for the streams-nats tests without containers: the server listening
+# on STREAMS_NATS_SERVERS (default 127.0.0.1:4222; docker-compose.yml has one), else
 # `nats-server -js` started here with its store under the tools cache. The fault tests
 # start private servers with the same binary (STREAMS_NATS_SERVER_BIN). Without
-# nats-server on the PATH, Debian's package is unpacked into the tools cache, once.
+# nats-server on the PATH, Debian's package is unpacked into the tools cache, once
+# (scripts/images.sh builds the nats image from the same binary).
 
 nats_server_bin() {
   if command -v nats-server >/dev/null 2>&1; then
@@ -40,4 +41,3 @@ start_nats() {
 }
 
 SERVICES+=(start_nats)
-UNCONTAINED+=(start_nats)

@@ -1,4 +1,4 @@
-# Redis for the streams-redis tests: the server listening on STREAMS_REDIS_URL (default
+# Redis for the streams-redis tests without containers: the server listening on STREAMS_REDIS_URL (default
 # redis://127.0.0.1:6379; docker-compose.yml has one), else `redis-server` started here
 # without persistence. The restart test runs a private append-only redis-server with the
 # same binary (STREAMS_REDIS_SERVER_BIN; Debian's redis-server package provides it).
@@ -29,4 +29,3 @@ start_redis() {
 }
 
 SERVICES+=(start_redis)
-UNCONTAINED+=(start_redis)

@@ -233,7 +233,26 @@ impl AmqpClient {
         stream: &str,
         call: impl std::future::Future<Output = lapin::Result<T>>,
     ) -> Result<T> {
-        match tokio::time::timeout(self.config.operation_timeout, call).await {
+        self.timed_until(self.deadline(), operation, stream, call)
+            .await
+    }
+
+    /// When an operation started now must be done: now plus the operation time-out.
+    pub(crate) fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.config.operation_timeout
+    }
+
+    /// Runs a broker call until `deadline` (one operation time-out shared by the steps of
+    /// one operation, such as a batch's publishes and confirms), naming `stream` in its
+    /// error.
+    pub(crate) async fn timed_until<T>(
+        &self,
+        deadline: tokio::time::Instant,
+        operation: &'static str,
+        stream: &str,
+        call: impl std::future::Future<Output = lapin::Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout_at(deadline, call).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(amqp_error(operation, stream, &e)),
             Err(_) => Err(Error::driver(

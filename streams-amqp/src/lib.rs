@@ -42,6 +42,6 @@ mod writer;
 pub use admin::{create_stream, delete_stream};
 pub use client::{AmqpClient, AmqpConfig, QueueType, DEFAULT_URL};
 pub use connect::connect;
-pub use reader::AmqpReader;
+pub use reader::{AmqpReader, MAX_DELAY};
 pub use wire::{exchange_name, queue_name, HEADER_DELIVERED, HEADER_KEY, HEADER_TIME};
 pub use writer::AmqpWriter;

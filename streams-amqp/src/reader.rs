@@ -14,7 +14,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 use streams_core::{
-    call_handler, CancellationToken, Error, Handler, ReadTask, Reader, Result, Subscription,
+    call_handler, retry_after, CancellationToken, Error, Handler, ReadTask, Reader, Result,
+    Subscription,
 };
 use tokio::sync::mpsc;
 
@@ -34,7 +35,21 @@ use crate::{exchange_name, queue_name, wire, AmqpClient, QueueType};
 /// to its queue (`basic.nack` with requeue). At most
 /// [`AmqpConfig::with_prefetch`](crate::AmqpConfig::with_prefetch) deliveries are
 /// unacknowledged at once; handlers run `concurrency` at once on lanes by key.
-/// Handlers see `streams-amqp-delivered`, from the quorum queue's `x-delivery-count`.
+/// Handlers see `streams-amqp-delivered`, from the quorum queue's `x-delivery-count`,
+/// also as [`Message::delivery_attempt`](streams_core::Message::delivery_attempt) (on a
+/// classic queue only the first delivery is counted: a redelivery says only that it is
+/// one, so a retry layer handing its backoff off retries in the handler there).
+///
+/// A handler error that asks for a delay ([`RetryAfter`](streams_core::RetryAfter))
+/// frees the handler's lane at once; the reader holds the unacknowledged delivery and
+/// gives it back to the queue (`basic.nack` with requeue) when the delay is over. Held
+/// deliveries count against the prefetch, which bounds how many are held: with
+/// `prefetch` of them held, the broker sends nothing new until one is given back. A
+/// delay longer than [`MAX_DELAY`] (under RabbitMQ's default consumer timeout of 30
+/// minutes, past which the broker closes the channel) is refused with an error log, and
+/// the message comes back as after any failure. On shutdown, or when the channel is
+/// lost, held deliveries go back to the queue at once: nothing is lost, but a delay is
+/// not honoured across a restart.
 ///
 /// # On a bad day
 ///
@@ -55,6 +70,11 @@ impl AmqpReader {
         AmqpReader { client }
     }
 }
+
+/// The longest delay a handler may ask for: the reader holds the delivery meanwhile, and
+/// RabbitMQ closes a channel holding a delivery unacknowledged past its consumer timeout
+/// (30 minutes by default).
+pub const MAX_DELAY: Duration = Duration::from_secs(25 * 60);
 
 /// Declares what a task reads: checks the exchange, declares and binds the queue, and
 /// returns its name.
@@ -278,7 +298,7 @@ async fn consume(
             }
         };
         match dispatch {
-            Dispatch::Inline(handler) => handle(client, stream, handler, delivery).await,
+            Dispatch::Inline(handler) => handle(client, stream, handler, delivery, cancel).await,
             Dispatch::Lanes(lanes, next_lane) => {
                 let key = delivery
                     .properties
@@ -338,7 +358,7 @@ async fn lane(
                 None => break,
             },
         };
-        handle(&client, &stream, &mut handler, d).await;
+        handle(&client, &stream, &mut handler, d, &stop).await;
     }
     rx.close();
     while let Some(d) = rx.recv().await {
@@ -346,13 +366,34 @@ async fn lane(
     }
 }
 
-async fn handle(client: &AmqpClient, stream: &str, handler: &mut Handler, d: Delivery) {
+/// Handles a delivery; `stop` ends the holding of a delivery its handler delayed.
+async fn handle(
+    client: &AmqpClient,
+    stream: &str,
+    handler: &mut Handler,
+    d: Delivery,
+    stop: &CancellationToken,
+) {
     let msg = wire::message(stream, d.data.clone(), &d.properties, d.redelivered);
     let delivered: u64 = msg.headers[wire::HEADER_DELIVERED].parse().unwrap_or(1);
     let id = msg.id.clone();
     let settled = match call_handler(handler, msg).await {
         Ok(()) => d.acker.ack(BasicAckOptions::default()).await,
         Err(e) => {
+            match retry_after(e.as_ref()) {
+                Some(delay) if delay <= MAX_DELAY => {
+                    tracing::debug!(%stream, %id, error = %e, ?delay, "handler failed; holding the delivery for the delay it asked for");
+                    hold(stream.to_owned(), id, d, delay, stop.clone());
+                    return;
+                }
+                Some(delay) => tracing::error!(
+                    %stream, %id, ?delay, max = ?MAX_DELAY,
+                    "cannot delay the message as the handler asked: the reader holds it \
+                     meanwhile, and RabbitMQ's consumer timeout ends longer holds; it comes \
+                     back as after any failure"
+                ),
+                None => {}
+            }
             let delay = client.config.redelivery_delay(delivered);
             tracing::debug!(%stream, %id, error = %e, ?delay, "handler failed; requeueing after a delay");
             tokio::time::sleep(delay).await;
@@ -369,4 +410,25 @@ async fn handle(client: &AmqpClient, stream: &str, handler: &mut Handler, d: Del
         // channel closes.
         tracing::warn!(%stream, %id, error = %e, "amqp acknowledgement failed");
     }
+}
+
+/// Gives a delivery back to its queue after `delay`, or at once when `stop` fires.
+fn hold(stream: String, id: String, d: Delivery, delay: Duration, stop: CancellationToken) {
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.cancelled() => {}
+        }
+        let given = d
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await;
+        if let Err(e) = given {
+            // The broker gives it back itself when the channel closes.
+            tracing::debug!(%stream, %id, error = %e, "amqp could not give a delayed delivery back");
+        }
+    });
 }

@@ -134,6 +134,9 @@ pub(crate) fn message(
 ) -> Message {
     let mut msg = Message::new(stream, data);
     let mut delivered = if redelivered { 2 } else { 1 };
+    // Exact on a first delivery and where the queue counts (quorum queues); a classic
+    // queue only says "delivered before".
+    let mut counted = !redelivered;
     let mut time = None;
     if let Some(headers) = props.headers() {
         for (k, v) in headers.inner() {
@@ -148,6 +151,7 @@ pub(crate) fn message(
                 "x-delivery-count" => {
                     if let Ok(n) = text.parse::<u64>() {
                         delivered = n + 1;
+                        counted = true;
                     }
                 }
                 other => {
@@ -175,6 +179,12 @@ pub(crate) fn message(
         .unwrap_or_else(Utc::now);
     msg.headers
         .insert(HEADER_DELIVERED.to_owned(), delivered.to_string());
+    if counted {
+        msg.metadata.insert_i64(
+            streams_core::DELIVERY_ATTEMPT,
+            i64::try_from(delivered).unwrap_or(i64::MAX),
+        );
+    }
     msg
 }
 
@@ -197,6 +207,11 @@ mod tests {
         assert_eq!(got.content_type, "application/json");
         assert_eq!(got.headers["tenant"], "acme");
         assert_eq!(got.headers[HEADER_DELIVERED], "1");
+        assert_eq!(got.delivery_attempt(), Some(1));
+        // A classic queue's redelivery: delivered before, but how often is unknown.
+        let again = message("orders", sent.data.to_vec(), &properties(&sent), true);
+        assert_eq!(again.headers[HEADER_DELIVERED], "2");
+        assert_eq!(again.delivery_attempt(), None);
     }
 
     #[test]

@@ -97,30 +97,41 @@ impl Writer for AmqpWriter {
         };
         let mut confirms = Vec::with_capacity(batch.len());
         let mut failed: Vec<(usize, Failure)> = Vec::new();
+        // One operation time-out for the whole batch, publishes and confirms: a broker
+        // that stops answering (a partition) fails the write within it, however many
+        // messages wait for their confirms.
+        let deadline = self.client.deadline();
         for (i, m) in batch.iter().enumerate() {
-            let published = channel
-                .basic_publish(
-                    m.stream.as_str().into(),
-                    m.key.as_deref().unwrap_or_default().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &m.data,
-                    wire::properties(m),
+            let published = self
+                .client
+                .timed_until(
+                    deadline,
+                    "publish",
+                    &m.stream,
+                    channel.basic_publish(
+                        m.stream.as_str().into(),
+                        m.key.as_deref().unwrap_or_default().into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..BasicPublishOptions::default()
+                        },
+                        &m.data,
+                        wire::properties(m),
+                    ),
                 )
                 .await;
             match published {
                 Ok(confirm) => confirms.push((i, confirm)),
-                Err(e) => failed.push((
-                    i,
-                    failure(&crate::client::amqp_error("publish", &m.stream, &e)),
-                )),
+                Err(e) => failed.push((i, failure(&e))),
             }
         }
         for (i, confirm) in confirms {
             let stream = &batch[i].stream;
-            match self.client.timed("publish confirm", stream, confirm).await {
+            match self
+                .client
+                .timed_until(deadline, "publish confirm", stream, confirm)
+                .await
+            {
                 Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {}
                 Ok(Confirmation::Ack(Some(returned))) => failed.push((
                     i,
@@ -142,7 +153,10 @@ impl Writer for AmqpWriter {
                 Err(e) => failed.push((i, failure(&e))),
             }
         }
-        if !channel.status().connected() {
+        // A channel that failed for a reason worth retrying (lost, or silent past the
+        // time-out while lapin still calls it connected) is not used again: the next write
+        // opens another, on a new connection when the old one does not answer.
+        if !channel.status().connected() || failed.iter().any(|(_, f)| f.retryable) {
             *held = None;
         }
         drop(held);

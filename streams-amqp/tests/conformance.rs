@@ -12,8 +12,7 @@ struct AmqpHarness {
 }
 
 fn url() -> String {
-    std::env::var("STREAMS_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    streams_testkit::amqp_url()
 }
 
 fn config(url: String) -> AmqpConfig {
@@ -30,7 +29,9 @@ impl Harness for AmqpHarness {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::none()
+            .with_batches(true)
             .with_redelivery(true)
+            .with_delayed_redelivery(true)
             .with_persistent(true)
             // Per member: lanes by key. The members of a group consume one queue.
             .with_ordered_per_key(true)
@@ -51,7 +52,17 @@ impl Harness for AmqpHarness {
     }
 
     async fn behind_proxy(&self) -> Result<(Box<dyn Harness>, TcpProxy)> {
-        let target = std::net::ToSocketAddrs::to_socket_addrs("127.0.0.1:5672")
+        let url = url();
+        let authority = url
+            .trim_start_matches("amqp://")
+            .split(['/', '?'])
+            .next()
+            .unwrap_or_default()
+            .rsplit('@')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let target = std::net::ToSocketAddrs::to_socket_addrs(&authority)
             .ok()
             .and_then(|mut a| a.next())
             .expect("the broker's address");
@@ -72,7 +83,7 @@ async fn harness() -> AmqpHarness {
     AmqpHarness {
         client: AmqpClient::connect(config(url()))
             .await
-            .expect("RabbitMQ on STREAMS_AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f)"),
+            .expect("RabbitMQ (streams-testkit: STREAMS_AMQP_URL, a container, or 127.0.0.1:5672)"),
     }
 }
 

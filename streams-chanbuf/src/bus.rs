@@ -1,4 +1,5 @@
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -6,9 +7,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use async_channel::{Receiver, Sender, TrySendError};
 use async_trait::async_trait;
 use streams_core::{
-    call_handler, CancellationToken, Error, FailedMessage, Handler, Message, ReadTask, Reader,
-    Result, Subscription, Writer,
+    call_batch_handler, call_handler, retry_after, Batch, BatchHandler, BatchSize,
+    BatchSubscription, CancellationToken, Error, FailedMessage, Handler, Message, ReadTask, Reader,
+    Result, Subscription, Writer, DELIVERY_ATTEMPT,
 };
+use tokio::time::Instant;
 
 /// A [`EventBus`](streams_core::EventBus) over a new in-process [`MemoryBus`] with default
 /// settings: the one-line way to get a working bus.
@@ -101,7 +104,7 @@ struct Inner {
 struct Group {
     name: String,
     lanes: Vec<Sender<Message>>,
-    receivers: Vec<tokio::sync::Mutex<Receiver<Message>>>,
+    receivers: Vec<tokio::sync::Mutex<Lane>>,
     members: AtomicUsize,
     next_lane: AtomicUsize,
     /// Cancelled once the last member has handled the backlog.
@@ -259,7 +262,7 @@ impl MemoryBus {
         let (senders, receivers) = (0..lanes)
             .map(|_| {
                 let (tx, rx) = async_channel::bounded(per_lane);
-                (tx, tokio::sync::Mutex::new(rx))
+                (tx, tokio::sync::Mutex::new(Lane::new(rx, per_lane)))
             })
             .unzip();
         let after = self
@@ -406,21 +409,41 @@ impl Writer for MemoryBus {
 #[async_trait]
 impl Reader for MemoryBus {
     async fn subscribe(&self, task: ReadTask) -> Result<Subscription> {
+        let membership = self.attach(&task)?;
+        Ok(Subscription::new(task.stream, move |handler, cancel| {
+            membership.run(handler, cancel)
+        }))
+    }
+
+    /// Batches natively: each lane's worker takes up to `max_messages` of its lane (the
+    /// messages already waiting, then what arrives within `max_wait`) and hands them
+    /// over as one batch, so a batch holds messages of the lane's keys in publish order
+    /// and the task's `concurrency` is the number of batches handled at once. Failed
+    /// messages are logged and not redelivered, as for per-message handlers.
+    async fn subscribe_batch(&self, task: ReadTask, size: BatchSize) -> Result<BatchSubscription> {
+        size.check()?;
+        let membership = self.attach(&task)?;
+        Ok(BatchSubscription::new(
+            task.stream,
+            move |handler, cancel| membership.run_batch(handler, size, cancel),
+        ))
+    }
+}
+
+impl MemoryBus {
+    fn attach(&self, task: &ReadTask) -> Result<Membership> {
         if task.stream.is_empty() {
             return Err(Error::invalid("read task", "stream name is empty"));
         }
         task.refuse_partitions("in-process bus")?;
         task.refuse_args("the in-process bus", &[])?;
         // Joined now, so everything published from here on reaches this member.
-        let membership = Membership {
+        Ok(Membership {
             bus: self.clone(),
-            group: self.join(&task),
+            group: self.join(task),
             stream: task.stream.clone(),
             left: false,
-        };
-        Ok(Subscription::new(task.stream, move |handler, cancel| {
-            membership.run(handler, cancel)
-        }))
+        })
     }
 }
 
@@ -434,20 +457,38 @@ struct Membership {
 }
 
 impl Membership {
-    async fn run(mut self, handler: Handler, cancel: CancellationToken) -> Result<()> {
+    async fn run(self, handler: Handler, cancel: CancellationToken) -> Result<()> {
+        self.run_lanes(cancel, |stream, group, lane, stop| {
+            lane_worker(stream, group, lane, handler.clone(), stop)
+        })
+        .await
+    }
+
+    async fn run_batch(
+        self,
+        handler: BatchHandler,
+        size: BatchSize,
+        cancel: CancellationToken,
+    ) -> Result<()> {
+        self.run_lanes(cancel, |stream, group, lane, stop| {
+            lane_batch_worker(stream, group, lane, handler.clone(), size, stop)
+        })
+        .await
+    }
+
+    /// Runs a worker per lane until cancelled or the bus closes.
+    async fn run_lanes<F, Fut>(mut self, cancel: CancellationToken, mut worker: F) -> Result<()>
+    where
+        F: FnMut(String, Arc<Group>, usize, CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let (bus, group, stream) = (self.bus.clone(), self.group.clone(), self.stream.clone());
         let stop = CancellationToken::new();
         let mut workers = tokio::task::JoinSet::new();
         for lane in 0..group.receivers.len() {
-            workers.spawn(lane_worker(
-                stream.clone(),
-                group.clone(),
-                lane,
-                handler.clone(),
-                stop.clone(),
-            ));
+            workers.spawn(worker(stream.clone(), group.clone(), lane, stop.clone()));
         }
-        drop(handler);
+        drop(worker);
         let last = tokio::select! {
             _ = cancel.cancelled() => {
                 // The last member drains the backlog (its lanes are closed by `leave`);
@@ -492,16 +533,6 @@ async fn join_all(workers: &mut tokio::task::JoinSet<()>, stream: &str) {
     }
 }
 
-/// Hands a message to the handler. Not an `async fn` of its own: each future around
-/// the call would hold (and copy) the message once more.
-macro_rules! handle {
-    ($stream:expr, $handler:expr, $msg:expr) => {
-        if let Err(error) = call_handler($handler, $msg).await {
-            failed($stream, &error);
-        }
-    };
-}
-
 /// Serves one lane of a group for one member: takes the lane's turn, handles a message
 /// (and those already waiting behind it, a burst at most), gives the turn back.
 async fn lane_worker(
@@ -522,32 +553,215 @@ async fn lane_worker(
         if stop.is_cancelled() {
             return;
         }
-        let rx = tokio::select! {
-            rx = lane.lock() => rx,
+        let mut lane = tokio::select! {
+            lane = lane.lock() => lane,
             _ = stop.cancelled() => return,
         };
-        // `biased`: a waiting message is taken before cancellation is looked at.
-        let msg = tokio::select! {
-            biased;
-            m = rx.recv() => match m {
-                Ok(m) => m,
-                Err(_) => return,
-            },
-            _ = stop.cancelled() => return,
+        let Some(msg) = lane.next(&stop).await else {
+            return;
         };
-        handle!(&stream, &mut handler, msg);
+        handle(&stream, &mut handler, msg, &mut lane).await;
         // While it has the turn, the member also takes what is already waiting (a burst
         // at most), so that a lone member does not pay for the turn per message.
         for _ in 1..BURST {
             if stop.is_cancelled() {
                 break;
             }
-            match rx.try_recv() {
-                Ok(msg) => handle!(&stream, &mut handler, msg),
-                Err(_) => break,
+            match lane.try_next() {
+                Some(msg) => handle(&stream, &mut handler, msg, &mut lane).await,
+                None => break,
             }
         }
         // The turn passes only now, so the next message of this lane waits for this one.
+        drop(lane);
+    }
+}
+
+/// The receiving side of one lane of a group, with the lane's messages waiting for the
+/// delay their handler asked for. Whoever holds the lane's turn serves both, so a
+/// delayed message stays with the group when a member leaves.
+struct Lane {
+    rx: Receiver<Message>,
+    delayed: BinaryHeap<Reverse<Delayed>>,
+    /// The lane's bound: with this many messages delayed, the lane takes no new ones
+    /// until one is due, so publishers wait (backpressure) instead of memory growing.
+    cap: usize,
+    /// The channel is closed and empty; only delayed messages are left.
+    closed: bool,
+    seq: u64,
+}
+
+/// A message waiting for its redelivery; ordered by due time, then by arrival.
+struct Delayed {
+    due: Instant,
+    seq: u64,
+    msg: Message,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.seq) == (other.due, other.seq)
+    }
+}
+
+impl Eq for Delayed {}
+
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Delayed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.due, self.seq).cmp(&(other.due, other.seq))
+    }
+}
+
+impl Lane {
+    fn new(rx: Receiver<Message>, cap: usize) -> Self {
+        Lane {
+            rx,
+            delayed: BinaryHeap::new(),
+            cap,
+            closed: false,
+            seq: 0,
+        }
+    }
+
+    /// The next message: a delayed one that is due, else a new one; `None` once the
+    /// lane is closed and holds nothing, or when `stop` fires.
+    async fn next(&mut self, stop: &CancellationToken) -> Option<Message> {
+        loop {
+            let due = self.delayed.peek().map(|d| d.0.due);
+            let take = !self.closed && self.delayed.len() < self.cap;
+            if due.is_none() && !take {
+                return None;
+            }
+            // `biased`: a due or waiting message is taken before cancellation is looked at.
+            tokio::select! {
+                biased;
+                _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                    return self.delayed.pop().map(|d| d.0.msg);
+                }
+                m = self.rx.recv(), if take => match m {
+                    Ok(m) => return Some(m),
+                    Err(_) => self.closed = true,
+                },
+                _ = stop.cancelled() => return None,
+            }
+        }
+    }
+
+    /// A message that is ready now, without waiting.
+    fn try_next(&mut self) -> Option<Message> {
+        if self
+            .delayed
+            .peek()
+            .is_some_and(|d| d.0.due <= Instant::now())
+        {
+            return self.delayed.pop().map(|d| d.0.msg);
+        }
+        if self.closed || self.delayed.len() >= self.cap {
+            return None;
+        }
+        self.rx.try_recv().ok()
+    }
+
+    fn delay(&mut self, msg: Message, delay: std::time::Duration) {
+        self.seq += 1;
+        self.delayed.push(Reverse(Delayed {
+            due: Instant::now() + delay,
+            seq: self.seq,
+            msg,
+        }));
+    }
+}
+
+/// Serves one lane of a group for one member with a batch handler: takes the lane's
+/// turn, collects a batch (what is waiting, then what arrives within `max_wait`, up to
+/// `max_messages`), hands it over, gives the turn back. A stop ends the collecting, not
+/// the batch: what was taken is handed over.
+async fn lane_batch_worker(
+    stream: String,
+    group: Arc<Group>,
+    lane: usize,
+    mut handler: BatchHandler,
+    size: BatchSize,
+    stop: CancellationToken,
+) {
+    if let Some(after) = &group.after {
+        tokio::select! {
+            _ = after.cancelled() => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+    let lane = &group.receivers[lane];
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let mut rx = tokio::select! {
+            rx = lane.lock() => rx,
+            _ = stop.cancelled() => return,
+        };
+        let Some(first) = rx.next(&stop).await else {
+            return;
+        };
+        let mut messages = vec![first];
+        let deadline = Instant::now() + size.max_wait();
+        while messages.len() < size.max_messages() {
+            if let Some(m) = rx.try_next() {
+                messages.push(m);
+                continue;
+            }
+            if stop.is_cancelled() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                m = rx.next(&stop) => match m {
+                    Some(m) => messages.push(m),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        for msg in &mut messages {
+            let attempt = msg.delivery_attempt().unwrap_or(1);
+            msg.metadata
+                .insert_i64(DELIVERY_ATTEMPT, i64::from(attempt));
+        }
+        // Kept for the redeliveries the handler may ask for; payloads are shared.
+        let copies = messages.clone();
+        let count = messages.len();
+        let outcome = call_batch_handler(&mut handler, Batch::new(stream.clone(), messages)).await;
+        if !outcome.is_ok() {
+            let mut dropped = 0;
+            for (index, error) in outcome.into_failed() {
+                let Some(copy) = copies.get(index) else {
+                    continue;
+                };
+                match retry_after(error.as_ref()) {
+                    Some(delay) => {
+                        let mut again = copy.clone();
+                        let attempt = copy.delivery_attempt().unwrap_or(1);
+                        again
+                            .metadata
+                            .insert_i64(DELIVERY_ATTEMPT, i64::from(attempt.saturating_add(1)));
+                        rx.delay(again, delay);
+                    }
+                    None => dropped += 1,
+                }
+            }
+            if dropped > 0 {
+                tracing::debug!(
+                    %stream, failed = dropped, count,
+                    "batch handler failed messages; the in-process bus does not redeliver"
+                );
+            }
+        }
+        // The turn passes only now, so the lane's next batch waits for this one.
         drop(rx);
     }
 }
@@ -555,10 +769,30 @@ async fn lane_worker(
 /// Most messages a member handles from a lane before giving the other members a turn.
 const BURST: usize = 32;
 
-/// The bus's own account of a failed handler call; `LoggingLayer` logs failures at the
-/// level the user chose.
-fn failed(stream: &str, error: &streams_core::BoxError) {
-    tracing::debug!(%stream, %error, "handler failed; the in-process bus does not redeliver");
+async fn handle(stream: &str, handler: &mut Handler, mut msg: Message, lane: &mut Lane) {
+    let attempt = msg.delivery_attempt().unwrap_or(1);
+    msg.metadata
+        .insert_i64(DELIVERY_ATTEMPT, i64::from(attempt));
+    // Kept for a redelivery the handler may ask for; the payload is shared, not copied.
+    let copy = msg.clone();
+    let Err(error) = call_handler(handler, msg).await else {
+        return;
+    };
+    // `LoggingLayer` logs failures at the level the user chose; this is the bus's own
+    // account of them.
+    match retry_after(error.as_ref()) {
+        Some(delay) => {
+            tracing::debug!(%stream, id = %copy.id, attempt, ?delay, %error, "handler failed; delivering the message again after the delay it asked for");
+            let mut again = copy;
+            again
+                .metadata
+                .insert_i64(DELIVERY_ATTEMPT, i64::from(attempt.saturating_add(1)));
+            lane.delay(again, delay);
+        }
+        None => {
+            tracing::debug!(%stream, id = %copy.id, %error, "handler failed; the in-process bus does not redeliver");
+        }
+    }
 }
 
 impl fmt::Debug for MemoryBus {

@@ -16,7 +16,16 @@
 //!
 //! Delivery is at most once: nothing is persisted and a failed handler is not retried
 //! by the bus (put [`RetryLayer`](streams_core::middleware::RetryLayer) in front of
-//! the handler). Graceful shutdown delivers what was already accepted.
+//! the handler), unless its error asks for a delay
+//! ([`RetryAfter`](streams_core::RetryAfter)): then the bus delivers the message again
+//! once the delay is over, to whichever member of the group holds the lane then, and
+//! meanwhile the lane goes on with the messages behind it (a delayed message gives up
+//! its place in its key's order). No task or handler slot waits for it: the lane keeps
+//! it, at most as many as its buffer holds; with that many delayed, the lane takes no
+//! new messages until one is due, so publishers wait. Handlers see the delivery in
+//! [`Message::delivery_attempt`](streams_core::Message::delivery_attempt) (1 the first
+//! time). Graceful shutdown delivers what was already accepted, delayed messages
+//! included: the last member of a group to leave waits for their delays to pass.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]

@@ -583,3 +583,181 @@ async fn a_bad_task_fails_at_subscribe() {
     assert!(bus.subscribe(ReadTask::new("")).await.is_err());
     assert_subscribed(&bus, "s", 0);
 }
+
+/// Fails a message's first delivery with `delay`, and records every delivery with the
+/// attempt the bus reported.
+fn delaying(
+    delay: Duration,
+    tx: mpsc::UnboundedSender<(String, Option<u32>, tokio::time::Instant)>,
+) -> streams_core::Handler {
+    handler(tower::service_fn(move |m: Message| {
+        let tx = tx.clone();
+        async move {
+            let attempt = m.delivery_attempt();
+            let _ = tx.send((
+                String::from_utf8_lossy(&m.data).into_owned(),
+                attempt,
+                tokio::time::Instant::now(),
+            ));
+            if attempt == Some(1) && m.data.starts_with(b"slow") {
+                Err::<(), BoxError>(streams_core::RetryAfter::new(delay, "rate limited").into())
+            } else {
+                Ok(())
+            }
+        }
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_message_does_not_hold_its_lane() {
+    let bus = Arc::new(MemoryBus::new());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let sub = bus.subscribe(ReadTask::new("s")).await.unwrap();
+    let reader = tokio::spawn(sub.run(delaying(Duration::from_millis(500), tx), cancel.clone()));
+    bus.write(vec![Message::new("s", "slow"), Message::new("s", "fast")])
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.push(
+            tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    // One lane: "fast" was handled while "slow" waited, and "slow" came back as attempt 2.
+    let order: Vec<_> = got.iter().map(|(d, a, _)| (d.as_str(), *a)).collect();
+    assert_eq!(
+        order,
+        [("slow", Some(1)), ("fast", Some(1)), ("slow", Some(2))]
+    );
+    let away = got[2].2 - got[0].2;
+    assert!(away >= Duration::from_millis(500), "back after {away:?}");
+    assert!(
+        got[1].2 - got[0].2 < Duration::from_millis(400),
+        "fast waited"
+    );
+    cancel.cancel();
+    reader.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_delay_delivers_again_at_once() {
+    let bus = Arc::new(MemoryBus::new());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let sub = bus.subscribe(ReadTask::new("s")).await.unwrap();
+    let reader = tokio::spawn(sub.run(delaying(Duration::ZERO, tx), cancel.clone()));
+    bus.write(vec![Message::new("s", "slow")]).await.unwrap();
+    let first = rx.recv().await.unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(1), rx.recv())
+        .await
+        .expect("redelivered at once")
+        .unwrap();
+    assert_eq!((first.1, second.1), (Some(1), Some(2)));
+    cancel.cancel();
+    reader.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_member_leaving_delivers_delayed_messages_before_it_ends() {
+    let bus = Arc::new(MemoryBus::new());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let sub = bus
+        .subscribe(ReadTask::new("s").with_group("g"))
+        .await
+        .unwrap();
+    let reader = tokio::spawn(sub.run(delaying(Duration::from_millis(300), tx), cancel.clone()));
+    bus.write(vec![Message::new("s", "slow")]).await.unwrap();
+    assert_eq!(rx.recv().await.unwrap().1, Some(1));
+    // Shutdown while the redelivery is pending: it is delivered, then the read ends.
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .expect("reader ends once the delayed message is handled")
+        .unwrap()
+        .unwrap();
+    let again = rx.try_recv().expect("the delayed message was not lost");
+    assert_eq!(again.1, Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_leaving_leaves_its_delayed_messages_to_the_group() {
+    let bus = Arc::new(MemoryBus::new());
+    let task = ReadTask::new("s").with_group("g");
+    let (tx_a, mut rx_a) = mpsc::unbounded_channel();
+    let (tx_b, mut rx_b) = mpsc::unbounded_channel();
+    let cancel_a = CancellationToken::new();
+    let a = bus.subscribe(task.clone()).await.unwrap();
+    let a = tokio::spawn(a.run(delaying(Duration::from_millis(300), tx_a), cancel_a.clone()));
+    bus.write(vec![Message::new("s", "slow")]).await.unwrap();
+    assert_eq!(rx_a.recv().await.unwrap().1, Some(1));
+    // B joins; A leaves before the delay is over and ends at once.
+    let cancel_b = CancellationToken::new();
+    let b = bus.subscribe(task).await.unwrap();
+    let b = tokio::spawn(b.run(delaying(Duration::from_millis(300), tx_b), cancel_b.clone()));
+    cancel_a.cancel();
+    tokio::time::timeout(Duration::from_millis(200), a)
+        .await
+        .expect("a member that is not the last leaves at once")
+        .unwrap()
+        .unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(5), rx_b.recv())
+        .await
+        .expect("the remaining member gets the delayed message")
+        .unwrap();
+    assert_eq!((again.0.as_str(), again.1), ("slow", Some(2)));
+    assert!(rx_a.try_recv().is_err());
+    cancel_b.cancel();
+    b.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_full_of_delayed_messages_pushes_back_on_publishers() {
+    // One lane holding two messages: with two delayed, the lane takes nothing new and
+    // the buffer fills behind it.
+    let bus = Arc::new(
+        MemoryBus::builder()
+            .with_queue_depth(2)
+            .with_fail_fast(true)
+            .build(),
+    );
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let sub = bus.subscribe(ReadTask::new("s")).await.unwrap();
+    let reader = tokio::spawn(sub.run(delaying(Duration::from_secs(1), tx), cancel.clone()));
+    bus.write(vec![Message::new("s", "slow-1")]).await.unwrap();
+    bus.write(vec![Message::new("s", "slow-2")]).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(rx.recv().await.unwrap().1, Some(1));
+    }
+    bus.write(vec![Message::new("s", "a"), Message::new("s", "b")])
+        .await
+        .unwrap();
+    let err = bus.write(vec![Message::new("s", "c")]).await.unwrap_err();
+    assert!(matches!(err, Error::Full { .. }), "{err}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err(),
+        "nothing new is handled while the lane is full of delayed messages"
+    );
+    // Once they are due, everything flows again.
+    let mut rest = Vec::new();
+    while rest.len() < 4 {
+        rest.push(
+            tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .unwrap()
+                .unwrap()
+                .0,
+        );
+    }
+    rest.sort();
+    assert_eq!(rest, ["a", "b", "slow-1", "slow-2"]);
+    cancel.cancel();
+    reader.await.unwrap().unwrap();
+}

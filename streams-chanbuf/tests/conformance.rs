@@ -17,8 +17,11 @@ impl Harness for ChanHarness {
     }
 
     fn capabilities(&self) -> Capabilities {
-        // In memory and at most once: no redelivery, nothing kept for a closed group.
+        // In memory and at most once: no redelivery (but for a handler that asks for a
+        // delay), nothing kept for a closed group.
         Capabilities::none()
+            .with_batches(true)
+            .with_delayed_redelivery(true)
             .with_ordered_per_key(true)
             .with_ordered_across_members(true)
             .with_consumer_groups(true)

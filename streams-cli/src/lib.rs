@@ -262,11 +262,18 @@ pub struct BenchCmd {
     #[arg(long)]
     pub json: bool,
     /// What to run, in order: `streams` (the connection), `bare` (the in-process bus
-    /// without spans and metrics) and `raw` (a tokio mpsc channel carrying the same
-    /// messages to the same handler). Default: all three on memory://, `streams`
-    /// elsewhere; `bare` and `raw` are in-process only.
+    /// without spans and metrics), `raw` (a tokio mpsc channel carrying the same
+    /// messages to the same handler) and `batch` (the connection with a batch handler,
+    /// see `--batch-handler`). Default: `streams,bare,raw` on memory://, `streams`
+    /// elsewhere, followed by `batch` when `--batch-handler` is given; `bare` and `raw`
+    /// are in-process only.
     #[arg(long, value_delimiter = ',', value_enum)]
     pub cases: Vec<bench::BenchCase>,
+    /// Messages per batch of the `batch` case (or what arrived within 10 ms); given
+    /// without `--cases`, adds that case after the default ones, so the batch handler
+    /// is measured next to the per-message one in the same run.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_handler: Option<u32>,
     /// Draw throughput over time and the latency percentiles of every case to this
     /// SVG file.
     #[arg(long, value_name = "FILE.svg")]
@@ -481,16 +488,26 @@ pub(crate) async fn bench_command(
 ) -> Result<Summary, streams::BoxError> {
     let cases = if !cmd.cases.is_empty() {
         cmd.cases
-    } else if bare.is_some() {
-        vec![
-            bench::BenchCase::Streams,
-            bench::BenchCase::Bare,
-            bench::BenchCase::Raw,
-        ]
     } else {
-        vec![bench::BenchCase::Streams]
+        let mut cases = if bare.is_some() {
+            vec![
+                bench::BenchCase::Streams,
+                bench::BenchCase::Bare,
+                bench::BenchCase::Raw,
+            ]
+        } else {
+            vec![bench::BenchCase::Streams]
+        };
+        if cmd.batch_handler.is_some() {
+            cases.push(bench::BenchCase::Batch);
+        }
+        cases
     };
-    if cases.iter().any(|c| *c != bench::BenchCase::Streams) && bare.is_none() {
+    if cases
+        .iter()
+        .any(|c| matches!(c, bench::BenchCase::Bare | bench::BenchCase::Raw))
+        && bare.is_none()
+    {
         return Err("--cases bare and raw run on memory:// only".into());
     }
     if cmd.relay_to.is_some() && !cfg!(feature = "sql") {
@@ -505,6 +522,7 @@ pub(crate) async fn bench_command(
             batch: cmd.batch as usize,
             inflight: cmd.inflight as usize,
             concurrency: cmd.concurrency as usize,
+            batch_handler: cmd.batch_handler.map_or(100, |n| n as usize),
             partitions: cmd.partitions,
             rate: cmd.rate,
             timeout: cmd.timeout,

@@ -100,8 +100,33 @@ where
     S::Future: Send + 'static,
 {
     let stream = task.stream.clone();
+    read_routed(
+        reader,
+        stream,
+        move |router| {
+            router.subscribe(task, service);
+        },
+        done,
+        stop,
+        idle,
+        attached,
+    )
+    .await
+}
+
+/// [`read_until`] with the subscription made by `subscribe` on the router (a batch
+/// handler, say).
+pub(crate) async fn read_routed(
+    reader: Arc<dyn Reader>,
+    stream: String,
+    subscribe: impl FnOnce(&mut Router),
+    done: CancellationToken,
+    stop: CancellationToken,
+    idle: Option<(Duration, Activity)>,
+    attached: Option<CancellationToken>,
+) -> Result<Ended, BoxError> {
     let mut sub = Router::new(reader, Arc::new(EventRegistry::new()));
-    sub.subscribe(task, service);
+    subscribe(&mut sub);
     sub.start().await?;
     if let Some(attached) = attached {
         attached.cancel();

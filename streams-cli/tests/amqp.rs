@@ -1,5 +1,5 @@
-//! The binary against RabbitMQ (`STREAMS_AMQP_URL`, default
-//! `amqp://guest:guest@127.0.0.1:5672/%2f`).
+//! The binary against RabbitMQ, found through streams-testkit (its variable, a container
+//! of this test binary with `STREAMS_CONTAINERS=1`, or the native service).
 #![cfg(feature = "amqp")]
 
 mod common;
@@ -7,10 +7,7 @@ mod common;
 use common::{unique, Cli};
 
 fn cli(group: &str) -> Cli {
-    let url = std::env::var("STREAMS_AMQP_URL")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let url = streams_testkit::amqp_url();
     Cli::new(format!("{url}?group={group}"))
 }
 

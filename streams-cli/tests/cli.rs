@@ -179,6 +179,56 @@ async fn bench_on_memory_runs_its_baselines_and_plots() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_with_a_batch_handler_reports_both_runs_and_their_ratio() {
+    let run = streams(
+        &[
+            "bench",
+            "-n",
+            "3000",
+            "--cases",
+            "streams,batch",
+            "--batch-handler",
+            "50",
+            "--json",
+            "--no-progress",
+        ],
+        "",
+        LIMIT,
+    )
+    .await
+    .ok();
+    let report = &run.json_lines()[0];
+    assert_eq!(report["case"], "streams", "{report}");
+    let batch = &report["baselines"][0];
+    assert_eq!(batch["case"], "batch", "{report}");
+    for case in [report, batch] {
+        assert_eq!(case["received"], 3000, "{report}");
+        assert_eq!(case["duplicates"], 0, "{report}");
+    }
+
+    // Without --cases, the batch case follows the default ones.
+    let run = streams(
+        &[
+            "bench",
+            "-n",
+            "2000",
+            "--batch-handler",
+            "20",
+            "--no-progress",
+        ],
+        "",
+        LIMIT,
+    )
+    .await
+    .ok();
+    assert!(run.stdout.contains("batch"), "{run:#?}");
+
+    let run = streams(&["bench", "-n", "300", "--batch-handler", "0"], "", LIMIT).await;
+    assert_ne!(run.code, 0, "{run:#?}");
+    assert!(run.stderr.contains("--batch-handler"), "{run:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_at_a_steady_rate_paces_the_writes() {
     let run = streams(
         &[

@@ -1,5 +1,5 @@
-//! The binary against NATS with JetStream (`STREAMS_NATS_SERVERS`, default
-//! `127.0.0.1:4222`; `scripts/test.sh` starts one where none listens).
+//! The binary against NATS with JetStream, found through streams-testkit (its variable, a container
+//! of this test binary with `STREAMS_CONTAINERS=1`, or the native service).
 #![cfg(feature = "nats")]
 
 mod common;
@@ -7,10 +7,7 @@ mod common;
 use common::{unique, Cli};
 
 fn cli(group: &str) -> Cli {
-    let servers = std::env::var("STREAMS_NATS_SERVERS")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "127.0.0.1:4222".to_owned());
+    let servers = streams_testkit::nats_servers();
     Cli::new(format!("nats://{servers}?group={group}"))
 }
 

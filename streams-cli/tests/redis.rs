@@ -1,5 +1,5 @@
-//! The binary against Redis (`STREAMS_REDIS_URL`, default
-//! `redis://127.0.0.1:6379`; `scripts/test.sh` starts one where none listens).
+//! The binary against Redis, found through streams-testkit (its variable, a container
+//! of this test binary with `STREAMS_CONTAINERS=1`, or the native service).
 #![cfg(feature = "redis")]
 
 mod common;
@@ -7,10 +7,7 @@ mod common;
 use common::{unique, Cli};
 
 fn cli(group: &str) -> Cli {
-    let url = std::env::var("STREAMS_REDIS_URL")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
+    let url = streams_testkit::redis_url();
     Cli::new(format!("{url}?group={group}&claim_idle=1s&block=200ms"))
 }
 

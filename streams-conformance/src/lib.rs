@@ -39,7 +39,11 @@ use streams_core::{BoxError, CancellationToken, Message, ReadTask, Reader, Resul
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 
+mod batch;
 mod proxy;
+pub use batch::{
+    batch_acknowledges_per_message, batch_failed_message_in_middle, batch_keeps_order_per_key,
+};
 pub use proxy::TcpProxy;
 
 /// What a driver promises; scenarios that need more are skipped.
@@ -61,6 +65,19 @@ pub struct Capabilities {
     /// The platform is reached over TCP, and [`Harness::behind_proxy`] gives a harness
     /// whose clients go through a [`TcpProxy`]: they reconnect after an outage.
     pub reconnect: bool,
+    /// [`Reader::subscribe_batch`] hands batches to a batch handler and acknowledges
+    /// each message by its outcome. The batch scenarios also check what
+    /// [`redelivery`](Self::with_redelivery) and
+    /// [`ordered_per_key`](Self::with_ordered_per_key) promise, for batches.
+    pub batches: bool,
+    /// A failed message comes again before the later messages of its key are handled
+    /// (redelivery in place, as on Kafka and SQS FIFO queues), so order per key holds
+    /// across failures too. Checked by `batch_failed_message_in_middle`.
+    pub ordered_redelivery: bool,
+    /// A handler error carrying a delay ([`RetryAfter`](streams_core::RetryAfter)) brings
+    /// the message back no sooner than the delay and not much later
+    /// ([`Harness::delay_tolerance`]).
+    pub delayed_redelivery: bool,
 }
 
 impl Capabilities {
@@ -96,6 +113,24 @@ impl Capabilities {
     /// Sets [`reconnect`](Self::reconnect).
     pub fn with_reconnect(mut self, yes: bool) -> Self {
         self.reconnect = yes;
+        self
+    }
+
+    /// Sets [`ordered_redelivery`](Self::with_ordered_redelivery).
+    pub fn with_ordered_redelivery(mut self, yes: bool) -> Self {
+        self.ordered_redelivery = yes;
+        self
+    }
+
+    /// Sets [`batches`](Self::with_batches).
+    pub fn with_batches(mut self, yes: bool) -> Self {
+        self.batches = yes;
+        self
+    }
+
+    /// Sets [`delayed_redelivery`](Self::delayed_redelivery).
+    pub fn with_delayed_redelivery(mut self, yes: bool) -> Self {
+        self.delayed_redelivery = yes;
         self
     }
 
@@ -137,6 +172,12 @@ pub trait Harness: Send + Sync + 'static {
         Duration::from_secs(30)
     }
 
+    /// How late past its delay a message asking for one may come back (the
+    /// `delayed_redelivery` scenario); platforms that poll need more. Default 3 s.
+    fn delay_tolerance(&self) -> Duration {
+        Duration::from_secs(3)
+    }
+
     /// For the reconnect scenario (when [`Capabilities::reconnect`] is promised): a
     /// [`TcpProxy`] in front of the platform and a harness whose writers and readers
     /// reach the platform only through it (a broker that advertises addresses must
@@ -166,7 +207,7 @@ pub enum Outcome {
 
 /// What a scenario needs beyond delivery to a live subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Need {
+pub(crate) enum Need {
     Nothing,
     Redelivery,
     Persistence,
@@ -174,6 +215,10 @@ enum Need {
     OrderAcrossMembers,
     ConsumerGroups,
     Reconnect,
+    BatchRedelivery,
+    BatchOrder,
+    BatchRedeliveryInOrder,
+    DelayedRedelivery,
 }
 
 impl Need {
@@ -190,18 +235,28 @@ impl Need {
             ),
             Need::ConsumerGroups => (c.consumer_groups, "consumer groups"),
             Need::Reconnect => (c.reconnect, "a TCP connection to put a proxy in"),
+            Need::BatchRedelivery => (c.batches && c.redelivery, "batch handlers with redelivery"),
+            Need::BatchOrder => (
+                c.batches && c.ordered_per_key,
+                "batch handlers in order per key",
+            ),
+            Need::BatchRedeliveryInOrder => (
+                c.batches && c.redelivery && c.ordered_per_key && c.ordered_redelivery,
+                "batch handlers with redelivery in order per key",
+            ),
+            Need::DelayedRedelivery => (c.delayed_redelivery, "redelivery after a chosen delay"),
         };
         (!met).then_some(what)
     }
 
-    fn skip(self, h: &dyn Harness) -> Option<Outcome> {
+    pub(crate) fn skip(self, h: &dyn Harness) -> Option<Outcome> {
         self.missing(&h.capabilities()).map(Outcome::Skipped)
     }
 }
 
-type ScenarioResult = std::result::Result<Outcome, String>;
+pub(crate) type ScenarioResult = std::result::Result<Outcome, String>;
 
-const PROBE: &str = "conformance-probe";
+pub(crate) const PROBE: &str = "conformance-probe";
 
 /// A new stream name no other scenario or run uses.
 pub fn unique_stream(scenario: &str) -> String {
@@ -398,7 +453,7 @@ fn ids(msgs: &[Message]) -> HashSet<String> {
     msgs.iter().map(|m| m.id.clone()).collect()
 }
 
-fn ensure(cond: bool, what: impl FnOnce() -> String) -> std::result::Result<(), String> {
+pub(crate) fn ensure(cond: bool, what: impl FnOnce() -> String) -> std::result::Result<(), String> {
     if cond {
         Ok(())
     } else {
@@ -406,7 +461,7 @@ fn ensure(cond: bool, what: impl FnOnce() -> String) -> std::result::Result<(), 
     }
 }
 
-async fn setup(
+pub(crate) async fn setup(
     h: &dyn Harness,
     scenario: &str,
 ) -> std::result::Result<(String, Arc<dyn Writer>), String> {
@@ -604,6 +659,111 @@ pub async fn redelivery_after_failure(h: &dyn Harness) -> ScenarioResult {
     Ok(Outcome::Passed)
 }
 
+/// The delay of the `delayed_redelivery` scenario.
+pub const REDELIVERY_DELAY: Duration = Duration::from_secs(2);
+
+/// A handler that fails with a delay ([`RetryAfter`](streams_core::RetryAfter)) sees
+/// the message again no sooner than the delay and at most
+/// [`Harness::delay_tolerance`] later; a reader that reports the delivery attempt
+/// reports the second one as 2.
+pub async fn delayed_redelivery(h: &dyn Harness) -> ScenarioResult {
+    if let Some(skip) = Need::DelayedRedelivery.skip(h) {
+        return Ok(skip);
+    }
+    let (stream, writer) = setup(h, "delayed").await?;
+    let reader = h.reader().await.map_err(|e| format!("reader: {e}"))?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Message, Instant)>();
+    let ready = Arc::new(tokio::sync::Notify::new());
+    let failed_once = Arc::new(Mutex::new(HashSet::new()));
+    let r = ready.clone();
+    let svc = tower::service_fn(move |m: Message| {
+        let (tx, r, failed_once) = (tx.clone(), r.clone(), failed_once.clone());
+        async move {
+            if m.header(PROBE).is_some() {
+                r.notify_one();
+                return Ok(());
+            }
+            let first = failed_once.lock().expect("lock").insert(m.id.clone());
+            let _ = tx.send((m, Instant::now()));
+            if first {
+                Err::<(), BoxError>(
+                    streams_core::RetryAfter::new(REDELIVERY_DELAY, "conformance: later").into(),
+                )
+            } else {
+                Ok(())
+            }
+        }
+    });
+    let cancel = CancellationToken::new();
+    let subscription = reader
+        .subscribe(h.task(&stream, "delayed"))
+        .await
+        .map_err(|e| format!("subscribe: {e}"))?;
+    let (_, never) = mpsc::unbounded_channel();
+    let sub = Sub {
+        rx: never,
+        ready,
+        cancel: cancel.clone(),
+        join: tokio::spawn(subscription.run(streams_core::handler(svc), cancel)),
+    };
+    sub.wait_ready(writer.as_ref(), &stream, h.patience())
+        .await?;
+    let sent: Vec<Message> = (0..3)
+        .map(|i| Message::new(&stream, format!("{i}")).with_key(format!("k{i}")))
+        .collect();
+    let sent_ids = ids(&sent);
+    writer
+        .write(sent)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut seen: HashMap<String, Vec<(Message, Instant)>> = HashMap::new();
+    let deadline = Instant::now() + h.patience() + REDELIVERY_DELAY + h.delay_tolerance();
+    while sent_ids
+        .iter()
+        .any(|id| seen.get(id).map_or(0, Vec::len) < 2)
+    {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some((m, at))) => seen.entry(m.id.clone()).or_default().push((m, at)),
+            _ => break,
+        }
+    }
+    sub.stop().await?;
+    for id in &sent_ids {
+        let deliveries = seen.get(id).map(Vec::as_slice).unwrap_or_default();
+        ensure(deliveries.len() >= 2, || {
+            format!(
+                "message {id} delivered {} time(s), expected it again after {REDELIVERY_DELAY:?}",
+                deliveries.len()
+            )
+        })?;
+        let (first, failed_at) = &deliveries[0];
+        let (second, back_at) = &deliveries[1];
+        let away = back_at.duration_since(*failed_at);
+        // The handler fails right after the first timestamp, so a message may be back
+        // a hair sooner than the full delay measured from it.
+        ensure(away + Duration::from_millis(50) >= REDELIVERY_DELAY, || {
+            format!(
+                "message {id} came back after {away:?}, before its delay of {REDELIVERY_DELAY:?}"
+            )
+        })?;
+        ensure(away <= REDELIVERY_DELAY + h.delay_tolerance(), || {
+            format!(
+                "message {id} came back after {away:?}, more than {:?} past its delay of {REDELIVERY_DELAY:?}",
+                h.delay_tolerance()
+            )
+        })?;
+        if let Some(n) = first.delivery_attempt() {
+            ensure(second.delivery_attempt() == Some(n + 1), || {
+                format!(
+                    "message {id}: delivery attempt {n} then {:?}",
+                    second.delivery_attempt()
+                )
+            })?;
+        }
+    }
+    Ok(Outcome::Passed)
+}
+
 /// Messages published while a group's reader is closed arrive when it reopens.
 pub async fn resume_after_reopen(h: &dyn Harness) -> ScenarioResult {
     if let Some(skip) = Need::Persistence.skip(h) {
@@ -691,7 +851,7 @@ pub async fn order_per_key(h: &dyn Harness) -> ScenarioResult {
 
 /// Writes `per_key` messages for each of `keys` keys, interleaved (`key-K`, payload
 /// `K:SEQ`, header `seq`), in writes of `chunk` messages.
-async fn write_keyed(
+pub(crate) async fn write_keyed(
     writer: &dyn Writer,
     stream: &str,
     keys: u32,
@@ -916,6 +1076,9 @@ fn scenarios() -> Vec<(&'static str, Need, ScenarioFn)> {
         ("redelivery_after_failure", Need::Redelivery, |h| {
             Box::pin(redelivery_after_failure(h))
         }),
+        ("delayed_redelivery", Need::DelayedRedelivery, |h| {
+            Box::pin(delayed_redelivery(h))
+        }),
         ("resume_after_reopen", Need::Persistence, |h| {
             Box::pin(resume_after_reopen(h))
         }),
@@ -939,6 +1102,19 @@ fn scenarios() -> Vec<(&'static str, Need, ScenarioFn)> {
             Box::pin(publish_after_shutdown(h))
         }),
         ("reconnect", Need::Reconnect, |h| Box::pin(reconnect(h))),
+        (
+            "batch_acknowledges_per_message",
+            Need::BatchRedelivery,
+            |h| Box::pin(batch_acknowledges_per_message(h)),
+        ),
+        ("batch_keeps_order_per_key", Need::BatchOrder, |h| {
+            Box::pin(batch_keeps_order_per_key(h))
+        }),
+        (
+            "batch_failed_message_in_middle",
+            Need::BatchRedeliveryInOrder,
+            |h| Box::pin(batch_failed_message_in_middle(h)),
+        ),
         (
             "subscribe_refuses_what_it_cannot_honour",
             Need::Nothing,

@@ -685,6 +685,14 @@ impl<R: Reader> Reader for DefaultGroupReader<R> {
     async fn subscribe(&self, task: ReadTask) -> Result<Subscription> {
         self.inner.subscribe(self.apply(task)).await
     }
+
+    async fn subscribe_batch(
+        &self,
+        task: ReadTask,
+        size: crate::BatchSize,
+    ) -> Result<crate::BatchSubscription> {
+        self.inner.subscribe_batch(self.apply(task), size).await
+    }
 }
 
 #[cfg(test)]

@@ -266,6 +266,78 @@ pub fn is_unrecoverable(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// A handler error that says when to try again: the reader makes the message available
+/// again after `delay` instead of at once, without holding a handler slot meanwhile.
+///
+/// Return it for a failure that will pass with time, such as "rate limited, retry in
+/// 30 s". Each platform honours it its own way (the README lists them): SQS changes the
+/// message's visibility, NATS naks with the delay, Kafka pauses the partition and seeks
+/// back when the delay is over, the in-process bus schedules the redelivery. A delay the
+/// platform cannot honour (over SQS's 12 hours) is refused with a clear error and the
+/// message comes back as after any other failure. A zero delay asks for redelivery at
+/// once.
+///
+/// [`RetryLayer`](crate::middleware::RetryLayer) in
+/// [hand-off mode](crate::middleware::RetryPolicy::with_platform_delay) returns its
+/// backoff this way; [`DeadLetterLayer`](crate::middleware::DeadLetterLayer) passes such
+/// an error on instead of dead-lettering the message.
+///
+/// ```
+/// use std::time::Duration;
+/// use streams_core::{BoxError, RetryAfter};
+///
+/// let err: BoxError = RetryAfter::new(Duration::from_secs(30), "rate limited").into();
+/// assert_eq!(streams_core::retry_after(err.as_ref()), Some(Duration::from_secs(30)));
+/// assert_eq!(err.to_string(), "retry after 30s: rate limited");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error("retry after {delay:?}: {source}")]
+pub struct RetryAfter {
+    delay: Duration,
+    #[source]
+    source: BoxError,
+}
+
+impl RetryAfter {
+    /// Wraps the error that made the handler fail, with the delay after which the
+    /// message should be delivered again.
+    pub fn new(delay: Duration, err: impl Into<BoxError>) -> Self {
+        RetryAfter {
+            delay,
+            source: err.into(),
+        }
+    }
+
+    /// How long the message should stay away.
+    pub fn delay(&self) -> Duration {
+        self.delay
+    }
+
+    /// The wrapped error, without the delay.
+    pub fn into_source(self) -> BoxError {
+        self.source
+    }
+}
+
+/// The delay a handler error asks for, if it asks for one: that of the first
+/// [`RetryAfter`] in the source chain. An [`Unrecoverable`] met first in the chain
+/// cancels it (`None`): an error that must not be retried is not redelivered later either.
+///
+/// Readers call it on every handler error to decide when the message comes back.
+pub fn retry_after(err: &(dyn std::error::Error + 'static)) -> Option<Duration> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(r) = e.downcast_ref::<RetryAfter>() {
+            return Some(r.delay);
+        }
+        if e.is::<Unrecoverable>() {
+            return None;
+        }
+        current = e.source();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,5 +402,25 @@ mod tests {
         let text = e.to_string();
         assert!(text.starts_with("7 of the batch's messages"), "{text}");
         assert!(text.contains("and 2 more"), "{text}");
+    }
+
+    #[test]
+    fn retry_after_found_in_chain_unless_unrecoverable_first() {
+        let d = Duration::from_millis(1500);
+        let err: BoxError = RetryAfter::new(d, "rate limited").into();
+        assert_eq!(retry_after(err.as_ref()), Some(d));
+        assert!(!is_unrecoverable(err.as_ref()));
+        // Deeper in the chain: a driver error wrapping the handler's.
+        let wrapped: BoxError = Error::driver("x", "handle", true, err).into();
+        assert_eq!(retry_after(wrapped.as_ref()), Some(d));
+        // Unrecoverable outside the delay wins.
+        let gave_up: BoxError = Unrecoverable::new(RetryAfter::new(d, "late")).into();
+        assert_eq!(retry_after(gave_up.as_ref()), None);
+        let plain: BoxError = "plain".into();
+        assert_eq!(retry_after(plain.as_ref()), None);
+        let zero: BoxError = RetryAfter::new(Duration::ZERO, "now").into();
+        assert_eq!(retry_after(zero.as_ref()), Some(Duration::ZERO));
+        let back = RetryAfter::new(d, "inner").into_source();
+        assert_eq!(back.to_string(), "inner");
     }
 }

@@ -18,6 +18,7 @@
 //!
 //! Drivers live in their own crates (`streams-chanbuf`, `streams-kafka`, ...).
 
+mod batch;
 mod codec;
 mod connection;
 mod error;
@@ -34,17 +35,25 @@ mod router;
 mod stream;
 mod window;
 
+pub use batch::{
+    batch_handler, call_batch_handler, typed_batch, Batch, BatchHandler, BatchOutcome, BatchSize,
+    BatchSubscription, TypedBatch, MAX_BATCH_MESSAGES, MAX_BATCH_WAIT,
+};
 pub use codec::{Codec, CodecRegistry, JsonCodec, ProtobufCodec};
 pub use connection::{
     invalid_url, ConnectUrl, Connection, DefaultGroupReader, NoStreamAdmin, StreamAdmin, UrlParams,
     URL_ERROR_WHAT,
 };
-pub use error::{is_unrecoverable, BoxError, Error, FailedMessage, Result, Unrecoverable};
+pub use error::{
+    is_unrecoverable, retry_after, BoxError, Error, FailedMessage, Result, RetryAfter,
+    Unrecoverable,
+};
 pub use event::{Event, EventContract, EventRegistry, RegisteredEvent};
 pub use event_bus::EventBus;
 pub use id::{IdFactory, KsuidFactory, UuidFactory};
 pub use message::{
-    Headers, Message, Metadata, CONTENT_TYPE_JSON, CONTENT_TYPE_OCTET_STREAM, CONTENT_TYPE_PROTOBUF,
+    Headers, Message, Metadata, CONTENT_TYPE_JSON, CONTENT_TYPE_OCTET_STREAM,
+    CONTENT_TYPE_PROTOBUF, DELIVERY_ATTEMPT,
 };
 pub use observe::{Observe, ObserveFuture, ObserveLayer, ObservedReader, ObservedWriter};
 pub use outbox::{decode_batch, encode_batch, OutboxStore, Relay, StoredBatch, WakeSource};

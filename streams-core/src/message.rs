@@ -15,6 +15,11 @@ pub const CONTENT_TYPE_PROTOBUF: &str = "application/x-google-protobuf";
 /// Content type given to raw payloads when none is set.
 pub const CONTENT_TYPE_OCTET_STREAM: &str = "application/octet-stream";
 
+/// [`Metadata`] entry in which a reader says which delivery of a message this is: 1 the
+/// first time, 2 after one failure, and so on; read it with
+/// [`Message::delivery_attempt`]. Readers that cannot tell leave it out.
+pub const DELIVERY_ATTEMPT: &str = "streams-delivery-attempt";
+
 /// A unit of data moving through a stream, the same on every platform.
 ///
 /// `data` is [`Bytes`], so cloning a message does not copy its payload.
@@ -107,6 +112,24 @@ impl Message {
             Some(v) => Some(v.as_str()),
             None => self.metadata.get(name),
         }
+    }
+
+    /// Which delivery of this message the reader is handing over (1 the first time), from
+    /// the [`DELIVERY_ATTEMPT`] metadata entry; `None` when the reader cannot tell.
+    ///
+    /// ```
+    /// use streams_core::{Message, DELIVERY_ATTEMPT};
+    ///
+    /// let mut msg = Message::new("orders", "x");
+    /// assert_eq!(msg.delivery_attempt(), None);
+    /// msg.metadata.insert_i64(DELIVERY_ATTEMPT, 3);
+    /// assert_eq!(msg.delivery_attempt(), Some(3));
+    /// ```
+    pub fn delivery_attempt(&self) -> Option<u32> {
+        self.metadata
+            .get_i64(DELIVERY_ATTEMPT)
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n > 0)
     }
 
     /// Copies the [`metadata`](Message::metadata) entries into the headers (a header of

@@ -399,7 +399,11 @@ impl Relay {
         Ok(report)
     }
 
-    async fn write_with_retry(&self, messages: Vec<Message>) -> Result<()> {
+    /// Writes one batch, retrying what was not written: after a partial write, only
+    /// the first message the destination names and every message after it (so order
+    /// holds and nothing written is written again within the pass). When retries run
+    /// out, the whole batch stays in the outbox: a stored batch is one row.
+    async fn write_with_retry(&self, mut messages: Vec<Message>) -> Result<()> {
         let started = tokio::time::Instant::now();
         let mut attempt = 1;
         loop {
@@ -407,6 +411,14 @@ impl Relay {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
+            if let Error::PartialWrite { failed, .. } = &err {
+                if let Some(first) = messages
+                    .iter()
+                    .position(|m| failed.iter().any(|f| f.id == m.id))
+                {
+                    messages.drain(..first);
+                }
+            }
             if !err.is_retryable() || attempt >= self.retry.max_attempts() {
                 return Err(err);
             }

@@ -10,15 +10,24 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    BoxError, Error, Event, EventRegistry, Message, ReadTask, Reader, Result, Unrecoverable,
+    batch_handler, Batch, BatchHandler, BatchOutcome, BatchSize, BoxError, Error, Event,
+    EventRegistry, Message, ReadTask, Reader, Result, Unrecoverable,
 };
 
-/// Runs a subscribed handler on its subscription.
+/// Runs a subscribed message handler on its subscription.
 type Run = Box<
     dyn FnOnce(crate::Subscription, CancellationToken) -> BoxFuture<'static, Result<()>>
         + Send
         + Sync,
 >;
+
+/// A subscribed task's handler: one message or one batch at a time.
+enum Consumer {
+    /// The service stays unboxed until its subscription is known, so that an observing
+    /// reader wraps it before it is boxed, once (see `Subscription`).
+    Message(Run),
+    Batch(BatchSize, BatchHandler),
+}
 
 /// The router: routes each stream of a [`Reader`] to its handler. Subscribe (a read
 /// task and a handler), [`start`](Self::start), then [`shutdown`](Self::shutdown).
@@ -28,7 +37,7 @@ type Run = Box<
 pub struct Router {
     reader: Arc<dyn Reader>,
     registry: Arc<EventRegistry>,
-    pending: Vec<(ReadTask, Run)>,
+    pending: Vec<(ReadTask, Consumer)>,
     running: JoinSet<(String, Result<()>)>,
     cancel: CancellationToken,
     failed: Vec<(String, Error)>,
@@ -55,13 +64,40 @@ impl Router {
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
     {
-        // The service stays unboxed until its subscription is known, so that an
-        // observing reader wraps it before it is boxed, once (see `Subscription`).
         let run: Run = Box::new(move |subscription, cancel| {
             Box::pin(subscription.run_service(service, cancel))
         });
-        self.pending.push((task, run));
+        self.pending.push((task, Consumer::Message(run)));
         self
+    }
+
+    /// Adds a read task with a batch handler: batches of up to `size`, acknowledged per
+    /// message (see [`Reader::subscribe_batch`]).
+    pub fn subscribe_batch<S>(&mut self, task: ReadTask, size: BatchSize, service: S) -> &mut Self
+    where
+        S: tower::Service<Batch, Response = BatchOutcome> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.pending
+            .push((task, Consumer::Batch(size, batch_handler(service))));
+        self
+    }
+
+    /// Subscribes a function that receives batches of decoded events (with their
+    /// messages) from the stream registered for `E`; see [`typed_batch`](crate::typed_batch).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::EventNotRegistered`].
+    pub fn subscribe_typed_batch<E, F, Fut>(&mut self, size: BatchSize, f: F) -> Result<&mut Self>
+    where
+        E: Event,
+        F: Fn(Vec<(E, Message)>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<BatchOutcome, BoxError>> + Send + 'static,
+    {
+        let stream = self.registry.stream_of::<E>()?;
+        Ok(self.subscribe_batch(ReadTask::new(stream), size, crate::typed_batch(f)))
     }
 
     /// Subscribes a handler to a stream with driver defaults.
@@ -124,22 +160,34 @@ impl Router {
     /// reader's error.
     pub async fn start(&mut self) -> Result<()> {
         let mut attached = Vec::with_capacity(self.pending.len());
-        for (task, run) in std::mem::take(&mut self.pending) {
+        for (task, consumer) in std::mem::take(&mut self.pending) {
             let stream = task.stream.clone();
-            match self.reader.subscribe(task).await {
-                Ok(subscription) => attached.push((subscription, run)),
+            let subscribed = match consumer {
+                Consumer::Message(run) => self
+                    .reader
+                    .subscribe(task)
+                    .await
+                    .map(|s| Attached::Message(s, run)),
+                Consumer::Batch(size, handler) => self
+                    .reader
+                    .subscribe_batch(task, size)
+                    .await
+                    .map(|s| Attached::Batch(s, handler)),
+            };
+            match subscribed {
+                Ok(attached_task) => attached.push(attached_task),
                 Err(e) => {
                     tracing::error!(stream = %stream, error = %e, "cannot subscribe");
                     return Err(Error::Readers(vec![(stream, e)]));
                 }
             }
         }
-        for (subscription, run) in attached {
+        for attached_task in attached {
             let cancel = self.cancel.child_token();
-            let stream = subscription.stream().to_owned();
+            let stream = attached_task.stream().to_owned();
             self.running.spawn(async move {
                 tracing::debug!(stream = %stream, "reader started");
-                let result = run(subscription, cancel).await;
+                let result = attached_task.run(cancel).await;
                 if let Err(e) = &result {
                     tracing::error!(stream = %stream, error = %e, "reader failed");
                 }
@@ -213,6 +261,28 @@ impl Router {
             Ok(())
         } else {
             Err(Error::Readers(std::mem::take(&mut self.failed)))
+        }
+    }
+}
+
+/// A task attached to its stream, with its handler.
+enum Attached {
+    Message(crate::Subscription, Run),
+    Batch(crate::BatchSubscription, BatchHandler),
+}
+
+impl Attached {
+    fn stream(&self) -> &str {
+        match self {
+            Attached::Message(s, _) => s.stream(),
+            Attached::Batch(s, _) => s.stream(),
+        }
+    }
+
+    async fn run(self, cancel: CancellationToken) -> Result<()> {
+        match self {
+            Attached::Message(s, run) => run(s, cancel).await,
+            Attached::Batch(s, h) => s.run(h, cancel).await,
         }
     }
 }

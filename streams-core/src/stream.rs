@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 use tower::util::BoxCloneSyncService;
 
-use crate::{BoxError, Message, Result};
+use crate::{BatchHandler, BatchSize, BatchSubscription, BoxError, Message, Result};
 
 /// A message handler: a tower service that acknowledges a message by returning `Ok`.
 ///
@@ -125,6 +125,44 @@ pub trait Reader: Send + Sync + fmt::Debug {
         cancel: CancellationToken,
     ) -> Result<()> {
         self.subscribe(task).await?.run(handler, cancel).await
+    }
+
+    /// Attaches `task` for a [`BatchHandler`]: batches of up to `size` messages of one
+    /// stream (one partition on Kafka), acknowledged per message.
+    ///
+    /// The default batches what the per-message path hands over
+    /// ([`BatchSubscription::collect`]), raising the task's `concurrency` to
+    /// `size.max_messages()` so that a batch can fill; drivers that batch natively
+    /// override it. Readers that wrap another forward it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`](crate::Error::Invalid) naming the field of a size no reader
+    /// honours ([`BatchSize::check`]); as [`subscribe`](Self::subscribe).
+    async fn subscribe_batch(&self, task: ReadTask, size: BatchSize) -> Result<BatchSubscription> {
+        size.check()?;
+        let concurrency = task.concurrency.unwrap_or(0).max(size.max_messages());
+        let subscription = self.subscribe(task.with_concurrency(concurrency)).await?;
+        Ok(BatchSubscription::collect(subscription, size))
+    }
+
+    /// Attaches `task` for batches and runs it until `cancel` fires or the platform
+    /// ends the stream.
+    ///
+    /// # Errors
+    ///
+    /// As [`subscribe_batch`](Self::subscribe_batch) and [`BatchSubscription::run`].
+    async fn read_batch(
+        &self,
+        task: ReadTask,
+        size: BatchSize,
+        handler: BatchHandler,
+        cancel: CancellationToken,
+    ) -> Result<()> {
+        self.subscribe_batch(task, size)
+            .await?
+            .run(handler, cancel)
+            .await
     }
 }
 
@@ -249,6 +287,10 @@ impl<W: Writer + ?Sized> Writer for Arc<W> {
 impl<R: Reader + ?Sized> Reader for Arc<R> {
     async fn subscribe(&self, task: ReadTask) -> Result<Subscription> {
         (**self).subscribe(task).await
+    }
+
+    async fn subscribe_batch(&self, task: ReadTask, size: BatchSize) -> Result<BatchSubscription> {
+        (**self).subscribe_batch(task, size).await
     }
 }
 

@@ -208,6 +208,42 @@ async fn failed_dead_letter_write_keeps_the_message_unacknowledged() {
     assert_eq!(err.to_string(), "handler failed");
 }
 
+#[tokio::test]
+async fn a_delayed_retry_is_not_dead_lettered() {
+    use tower::ServiceExt;
+    // The writer fails every write: had the layer tried to dead-letter, the handler's
+    // error would come back unchanged too, so the count of writes tells.
+    let writes = Arc::new(AtomicUsize::new(0));
+    let svc = DeadLetterLayer::new(Arc::new(CountingWriter(writes.clone()))).layer_service(
+        tower::service_fn(|_m: Message| async {
+            Err::<(), BoxError>(
+                streams_core::RetryAfter::new(Duration::from_secs(2), "rate limited").into(),
+            )
+        }),
+    );
+    let err = svc.oneshot(Message::new("s", "x")).await.unwrap_err();
+    assert_eq!(
+        streams_core::retry_after(err.as_ref()),
+        Some(Duration::from_secs(2))
+    );
+    assert_eq!(writes.load(Ordering::SeqCst), 0, "nothing dead-lettered");
+}
+
+#[derive(Debug)]
+struct CountingWriter(Arc<AtomicUsize>);
+
+#[async_trait]
+impl Writer for CountingWriter {
+    async fn write(&self, _batch: Vec<Message>) -> Result<()> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
 trait LayerExt<S> {
     type Out;
     fn layer_service(&self, s: S) -> Self::Out;
@@ -481,4 +517,49 @@ async fn shutdown_waits_for_in_flight_handlers_up_to_a_deadline() {
     let err = bus.shutdown(Duration::from_millis(200)).await.unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(err.to_string().contains("timed out"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_hands_its_backoff_to_the_in_process_bus() {
+    use tower::Layer;
+    let chan = Arc::new(MemoryBus::new());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let policy = RetryPolicy::default()
+        .with_max_attempts(3)
+        .with_initial_backoff(Duration::from_millis(200))
+        .with_jitter(0.0)
+        .with_platform_delay(true);
+    let svc = RetryLayer::new(policy).layer(tower::service_fn(move |m: Message| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send((m.delivery_attempt(), tokio::time::Instant::now()));
+            Err::<(), BoxError>("still down".into())
+        }
+    }));
+    let cancel = streams_core::CancellationToken::new();
+    let sub = chan.subscribe(ReadTask::new("s")).await.unwrap();
+    let reader = tokio::spawn(sub.run(handler(svc), cancel.clone()));
+    chan.write(vec![Message::new("s", "x")]).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.push(
+            tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        got.iter().map(|g| g.0).collect::<Vec<_>>(),
+        [Some(1), Some(2), Some(3)]
+    );
+    // 200 ms, then 400 ms, each waited by the bus rather than by the handler.
+    assert!(got[1].1 - got[0].1 >= Duration::from_millis(200));
+    assert!(got[2].1 - got[1].1 >= Duration::from_millis(400));
+    // The third attempt was the last: no fourth delivery.
+    assert!(tokio::time::timeout(Duration::from_millis(800), rx.recv())
+        .await
+        .is_err());
+    cancel.cancel();
+    reader.await.unwrap().unwrap();
 }

@@ -327,10 +327,13 @@ async fn relay_loop_wakes_on_notify_and_delivers_to_the_bus() {
     let sent = batch("payments", 5, "p");
     outbox.write(sent.clone()).await.unwrap();
     for s in &sent {
-        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        let mut got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
             .unwrap()
             .unwrap();
+        // The bus says which delivery this is; the rest is what was written.
+        assert_eq!(got.delivery_attempt(), Some(1));
+        got.metadata = Default::default();
         assert_eq!(got, *s, "decoded message equals what was written");
     }
     cancel.cancel();
@@ -486,4 +489,103 @@ async fn a_wake_source_wakes_the_relay_and_stops_with_it() {
         1,
         "the source stopped with the relay"
     );
+}
+
+/// Writes everything except the messages named in `refuse` the first `times` times it
+/// sees them, which it reports in a partial write.
+#[derive(Debug, Default)]
+struct PartlyFailing {
+    refuse: Vec<String>,
+    times: AtomicUsize,
+    got: Mutex<Vec<Vec<String>>>,
+}
+
+#[async_trait]
+impl Writer for PartlyFailing {
+    async fn write(&self, batch: Vec<Message>) -> Result<()> {
+        self.got.lock().unwrap().push(
+            batch
+                .iter()
+                .map(|m| String::from_utf8_lossy(&m.data).into_owned())
+                .collect(),
+        );
+        let failing = self
+            .times
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        let failed: Vec<_> = batch
+            .iter()
+            .filter(|m| {
+                failing
+                    && self
+                        .refuse
+                        .contains(&String::from_utf8_lossy(&m.data).into_owned())
+            })
+            .map(|m| streams_core::FailedMessage {
+                id: m.id.clone(),
+                reason: "throttled".into(),
+            })
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::PartialWrite {
+                failed,
+                retryable: true,
+            })
+        }
+    }
+
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_partial_write_is_retried_from_the_first_failed_message() {
+    let outbox = Arc::new(MemoryOutbox::new());
+    outbox.write(batch("s", 5, "a")).await.unwrap();
+    outbox.write(batch("s", 2, "b")).await.unwrap();
+    let dest = Arc::new(PartlyFailing {
+        refuse: vec!["a-2".into(), "a-4".into()],
+        times: AtomicUsize::new(1),
+        ..Default::default()
+    });
+    let relay = Relay::new(outbox.clone(), dest.clone())
+        .with_retry(quick_retry())
+        // One write per stored batch, so the partial write is the first batch's.
+        .with_max_write_messages(5);
+    let report = relay.relay_once().await.unwrap();
+    assert_eq!(report.relayed, 2);
+    assert_eq!(outbox.pending(), 0);
+    let got = dest.got.lock().unwrap();
+    // The retry holds the first failed message and its successors, nothing before.
+    assert_eq!(got[0], vec!["a-0", "a-1", "a-2", "a-3", "a-4"]);
+    assert_eq!(got[1], vec!["a-2", "a-3", "a-4"]);
+    assert_eq!(got[2], vec!["b-0", "b-1"]);
+}
+
+#[tokio::test]
+async fn a_partial_write_that_keeps_failing_leaves_its_batch_and_the_later_ones() {
+    let outbox = Arc::new(MemoryOutbox::new());
+    outbox.write(batch("s", 3, "a")).await.unwrap();
+    outbox.write(batch("s", 2, "b")).await.unwrap();
+    let dest = Arc::new(PartlyFailing {
+        refuse: vec!["a-1".into()],
+        times: AtomicUsize::new(usize::MAX),
+        ..Default::default()
+    });
+    let relay = Relay::new(outbox.clone(), dest.clone())
+        .with_retry(quick_retry())
+        .with_max_write_messages(3);
+    let err = relay.relay_once().await.unwrap_err();
+    assert!(err.to_string().contains("throttled"), "{err}");
+    // Both batches stay, in order; the later one was not written.
+    assert_eq!(outbox.pending(), 2);
+    assert!(dest
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|w| !w.contains(&"b-0".to_owned())));
 }

@@ -2,6 +2,11 @@
 //!
 //! - [`KafkaWriter`] produces a batch and returns once the broker acknowledged every
 //!   record, or says which messages failed. The idempotent producer is on by default.
+//! - With `transactional.id` set, [`KafkaWriter`] writes each batch in one Kafka
+//!   transaction, whole or not at all; [`KafkaPipeline`] is exactly-once
+//!   consume-transform-produce: a transform's outputs and the consumed offsets are
+//!   committed in one transaction, so a `read_committed` consumer of the outputs sees
+//!   each input's outputs once, whatever crashes in between.
 //! - [`KafkaReader`] reads with a consumer group (the task's `group`) or directly from
 //!   one partition and offset. It is at least once: an offset is stored for commit only
 //!   after its handler succeeded; a failed message is handed to the handler again, with
@@ -48,14 +53,17 @@ mod client;
 mod config;
 mod connect;
 mod error;
+mod pipeline;
 mod reader;
 mod record;
+mod transaction;
 mod writer;
 
 pub use admin::{create_topic, delete_topic};
 pub use client::KafkaContext;
 pub use config::KafkaConfig;
 pub use connect::{connect, DEFAULT_BROKERS};
+pub use pipeline::KafkaPipeline;
 pub use reader::KafkaReader;
 pub use record::{
     HEADER_CLIENT_ID, HEADER_CONTENT_TYPE, HEADER_CURRENT_OFFSET, HEADER_GROUP_ID,

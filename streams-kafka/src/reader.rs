@@ -11,7 +11,10 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Offset, TopicPartitionList};
-use streams_core::{CancellationToken, Error, Handler, ReadTask, Reader, Result, Subscription};
+use streams_core::{
+    BatchHandler, BatchSize, BatchSubscription, CancellationToken, Error, Handler, ReadTask,
+    Reader, Result, Subscription,
+};
 use tokio::sync::mpsc;
 
 use crate::client::{first_contact, KafkaContext};
@@ -52,6 +55,14 @@ use crate::{KafkaConfig, DRIVER};
 ///
 /// A failed handler call is retried for the same message, with backoff (see
 /// [`KafkaConfig::with_retry_backoff`]); the partition's later records wait behind it.
+/// A handler error that asks for a delay ([`RetryAfter`](streams_core::RetryAfter)) is
+/// retried after that delay instead (zero: at once), holding no handler slot
+/// meanwhile; the partition waits (so its order holds) and the others go on. Handlers
+/// see the attempt as [`Message::delivery_attempt`](streams_core::Message::delivery_attempt)
+/// (1 the first time; counted by this reader, so it starts again at 1 for a record
+/// another member or a restarted reader takes over). On cancellation during a delay the
+/// record is not committed, so the next reader gets it at once: a delay is not
+/// honoured across a restart.
 /// Each partition queues at most [`KafkaConfig::with_queue_depth`]
 /// records for its worker. When a queue is full and its worker makes no room within
 /// half a second (a handler stuck or retrying, not merely busy), the reader pauses that
@@ -231,7 +242,7 @@ struct PartitionState {
 }
 
 /// The reader's default `fetch.wait.max.ms`.
-const FETCH_WAIT_MAX_MS: &str = "10";
+pub(crate) const FETCH_WAIT_MAX_MS: &str = "10";
 
 /// Records taken from the consumer at most per turn of the polling loop.
 const DRAIN_MAX: usize = 512;
@@ -246,9 +257,10 @@ const FULL_PATIENCE: Duration = Duration::from_millis(500);
 
 type Consumer_ = BaseConsumer<ReaderContext>;
 
-#[async_trait]
-impl Reader for KafkaReader {
-    async fn subscribe(&self, task: ReadTask) -> Result<Subscription> {
+impl KafkaReader {
+    /// Checks the task, creates the consumer, reaches the cluster and joins the topic:
+    /// what `subscribe` and `subscribe_batch` share.
+    async fn attach(&self, task: ReadTask) -> Result<(Attached, ReadTask)> {
         if task.stream.is_empty() {
             return Err(Error::invalid("read task", "stream (topic) is empty"));
         }
@@ -373,12 +385,47 @@ impl Reader for KafkaReader {
             init_offset: if direct { init_offset } else { String::new() },
             direct,
         };
+        Ok((attached, task))
+    }
+}
+
+#[async_trait]
+impl Reader for KafkaReader {
+    async fn subscribe(&self, task: ReadTask) -> Result<Subscription> {
+        let (attached, task) = self.attach(task).await?;
         let reader = self.clone();
         Ok(Subscription::new(
             task.stream.clone(),
-            move |handler, cancel| reader.run(attached, task, handler, cancel),
+            move |handler, cancel| reader.run(attached, task, Consume::Message(handler), cancel),
         ))
     }
+
+    /// Batches natively, per partition: each partition's worker takes up to
+    /// `max_messages` of its queue (what is queued, then what arrives within
+    /// `max_wait`) and hands them over as one batch, so order per key holds. The offset
+    /// stored for the commit passes the batch's successes up to the first failed
+    /// message and never that one: the failed message and those after it in the batch
+    /// are handed over again, in order, after the reader's redelivery backoff (as a
+    /// failed message of a per-message handler is). The task's `concurrency` bounds
+    /// batches handled at once across partitions.
+    async fn subscribe_batch(&self, task: ReadTask, size: BatchSize) -> Result<BatchSubscription> {
+        size.check()?;
+        let (attached, task) = self.attach(task).await?;
+        let reader = self.clone();
+        Ok(BatchSubscription::new(
+            task.stream.clone(),
+            move |handler, cancel| {
+                reader.run(attached, task, Consume::Batch(handler, size), cancel)
+            },
+        ))
+    }
+}
+
+/// What a run hands records to: a message handler or a batch handler.
+#[derive(Clone)]
+enum Consume {
+    Message(Handler),
+    Batch(BatchHandler, BatchSize),
 }
 
 /// What `subscribe` prepared for `run`: a consumer that reached the cluster and joined
@@ -408,7 +455,7 @@ impl KafkaReader {
         self,
         mut attached: Attached,
         task: ReadTask,
-        handler: Handler,
+        handler: Consume,
         cancel: CancellationToken,
     ) -> Result<()> {
         let consumer = attached.consumer.take().expect("consumer attached once");
@@ -475,15 +522,27 @@ impl KafkaReader {
                 _ = cancel.cancelled() => break,
                 // The polling thread stopped on a fatal error.
                 _ = stop.cancelled() => break,
-                Some(w) = spawn_rx.recv() => {
-                    workers.spawn(partition_worker(
-                        shared.clone(),
-                        weak.clone(),
-                        w,
-                        handler.clone(),
-                        stop.clone(),
-                    ));
-                }
+                Some(w) = spawn_rx.recv() => match &handler {
+                    Consume::Message(handler) => {
+                        workers.spawn(partition_worker(
+                            shared.clone(),
+                            weak.clone(),
+                            w,
+                            handler.clone(),
+                            stop.clone(),
+                        ));
+                    }
+                    Consume::Batch(handler, size) => {
+                        workers.spawn(partition_batch_worker(
+                            shared.clone(),
+                            weak.clone(),
+                            w,
+                            handler.clone(),
+                            *size,
+                            stop.clone(),
+                        ));
+                    }
+                },
                 Some(joined) = workers.join_next(), if !workers.is_empty() => {
                     if let Err(e) = joined {
                         tracing::error!(topic = %task.stream, error = %e, "partition worker failed");
@@ -879,6 +938,139 @@ async fn partition_worker(
     }
 }
 
+/// The batch counterpart of [`partition_worker`]: collects up to `size` records of the
+/// partition, hands them over as one batch, stores the offset of the successes before
+/// the first failure, and hands the failed record and the ones after it over again
+/// (with more, when more arrived) after a backoff.
+async fn partition_batch_worker(
+    shared: Arc<Shared>,
+    consumer: Weak<Consumer_>,
+    mut worker: Worker,
+    mut handler: BatchHandler,
+    size: BatchSize,
+    stop: CancellationToken,
+) {
+    use std::collections::VecDeque;
+    use tokio::sync::mpsc::error::TryRecvError;
+
+    let partition = worker.partition;
+    let mut owns = None;
+    let mut pending: VecDeque<Work> = VecDeque::new();
+    let mut closed = false;
+    let mut backoff = shared.retry_initial;
+    let mut attempt = 1u32;
+    loop {
+        if pending.is_empty() {
+            if closed {
+                return;
+            }
+            match tokio::select! {
+                biased;
+                _ = stop.cancelled() => None,
+                w = worker.rx.recv() => w,
+            } {
+                Some(works) => pending.extend(works),
+                None => return,
+            }
+        }
+        // Fill the batch: what is queued, then what arrives before the wait ends. A
+        // stop ends the wait, not the batch: what was taken is handed over.
+        let deadline = tokio::time::Instant::now() + size.max_wait();
+        while pending.len() < size.max_messages() && !closed {
+            match worker.rx.try_recv() {
+                Ok(works) => {
+                    pending.extend(works);
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+                Err(TryRecvError::Empty) => {}
+            }
+            if stop.is_cancelled() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                w = worker.rx.recv() => match w {
+                    Some(works) => pending.extend(works),
+                    None => closed = true,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = stop.cancelled() => break,
+            }
+        }
+        let epoch = pending.front().expect("not empty").epoch;
+        if !shared.ownership.owns_cached(partition, epoch, &mut owns) {
+            // Revoked: the new owner reads these from the committed offset.
+            for work in pending.drain(..) {
+                let _ = worker.done.send(Done {
+                    partition,
+                    epoch: work.epoch,
+                });
+            }
+            continue;
+        }
+        let n = pending.len().min(size.max_messages());
+        let messages = pending
+            .iter()
+            .take(n)
+            .map(|w| to_message(&w.record, w.hwm, &shared.origin))
+            .collect();
+        let batch =
+            streams_core::Batch::new(shared.topic.clone(), messages).with_partition(partition);
+        let permit = match &shared.handlers {
+            None => None,
+            Some(slots) => tokio::select! {
+                p = slots.clone().acquire_owned() => p.ok(),
+                // Stopped before the batch was handed over: nothing stored, so the
+                // next reader gets it.
+                _ = stop.cancelled() => return,
+            },
+        };
+        let outcome = streams_core::call_batch_handler(&mut handler, batch).await;
+        drop(permit);
+        let handled = outcome.first_failed().unwrap_or(n);
+        let mut last = None;
+        for work in pending.drain(..handled) {
+            last = Some(work.record.offset());
+            let _ = worker.done.send(Done {
+                partition,
+                epoch: work.epoch,
+            });
+        }
+        if shared.commits && shared.ownership.owns_cached(partition, epoch, &mut owns) {
+            store(&shared, &consumer, partition, last);
+        }
+        if handled == n {
+            backoff = shared.retry_initial;
+            attempt = 1;
+            if stop.is_cancelled() {
+                return;
+            }
+            continue;
+        }
+        let offset = pending.front().map(|w| w.record.offset());
+        // `LoggingLayer` logs failures at the level the user chose.
+        tracing::debug!(
+            topic = %shared.topic, partition, offset, attempt, ?backoff,
+            failed = outcome.failed_count(), error = %outcome.error(handled).expect("first failed"),
+            "batch handler failed a message; delivering it and the ones after it again"
+        );
+        tokio::select! {
+            // Stopped before success: not stored, so delivered again.
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        // Jitter keeps many failing partitions from retrying in lockstep.
+        backoff = (backoff * 2)
+            .min(shared.retry_max)
+            .mul_f64(0.75 + fastrand::f64() * 0.25);
+        attempt += 1;
+    }
+}
+
 /// Records handled between two offset stores at most.
 const STORE_EVERY: usize = 64;
 
@@ -912,7 +1104,10 @@ async fn handle_until_success(
         if !shared.ownership.owns_cached(partition, work.epoch, owns) {
             return false;
         }
-        let message = to_message(&work.record, work.hwm, &shared.origin);
+        let mut message = to_message(&work.record, work.hwm, &shared.origin);
+        message
+            .metadata
+            .insert_i64(streams_core::DELIVERY_ATTEMPT, i64::from(attempt));
         // A handler slot, where the task bounds calls across partitions; not held
         // while backing off.
         let permit = match &shared.handlers {
@@ -924,25 +1119,32 @@ async fn handle_until_success(
         };
         let result = streams_core::call_handler(handler, message).await;
         drop(permit);
-        match result {
+        let chosen = match result {
             Ok(()) => return true,
             Err(error) => {
+                let chosen = streams_core::retry_after(error.as_ref());
                 // `LoggingLayer` logs failures at the level the user chose.
                 tracing::debug!(
                     topic = %shared.topic, partition, offset = work.record.offset(),
-                    attempt, ?backoff, %error, "handler failed; delivering the message again"
+                    attempt, wait = ?chosen.unwrap_or(backoff), %error,
+                    "handler failed; delivering the message again"
                 );
+                chosen
             }
-        }
+        };
+        // Only this partition waits; when its queue fills meanwhile, the poller pauses
+        // it and seeks back once there is room again.
         tokio::select! {
             _ = stop.cancelled() => return false,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(chosen.unwrap_or(backoff)) => {}
         }
-        // Jitter keeps many failing partitions from retrying in lockstep.
-        backoff = (backoff * 2)
-            .min(shared.retry_max)
-            .mul_f64(0.75 + fastrand::f64() * 0.25);
-        attempt += 1;
+        if chosen.is_none() {
+            // Jitter keeps many failing partitions from retrying in lockstep.
+            backoff = (backoff * 2)
+                .min(shared.retry_max)
+                .mul_f64(0.75 + fastrand::f64() * 0.25);
+        }
+        attempt = attempt.saturating_add(1);
     }
 }
 

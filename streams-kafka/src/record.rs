@@ -130,6 +130,10 @@ impl Record {
         self.offset
     }
 
+    pub(crate) fn partition(&self) -> i32 {
+        self.partition
+    }
+
     fn key(&self) -> Option<&[u8]> {
         let at = self.payload_len.unwrap_or(0);
         self.key_len.map(|n| &self.buf[at..at + n])

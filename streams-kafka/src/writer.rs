@@ -14,6 +14,7 @@ use streams_core::{Error, FailedMessage, Message, Result, Writer};
 use crate::client::{first_contact, KafkaContext};
 use crate::error::{code_of, describe, fault, kafka_error, Fault};
 use crate::record::record_headers;
+use crate::transaction::TxProducer;
 use crate::{KafkaConfig, DRIVER};
 
 /// Produces batches to Kafka; implements [`Writer`].
@@ -28,6 +29,39 @@ use crate::{KafkaConfig, DRIVER};
 /// missing or forbidden topic at once. Later writes to the topic go straight to
 /// librdkafka, which reconnects on its own when a broker goes away (a write then waits
 /// up to librdkafka's `message.timeout.ms`).
+///
+/// # Transactions
+///
+/// With librdkafka's `transactional.id` in the config
+/// (`KafkaConfig::with_property("transactional.id", "billing-0")`), each
+/// [`write`](Writer::write) is one Kafka transaction: begin, produce every message, wait
+/// for their delivery, commit. A batch is then written whole or not at all, as a
+/// `read_committed` consumer (`isolation.level=read_committed`) sees it; any failure
+/// aborts the transaction and the error says so (`transaction aborted, nothing of the
+/// batch written`). Writes take turns (a producer has one open transaction at a time).
+/// The first write registers the transactional id with the cluster (fencing an older
+/// producer with the same id), bounded by [`KafkaConfig::with_connect_timeout`]. When
+/// another producer with the same id takes over, this one is fenced: its writes fail
+/// with a not retryable error naming the id, and a new writer must be created. To
+/// commit consumed offsets in the same transaction (consume-transform-produce), use
+/// [`KafkaPipeline`](crate::KafkaPipeline). A broker without transactions (tansu 0.6.0
+/// has no EndTxn) makes the first write fail with a not retryable
+/// `UnsupportedFeature (EndTxnRequest ...)` naming the transactional id, and every
+/// later one at once.
+///
+/// ```no_run
+/// # async fn demo() -> streams_core::Result<()> {
+/// use streams_core::{Message, Writer};
+/// use streams_kafka::{KafkaConfig, KafkaWriter};
+///
+/// let config = KafkaConfig::from_env().with_property("transactional.id", "orders-0");
+/// let writer = KafkaWriter::new(&config)?;
+/// // Both or neither.
+/// writer
+///     .write(vec![Message::new("orders", "placed"), Message::new("stock", "reserved")])
+///     .await?;
+/// # Ok(()) }
+/// ```
 pub struct KafkaWriter {
     /// Always `Some` until dropped: dropping a producer blocks (it flushes and joins its
     /// thread), so [`Drop`] moves it to a blocking thread.
@@ -37,6 +71,23 @@ pub struct KafkaWriter {
     /// Topics a first write found.
     known: Mutex<HashSet<String>>,
     context: KafkaContext,
+    /// Set when the config has a `transactional.id`: each write is one transaction.
+    transactions: Option<Transactions>,
+}
+
+/// A transactional writer's producer and state. A producer has at most one open
+/// transaction, so writes take turns.
+struct Transactions {
+    tx: TxProducer,
+    state: tokio::sync::Mutex<TxState>,
+}
+
+enum TxState {
+    /// `init_transactions` not done yet (it needs the cluster: at the first write).
+    New,
+    Ready,
+    /// The producer is done for (fenced); every write fails with this error's text.
+    Failed(String),
 }
 
 impl KafkaWriter {
@@ -47,6 +98,9 @@ impl KafkaWriter {
     /// A configuration librdkafka rejects.
     pub fn new(config: &KafkaConfig) -> Result<Self> {
         let context = KafkaContext::default();
+        if config.get("transactional.id") == Some("") {
+            return Err(Error::invalid("transactional.id", "is empty"));
+        }
         let producer: FutureProducer<KafkaContext> = config
             .client_config(
                 crate::config::Role::Producer,
@@ -54,7 +108,16 @@ impl KafkaWriter {
             )
             .create_with_context(context.clone())
             .map_err(|e| kafka_error("create producer", None, e))?;
+        let transactions = config.get("transactional.id").map(|id| Transactions {
+            tx: TxProducer {
+                producer: producer.clone(),
+                id: id.to_owned(),
+                config: config.clone(),
+            },
+            state: tokio::sync::Mutex::new(TxState::New),
+        });
         Ok(KafkaWriter {
+            transactions,
             producer: Some(producer),
             closed: AtomicBool::new(false),
             config: config.clone(),
@@ -85,6 +148,88 @@ impl KafkaWriter {
             .unwrap_or_else(|e| e.into_inner())
             .insert(topic.to_owned());
         Ok(())
+    }
+
+    /// One transaction: begin, enqueue every record, wait for their delivery, commit;
+    /// abort when anything fails, so that a batch is written whole or not at all.
+    async fn write_transaction(&self, t: &Transactions, batch: &[Message]) -> Result<()> {
+        let mut state = t.state.lock().await;
+        match &*state {
+            TxState::Failed(detail) => {
+                return Err(crate::error::driver_error("write", None, false, detail))
+            }
+            TxState::New => {
+                t.tx.init()
+                    .await
+                    .map_err(|e| Self::fail(&mut state, e, false))?;
+                *state = TxState::Ready;
+            }
+            TxState::Ready => {}
+        }
+        t.tx.begin().map_err(|e| Self::fail(&mut state, e, false))?;
+        let mut deliveries = Vec::with_capacity(batch.len());
+        let mut refused = None;
+        for m in batch {
+            match t.tx.enqueue(m).await {
+                Ok(d) => deliveries.push((m.id.clone(), d)),
+                Err(e) => {
+                    refused = Some((m, e));
+                    break;
+                }
+            }
+        }
+        let failure = match refused {
+            Some((m, e)) => Some((m.id.clone(), e, 1)),
+            None => crate::transaction::delivered(deliveries).await.err(),
+        };
+        if let Some((id, e, n)) = failure {
+            let m = batch
+                .iter()
+                .find(|m| m.id == id)
+                .expect("a message of the batch");
+            let retryable = crate::error::retryable(&e);
+            let abort = t.tx.abort().await;
+            tracing::warn!(transactional_id = %t.tx.id, failed = n, of = batch.len(), "kafka transaction aborted");
+            let error = crate::error::driver_error(
+                "produce",
+                None,
+                retryable && abort.is_ok(),
+                format!(
+                    "transactional id `{}`: transaction aborted, nothing of the batch written \
+                     ({n} of {} messages failed; message `{}`: {})",
+                    t.tx.id,
+                    batch.len(),
+                    m.id,
+                    self.reason(m, &e)
+                ),
+            );
+            return Err(error);
+        }
+        match t.tx.commit().await {
+            Ok(()) => Ok(()),
+            Err((e, crate::transaction::After::Abort)) => {
+                // A producer that can neither commit nor abort cannot go on.
+                if t.tx.abort().await.is_err() || !e.is_retryable() {
+                    return Err(Self::fail(&mut state, e, true));
+                }
+                Err(e)
+            }
+            Err((e, crate::transaction::After::Fatal)) => Err(Self::fail(&mut state, e, false)),
+        }
+    }
+
+    /// Remembers a not retryable transaction error (any error when `always`): the
+    /// producer is done for, and every later write fails with the same error.
+    fn fail(state: &mut TxState, e: Error, always: bool) -> Error {
+        if always || !e.is_retryable() {
+            if let Error::Driver {
+                operation, source, ..
+            } = &e
+            {
+                *state = TxState::Failed(format!("{operation} failed earlier: {source}"));
+            }
+        }
+        e
     }
 
     /// Why a message failed, for [`FailedMessage::reason`]; sizes for a message too large.
@@ -127,6 +272,12 @@ impl Writer for KafkaWriter {
     ///   included) when some were written and some failed for a reason other than
     ///   their own; `retryable` says whether those others may succeed when written
     ///   again.
+    ///
+    /// A transactional writer (see [Transactions](KafkaWriter#transactions)) writes
+    /// nothing of a batch with a failure: a not retryable [`Error::Driver`] when the
+    /// cluster refuses transactions or this producer was fenced, naming the
+    /// transactional id; otherwise an [`Error::Driver`] saying the transaction was
+    /// aborted, naming the first failed message, retryable when every failure may pass.
     async fn write(&self, batch: Vec<Message>) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed("kafka writer"));
@@ -144,6 +295,9 @@ impl Writer for KafkaWriter {
         };
         for topic in new {
             self.check_topic(topic).await?;
+        }
+        if let Some(t) = &self.transactions {
+            return self.write_transaction(t, &batch).await;
         }
         let deliveries = batch.iter().map(|m| {
             let mut record = FutureRecord::to(&m.stream)

@@ -11,8 +11,16 @@ use streams_kafka::{create_topic, KafkaConfig, KafkaReader, KafkaWriter};
 
 struct KafkaHarness {
     config: KafkaConfig,
-    /// A private broker this harness runs (the reconnect scenario's), killed with it.
-    _broker: Option<tokio::process::Child>,
+    /// A private broker this harness runs (the reconnect scenario's), removed with it.
+    _broker: Option<PrivateBroker>,
+}
+
+/// The reconnect scenario's broker: a container with `STREAMS_CONTAINERS=1`, else a tansu
+/// process (killed when dropped).
+#[allow(dead_code)]
+enum PrivateBroker {
+    Container(streams_testkit::PrivateService),
+    Process(tokio::process::Child),
 }
 
 #[streams_core::async_trait]
@@ -23,7 +31,11 @@ impl Harness for KafkaHarness {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::none()
+            .with_batches(true)
+            // A failed message is retried in place; its key's later messages wait.
+            .with_ordered_redelivery(true)
             .with_redelivery(true)
+            .with_delayed_redelivery(true)
             .with_persistent(true)
             .with_ordered_per_key(true)
             // A partition has one owner in a group.
@@ -53,13 +65,17 @@ impl Harness for KafkaHarness {
         Duration::from_secs(60)
     }
 
-    /// A private tansu broker that listens on one port and advertises the proxy's, so
-    /// that every connection, also those to the partition leaders, goes through it.
+    /// A private broker that listens on one port and advertises the proxy's, so that
+    /// every connection, also those to the partition leaders, goes through it: a container
+    /// of its own with `STREAMS_CONTAINERS=1`, else a tansu process.
     async fn behind_proxy(&self) -> Result<(Box<dyn Harness>, TcpProxy)> {
+        if streams_testkit::containers_enabled() {
+            return container_behind_proxy().await;
+        }
         let bin = std::env::var("STREAMS_TANSU_BIN").map_err(|_| {
             Error::invalid(
                 "kafka harness",
-                "STREAMS_TANSU_BIN is not set (scripts/test.sh sets it): the reconnect scenario runs a private broker",
+                "neither STREAMS_CONTAINERS=1 nor STREAMS_TANSU_BIN (scripts/test.sh sets one): the reconnect scenario runs a private broker",
             )
         })?;
         let free = || {
@@ -99,10 +115,41 @@ impl Harness for KafkaHarness {
             .with_property("reconnect.backoff.max.ms", "500");
         let harness = KafkaHarness {
             config,
-            _broker: Some(broker),
+            _broker: Some(PrivateBroker::Process(broker)),
         };
         Ok((Box::new(harness), proxy))
     }
+}
+
+/// The reconnect scenario's broker in a container advertising the proxy's port.
+async fn container_behind_proxy() -> Result<(Box<dyn Harness>, TcpProxy)> {
+    let setup = |e: std::io::Error| Error::driver("kafka", "start proxy", false, e);
+    let proxy_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(setup)?;
+    let advertised = format!("PLAINTEXT://127.0.0.1:{proxy_port}");
+    let broker = streams_testkit::PrivateService::start(
+        streams_testkit::Service::Kafka,
+        &[("KAFKA_ADVERTISED_LISTENERS", &advertised)],
+        &[],
+    )
+    .await;
+    let target: std::net::SocketAddr = broker
+        .address()
+        .parse()
+        .map_err(|e| Error::invalid("kafka harness", format!("broker address: {e}")))?;
+    let proxy = TcpProxy::start_on(([127, 0, 0, 1], proxy_port).into(), target)
+        .await
+        .map_err(setup)?;
+    let config = common::config()
+        .with_property("bootstrap.servers", format!("127.0.0.1:{proxy_port}"))
+        .with_property("reconnect.backoff.max.ms", "500");
+    let harness = KafkaHarness {
+        config,
+        _broker: Some(PrivateBroker::Container(broker)),
+    };
+    Ok((Box::new(harness), proxy))
 }
 
 async fn harness() -> KafkaHarness {

@@ -47,7 +47,8 @@ impl Broker {
     async fn start(test: &str, engine: &'static str) -> Option<Broker> {
         if streams_testkit::containers_enabled() {
             let service =
-                PrivateService::start(Service::Kafka, &[("TANSU_STORAGE_ENGINE", engine)]).await;
+                PrivateService::start(Service::Kafka, &[("TANSU_STORAGE_ENGINE", engine)], &[])
+                    .await;
             return Some(Broker::Container(service));
         }
         let Ok(bin) = std::env::var("STREAMS_TANSU_BIN") else {

@@ -46,7 +46,11 @@ const EPHEMERAL_INACTIVE: Duration = Duration::from_secs(60);
 /// message comes back after it, to this member or another. While a handler runs longer
 /// than a third of the ack wait, the reader tells the server it is still working on the
 /// message, so it is not delivered twice. A member that dies without acknowledging has
-/// its messages delivered again once the ack wait passes.
+/// its messages delivered again once the ack wait passes. A handler error that asks for
+/// a delay ([`RetryAfter`](streams_core::RetryAfter)) is a negative acknowledgement with
+/// that delay instead (zero: at once); JetStream keeps the message pending meanwhile,
+/// so delayed messages count against the consumer's ack-pending limit. Handlers see
+/// the delivery count as [`Message::delivery_attempt`](streams_core::Message::delivery_attempt).
 ///
 /// Handler calls run `concurrency` at once (the task's, else
 /// [`NatsConfig::with_concurrency`](crate::NatsConfig::with_concurrency)), on lanes by
@@ -375,9 +379,12 @@ async fn handle(client: &NatsClient, stream: &str, handler: &mut Handler, m: JsM
     let ack = match outcome {
         Ok(()) => m.ack().await,
         Err(e) => {
-            let delay = client.config.redelivery_delay(delivery.delivered);
+            let delay = streams_core::retry_after(e.as_ref())
+                .unwrap_or_else(|| client.config.redelivery_delay(delivery.delivered));
             tracing::debug!(%stream, %id, error = %e, ?delay, "handler failed; redelivering after a delay");
-            m.ack_with(AckKind::Nak(Some(delay))).await
+            // A zero delay is a plain nak: delivered again at once.
+            let delay = (!delay.is_zero()).then_some(delay);
+            m.ack_with(AckKind::Nak(delay)).await
         }
     };
     if let Err(e) = ack {

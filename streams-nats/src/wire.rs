@@ -122,6 +122,8 @@ pub(crate) fn message(
     msg.content_type = content_type.unwrap_or_else(|| CONTENT_TYPE_OCTET_STREAM.to_owned());
     msg.time = time.unwrap_or(delivery.published);
     msg.headers = own;
+    msg.metadata
+        .insert_i64(streams_core::DELIVERY_ATTEMPT, delivery.delivered);
     msg
 }
 

@@ -19,7 +19,9 @@ impl Harness for NatsHarness {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::none()
+            .with_batches(true)
             .with_redelivery(true)
+            .with_delayed_redelivery(true)
             .with_persistent(true)
             // Per member: lanes by key. Members of one group pull from one consumer, so
             // a key's messages may be handled by two members at once.
@@ -66,7 +68,7 @@ impl Harness for NatsHarness {
 }
 
 fn servers() -> String {
-    std::env::var("STREAMS_NATS_SERVERS").unwrap_or_else(|_| "127.0.0.1:4222".into())
+    streams_testkit::nats_servers()
 }
 
 async fn harness() -> NatsHarness {
@@ -74,7 +76,7 @@ async fn harness() -> NatsHarness {
     NatsHarness {
         client: NatsClient::connect(config)
             .await
-            .expect("NATS with JetStream on STREAMS_NATS_SERVERS (default 127.0.0.1:4222)"),
+            .expect("NATS with JetStream (streams-testkit: STREAMS_NATS_SERVERS, a container, or 127.0.0.1:4222)"),
     }
 }
 

@@ -1,7 +1,7 @@
-//! NATS JetStream against the running server (and private servers for faults): what the
-//! conformance suite does not cover.
+//! NATS JetStream against the suite's server (streams-testkit: a container of this test
+//! binary, or the native one): what the conformance suite does not cover. The fault tests
+//! are in faults.rs.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use streams_nats::{
 use tokio::sync::mpsc;
 
 fn servers() -> String {
-    std::env::var("STREAMS_NATS_SERVERS").unwrap_or_else(|_| "127.0.0.1:4222".into())
+    streams_testkit::nats_servers()
 }
 
 fn unique(prefix: &str) -> String {
@@ -360,134 +360,106 @@ async fn a_member_that_dies_has_its_messages_delivered_to_another() {
     delete_stream(&c, &stream).await.unwrap();
 }
 
-/// A private `nats-server -js` on its own port and store directory.
-struct PrivateServer {
-    port: u16,
-    dir: std::path::PathBuf,
-    child: Option<tokio::process::Child>,
+/// When each delivery came, and its delivery count.
+type Seen = Arc<Mutex<Vec<(Instant, Option<u32>)>>>;
+
+/// Fails deliveries before `until` with `delay`, recording each delivery count.
+fn delaying(delay: Duration, until: u32, seen: Seen) -> streams_core::Handler {
+    handler(tower::service_fn(move |m: Message| {
+        let seen = seen.clone();
+        async move {
+            let n = m.delivery_attempt();
+            seen.lock().unwrap().push((Instant::now(), n));
+            if n.unwrap_or(1) < until {
+                Err::<(), BoxError>(streams_core::RetryAfter::new(delay, "later").into())
+            } else {
+                Ok(())
+            }
+        }
+    }))
 }
 
-impl PrivateServer {
-    async fn start(port: u16, dir: std::path::PathBuf) -> Option<Self> {
-        let mut s = PrivateServer {
-            port,
-            dir,
-            child: None,
-        };
-        s.spawn().await.then_some(s)
-    }
-
-    async fn spawn(&mut self) -> bool {
-        let bin = std::env::var("STREAMS_NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
-        let child = tokio::process::Command::new(bin)
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .arg("-sd")
-            .arg(&self.dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn();
-        let Ok(child) = child else { return false };
-        self.child = Some(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("nats-server did not listen on {}", self.port);
-    }
-
-    async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.expect("kill nats-server");
-        }
+async fn wait_for(seen: &Seen, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while seen.lock().unwrap().len() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_restart_loses_nothing_acknowledged_and_skips_nothing() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
-    let dir = std::env::temp_dir().join(format!("streams-nats-{}", uuid::Uuid::new_v4().simple()));
-    let Some(mut server) = PrivateServer::start(port, dir.clone()).await else {
-        panic!("nats-server is not on the PATH and STREAMS_NATS_SERVER_BIN is unset (scripts/test.sh sets it)");
-    };
+async fn a_delay_chosen_by_the_handler_replaces_the_backoff_and_zero_is_at_once() {
+    // A long backoff that a chosen delay must override.
     let c = client(
-        NatsConfig::new(&format!("127.0.0.1:{port}"))
-            .with_request_timeout(Duration::from_secs(2))
-            .with_ack_wait(Duration::from_secs(2)),
+        NatsConfig::new(&servers())
+            .with_retry_backoff(Duration::from_secs(30), Duration::from_secs(30)),
     )
     .await;
-    let stream = unique("restart");
+    let stream = unique("nak-zero");
     create_stream(&c, &stream).await.unwrap();
-    let handled = Arc::new(Mutex::new(HashSet::new()));
-    let hd = handled.clone();
-    let h = handler(tower::service_fn(move |m: Message| {
-        hd.lock().unwrap().insert(m.id);
-        std::future::ready(Ok::<_, BoxError>(()))
-    }));
+    let seen = Arc::new(Mutex::new(Vec::new()));
     let cancel = CancellationToken::new();
     let sub = NatsReader::new(c.clone())
         .subscribe(ReadTask::new(&stream).with_group("g"))
         .await
         .unwrap();
-    let run = tokio::spawn(sub.run(h, cancel.clone()));
-
-    let writer = NatsWriter::new(c.clone());
-    let mut acknowledged = Vec::new();
-    let mut retryable_errors = 0;
-    for round in 0..60 {
-        if round == 20 {
-            server.kill().await;
-        }
-        if round == 30 {
-            assert!(server.spawn().await);
-        }
-        let batch: Vec<_> = (0..10)
-            .map(|i| Message::new(&stream, format!("{round}-{i}")))
-            .collect();
-        match writer.write(batch.clone()).await {
-            Ok(()) => acknowledged.extend(batch.into_iter().map(|m| m.id)),
-            Err(e) => {
-                assert!(
-                    e.is_retryable(),
-                    "an error during the restart is retryable: {e}"
-                );
-                assert!(!e.to_string().contains('\n'), "{e}");
-                retryable_errors += 1;
-                if !(20..30).contains(&round) {
-                    // The writer may still be reconnecting just after the restart.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(retryable_errors > 0, "the outage was noticed");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let missing = acknowledged
-            .iter()
-            .filter(|id| !handled.lock().unwrap().contains(*id))
-            .count();
-        if missing == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} acknowledged messages never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        !run.is_finished(),
-        "the reader kept running through the restart"
-    );
+    let run = tokio::spawn(sub.run(delaying(Duration::ZERO, 3, seen.clone()), cancel.clone()));
+    NatsWriter::new(c.clone())
+        .write(vec![Message::new(&stream, "x")])
+        .await
+        .unwrap();
+    wait_for(&seen, 3, Duration::from_secs(10)).await;
     cancel.cancel();
     run.await.unwrap().unwrap();
-    server.kill().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        [Some(1), Some(2), Some(3)]
+    );
+    assert!(seen[2].0 - seen[0].0 < Duration::from_secs(5));
+    delete_stream(&c, &stream).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_while_a_delay_is_pending_loses_nothing() {
+    let c = client(NatsConfig::new(&servers())).await;
+    let stream = unique("nak-shutdown");
+    create_stream(&c, &stream).await.unwrap();
+    let delay = Duration::from_secs(2);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let task = ReadTask::new(&stream).with_group("g");
+    let cancel = CancellationToken::new();
+    let sub = NatsReader::new(c.clone())
+        .subscribe(task.clone())
+        .await
+        .unwrap();
+    let run = tokio::spawn(sub.run(delaying(delay, 2, seen.clone()), cancel.clone()));
+    NatsWriter::new(c.clone())
+        .write(vec![Message::new(&stream, "x")])
+        .await
+        .unwrap();
+    wait_for(&seen, 1, Duration::from_secs(10)).await;
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("shutdown does not wait for the delay")
+        .unwrap()
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let sub = NatsReader::new(c.clone()).subscribe(task).await.unwrap();
+    let run = tokio::spawn(sub.run(delaying(delay, 2, seen.clone()), cancel.clone()));
+    wait_for(&seen, 2, Duration::from_secs(15)).await;
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        [Some(1), Some(2)],
+        "the delayed message comes back on the next run"
+    );
+    assert!(
+        seen[1].0 - seen[0].0 >= delay,
+        "{:?}",
+        seen[1].0 - seen[0].0
+    );
+    delete_stream(&c, &stream).await.unwrap();
 }

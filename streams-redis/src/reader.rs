@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use redis::aio::ConnectionManager;
 use streams_core::{
-    call_handler, CancellationToken, Error, Handler, Message, ReadTask, Reader, Result,
-    Subscription,
+    call_handler, retry_after, CancellationToken, Error, Handler, Message, ReadTask, Reader,
+    Result, Subscription, DELIVERY_ATTEMPT,
 };
 use tokio::sync::mpsc;
 
@@ -27,7 +27,19 @@ use crate::{wire, RedisClient};
 /// pending and is claimed (`XAUTOCLAIM`) by a member of the group once it has been idle
 /// for [`RedisConfig::with_claim_idle`](crate::RedisConfig::with_claim_idle) (30 s);
 /// a handler running longer keeps its entry by claiming it again meanwhile. Handlers see
-/// `streams-redis-delivered` (1 the first time) and `streams-redis-entry-id`.
+/// `streams-redis-delivered` (1 the first time, also
+/// [`Message::delivery_attempt`](streams_core::Message::delivery_attempt) in a group) and
+/// `streams-redis-entry-id`.
+///
+/// A handler error that asks for a delay ([`RetryAfter`](streams_core::RetryAfter))
+/// leaves the entry pending and records its due time in a sorted set next to the stream,
+/// `streams-delayed:{group}:{stream}` (score: Unix milliseconds). Members look at it at
+/// least once a second, and the member that delayed an entry wakes for its due time:
+/// the first member to take a due entry off the set claims it and handles it, so it
+/// comes back after the delay, about a second late at most, to any member of the group,
+/// also after every reader was restarted. Until then no member handles it: one that
+/// claims it as idle sees it is not due, puts it back and leaves it alone. Without a
+/// group nothing is redelivered, so a delay is only logged.
 ///
 /// Without a group the reader reads with `XREAD` from the argument `start`: `$` (the
 /// default, what is appended after [`subscribe`](Reader::subscribe)), `0` (the whole
@@ -156,6 +168,23 @@ struct Ctx {
     /// Group and consumer, when reading in a group.
     group: Option<(String, String)>,
     acks: mpsc::UnboundedSender<String>,
+    /// The earliest due time of an entry this member delayed, for the read loop to wake
+    /// for; the set in Redis is the record.
+    next_due: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+/// How often a member looks for due entries that other members delayed.
+const DELAYED_CHECK: Duration = Duration::from_secs(1);
+
+/// The sorted set holding the due times of a group's delayed entries.
+fn delayed_key(stream: &str, group: &str) -> String {
+    format!("streams-delayed:{group}:{stream}")
+}
+
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 async fn run(
@@ -183,6 +212,7 @@ async fn run(
         stream: task.stream.clone(),
         group,
         acks,
+        next_due: std::sync::Mutex::new(None),
     });
     let stop = CancellationToken::new();
     let mut workers = tokio::task::JoinSet::new();
@@ -226,7 +256,27 @@ async fn read_loop(
     let config = &ctx.client.config;
     let mut failures = 0u32;
     let mut next_claim = tokio::time::Instant::now();
+    let mut next_delayed = tokio::time::Instant::now();
     while !cancel.is_cancelled() {
+        let now = tokio::time::Instant::now();
+        let own_due = *ctx.next_due.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Source::Group { group, consumer }, true) = (
+            &*source,
+            now >= next_delayed || own_due.is_some_and(|d| d <= now),
+        ) {
+            next_delayed = now + DELAYED_CHECK;
+            *ctx.next_due.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            match take_due(ctx, group, consumer).await {
+                Ok(due) => {
+                    for item in due {
+                        deliver(ctx, dispatch, item, cancel).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(stream = %ctx.stream, error = %e, "redis delayed entries check failed")
+                }
+            }
+        }
         // Entries left pending by a failed handler or a member that died.
         if let (Source::Group { group, consumer }, true) =
             (&*source, tokio::time::Instant::now() >= next_claim)
@@ -235,6 +285,9 @@ async fn read_loop(
             match claim(ctx, group, consumer).await {
                 Ok(claimed) => {
                     for item in claimed {
+                        if not_due(ctx, group, consumer, &item).await {
+                            continue;
+                        }
                         deliver(ctx, dispatch, item, cancel).await;
                     }
                 }
@@ -249,10 +302,22 @@ async fn read_loop(
             }
             Source::Plain { .. } => redis::cmd("XREAD"),
         };
+        // In a group, wake for the next look at delayed entries.
+        let block = match &*source {
+            Source::Group { .. } => {
+                let own_due = *ctx.next_due.lock().unwrap_or_else(|e| e.into_inner());
+                let wake = own_due.map_or(next_delayed, |d| d.min(next_delayed));
+                config
+                    .block
+                    .min(wake.saturating_duration_since(tokio::time::Instant::now()))
+            }
+            Source::Plain { .. } => config.block,
+        };
         cmd.arg("COUNT")
             .arg(config.batch)
             .arg("BLOCK")
-            .arg(config.block.as_millis() as u64)
+            // BLOCK 0 would wait for ever.
+            .arg((block.as_millis() as u64).max(1))
             .arg("STREAMS")
             .arg(ctx.stream.as_bytes());
         match &*source {
@@ -359,7 +424,14 @@ async fn lane(
 }
 
 async fn handle(ctx: &Ctx, handler: &mut Handler, ((id, fields), delivered): (Entry, u64)) {
-    let msg: Message = wire::message(&ctx.stream, &id, fields, delivered);
+    let mut msg: Message = wire::message(&ctx.stream, &id, fields, delivered);
+    if ctx.group.is_some() {
+        // Only a group redelivers: without one, the attempt is unknown to retry layers.
+        msg.metadata.insert_i64(
+            DELIVERY_ATTEMPT,
+            i64::try_from(delivered).unwrap_or(i64::MAX),
+        );
+    }
     let call = call_handler(handler, msg);
     tokio::pin!(call);
     let outcome = match (&mut call).now_or_never() {
@@ -381,11 +453,142 @@ async fn handle(ctx: &Ctx, handler: &mut Handler, ((id, fields), delivered): (En
                 let _ = ctx.acks.send(id);
             }
         }
-        Err(e) => tracing::debug!(
-            stream = %ctx.stream, entry = %id, error = %e,
-            "handler failed; the entry stays pending and is claimed again after the idle time"
-        ),
+        Err(e) => match (retry_after(e.as_ref()), &ctx.group) {
+            (Some(delay), Some((group, _))) => {
+                tracing::debug!(stream = %ctx.stream, entry = %id, error = %e, ?delay, "handler failed; the entry comes back after the delay it asked for");
+                delay_entry(ctx, group, &id, delay).await;
+            }
+            (Some(delay), None) => tracing::warn!(
+                stream = %ctx.stream, entry = %id, error = %e, ?delay,
+                "handler asked for a delay, but without a consumer group nothing is redelivered"
+            ),
+            (None, _) => tracing::debug!(
+                stream = %ctx.stream, entry = %id, error = %e,
+                "handler failed; the entry stays pending and is claimed again after the idle time"
+            ),
+        },
     }
+}
+
+/// Records when a pending entry is due again. Should that fail, the entry stays pending
+/// and comes back after the claim idle time, as after any failure.
+async fn delay_entry(ctx: &Ctx, group: &str, id: &str, delay: Duration) {
+    let due = unix_millis().saturating_add(delay.as_millis() as u64);
+    let mut conn = ctx.client.conn.clone();
+    let added: redis::RedisResult<i64> = redis::cmd("ZADD")
+        .arg(delayed_key(&ctx.stream, group))
+        .arg(due)
+        .arg(id)
+        .query_async(&mut conn)
+        .await;
+    match added {
+        Ok(_) => {
+            let at = tokio::time::Instant::now() + delay;
+            let mut next = ctx.next_due.lock().unwrap_or_else(|e| e.into_inner());
+            *next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        Err(e) => {
+            tracing::warn!(stream = %ctx.stream, entry = %id, error = %e, "redis could not record the delay; the entry comes back after the claim idle time");
+        }
+    }
+}
+
+/// Takes the group's due entries off the delayed set (each goes to the one member whose
+/// `ZREM` removed it) and claims them, with their delivery counts.
+async fn take_due(ctx: &Ctx, group: &str, consumer: &str) -> redis::RedisResult<Vec<(Entry, u64)>> {
+    let mut conn = ctx.client.conn.clone();
+    let key = delayed_key(&ctx.stream, group);
+    let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+        .arg(&key)
+        .arg("-inf")
+        .arg(unix_millis())
+        .arg("LIMIT")
+        .arg(0)
+        .arg(ctx.client.config.batch)
+        .query_async(&mut conn)
+        .await?;
+    let mut out = Vec::with_capacity(due.len());
+    for id in due {
+        let removed: i64 = redis::cmd("ZREM")
+            .arg(&key)
+            .arg(&id)
+            .query_async(&mut conn)
+            .await?;
+        if removed == 0 {
+            continue; // another member took it
+        }
+        // Counts a delivery; nothing comes back when the entry was acknowledged or
+        // deleted meanwhile.
+        let v: redis::Value = redis::cmd("XCLAIM")
+            .arg(ctx.stream.as_bytes())
+            .arg(group)
+            .arg(consumer)
+            .arg(0)
+            .arg(&id)
+            .query_async(&mut conn)
+            .await?;
+        let Some(entry) = reply::entries(v).into_iter().next() else {
+            continue;
+        };
+        let counts: redis::Value = redis::cmd("XPENDING")
+            .arg(ctx.stream.as_bytes())
+            .arg(group)
+            .arg(&entry.0)
+            .arg(&entry.0)
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        let delivered = reply::delivery_counts(counts)
+            .into_iter()
+            .next()
+            .map_or(2, |(_, n)| n);
+        out.push((entry, delivered));
+    }
+    Ok(out)
+}
+
+/// Whether an entry claimed as idle is still waiting for its delay: then it is left
+/// pending (idle time reset, delivery count put back) for the delayed set to bring it
+/// back.
+async fn not_due(
+    ctx: &Ctx,
+    group: &str,
+    consumer: &str,
+    ((id, _), delivered): &(Entry, u64),
+) -> bool {
+    let mut conn = ctx.client.conn.clone();
+    let due: redis::RedisResult<Option<f64>> = redis::cmd("ZSCORE")
+        .arg(delayed_key(&ctx.stream, group))
+        .arg(id)
+        .query_async(&mut conn)
+        .await;
+    let Ok(Some(due)) = due else {
+        return false;
+    };
+    if due <= unix_millis() as f64 {
+        // Due: handled here unless another member took it off the set first.
+        let removed: redis::RedisResult<i64> = redis::cmd("ZREM")
+            .arg(delayed_key(&ctx.stream, group))
+            .arg(id)
+            .query_async(&mut conn)
+            .await;
+        return matches!(removed, Ok(0));
+    }
+    let kept: redis::RedisResult<redis::Value> = redis::cmd("XCLAIM")
+        .arg(ctx.stream.as_bytes())
+        .arg(group)
+        .arg(consumer)
+        .arg(0)
+        .arg(id)
+        .arg("RETRYCOUNT")
+        .arg(delivered.saturating_sub(1))
+        .arg("JUSTID")
+        .query_async(&mut conn)
+        .await;
+    if let Err(e) = kept {
+        tracing::debug!(stream = %ctx.stream, entry = %id, error = %e, "redis could not put a delayed entry back");
+    }
+    true
 }
 
 /// Sends the acknowledgements lanes report, several ids per `XACK`.

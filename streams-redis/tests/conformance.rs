@@ -12,7 +12,7 @@ struct RedisHarness {
 }
 
 fn server() -> String {
-    std::env::var("STREAMS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    streams_testkit::redis_url()
 }
 
 /// Quick claims, so a failed handler's entry comes back within the scenarios' patience.
@@ -31,7 +31,9 @@ impl Harness for RedisHarness {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::none()
+            .with_batches(true)
             .with_redelivery(true)
+            .with_delayed_redelivery(true)
             .with_persistent(true)
             // Per member: lanes by key. The members of a group read from one stream,
             // so a key's entries may be handled by two members at once.
@@ -83,7 +85,7 @@ async fn harness() -> RedisHarness {
     RedisHarness {
         client: RedisClient::connect(config(server()))
             .await
-            .expect("Redis on STREAMS_REDIS_URL (default redis://127.0.0.1:6379)"),
+            .expect("Redis (streams-testkit: STREAMS_REDIS_URL, a container, or 127.0.0.1:6379)"),
     }
 }
 

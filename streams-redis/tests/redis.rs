@@ -1,5 +1,6 @@
-//! Redis Streams against the running server (and a private one for the restart): what
-//! the conformance suite does not cover.
+//! Redis Streams against the suite's server (streams-testkit: a container of this test
+//! binary, or the native one): what the conformance suite does not cover. The fault tests
+//! are in faults.rs.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,7 +12,7 @@ use streams_redis::{RedisClient, RedisConfig, RedisReader, RedisWriter, HEADER_D
 use tokio::sync::mpsc;
 
 fn url() -> String {
-    std::env::var("STREAMS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    streams_testkit::redis_url()
 }
 
 fn unique(prefix: &str) -> String {
@@ -312,111 +313,120 @@ async fn a_long_handler_keeps_its_entry() {
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_with_append_only_loses_nothing_acknowledged() {
-    let bin = std::env::var("STREAMS_REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
-    let port = free_port();
-    let dir = std::env::temp_dir().join(unique("redis-restart"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let start = || {
-        tokio::process::Command::new(&bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server on the PATH (or STREAMS_REDIS_SERVER_BIN)")
-    };
-    let wait = || async {
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return;
+/// When each delivery came, and its delivery attempt.
+type Seen = Arc<Mutex<Vec<(Instant, Option<u32>)>>>;
+
+/// Fails deliveries before `until` with `delay`, recording each.
+fn delaying(delay: Duration, until: u32, seen: Seen) -> streams_core::Handler {
+    handler(tower::service_fn(move |m: Message| {
+        let seen = seen.clone();
+        async move {
+            let n = m.delivery_attempt();
+            seen.lock().unwrap().push((Instant::now(), n));
+            if n.unwrap_or(1) < until {
+                Err::<(), BoxError>(streams_core::RetryAfter::new(delay, "later").into())
+            } else {
+                Ok(())
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("redis-server did not listen on {port}");
-    };
-    let mut server = start();
-    wait().await;
-    let c = client(
-        RedisConfig::new(format!("redis://127.0.0.1:{port}"))
-            .with_response_timeout(Duration::from_secs(1))
-            .with_connect_timeout(Duration::from_secs(1))
-            .with_claim_idle(Duration::from_secs(1))
-            .with_block(Duration::from_millis(200)),
-    )
-    .await;
-    let stream = unique("restart");
-    let handled = Arc::new(Mutex::new(HashSet::new()));
-    let hd = handled.clone();
-    let h = handler(tower::service_fn(move |m: Message| {
-        hd.lock().unwrap().insert(m.id);
-        std::future::ready(Ok::<_, BoxError>(()))
-    }));
+    }))
+}
+
+async fn wait_for(seen: &Seen, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while seen.lock().unwrap().len() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_longer_than_the_claim_idle_time_is_kept_and_shutdown_loses_nothing() {
+    // Claimed as idle after 300 ms, yet delayed for 2 s: the claim must leave it alone,
+    // and a restart in between must bring it back after the delay, not before.
+    let config = RedisConfig::new(url()).with_claim_idle(Duration::from_millis(300));
+    let c = client(config).await;
+    let stream = unique("delay");
+    let delay = Duration::from_secs(2);
+    let seen: Seen = Arc::default();
+    let task = ReadTask::new(&stream).with_group("g");
+    let cancel = CancellationToken::new();
+    let sub = RedisReader::new(c.clone())
+        .subscribe(task.clone())
+        .await
+        .unwrap();
+    let run = tokio::spawn(sub.run(delaying(delay, 3, seen.clone()), cancel.clone()));
+    RedisWriter::new(c.clone())
+        .write(vec![Message::new(&stream, "x")])
+        .await
+        .unwrap();
+    wait_for(&seen, 1, Duration::from_secs(10)).await;
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("shutdown does not wait for the delay")
+        .unwrap()
+        .unwrap();
+    // Another member meanwhile: it claims idle entries every 150 ms.
+    let cancel = CancellationToken::new();
+    let sub = RedisReader::new(c.clone()).subscribe(task).await.unwrap();
+    let run = tokio::spawn(sub.run(delaying(delay, 3, seen.clone()), cancel.clone()));
+    wait_for(&seen, 3, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        [Some(1), Some(2), Some(3)],
+        "each delivery once, counted"
+    );
+    for w in seen.windows(2) {
+        let away = w[1].0 - w[0].0;
+        assert!(away >= delay, "back after {away:?}");
+        assert!(away < delay + Duration::from_secs(3), "back after {away:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_delay_comes_back_at_once_and_without_a_group_nothing_comes_back() {
+    let c = client(RedisConfig::new(url())).await;
+    let stream = unique("delay-zero");
+    let seen: Seen = Arc::default();
     let cancel = CancellationToken::new();
     let sub = RedisReader::new(c.clone())
         .subscribe(ReadTask::new(&stream).with_group("g"))
         .await
         .unwrap();
-    let run = tokio::spawn(sub.run(h, cancel.clone()));
-    let writer = RedisWriter::new(c.clone());
-    let mut acknowledged = Vec::new();
-    let mut errors = 0;
-    for round in 0..40 {
-        if round == 10 {
-            server.kill().await.unwrap();
-        }
-        if round == 20 {
-            server = start();
-            wait().await;
-        }
-        let batch: Vec<_> = (0..10)
-            .map(|i| Message::new(&stream, format!("{round}-{i}")))
-            .collect();
-        match writer.write(batch.clone()).await {
-            Ok(()) => acknowledged.extend(batch.into_iter().map(|m| m.id)),
-            Err(e) => {
-                assert!(
-                    e.is_retryable(),
-                    "an error during the restart is retryable: {e}"
-                );
-                assert!(!e.to_string().contains('\n'), "{e}");
-                errors += 1;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(errors > 0, "the outage was noticed");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let missing = acknowledged
-            .iter()
-            .filter(|id| !handled.lock().unwrap().contains(*id))
-            .count();
-        if missing == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} acknowledged entries never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        !run.is_finished(),
-        "the reader kept running through the restart"
-    );
+    let run = tokio::spawn(sub.run(delaying(Duration::ZERO, 2, seen.clone()), cancel.clone()));
+    // Without a group: no attempt number, so the handler's delay goes nowhere.
+    let plain_seen: Seen = Arc::default();
+    let plain = RedisReader::new(c.clone())
+        .subscribe(ReadTask::new(&stream))
+        .await
+        .unwrap();
+    let plain_run = tokio::spawn(plain.run(
+        delaying(Duration::ZERO, 2, plain_seen.clone()),
+        cancel.clone(),
+    ));
+    RedisWriter::new(c.clone())
+        .write(vec![Message::new(&stream, "x")])
+        .await
+        .unwrap();
+    wait_for(&seen, 2, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     cancel.cancel();
     run.await.unwrap().unwrap();
-    server.kill().await.unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    plain_run.await.unwrap().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        [Some(1), Some(2)]
+    );
+    assert!(seen[1].0 - seen[0].0 < Duration::from_secs(3));
+    let plain_seen = plain_seen.lock().unwrap().clone();
+    assert_eq!(
+        plain_seen.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        [None],
+        "without a group, read once and never again"
+    );
 }

@@ -11,7 +11,10 @@ use aws_sdk_sqs::types::{
 };
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use streams_core::{CancellationToken, Handler, Message, ReadTask, Reader, Result, Subscription};
+use streams_core::{
+    BatchHandler, BatchSize, BatchSubscription, CancellationToken, Handler, Message, ReadTask,
+    Reader, Result, Subscription, DELIVERY_ATTEMPT,
+};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -27,6 +30,14 @@ use crate::wire::{decode, Delivery};
 ///   is made visible again after a backoff growing with its receive count (or, without
 ///   backoff, when its visibility timeout ends), so SQS redelivers it; a redrive policy
 ///   on the queue moves it to a dead-letter queue after enough receives.
+/// - A handler error that asks for a delay ([`RetryAfter`](streams_core::RetryAfter))
+///   sets the message's visibility timeout to that delay (rounded up to whole seconds),
+///   so SQS redelivers it then and no handler slot waits meanwhile. SQS keeps a message
+///   invisible for at most 12 hours from its receive: a longer delay is refused, logged
+///   as an error naming the limit, and the message comes back as after any other
+///   failure. A zero delay makes it visible at once.
+/// - Handlers see the receive count (`ApproximateReceiveCount`) as
+///   [`Message::delivery_attempt`](streams_core::Message::delivery_attempt).
 /// - While a handler runs, a heartbeat extends the message's visibility timeout.
 /// - FIFO queues (queue name ending in `.fifo`): messages of one group are handled one
 ///   at a time in order; when one fails, the group's later messages of the same receive
@@ -179,6 +190,37 @@ struct Ctx {
 #[async_trait]
 impl Reader for SqsReader {
     async fn subscribe(&self, task: ReadTask) -> Result<Subscription> {
+        let url = self.attach(&task).await?;
+        let reader = self.clone();
+        Ok(Subscription::new(
+            task.stream.clone(),
+            move |handler, cancel| reader.run(task, url, handler, cancel),
+        ))
+    }
+
+    /// Batches natively: a batch is what the receives of one poller return (up to ten
+    /// messages a receive, more receives while the batch has room and `max_wait` has
+    /// not passed). Its successful messages are deleted together (`DeleteMessageBatch`,
+    /// ten per call); its failed ones are made visible again after the redelivery
+    /// backoff, as for a per-message handler, so SQS redelivers exactly those. On a
+    /// FIFO queue a failure also releases the messages of its group that came after it
+    /// in the batch, so order per group holds. The heartbeat covers the whole batch while
+    /// the handler runs. The task's `concurrency` bounds batches handled at once.
+    async fn subscribe_batch(&self, task: ReadTask, size: BatchSize) -> Result<BatchSubscription> {
+        size.check()?;
+        let url = self.attach(&task).await?;
+        let reader = self.clone();
+        Ok(BatchSubscription::new(
+            task.stream.clone(),
+            move |handler, cancel| reader.run_batch(task, url, handler, size, cancel),
+        ))
+    }
+}
+
+impl SqsReader {
+    /// Checks the task and finds the queue: what `subscribe` and `subscribe_batch`
+    /// share.
+    async fn attach(&self, task: &ReadTask) -> Result<String> {
         if task.group.is_some() {
             return Err(streams_core::Error::invalid(
                 "read task",
@@ -189,12 +231,7 @@ impl Reader for SqsReader {
         task.refuse_partitions("SQS")?;
         task.refuse_args("SQS", &[])?;
         // A missing queue or an unreachable endpoint fails here.
-        let url = self.client.queue_url(&task.stream).await?;
-        let reader = self.clone();
-        Ok(Subscription::new(
-            task.stream.clone(),
-            move |handler, cancel| reader.run(task, url, handler, cancel),
-        ))
+        self.client.queue_url(&task.stream).await
     }
 }
 
@@ -259,7 +296,7 @@ async fn poll_loop(
                 Err(_) => break,
             }
         }
-        let receive = receive(&ctx, held.len());
+        let receive = receive(&ctx, held.len(), ctx.opts.wait_time);
         tokio::pin!(receive);
         let (out, stopping) = tokio::select! {
             biased;
@@ -298,14 +335,14 @@ async fn poll_loop(
     result
 }
 
-async fn receive(ctx: &Ctx, max: usize) -> Result<Vec<SqsMessage>> {
+async fn receive(ctx: &Ctx, max: usize, wait: Duration) -> Result<Vec<SqsMessage>> {
     let call = ctx
         .client
         .sdk()
         .receive_message()
         .queue_url(&ctx.url)
         .max_number_of_messages(max as i32)
-        .wait_time_seconds(ctx.opts.wait_time.as_secs() as i32)
+        .wait_time_seconds(wait.as_secs() as i32)
         .visibility_timeout(secs(ctx.opts.visibility_timeout))
         .message_attribute_names("All")
         .message_system_attribute_names(MessageSystemAttributeName::All);
@@ -314,7 +351,7 @@ async fn receive(ctx: &Ctx, max: usize) -> Result<Vec<SqsMessage>> {
     let result = match ctx.client.operation_timeout() {
         Some(limit) => {
             let timeouts = TimeoutConfig::builder()
-                .operation_timeout(limit + ctx.opts.wait_time)
+                .operation_timeout(limit + wait)
                 .build();
             call.customize()
                 .config_override(aws_sdk_sqs::Config::builder().timeout_config(timeouts))
@@ -379,14 +416,18 @@ fn dispatch(
 }
 
 async fn run_unit(ctx: &Ctx, handler: Handler, unit: Vec<SqsMessage>) {
+    let received = tokio::time::Instant::now();
     let mut pending: VecDeque<SqsMessage> = unit.into();
     while let Some(m) = pending.pop_front() {
-        if handle(ctx, &handler, &m, &pending).await {
-            if let Some(h) = m.receipt_handle {
-                let _ = ctx.deletes.send(h);
+        let chosen = match handle(ctx, &handler, &m, &pending).await {
+            Handled::Done => {
+                if let Some(h) = m.receipt_handle {
+                    let _ = ctx.deletes.send(h);
+                }
+                continue;
             }
-            continue;
-        }
+            Handled::Failed(delay) => delay,
+        };
         // The group's later messages were not handled: release them now. SQS keeps
         // them behind the failed one, which is still in flight.
         change_visibility(
@@ -396,6 +437,23 @@ async fn run_unit(ctx: &Ctx, handler: Handler, unit: Vec<SqsMessage>) {
             "release after a failure in the group",
         )
         .await;
+        if let Some(delay) = chosen {
+            match visibility_for_delay(delay, received.elapsed()) {
+                Ok(seconds) => {
+                    change_visibility(
+                        ctx,
+                        std::iter::once(&m),
+                        seconds,
+                        "delay chosen by the handler",
+                    )
+                    .await;
+                    return;
+                }
+                Err(reason) => {
+                    tracing::error!(stream = %ctx.stream, sqs_message_id = ?m.message_id, %reason, "cannot delay the message as the handler asked; it comes back as after any failure");
+                }
+            }
+        }
         if let Some(backoff) = ctx.opts.backoff {
             let receives =
                 system_attribute(&m, MessageSystemAttributeName::ApproximateReceiveCount)
@@ -408,6 +466,265 @@ async fn run_unit(ctx: &Ctx, handler: Handler, unit: Vec<SqsMessage>) {
     }
 }
 
+impl SqsReader {
+    async fn run_batch(
+        self,
+        task: ReadTask,
+        url: String,
+        handler: BatchHandler,
+        size: BatchSize,
+        cancel: CancellationToken,
+    ) -> Result<()> {
+        let limit = task.concurrency.unwrap_or(self.opts.concurrency).max(1);
+        let permits = Arc::new(Semaphore::new(limit));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let deleter = tokio::spawn(delete_loop(
+            self.client.clone(),
+            url.clone(),
+            rx,
+            self.opts.pollers.max(2),
+        ));
+        let ctx = Arc::new(Ctx {
+            client: self.client.clone(),
+            fifo: is_fifo(&url),
+            url,
+            stream: task.stream,
+            opts: self.opts.clone(),
+            deletes: tx,
+            received: AtomicBool::new(false),
+        });
+        let stop = cancel.child_token();
+        let loops = (0..self.opts.pollers).map(|_| {
+            batch_poll_loop(
+                ctx.clone(),
+                handler.clone(),
+                size,
+                permits.clone(),
+                stop.clone(),
+            )
+        });
+        let results = futures::future::join_all(loops).await;
+        drop(ctx);
+        if let Err(e) = deleter.await {
+            tracing::error!(error = %e, "sqs delete loop panicked");
+        }
+        results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
+    }
+}
+
+/// The batch counterpart of [`poll_loop`]: one permit per batch; receives until the
+/// batch is full or `max_wait` passed since its first message, then hands it over.
+async fn batch_poll_loop(
+    ctx: Arc<Ctx>,
+    handler: BatchHandler,
+    size: BatchSize,
+    permits: Arc<Semaphore>,
+    stop: CancellationToken,
+) -> Result<()> {
+    let mut units = JoinSet::new();
+    let mut pause = Duration::from_millis(100);
+    let result = 'run: loop {
+        while units.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break Ok(()),
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let mut messages: Vec<SqsMessage> = Vec::new();
+        let mut deadline = None;
+        loop {
+            let room = size.max_messages() - messages.len();
+            // Until the first message, a full long poll; then what is left of the wait.
+            let wait = match deadline {
+                None => ctx.opts.wait_time,
+                Some(d) => {
+                    let now = tokio::time::Instant::now();
+                    if now >= d {
+                        break;
+                    }
+                    (d - now).min(ctx.opts.wait_time)
+                }
+            };
+            let receive = receive(&ctx, room.min(10), wait);
+            tokio::pin!(receive);
+            let (out, stopping) = tokio::select! {
+                biased;
+                out = &mut receive => (out, false),
+                // Let a long poll end (a dropped one hides what it took), then hand
+                // over what the batch holds.
+                _ = stop.cancelled() => (receive.await, true),
+            };
+            match out {
+                Ok(got) => {
+                    ctx.received.store(true, Ordering::Relaxed);
+                    pause = Duration::from_millis(100);
+                    if !got.is_empty() && deadline.is_none() {
+                        deadline = Some(tokio::time::Instant::now() + size.max_wait());
+                    }
+                    messages.extend(got);
+                }
+                Err(e) if e.is_retryable() && ctx.received.load(Ordering::Relaxed) => {
+                    tracing::warn!(stream = %ctx.stream, error = %e, retry_in = ?pause, "sqs receive failed");
+                    if messages.is_empty() && !stopping {
+                        tokio::select! {
+                            _ = stop.cancelled() => break 'run Ok(()),
+                            _ = tokio::time::sleep(pause) => {}
+                        }
+                        pause = (pause * 2).min(Duration::from_secs(20));
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(stream = %ctx.stream, error = %e, "sqs receive failed for good");
+                    stop.cancel();
+                    if !messages.is_empty() {
+                        change_visibility(&ctx, messages.iter(), 0, "release on failure").await;
+                    }
+                    break 'run Err(e);
+                }
+            }
+            if stopping || messages.len() >= size.max_messages() || stop.is_cancelled() {
+                break;
+            }
+            if deadline.is_some() && size.max_wait().is_zero() {
+                break;
+            }
+        }
+        if messages.is_empty() {
+            if stop.is_cancelled() {
+                break Ok(());
+            }
+            continue;
+        }
+        let ctx = ctx.clone();
+        let handler = handler.clone();
+        units.spawn(async move {
+            run_batch_unit(&ctx, handler, messages).await;
+            drop(permit);
+        });
+    };
+    while units.join_next().await.is_some() {}
+    result
+}
+
+/// Hands one batch over and settles each message: deletes the successes, makes the
+/// failures visible again after their backoff (and, on FIFO queues, the messages of a
+/// failed group after the failure, at once).
+async fn run_batch_unit(ctx: &Ctx, mut handler: BatchHandler, received: Vec<SqsMessage>) {
+    let mut decoded = Vec::with_capacity(received.len());
+    let mut handed = Vec::with_capacity(received.len());
+    let mut failed: Vec<&SqsMessage> = Vec::new();
+    for m in &received {
+        match to_message(&ctx.stream, m) {
+            Ok(msg) => {
+                decoded.push(msg);
+                handed.push(m);
+            }
+            Err(reason) => {
+                tracing::error!(stream = %ctx.stream, sqs_message_id = ?m.message_id, %reason, "undecodable sqs message");
+                failed.push(m);
+            }
+        }
+    }
+    let outcome = if decoded.is_empty() {
+        streams_core::BatchOutcome::ok()
+    } else {
+        let batch = streams_core::Batch::new(ctx.stream.clone(), decoded);
+        let call = streams_core::call_batch_handler(&mut handler, batch);
+        tokio::pin!(call);
+        let period = (ctx.opts.visibility_timeout / 2).max(Duration::from_secs(1));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            tokio::select! {
+                o = &mut call => break o,
+                _ = tick.tick(), if ctx.opts.heartbeat => {
+                    change_visibility(ctx, handed.iter().copied(), secs(ctx.opts.visibility_timeout), "heartbeat").await;
+                }
+            }
+        }
+    };
+    let mut release = Vec::new();
+    let mut failed_groups: Vec<String> = Vec::new();
+    for (i, m) in handed.iter().enumerate() {
+        let group = if ctx.fifo {
+            system_attribute(m, MessageSystemAttributeName::MessageGroupId)
+        } else {
+            None
+        };
+        if let Some(error) = outcome.error(i) {
+            tracing::debug!(stream = %ctx.stream, sqs_message_id = ?m.message_id, %error, "batch handler failed a message; it will be redelivered");
+            if let Some(g) = group {
+                if failed_groups.contains(&g) {
+                    release.push(*m);
+                    continue;
+                }
+                failed_groups.push(g);
+            }
+            failed.push(m);
+        } else if group.is_some_and(|g| failed_groups.contains(&g)) {
+            // After a failure of its group: delivered again behind it.
+            release.push(*m);
+        } else if let Some(h) = &m.receipt_handle {
+            let _ = ctx.deletes.send(h.clone());
+        }
+    }
+    if !release.is_empty() {
+        change_visibility(
+            ctx,
+            release.into_iter(),
+            0,
+            "release after a failure in the group",
+        )
+        .await;
+    }
+    if let Some(backoff) = ctx.opts.backoff {
+        // One request per delay: messages received as often share one.
+        let mut by_delay: HashMap<i32, Vec<&SqsMessage>> = HashMap::new();
+        for m in failed {
+            let receives = system_attribute(m, MessageSystemAttributeName::ApproximateReceiveCount)
+                .and_then(|c| c.parse::<u32>().ok())
+                .unwrap_or(1);
+            by_delay
+                .entry(secs(redelivery_delay(backoff, receives)))
+                .or_default()
+                .push(m);
+        }
+        for (delay, messages) in by_delay {
+            change_visibility(ctx, messages.into_iter(), delay, "redelivery backoff").await;
+        }
+    }
+}
+
+/// Most SQS keeps a message invisible, counted from its receive.
+const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
+
+/// The visibility timeout that makes a message visible again after `delay`, `held` after
+/// it was received: `delay` rounded up to whole seconds, so the message never comes back
+/// early.
+///
+/// # Errors
+///
+/// When SQS's 12 hours from the receive would be exceeded, a sentence saying so.
+fn visibility_for_delay(delay: Duration, held: Duration) -> std::result::Result<i32, String> {
+    let whole = Duration::from_secs(delay.as_secs() + u64::from(delay.subsec_nanos() > 0));
+    if held.saturating_add(whole) > MAX_VISIBILITY {
+        return Err(format!(
+            "the handler asked for a delay of {delay:?}, but SQS keeps a message invisible at most \
+             12 hours from its receive ({:?} left)",
+            MAX_VISIBILITY.saturating_sub(held)
+        ));
+    }
+    Ok(secs(whole))
+}
+
+/// How a handler left a message.
+enum Handled {
+    /// Acknowledged: delete it.
+    Done,
+    /// Failed; with the delay the handler asked for, if any.
+    Failed(Option<Duration>),
+}
+
 /// `base * 2^(receives - 1)`, at most `max` and at most the SQS limit of 12 hours.
 fn redelivery_delay((base, max): (Duration, Duration), receives: u32) -> Duration {
     let factor = 2u32.saturating_pow(receives.saturating_sub(1).min(30));
@@ -416,19 +733,18 @@ fn redelivery_delay((base, max): (Duration, Duration), receives: u32) -> Duratio
         .min(Duration::from_secs(43_200))
 }
 
-/// Runs the handler on one message, renewing visibility while it runs. Whether the
-/// handler succeeded.
+/// Runs the handler on one message, renewing visibility while it runs.
 async fn handle(
     ctx: &Ctx,
     handler: &Handler,
     m: &SqsMessage,
     waiting: &VecDeque<SqsMessage>,
-) -> bool {
+) -> Handled {
     let msg = match to_message(&ctx.stream, m) {
         Ok(msg) => msg,
         Err(reason) => {
             tracing::error!(stream = %ctx.stream, sqs_message_id = ?m.message_id, %reason, "undecodable sqs message");
-            return false;
+            return Handled::Failed(None);
         }
     };
     let id = msg.id.clone();
@@ -447,11 +763,11 @@ async fn handle(
         }
     };
     match result {
-        Ok(()) => true,
+        Ok(()) => Handled::Done,
         Err(error) => {
             // `LoggingLayer` logs failures at the level the user chose.
             tracing::debug!(stream = %ctx.stream, %id, %error, "handler failed; message will be redelivered");
-            false
+            Handled::Failed(streams_core::retry_after(error.as_ref()))
         }
     }
 }
@@ -477,7 +793,13 @@ fn to_message(stream: &str, m: &SqsMessage) -> std::result::Result<Message, Stri
         sent_millis: system_attribute(m, MessageSystemAttributeName::SentTimestamp)
             .and_then(|t| t.parse().ok()),
     };
-    decode(stream, m.body().unwrap_or_default(), attributes, delivery)
+    let mut msg = decode(stream, m.body().unwrap_or_default(), attributes, delivery)?;
+    if let Some(receives) = system_attribute(m, MessageSystemAttributeName::ApproximateReceiveCount)
+        .and_then(|c| c.parse::<i64>().ok())
+    {
+        msg.metadata.insert_i64(DELIVERY_ATTEMPT, receives);
+    }
+    Ok(msg)
 }
 
 fn system_attribute(m: &SqsMessage, name: MessageSystemAttributeName) -> Option<String> {
@@ -585,6 +907,27 @@ async fn delete_batch(client: &SqsClient, url: &str, batch: Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chosen_delay_rounds_up_and_stays_within_twelve_hours() {
+        let zero = Duration::ZERO;
+        assert_eq!(visibility_for_delay(zero, zero), Ok(0));
+        assert_eq!(visibility_for_delay(Duration::from_millis(1), zero), Ok(1));
+        assert_eq!(
+            visibility_for_delay(Duration::from_millis(2500), zero),
+            Ok(3)
+        );
+        assert_eq!(visibility_for_delay(MAX_VISIBILITY, zero), Ok(43_200));
+        let err = visibility_for_delay(MAX_VISIBILITY + Duration::from_secs(1), zero).unwrap_err();
+        assert!(err.contains("at most 12 hours"), "{err}");
+        // Time already spent on the message counts against the limit.
+        let held = Duration::from_secs(60);
+        assert!(visibility_for_delay(MAX_VISIBILITY - Duration::from_secs(30), held).is_err());
+        assert_eq!(
+            visibility_for_delay(MAX_VISIBILITY - held, held),
+            Ok(43_140)
+        );
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

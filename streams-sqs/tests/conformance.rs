@@ -23,7 +23,9 @@ impl Harness for SqsHarness {
         // A queue keeps messages and redelivers failed ones; a standard queue has no
         // order, and one queue has one set of consumers.
         Capabilities::none()
+            .with_batches(true)
             .with_redelivery(true)
+            .with_delayed_redelivery(true)
             .with_persistent(true)
             .with_reconnect(true)
     }

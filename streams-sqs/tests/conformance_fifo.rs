@@ -26,7 +26,11 @@ impl Harness for SqsFifoHarness {
         // meanwhile (two readers, 6 keys x 30 messages: 8 keys handled twice at once).
         // So order is promised per reader only.
         Capabilities::none()
+            .with_batches(true)
+            // A failed message is retried in place; its key's later messages wait.
+            .with_ordered_redelivery(true)
             .with_redelivery(true)
+            .with_delayed_redelivery(true)
             .with_persistent(true)
             .with_ordered_per_key(true)
             .with_ordered_across_members(false)

@@ -153,10 +153,7 @@ async fn nats_needs_the_nats_feature() {
 #[cfg(feature = "nats")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_round_trip_with_the_group_of_the_url() {
-    let servers = std::env::var("STREAMS_NATS_SERVERS")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "127.0.0.1:4222".to_owned());
+    let servers = streams_testkit::nats_servers();
     let stream = unique("facade-nats");
     let conn = connect(&format!("nats://{servers}?group=g"))
         .await
@@ -173,10 +170,7 @@ async fn nats_round_trip_with_the_group_of_the_url() {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_round_trip_with_the_group_of_the_url() {
-    let url = std::env::var("STREAMS_REDIS_URL")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
+    let url = streams_testkit::redis_url();
     let stream = unique("facade-redis");
     let conn = connect(&format!("{url}?group=g&block=200ms"))
         .await
@@ -191,10 +185,7 @@ async fn redis_round_trip_with_the_group_of_the_url() {
 #[cfg(feature = "amqp")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_round_trip_with_the_group_of_the_url() {
-    let url = std::env::var("STREAMS_AMQP_URL")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let url = streams_testkit::amqp_url();
     let stream = unique("facade-amqp");
     let conn = connect(&format!("{url}?group=g"))
         .await

@@ -14,7 +14,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use streams::{BoxError, CancellationToken, Connection, Message, ReadTask, WriteWindow};
 
-use crate::run::read_until;
+use crate::run::read_routed;
 
 mod pace;
 mod plot;
@@ -56,8 +56,10 @@ pub struct BenchArgs {
     /// possible, in batches of at most a millisecond's worth, so that the latency
     /// measured is the platform's and not the queue's.
     pub rate: Option<u64>,
-    /// Handlers at once.
+    /// Handlers at once (batch handlers at once in the `batch` case).
     pub concurrency: usize,
+    /// Most messages per batch in the `batch` case.
+    pub batch_handler: usize,
     /// Partitions of a created Kafka topic.
     pub partitions: u32,
     /// Give up when not everything arrived within this time after publishing.
@@ -89,6 +91,7 @@ impl Default for BenchArgs {
             inflight: 8,
             rate: None,
             concurrency: 4,
+            batch_handler: 100,
             partitions: 1,
             timeout: Duration::from_secs(60),
             keep: false,
@@ -111,6 +114,10 @@ pub enum BenchCase {
     /// A bounded tokio mpsc channel carrying the same messages, built the same way,
     /// to the same handler: the in-process raw baseline.
     Raw,
+    /// The connection as `streams::connect` returns it, with a batch handler of up to
+    /// [`BenchArgs::batch_handler`] messages (or what arrived within 10 ms) instead of
+    /// the per-message one, on a stream of its own.
+    Batch,
 }
 
 impl BenchCase {
@@ -120,6 +127,7 @@ impl BenchCase {
             BenchCase::Streams => "streams",
             BenchCase::Bare => "bare",
             BenchCase::Raw => "raw",
+            BenchCase::Batch => "batch",
         }
     }
 }
@@ -514,6 +522,12 @@ pub async fn bench(
                 connection_case(case.name(), bare, &stream, &args, count, &stop).await?
             }
             BenchCase::Raw => raw_case(&stream, &args, count, &stop).await?,
+            BenchCase::Batch => {
+                // A stream of its own: a group reading one another case wrote would
+                // start with that case's messages.
+                let batch_stream = format!("{stream}-batch");
+                connection_case(case.name(), conn, &batch_stream, &args, count, &stop).await?
+            }
         });
     }
     if let Some(path) = &args.plot {
@@ -565,15 +579,38 @@ async fn connection_case(
     if crate::has_groups(conn.platform()) {
         task = task.with_group(format!("streams-bench-{}", uuid::Uuid::now_v7().simple()));
     }
-    let service = {
+    let subscribe = {
         let tally = tally.clone();
-        tower::service_fn(move |msg: Message| std::future::ready(tally.handle(&msg)))
+        let batch = (case == BenchCase::Batch.name())
+            .then(|| streams::BatchSize::new(args.batch_handler, Duration::from_millis(10)));
+        move |router: &mut streams::Router| match batch {
+            None => {
+                router.subscribe(
+                    task,
+                    tower::service_fn(move |msg: Message| std::future::ready(tally.handle(&msg))),
+                );
+            }
+            Some(size) => {
+                router.subscribe_batch(
+                    task,
+                    size,
+                    tower::service_fn(move |batch: streams::Batch| {
+                        let handled = batch
+                            .messages()
+                            .iter()
+                            .try_for_each(|msg| tally.handle(msg))
+                            .map(|()| streams::BatchOutcome::ok());
+                        std::future::ready(handled)
+                    }),
+                );
+            }
+        }
     };
     let attached = CancellationToken::new();
-    let mut reading = tokio::spawn(read_until(
+    let mut reading = tokio::spawn(read_routed(
         reader,
-        task,
-        service,
+        stream.to_owned(),
+        subscribe,
         finish.clone(),
         stop.clone(),
         None,

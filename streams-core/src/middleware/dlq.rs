@@ -23,6 +23,24 @@ pub fn dead_letter_stream(stream: &str) -> String {
     format!("{stream}.dlq")
 }
 
+/// The copy of a failed message written to its dead-letter stream.
+pub(super) fn dead_letter_copy(
+    mut dead: Message,
+    err: &(dyn std::error::Error + 'static),
+) -> Message {
+    let source = dead.stream.clone();
+    // Where it was read (partition, offset) goes along as headers.
+    dead.metadata_into_headers();
+    dead.stream = dead_letter_stream(&source);
+    dead.headers.insert(DLQ_REASON.into(), err.to_string());
+    dead.headers.insert(DLQ_SOURCE_STREAM.into(), source);
+    dead.headers.insert(
+        DLQ_FAILED_AT.into(),
+        Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+    );
+    dead
+}
+
 /// Layer of [`DeadLetter`].
 #[derive(Debug, Clone)]
 pub struct DeadLetterLayer {
@@ -55,10 +73,13 @@ impl<S> Layer<S> for DeadLetterLayer {
 /// write itself fails, the handler's error is returned so the message is not
 /// acknowledged and nothing is lost. Each message written to the dead-letter stream
 /// counts in [`MESSAGES_DEAD_LETTERED`](crate::observe::MESSAGES_DEAD_LETTERED).
+///
+/// An error that asks for a later delivery ([`RetryAfter`](crate::RetryAfter)) is passed
+/// on, not dead-lettered: the message is still being retried.
 #[derive(Debug, Clone)]
 pub struct DeadLetter<S> {
-    inner: S,
-    writer: Arc<dyn Writer>,
+    pub(super) inner: S,
+    pub(super) writer: Arc<dyn Writer>,
 }
 
 impl<S> DeadLetter<S> {
@@ -97,18 +118,12 @@ where
                 Ok(()) => return Ok(()),
                 Err(e) => e.into(),
             };
+            // The platform delivers it again after the delay: not dead yet.
+            if crate::retry_after(err.as_ref()).is_some() {
+                return Err(err);
+            }
             let source = copy.stream.clone();
-            let mut dead = copy;
-            // Where it was read (partition, offset) goes along as headers.
-            dead.metadata_into_headers();
-            dead.stream = dead_letter_stream(&source);
-            dead.headers.insert(DLQ_REASON.into(), err.to_string());
-            dead.headers
-                .insert(DLQ_SOURCE_STREAM.into(), source.clone());
-            dead.headers.insert(
-                DLQ_FAILED_AT.into(),
-                Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-            );
+            let dead = dead_letter_copy(copy, err.as_ref());
             let id = dead.id.clone();
             let dlq = dead.stream.clone();
             match writer.write(vec![dead]).await {

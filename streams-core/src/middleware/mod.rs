@@ -9,6 +9,12 @@
 //! and metrics per message, put [`ObserveLayer`](crate::ObserveLayer) outermost, or
 //! wrap the reader in [`ObservedReader`](crate::ObservedReader), which does that.
 //!
+//! [`RetryLayer`] and [`DeadLetterLayer`] work on batch handlers too (see
+//! [`BatchHandler`](crate::BatchHandler)): retry calls the handler again with the failed
+//! messages of a batch only, dead-letter writes the failed messages of a batch in one
+//! write and acknowledges them. Tower's timeout fails a whole batch;
+//! [`ObserveLayer`](crate::ObserveLayer) counts per message.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Duration;
@@ -32,6 +38,7 @@
 //! # }
 //! ```
 
+mod batch;
 mod dedup;
 mod dlq;
 mod logging;

@@ -6,7 +6,7 @@ use tokio::time::Instant;
 use futures::future::BoxFuture;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::{is_unrecoverable, BoxError, Message};
+use crate::{is_unrecoverable, retry_after, BoxError, Message, RetryAfter, Unrecoverable};
 
 /// How often and how patiently to retry: exponential backoff with jitter, bounded by
 /// attempts and by elapsed time.
@@ -29,6 +29,7 @@ pub struct RetryPolicy {
     multiplier: f64,
     jitter: f64,
     max_elapsed: Option<Duration>,
+    platform_delay: bool,
 }
 
 impl Default for RetryPolicy {
@@ -41,6 +42,7 @@ impl Default for RetryPolicy {
             multiplier: 2.0,
             jitter: 0.5,
             max_elapsed: Some(Duration::from_secs(30)),
+            platform_delay: false,
         }
     }
 }
@@ -81,6 +83,36 @@ impl RetryPolicy {
     pub fn with_max_elapsed(mut self, elapsed: impl Into<Option<Duration>>) -> Self {
         self.max_elapsed = elapsed.into();
         self
+    }
+
+    /// Hands the backoff to the platform instead of sleeping in the handler: after a
+    /// failed attempt the layer returns the error wrapped in a [`RetryAfter`] with the
+    /// backoff, and the reader delivers the message again once it is over, holding no
+    /// handler slot meanwhile.
+    ///
+    /// The attempt number comes from the reader
+    /// ([`Message::delivery_attempt`](crate::Message::delivery_attempt)); from attempt
+    /// [`max_attempts`](Self::max_attempts) on the error is returned without a delay, so
+    /// the platform's plain failure path (or a dead-letter layer outside) takes over.
+    /// [`max_elapsed`](Self::with_max_elapsed) does not apply: attempts bound the
+    /// retries. On a reader that does not report the attempt, the layer retries in the
+    /// handler with sleeps, as without this setting.
+    ///
+    /// ```
+    /// use streams_core::middleware::RetryPolicy;
+    ///
+    /// let policy = RetryPolicy::default().with_max_attempts(5).with_platform_delay(true);
+    /// assert!(policy.platform_delay());
+    /// ```
+    pub fn with_platform_delay(mut self, yes: bool) -> Self {
+        self.platform_delay = yes;
+        self
+    }
+
+    /// Whether the backoff is handed to the platform
+    /// ([`with_platform_delay`](Self::with_platform_delay)).
+    pub fn platform_delay(&self) -> bool {
+        self.platform_delay
     }
 
     /// Total attempts, the first included.
@@ -134,10 +166,15 @@ impl<S> Layer<S> for RetryLayer {
 ///
 /// The last error is returned unchanged. Each retry counts in
 /// [`MESSAGES_RETRIED`](crate::observe::MESSAGES_RETRIED).
+///
+/// An error that already carries a delay ([`RetryAfter`]) is the handler's own choice of
+/// when to try again: the layer returns it at once for the platform to honour, and does
+/// not sleep. With [`RetryPolicy::with_platform_delay`] the layer hands its backoff to the
+/// platform the same way.
 #[derive(Debug, Clone)]
 pub struct Retry<S> {
-    inner: S,
-    policy: RetryPolicy,
+    pub(super) inner: S,
+    pub(super) policy: RetryPolicy,
 }
 
 impl<S> Retry<S> {
@@ -175,14 +212,25 @@ where
         // The ready service handles the first attempt; a fresh clone the retries.
         let clone = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, clone);
-        let mut inner = self.inner.clone();
         let policy = self.policy.clone();
+        if policy.platform_delay {
+            if let Some(attempt) = msg.delivery_attempt() {
+                return Box::pin(async move {
+                    let result = ready.call(msg.clone()).await.map_err(Into::into);
+                    result.map_err(|err| hand_off(&policy, &msg, attempt, err))
+                });
+            }
+        }
+        let mut inner = self.inner.clone();
         Box::pin(async move {
             let started = Instant::now();
             let mut result = ready.call(msg.clone()).await.map_err(Into::into);
             let mut attempt = 1;
             while let Err(err) = &result {
-                if attempt >= policy.max_attempts || is_unrecoverable(err.as_ref()) {
+                if attempt >= policy.max_attempts
+                    || is_unrecoverable(err.as_ref())
+                    || retry_after(err.as_ref()).is_some()
+                {
                     break;
                 }
                 let delay = policy.backoff(attempt);
@@ -211,6 +259,37 @@ where
             result
         })
     }
+}
+
+/// What the layer returns in hand-off mode after delivery `attempt` failed with `err`.
+fn hand_off(policy: &RetryPolicy, msg: &Message, attempt: u32, err: BoxError) -> BoxError {
+    if is_unrecoverable(err.as_ref()) {
+        return err;
+    }
+    if attempt >= policy.max_attempts {
+        // Out of attempts: whatever delay the handler asked for no longer applies.
+        if retry_after(err.as_ref()).is_none() {
+            return err;
+        }
+        return match err.downcast::<RetryAfter>() {
+            Ok(r) => r.into_source(),
+            Err(err) => Unrecoverable(err).into(),
+        };
+    }
+    metrics::counter!(
+        crate::observe::MESSAGES_RETRIED,
+        crate::observe::STREAM_LABEL => msg.stream.clone()
+    )
+    .increment(1);
+    if retry_after(err.as_ref()).is_some() {
+        return err;
+    }
+    let delay = policy.backoff(attempt);
+    tracing::debug!(
+        stream = %msg.stream, id = %msg.id, attempt, ?delay, error = %err,
+        "handler failed; the platform delivers it again after the backoff"
+    );
+    RetryAfter::new(delay, err).into()
 }
 
 #[cfg(test)]
@@ -337,5 +416,116 @@ mod tests {
             samples.iter().any(|d| *d != samples[0]),
             "jitter varies delays"
         );
+    }
+
+    fn delivered(n: i64) -> Message {
+        let mut m = Message::new("s", "x");
+        m.metadata.insert_i64(crate::DELIVERY_ATTEMPT, n);
+        m
+    }
+
+    fn hand_off_policy() -> RetryPolicy {
+        RetryPolicy::default()
+            .with_max_attempts(3)
+            .with_initial_backoff(Duration::from_secs(2))
+            .with_jitter(0.0)
+            .with_platform_delay(true)
+    }
+
+    async fn call_once(
+        svc: &mut Retry<
+            impl Service<
+                    Message,
+                    Response = (),
+                    Error = BoxError,
+                    Future = BoxFuture<'static, Result<(), BoxError>>,
+                > + Clone
+                + Send
+                + 'static,
+        >,
+        m: Message,
+    ) -> Result<(), BoxError> {
+        svc.ready().await.unwrap().call(m).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hands_the_backoff_to_the_platform_without_sleeping() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let mut svc = RetryLayer::new(hand_off_policy()).layer(failing(u32::MAX, calls.clone()));
+        let started = Instant::now();
+        let err = call_once(&mut svc, delivered(1)).await.unwrap_err();
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "no sleeping in the handler"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(retry_after(err.as_ref()), Some(Duration::from_secs(2)));
+        let err = call_once(&mut svc, delivered(2)).await.unwrap_err();
+        assert_eq!(retry_after(err.as_ref()), Some(Duration::from_secs(4)));
+        // The last attempt: the plain error, for the platform's failure path.
+        let err = call_once(&mut svc, delivered(3)).await.unwrap_err();
+        assert_eq!(retry_after(err.as_ref()), None);
+        assert_eq!(err.to_string(), "fail 3");
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hand_off_keeps_the_handlers_delay_until_attempts_run_out() {
+        let inner = tower::service_fn(|_m: Message| {
+            Box::pin(async {
+                Err::<(), BoxError>(RetryAfter::new(Duration::from_secs(30), "rate limited").into())
+            }) as BoxFuture<'static, _>
+        });
+        let mut svc = RetryLayer::new(hand_off_policy()).layer(inner);
+        let err = call_once(&mut svc, delivered(1)).await.unwrap_err();
+        assert_eq!(retry_after(err.as_ref()), Some(Duration::from_secs(30)));
+        let err = call_once(&mut svc, delivered(3)).await.unwrap_err();
+        assert_eq!(retry_after(err.as_ref()), None);
+        assert_eq!(err.to_string(), "rate limited");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hand_off_without_an_attempt_number_retries_in_the_handler() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let policy = hand_off_policy().with_initial_backoff(Duration::from_millis(10));
+        let mut svc = RetryLayer::new(policy).layer(failing(u32::MAX, calls.clone()));
+        let err = call_once(&mut svc, Message::new("s", "x"))
+            .await
+            .unwrap_err();
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert_eq!(retry_after(err.as_ref()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hand_off_passes_unrecoverable_on() {
+        let inner = tower::service_fn(|_m: Message| {
+            Box::pin(async { Err::<(), BoxError>(Unrecoverable::new("bad").into()) })
+                as BoxFuture<'static, _>
+        });
+        let mut svc = RetryLayer::new(hand_off_policy()).layer(inner);
+        let err = call_once(&mut svc, delivered(1)).await.unwrap_err();
+        assert!(is_unrecoverable(err.as_ref()));
+        assert_eq!(retry_after(err.as_ref()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handler_delay_is_never_slept_in_the_handler() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let inner = tower::service_fn(move |_m: Message| {
+            c.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {
+                Err::<(), BoxError>(RetryAfter::new(Duration::from_secs(30), "busy").into())
+            }) as BoxFuture<'static, _>
+        });
+        let mut svc = RetryLayer::new(quick().with_max_attempts(5)).layer(inner);
+        let started = Instant::now();
+        let err = call_once(&mut svc, Message::new("s", "x"))
+            .await
+            .unwrap_err();
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(retry_after(err.as_ref()), Some(Duration::from_secs(30)));
     }
 }

@@ -13,7 +13,7 @@ use super::{
     record_error, StreamKeys, StreamLabel, KAFKA_GROUP_HEADER, KAFKA_OFFSET_HEADER,
     KAFKA_PARTITION_HEADER, SQS_MESSAGE_ID_HEADER,
 };
-use crate::{BoxError, Message, ReadTask, Reader, Result, Subscription};
+use crate::{Batch, BatchOutcome, BoxError, Message, ReadTask, Reader, Result, Subscription};
 
 /// Layer of [`Observe`].
 ///
@@ -357,17 +357,158 @@ impl<R: Reader> Reader for ObservedReader<R> {
         let subscription = self.inner.subscribe(task).await?;
         Ok(subscription.observed(layer))
     }
+
+    async fn subscribe_batch(
+        &self,
+        task: ReadTask,
+        size: crate::BatchSize,
+    ) -> Result<crate::BatchSubscription> {
+        let mut layer = ObserveLayer::new();
+        if let Some(group) = &task.group {
+            layer = layer.with_group(group.as_str());
+        }
+        if let Some(system) = self.system {
+            layer = layer.with_system(system);
+        }
+        let subscription = self.inner.subscribe_batch(task, size).await?;
+        Ok(subscription.map_handler(move |handler| crate::batch_handler(layer.layer(handler))))
+    }
+}
+
+/// For batch handlers: one `streams.handle` span per batch (with
+/// `messaging.batch.message_count`), and the metrics per message: each acknowledged
+/// message counts in [`MESSAGES_HANDLED`](super::MESSAGES_HANDLED), each failed one in
+/// [`MESSAGES_FAILED`](super::MESSAGES_FAILED), and
+/// [`HANDLER_DURATION`](super::HANDLER_DURATION) records the batch's time once per message. A call that never
+/// answers counts every message as failed.
+impl<S> Service<Batch> for Observe<S>
+where
+    S: Service<Batch, Response = BatchOutcome>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = BatchOutcome;
+    type Error = BoxError;
+    type Future = futures::future::BoxFuture<'static, Result<BatchOutcome, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, batch: Batch) -> Self::Future {
+        if observing() {
+            let fut = self.inner.call(batch);
+            return Box::pin(async move { fut.await.map_err(Into::into) });
+        }
+        let span = tracing::info_span!(
+            "streams.handle",
+            "otel.kind" = "consumer",
+            "messaging.system" = self.system,
+            "messaging.operation.type" = "process",
+            "messaging.destination.name" = batch.stream(),
+            "messaging.batch.message_count" = batch.len(),
+            "messaging.destination.partition.id" = batch.partition(),
+            "messaging.consumer.group.name" = self.group.as_deref(),
+            "streams.failed_count" = Empty,
+            "otel.status_code" = Empty,
+            "error.type" = Empty,
+            "error.message" = Empty,
+        );
+        let metrics = BatchMetrics {
+            keys: self.label.get(batch.stream()),
+            started: Instant::now(),
+            len: batch.len(),
+            failed: None,
+        };
+        let fut = {
+            let _entered = span.enter();
+            let _observing = Observing::enter();
+            self.inner.call(batch)
+        };
+        let record = span.clone();
+        Box::pin(async move {
+            let mut metrics = metrics;
+            let result = InSpan {
+                span: record.clone(),
+                inner: fut,
+            }
+            .await
+            .map_err(Into::into);
+            match &result {
+                Err(err) => record_error(&record, err.as_ref()),
+                Ok(o) => {
+                    let failed = o.failed_count().min(metrics.len);
+                    record.record("streams.failed_count", failed);
+                    metrics.set_failed(failed);
+                }
+            }
+            result
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Polls a future inside a span, marked as observed, as [`ObserveFuture`] does.
+    struct InSpan<F> {
+        span: Span,
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future> Future for InSpan<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let _observing = Observing::enter();
+        this.inner.poll(cx)
+    }
+}
+
+/// Records the metrics of one batch handler call when dropped.
+struct BatchMetrics {
+    keys: Arc<StreamKeys>,
+    started: Instant,
+    len: usize,
+    /// Failed messages, once the call answered `Ok`.
+    failed: Option<usize>,
+}
+
+impl BatchMetrics {
+    fn set_failed(&mut self, failed: usize) {
+        self.failed = Some(failed);
+    }
+}
+
+impl Drop for BatchMetrics {
+    fn drop(&mut self) {
+        let failed = self.failed.unwrap_or(self.len);
+        let handled = self.len - failed;
+        let seconds = self.started.elapsed().as_secs_f64();
+        metrics::with_recorder(|recorder| {
+            if handled > 0 {
+                recorder
+                    .register_counter(&self.keys.handled, &METADATA)
+                    .increment(handled as u64);
+            }
+            if failed > 0 {
+                recorder
+                    .register_counter(&self.keys.failed, &METADATA)
+                    .increment(failed as u64);
+            }
+            let histogram = recorder.register_histogram(&self.keys.duration, &METADATA);
+            for _ in 0..self.len {
+                histogram.record(seconds);
+            }
+        });
+    }
 }
 
 thread_local! {
     /// Set while an `Observe` calls or polls its inner service.
     static OBSERVING_CALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-tokio::task_local! {
-    /// Set while an `Observe`'s inner future runs, for services that call theirs
-    /// later (retries, deduplication).
-    static OBSERVING_TASK: ();
 }
 
 /// Whether an `Observe` further out is handling the current message.

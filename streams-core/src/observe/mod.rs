@@ -201,6 +201,7 @@ pub(crate) fn error_type(err: &(dyn std::error::Error + 'static)) -> &'static st
         Some(Error::Readers(_)) => "readers",
         Some(Error::Driver { .. }) => "driver",
         None if err.is::<crate::Unrecoverable>() => "unrecoverable",
+        None if err.is::<crate::RetryAfter>() => "retry_after",
         None => "handler",
     }
 }

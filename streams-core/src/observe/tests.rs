@@ -621,3 +621,47 @@ fn stream_label_is_shared_while_the_stream_stays() {
     );
     assert!(!Arc::ptr_eq(&a, &c));
 }
+
+#[tokio::test]
+async fn batches_are_counted_per_message() {
+    use crate::{batch_handler, call_batch_handler, Batch, BatchOutcome};
+    let (recorder, snapshotter) = recorder();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let inner = tower::service_fn(|b: Batch| async move {
+        Ok::<_, BoxError>(BatchOutcome::from_results(b.messages().iter().map(|m| {
+            if &m.data[..] == b"bad" {
+                Err("bad payload")
+            } else {
+                Ok(())
+            }
+        })))
+    });
+    let mut h = batch_handler(ObserveLayer::new().layer(inner));
+    let batch = Batch::new(
+        "orders",
+        ["ok", "bad", "ok", "ok"]
+            .into_iter()
+            .map(|d| Message::new("orders", d))
+            .collect(),
+    );
+    let outcome = call_batch_handler(&mut h, batch).await;
+    assert_eq!(outcome.failed_indices(), vec![1]);
+    // A call that panics counts every message of its batch as failed.
+    let mut boom = batch_handler(ObserveLayer::new().layer(tower::service_fn(
+        |_b: Batch| async move {
+            if true {
+                panic!("boom");
+            }
+            Ok::<_, BoxError>(BatchOutcome::ok())
+        },
+    )));
+    let two = Batch::new(
+        "orders",
+        vec![Message::new("orders", "a"), Message::new("orders", "b")],
+    );
+    assert_eq!(call_batch_handler(&mut boom, two).await.failed_count(), 2);
+    let r = Recorded::take(&snapshotter);
+    assert_eq!(r.counter(MESSAGES_HANDLED, "orders"), 3);
+    assert_eq!(r.counter(MESSAGES_FAILED, "orders"), 3);
+    assert_eq!(r.samples(HANDLER_DURATION, "orders"), 6);
+}

@@ -1,7 +1,13 @@
 //! Helpers shared by the integration tests: database handles, unique tables and a
 //! recording destination.
 
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    unused_macros,
+    unused_imports
+)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -59,6 +65,15 @@ impl Db {
 
     pub async fn mysql() -> Db {
         Db::My(pool(&mysql_url()).await)
+    }
+
+    /// The database at `url` (a fault test's own), of `url`'s dialect.
+    pub async fn at(url: &str) -> Db {
+        if url.starts_with("postgres") {
+            Db::Pg(pool(url).await)
+        } else {
+            Db::My(pool(url).await)
+        }
     }
 
     /// A table exactly as the Go library creates it, holding one row the Go way.
