@@ -382,13 +382,20 @@ impl Writer for MemoryBus {
                 tracing::trace!(stream = %msg.stream, id = %msg.id, "no subscriber");
                 continue;
             };
+            // A lane with room takes the message at once, without the future of a
+            // waiting send (a message is large, and that future would copy it twice
+            // more). A closed lane means the group left (its messages are no one's) or
+            // the bus closed, which `check_open` reports below.
             for g in rest {
-                let m = msg.clone();
-                let _ = g.lane(m.key.as_deref()).send(m).await;
+                let lane = g.lane(msg.key.as_deref());
+                if let Err(TrySendError::Full(m)) = lane.try_send(msg.clone()) {
+                    let _ = lane.send(m).await;
+                }
             }
-            // A closed lane means the group left (its messages are no one's) or the
-            // bus closed, which `check_open` reports below.
-            let _ = last.lane(msg.key.as_deref()).send(msg).await;
+            let lane = last.lane(msg.key.as_deref());
+            if let Err(TrySendError::Full(msg)) = lane.try_send(msg) {
+                let _ = lane.send(msg).await;
+            }
         }
         self.check_open()
     }

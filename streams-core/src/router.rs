@@ -10,13 +10,22 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    batch_handler, handler, Batch, BatchHandler, BatchOutcome, BatchSize, BoxError, Error, Event,
-    EventRegistry, Handler, Message, ReadTask, Reader, Result, Unrecoverable,
+    batch_handler, Batch, BatchHandler, BatchOutcome, BatchSize, BoxError, Error, Event,
+    EventRegistry, Message, ReadTask, Reader, Result, Unrecoverable,
 };
+
+/// Runs a subscribed message handler on its subscription.
+type Run = Box<
+    dyn FnOnce(crate::Subscription, CancellationToken) -> BoxFuture<'static, Result<()>>
+        + Send
+        + Sync,
+>;
 
 /// A subscribed task's handler: one message or one batch at a time.
 enum Consumer {
-    Message(Handler),
+    /// The service stays unboxed until its subscription is known, so that an observing
+    /// reader wraps it before it is boxed, once (see `Subscription`).
+    Message(Run),
     Batch(BatchSize, BatchHandler),
 }
 
@@ -55,8 +64,10 @@ impl Router {
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
     {
-        self.pending
-            .push((task, Consumer::Message(handler(service))));
+        let run: Run = Box::new(move |subscription, cancel| {
+            Box::pin(subscription.run_service(service, cancel))
+        });
+        self.pending.push((task, Consumer::Message(run)));
         self
     }
 
@@ -152,11 +163,11 @@ impl Router {
         for (task, consumer) in std::mem::take(&mut self.pending) {
             let stream = task.stream.clone();
             let subscribed = match consumer {
-                Consumer::Message(handler) => self
+                Consumer::Message(run) => self
                     .reader
                     .subscribe(task)
                     .await
-                    .map(|s| Attached::Message(s, handler)),
+                    .map(|s| Attached::Message(s, run)),
                 Consumer::Batch(size, handler) => self
                     .reader
                     .subscribe_batch(task, size)
@@ -256,7 +267,7 @@ impl Router {
 
 /// A task attached to its stream, with its handler.
 enum Attached {
-    Message(crate::Subscription, Handler),
+    Message(crate::Subscription, Run),
     Batch(crate::BatchSubscription, BatchHandler),
 }
 
@@ -270,7 +281,7 @@ impl Attached {
 
     async fn run(self, cancel: CancellationToken) -> Result<()> {
         match self {
-            Attached::Message(s, h) => s.run(h, cancel).await,
+            Attached::Message(s, run) => run(s, cancel).await,
             Attached::Batch(s, h) => s.run(h, cancel).await,
         }
     }

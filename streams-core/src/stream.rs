@@ -46,17 +46,25 @@ pub async fn call_handler(handler: &mut Handler, msg: Message) -> Result<(), Box
     use futures::FutureExt;
     use tower::{Service, ServiceExt};
     let svc = handler.ready().await?;
-    std::panic::AssertUnwindSafe(svc.call(msg))
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic".into());
-            Err(format!("handler panicked: {what}").into())
-        })
+    // `call` runs the handler's synchronous part (all of a `service_fn` returning a
+    // ready future): a panic there is caught too.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| svc.call(msg))) {
+        Ok(call) => std::panic::AssertUnwindSafe(call)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(panicked(&*panic))),
+        Err(panic) => Err(panicked(&*panic)),
+    }
+}
+
+/// The error of a handler that panicked.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> BoxError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".into());
+    format!("handler panicked: {what}").into()
 }
 
 /// Writes batches of messages to a platform.
@@ -167,6 +175,10 @@ type RunFn = Box<
 pub struct Subscription {
     stream: String,
     run: RunFn,
+    /// Set by [`ObservedReader`](crate::observe::ObservedReader): applied to the handler
+    /// before anything else, and by the router to the service before it is boxed, so an
+    /// observed handler is boxed once rather than twice.
+    observe: Option<crate::observe::ObserveLayer>,
 }
 
 impl Subscription {
@@ -181,6 +193,7 @@ impl Subscription {
         Subscription {
             stream: stream.into(),
             run: Box::new(move |handler, cancel| Box::pin(run(handler, cancel))),
+            observe: None,
         }
     }
 
@@ -192,11 +205,43 @@ impl Subscription {
     /// Wraps the handler this subscription will run with, as decorators of a reader do
     /// (observation, default settings).
     pub fn map_handler(self, wrap: impl FnOnce(Handler) -> Handler + Send + 'static) -> Self {
-        let Subscription { stream, run } = self;
+        let Subscription {
+            stream,
+            run,
+            observe,
+        } = self;
         Subscription {
             stream,
             run: Box::new(move |handler, cancel| run(wrap(handler), cancel)),
+            observe,
         }
+    }
+
+    /// Wraps the handler in `layer` before anything else wraps it; a second layer (an
+    /// observed reader inside another) goes through [`map_handler`](Self::map_handler).
+    pub(crate) fn observed(mut self, layer: crate::observe::ObserveLayer) -> Self {
+        if self.observe.is_some() {
+            use tower::Layer;
+            return self.map_handler(move |h| handler(layer.layer(h)));
+        }
+        self.observe = Some(layer);
+        self
+    }
+
+    /// [`run`](Self::run) with a service not boxed yet: an observing layer wraps it
+    /// before it is boxed, so each message's call allocates one future, not two.
+    pub(crate) async fn run_service<S>(self, service: S, cancel: CancellationToken) -> Result<()>
+    where
+        S: tower::Service<Message, Response = ()> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        use tower::Layer;
+        let handler = match &self.observe {
+            Some(layer) => handler(layer.layer(service)),
+            None => handler(service),
+        };
+        (self.run)(handler, cancel).await
     }
 
     /// Hands messages to `handler` until `cancel` fires or the platform ends the
@@ -210,6 +255,11 @@ impl Subscription {
     ///
     /// A failure of the reader itself (connection lost for good, stream deleted).
     pub async fn run(self, handler: Handler, cancel: CancellationToken) -> Result<()> {
+        use tower::Layer;
+        let handler = match &self.observe {
+            Some(layer) => self::handler(layer.layer(handler)),
+            None => handler,
+        };
         (self.run)(handler, cancel).await
     }
 }
@@ -377,6 +427,22 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.to_string(), "handler panicked: bad handler");
+    }
+
+    /// A handler whose work is done in `call` (a `service_fn` returning a ready future)
+    /// panics before there is a future to poll: caught all the same.
+    #[tokio::test]
+    async fn a_handler_panicking_in_call_is_an_error() {
+        let mut h = handler(tower::service_fn(|m: Message| {
+            assert!(&m.data[..] != b"boom", "bad at once");
+            std::future::ready(Ok::<_, BoxError>(()))
+        }));
+        call_handler(&mut h, Message::new("s", "ok")).await.unwrap();
+        let err = call_handler(&mut h, Message::new("s", "boom"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "handler panicked: bad at once");
+        call_handler(&mut h, Message::new("s", "ok")).await.unwrap();
     }
 
     #[test]

@@ -132,7 +132,13 @@ where
             };
         }
         let keys = self.label.get(&msg.stream);
-        let span = handle_span(&msg, self.group.as_deref(), self.system);
+        // Without a subscriber interested in `INFO` spans, no span: the check is one
+        // load of the global maximum level.
+        let span = if tracing::level_enabled!(tracing::Level::INFO) {
+            handle_span(&msg, self.group.as_deref(), self.system)
+        } else {
+            Span::none()
+        };
         let started = Instant::now();
         let fut = {
             let _entered = span.enter();
@@ -278,16 +284,13 @@ impl Drop for Outcome {
             }
             false
         });
-        let counted = if ok {
-            &self.keys.handled
-        } else {
-            &self.keys.failed
-        };
+        let keys = &self.keys;
+        let counted = if ok { &keys.handled } else { &keys.failed };
         let elapsed = self.started.elapsed().as_secs_f64();
         metrics::with_recorder(|recorder| {
             recorder.register_counter(counted, &METADATA).increment(1);
             recorder
-                .register_histogram(&self.keys.duration, &METADATA)
+                .register_histogram(&keys.duration, &METADATA)
                 .record(elapsed);
         });
     }
@@ -352,7 +355,7 @@ impl<R: Reader> Reader for ObservedReader<R> {
             layer = layer.with_system(system);
         }
         let subscription = self.inner.subscribe(task).await?;
-        Ok(subscription.map_handler(move |handler| crate::handler(layer.layer(handler))))
+        Ok(subscription.observed(layer))
     }
 
     async fn subscribe_batch(

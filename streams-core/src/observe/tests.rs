@@ -134,6 +134,30 @@ async fn handled_and_failed_are_counted_per_stream() {
     assert_eq!(r.samples(HANDLER_DURATION, "payments"), 1);
 }
 
+/// A recorder installed after the handler was built, or set for a while, gets every
+/// message handled from then on, and nothing once it is gone: nothing about the
+/// recorder is cached.
+#[tokio::test]
+async fn a_recorder_installed_later_gets_the_metrics() {
+    let mut svc = ObserveLayer::new().layer(picky());
+    call(&mut svc, Message::new("orders", "ok")).await.unwrap();
+
+    let (recorder, snapshotter) = recorder();
+    {
+        let _local = metrics::set_default_local_recorder(&recorder);
+        call(&mut svc, Message::new("orders", "ok")).await.unwrap();
+        call(&mut svc, Message::new("orders", "bad"))
+            .await
+            .unwrap_err();
+    }
+    call(&mut svc, Message::new("orders", "ok")).await.unwrap();
+
+    let r = Recorded::take(&snapshotter);
+    assert_eq!(r.counter(MESSAGES_HANDLED, "orders"), 1);
+    assert_eq!(r.counter(MESSAGES_FAILED, "orders"), 1);
+    assert_eq!(r.samples(HANDLER_DURATION, "orders"), 2);
+}
+
 /// An `ObserveLayer` inside another (a handler given one, run by an `ObservedReader`)
 /// passes messages through: each is counted once, whether the inner layer is called
 /// at once or later by a retry.
