@@ -358,10 +358,11 @@ async fn a_held_delivery_frees_its_lane_and_shutdown_gives_it_back() {
     cancel.cancel();
     run.await.unwrap().unwrap();
     let again = again.lock().unwrap().clone();
-    assert_eq!(
-        again.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
-        [Some(2)],
-        "the held message comes back on the next run, counted"
+    // At least its second delivery: a shutdown can return it twice (given back, then
+    // delivered again to the closing consumer and returned with its channel).
+    assert!(
+        again.len() == 1 && again[0].1.is_some_and(|n| n >= 2),
+        "the held message comes back on the next run, counted: {again:?}"
     );
     delete_stream(&c, &stream).await.unwrap();
 }
