@@ -429,7 +429,7 @@ impl Native {
 impl PrivateServer {
     /// Starts the test's own server: a container of `service` run with `args` (the
     /// image's command when empty) when containers are enabled, else `native`. Returns
-    /// `None` after one line on stderr saying why the test does not run when neither is
+    /// `None` after one warning (tracing) saying why the test does not run when neither is
     /// possible (no containers and no native command line).
     ///
     /// # Panics
@@ -449,13 +449,12 @@ impl PrivateServer {
             });
         }
         let Some(native) = native else {
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!(
-                    "SKIPPED {test}: the {service:?} fault tests run on a container of their own \
-                     (STREAMS_CONTAINERS=1; scripts/test.sh sets it when a Docker engine answers)"
-                );
-            }
+            tracing::warn!(
+                test,
+                ?service,
+                "SKIPPED: these fault tests run on a container of their own \
+                 (STREAMS_CONTAINERS=1; scripts/test.sh sets it when a Docker engine answers)"
+            );
             return None;
         };
         let port = free_port().unwrap_or_else(|e| panic!("a free port: {e}"));
