@@ -13,6 +13,8 @@ use streams_core::{
 };
 use tokio::time::Instant;
 
+use crate::retained::Retained;
+
 /// A [`EventBus`](streams_core::EventBus) over a new in-process [`MemoryBus`] with default
 /// settings: the one-line way to get a working bus.
 pub fn event_bus() -> streams_core::EventBus {
@@ -727,25 +729,28 @@ async fn lane_batch_worker(
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
+        // Kept for the redeliveries the handler may ask for: packed, payloads shared,
+        // taken before the attempts are stamped.
+        let mut copies: Vec<Option<Retained>> =
+            messages.iter().map(|m| Some(Retained::new(m))).collect();
         for msg in &mut messages {
             let attempt = msg.delivery_attempt().unwrap_or(1);
             msg.metadata
                 .insert_i64(DELIVERY_ATTEMPT, i64::from(attempt));
         }
-        // Kept for the redeliveries the handler may ask for; payloads are shared.
-        let copies = messages.clone();
         let count = messages.len();
         let outcome = call_batch_handler(&mut handler, Batch::new(stream.clone(), messages)).await;
         if !outcome.is_ok() {
             let mut dropped = 0;
             for (index, error) in outcome.into_failed() {
-                let Some(copy) = copies.get(index) else {
+                // An index given twice (or out of range) is redelivered once at most.
+                let Some(copy) = copies.get_mut(index).and_then(Option::take) else {
                     continue;
                 };
                 match retry_after(error.as_ref()) {
                     Some(delay) => {
-                        let mut again = copy.clone();
-                        let attempt = copy.delivery_attempt().unwrap_or(1);
+                        let mut again = copy.unpack();
+                        let attempt = again.delivery_attempt().unwrap_or(1);
                         again
                             .metadata
                             .insert_i64(DELIVERY_ATTEMPT, i64::from(attempt.saturating_add(1)));
@@ -771,10 +776,12 @@ const BURST: usize = 32;
 
 async fn handle(stream: &str, handler: &mut Handler, mut msg: Message, lane: &mut Lane) {
     let attempt = msg.delivery_attempt().unwrap_or(1);
+    // Kept for a redelivery the handler may ask for: packed, the payload shared; taken
+    // before the attempt is stamped, so that a first delivery's empty metadata is not
+    // copied.
+    let copy = Retained::new(&msg);
     msg.metadata
         .insert_i64(DELIVERY_ATTEMPT, i64::from(attempt));
-    // Kept for a redelivery the handler may ask for; the payload is shared, not copied.
-    let copy = msg.clone();
     let Err(error) = call_handler(handler, msg).await else {
         return;
     };
@@ -782,15 +789,15 @@ async fn handle(stream: &str, handler: &mut Handler, mut msg: Message, lane: &mu
     // account of them.
     match retry_after(error.as_ref()) {
         Some(delay) => {
-            tracing::debug!(%stream, id = %copy.id, attempt, ?delay, %error, "handler failed; delivering the message again after the delay it asked for");
-            let mut again = copy;
+            let mut again = copy.unpack();
+            tracing::debug!(%stream, id = %again.id, attempt, ?delay, %error, "handler failed; delivering the message again after the delay it asked for");
             again
                 .metadata
                 .insert_i64(DELIVERY_ATTEMPT, i64::from(attempt.saturating_add(1)));
             lane.delay(again, delay);
         }
         None => {
-            tracing::debug!(%stream, id = %copy.id, %error, "handler failed; the in-process bus does not redeliver");
+            tracing::debug!(%stream, id = %copy.id(), %error, "handler failed; the in-process bus does not redeliver");
         }
     }
 }

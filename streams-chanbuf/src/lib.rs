@@ -53,6 +53,7 @@
 
 mod bus;
 mod connect;
+mod retained;
 
 pub use bus::{event_bus, MemoryBus, MemoryBusBuilder};
 pub use connect::connect;

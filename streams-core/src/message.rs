@@ -150,8 +150,8 @@ impl Message {
 /// Go library (`streams-kafka-partition-id`, ...).
 ///
 /// Kept apart from [`Headers`] so that a reader builds no owned strings for them per
-/// message: numbers are stored inline and texts are shared ([`Arc<str>`]); one small
-/// vector holds the entries. A value becomes a `&str` only when read.
+/// message: numbers are stored inline and texts are shared ([`Arc<str>`]); the first entry is
+/// held inline and the others in one small vector. A value becomes a `&str` only when read.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -169,8 +169,14 @@ impl Message {
 /// ```
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Metadata {
-    entries: Vec<(&'static str, MetaValue)>,
+    /// The first entry, kept inline: a message with one entry (the delivery attempt every
+    /// reader stamps) costs no allocation.
+    first: Option<Entry>,
+    /// The entries after the first, in the order they were set.
+    rest: Vec<Entry>,
 }
+
+type Entry = (&'static str, MetaValue);
 
 #[derive(Clone, PartialEq, Eq)]
 enum MetaValue {
@@ -230,10 +236,11 @@ impl Metadata {
         Metadata::default()
     }
 
-    /// No entries, with room for `n`.
+    /// No entries, with room for `n` without another allocation.
     pub fn with_capacity(n: usize) -> Self {
         Metadata {
-            entries: Vec::with_capacity(n),
+            first: None,
+            rest: Vec::with_capacity(n.saturating_sub(1)),
         }
     }
 
@@ -249,16 +256,28 @@ impl Metadata {
     }
 
     fn insert(&mut self, name: &'static str, value: MetaValue) {
-        match self.entries.iter_mut().find(|(n, _)| *n == name) {
-            Some(entry) => entry.1 = value,
-            None => self.entries.push((name, value)),
+        if self.first.is_none() {
+            self.first = Some((name, value));
+            return;
         }
+        if let Some(entry) = self.entries_mut().find(|(n, _)| *n == name) {
+            entry.1 = value;
+            return;
+        }
+        self.rest.push((name, value));
+    }
+
+    fn entries(&self) -> impl Iterator<Item = &Entry> + '_ {
+        self.first.iter().chain(self.rest.iter())
+    }
+
+    fn entries_mut(&mut self) -> impl Iterator<Item = &mut Entry> + '_ {
+        self.first.iter_mut().chain(self.rest.iter_mut())
     }
 
     /// An entry's value as text.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.entries
-            .iter()
+        self.entries()
             .find(|(n, _)| *n == name)
             .map(|(_, v)| v.as_str())
     }
@@ -266,7 +285,7 @@ impl Metadata {
     /// An entry's value as a number: one set with [`insert_i64`](Metadata::insert_i64),
     /// or a text that parses as one.
     pub fn get_i64(&self, name: &str) -> Option<i64> {
-        match self.entries.iter().find(|(n, _)| *n == name)? {
+        match self.entries().find(|(n, _)| *n == name)? {
             (_, MetaValue::Int(v, _)) => Some(*v),
             (_, MetaValue::Text(t)) => t.parse().ok(),
         }
@@ -274,17 +293,17 @@ impl Metadata {
 
     /// The entries in the order they were set, as `(name, value)`.
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> + '_ {
-        self.entries.iter().map(|(n, v)| (*n, v.as_str()))
+        self.entries().map(|(n, v)| (*n, v.as_str()))
     }
 
     /// How many entries there are.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        usize::from(self.first.is_some()) + self.rest.len()
     }
 
     /// Whether there is none.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.first.is_none()
     }
 }
 
@@ -325,6 +344,29 @@ mod tests {
         let b = Message::new("s", "x");
         assert_ne!(a.id, b.id);
         assert_eq!(a.content_type, CONTENT_TYPE_OCTET_STREAM);
+    }
+
+    #[test]
+    fn metadata_keeps_order_and_replaces_by_name_inline_or_not() {
+        let mut m = Metadata::new();
+        assert!(m.is_empty());
+        m.insert_i64("a", 1);
+        m.insert_text("b", "two");
+        m.insert_i64("c", 3);
+        m.insert_i64("a", 10);
+        m.insert_text("c", "thirty");
+        assert_eq!(m.len(), 3);
+        assert_eq!(
+            m.iter().collect::<Vec<_>>(),
+            [("a", "10"), ("b", "two"), ("c", "thirty")]
+        );
+        assert_eq!(m.get_i64("a"), Some(10));
+        assert_eq!(m.get("missing"), None);
+        let mut same = Metadata::with_capacity(3);
+        same.insert_i64("a", 10);
+        same.insert_text("b", "two");
+        same.insert_text("c", "thirty");
+        assert_eq!(m, same);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -64,7 +65,7 @@ use crate::{KafkaConfig, DRIVER};
 /// record is not committed, so the next reader gets it at once: a delay is not
 /// honoured across a restart.
 /// Each partition queues at most [`KafkaConfig::with_queue_depth`]
-/// records for its worker. When a queue is full and its worker makes no room within
+/// records and [`KafkaConfig::with_queue_bytes`] bytes for its worker. When a queue is full and its worker makes no room within
 /// half a second (a handler stuck or retrying, not merely busy), the reader pauses that
 /// partition (the other partitions go on), and once the worker has worked through half
 /// the queue it seeks the partition back to the first record not queued and resumes it,
@@ -224,21 +225,33 @@ struct Worker {
     done: std::sync::mpsc::Sender<Done>,
 }
 
-/// A worker is done with a record (handled, or dropped for a revoked partition).
+/// A worker is done with `count` records (handled, or dropped for a revoked partition);
+/// sent per batch of work (and every [`STORE_EVERY`] records), not per record.
 struct Done {
     partition: i32,
     epoch: u64,
+    count: usize,
+    /// The records' size ([`Record::size`]).
+    bytes: usize,
 }
 
 /// What the polling thread knows of a partition of the current assignment.
 struct PartitionState {
     epoch: u64,
     tx: mpsc::UnboundedSender<Vec<Work>>,
-    /// Records handed to the worker that it is not done with.
+    /// Records handed to the worker that it is not done with, and their size.
     queued: usize,
+    queued_bytes: usize,
     /// The first offset not handed to the worker; where a resume seeks to.
     next_offset: Option<i64>,
     paused: bool,
+}
+
+impl PartitionState {
+    /// Whether the queue reached its bound, in records or in bytes.
+    fn full(&self, limit: usize, byte_limit: usize) -> bool {
+        self.queued >= limit || self.queued_bytes >= byte_limit
+    }
 }
 
 /// The reader's default `fetch.wait.max.ms`.
@@ -501,7 +514,9 @@ impl KafkaReader {
             shared: shared.clone(),
             limit,
             resume_at: limit / 2,
+            byte_limit: self.config.queue_bytes,
             partitions: HashMap::new(),
+            epochs: (u64::MAX, HashMap::new()),
             done_rx,
             done_tx,
             spawn: spawn_tx,
@@ -594,18 +609,74 @@ struct Shared {
 }
 
 impl Shared {
-    fn work(&self, record: &BorrowedMessage<'_>, epoch: u64) -> Work {
-        let partition = rdkafka::Message::partition(record);
-        let hwm = self
-            .hwm
+    /// The partition's high watermark as last refreshed (0 before the first refresh).
+    fn hwm(&self, partition: i32) -> i64 {
+        self.hwm
             .lock()
             .map(|m| m.get(&partition).copied().unwrap_or(0))
-            .unwrap_or(0);
-        Work {
-            record: Record::new(record),
+            .unwrap_or(0)
+    }
+}
+
+/// Records of one partition taken in one turn of the polling loop, handed to its worker
+/// together.
+struct Ready {
+    /// The partition's high watermark, looked up once per turn rather than per record.
+    hwm: i64,
+    works: Vec<Work>,
+    /// The bytes of the records in `works` from `unattached` on: a few allocations per
+    /// turn, made on the polling thread and freed on the worker's, instead of one per
+    /// record (a free from another thread is what a general-purpose allocator does
+    /// worst). A full arena is frozen and a new one begun rather than grown, so no
+    /// record is copied twice.
+    arena: Vec<u8>,
+    unattached: usize,
+}
+
+impl Ready {
+    /// Room of one arena; a record larger than this gets an arena of its size.
+    const ARENA: usize = 64 * 1024;
+
+    fn new(hwm: i64) -> Self {
+        Ready {
             hwm,
-            epoch,
+            works: Vec::new(),
+            arena: Vec::with_capacity(Self::ARENA),
+            unattached: 0,
         }
+    }
+
+    /// Copies a record into the arena and queues it.
+    fn push(&mut self, record: &BorrowedMessage<'_>, epoch: u64) {
+        let need = rdkafka::Message::payload(record).map_or(0, <[u8]>::len)
+            + rdkafka::Message::key(record).map_or(0, <[u8]>::len)
+            + 256;
+        if !self.arena.is_empty() && self.arena.len() + need > self.arena.capacity() {
+            let full =
+                std::mem::replace(&mut self.arena, Vec::with_capacity(Self::ARENA.max(need)));
+            self.attach(full);
+        }
+        self.works.push(Work {
+            record: Record::append(record, &mut self.arena),
+            hwm: self.hwm,
+            epoch,
+        });
+    }
+
+    /// Points the records not attached yet at `arena`, frozen.
+    fn attach(&mut self, arena: Vec<u8>) {
+        let arena = Bytes::from(arena);
+        for w in &mut self.works[self.unattached..] {
+            w.record.attach(&arena);
+        }
+        self.unattached = self.works.len();
+    }
+
+    /// The records, pointing at their arenas, for the worker.
+    fn into_works(mut self) -> Vec<Work> {
+        let arena = std::mem::take(&mut self.arena);
+        self.attach(arena);
+        self.works
     }
 }
 
@@ -617,7 +688,11 @@ struct Poller {
     shared: Arc<Shared>,
     limit: usize,
     resume_at: usize,
+    /// The bound of a partition's queue in bytes ([`KafkaConfig::with_queue_bytes`]).
+    byte_limit: usize,
     partitions: HashMap<i32, PartitionState>,
+    /// Cache of [`Ownership`]: its generation and each partition's epoch.
+    epochs: (u64, HashMap<i32, Option<u64>>),
     done_rx: std::sync::mpsc::Receiver<Done>,
     done_tx: std::sync::mpsc::Sender<Done>,
     spawn: mpsc::UnboundedSender<Worker>,
@@ -642,7 +717,7 @@ impl Poller {
             }
             // Take what else is already fetched, so each partition worker is woken once
             // per batch rather than once per record.
-            let mut ready: HashMap<i32, Vec<Work>> = HashMap::new();
+            let mut ready: HashMap<i32, Ready> = HashMap::new();
             let mut wait = POLL_WAIT;
             for _ in 0..DRAIN_MAX {
                 match consumer.poll(wait) {
@@ -657,9 +732,9 @@ impl Poller {
                 }
                 wait = Duration::ZERO;
             }
-            for (p, works) in ready {
+            for (p, r) in ready {
                 if let Some(state) = self.partitions.get(&p) {
-                    let _ = state.tx.send(works);
+                    let _ = state.tx.send(r.into_works());
                 }
             }
             if failure.is_some() {
@@ -687,12 +762,26 @@ impl Poller {
         failure.map_or(Ok(()), Err)
     }
 
+    /// The epoch of this member's assignment of partition `p`, `None` when it does not
+    /// own `p`: from the poller's cache, which is refreshed when the assignment changed
+    /// (rebalances run inside `poll`, on this thread, and bump the generation), so the
+    /// ownership lock is not taken per record.
+    fn epoch(&mut self, p: i32) -> Option<u64> {
+        let ownership = &self.shared.ownership;
+        let generation = ownership.generation.load(Ordering::Acquire);
+        if generation != self.epochs.0 {
+            self.epochs.0 = generation;
+            self.epochs.1.clear();
+        }
+        *self.epochs.1.entry(p).or_insert_with(|| ownership.epoch(p))
+    }
+
     /// Hands a record to its partition's worker, or drops it (revoked partition, or
     /// fetched before a pause took effect: a resume fetches it again).
-    fn route(&mut self, record: &BorrowedMessage<'_>, ready: &mut HashMap<i32, Vec<Work>>) {
+    fn route(&mut self, record: &BorrowedMessage<'_>, ready: &mut HashMap<i32, Ready>) {
         let p = rdkafka::Message::partition(record);
         let offset = rdkafka::Message::offset(record);
-        let Some(epoch) = self.shared.ownership.epoch(p) else {
+        let Some(epoch) = self.epoch(p) else {
             return;
         };
         let current = self
@@ -718,6 +807,7 @@ impl Poller {
                     epoch,
                     tx,
                     queued: 0,
+                    queued_bytes: 0,
                     next_offset,
                     paused,
                 },
@@ -731,30 +821,30 @@ impl Poller {
             // Handed already (fetched again after a seek): never twice.
             return;
         }
-        ready
-            .entry(p)
-            .or_default()
-            .push(self.shared.work(record, epoch));
+        let shared = &self.shared;
+        let r = ready.entry(p).or_insert_with(|| Ready::new(shared.hwm(p)));
+        r.push(record, epoch);
         state.queued += 1;
+        state.queued_bytes += r.works.last().map_or(0, |w| w.record.size());
         state.next_offset = Some(offset + 1);
-        if state.queued >= self.limit {
+        if state.full(self.limit, self.byte_limit) {
             self.make_room_or_pause(p, ready);
         }
     }
 
     /// Hands out what is ready and waits up to [`FULL_PATIENCE`] for partition `p`'s
     /// worker to make room; pauses `p` if it does not.
-    fn make_room_or_pause(&mut self, p: i32, ready: &mut HashMap<i32, Vec<Work>>) {
-        for (q, works) in ready.drain() {
+    fn make_room_or_pause(&mut self, p: i32, ready: &mut HashMap<i32, Ready>) {
+        for (q, r) in ready.drain() {
             if let Some(state) = self.partitions.get(&q) {
-                let _ = state.tx.send(works);
+                let _ = state.tx.send(r.into_works());
             }
         }
         let deadline = Instant::now() + FULL_PATIENCE;
         loop {
             self.take_done();
             match self.partitions.get(&p) {
-                Some(state) if state.queued >= self.limit => {}
+                Some(state) if state.full(self.limit, self.byte_limit) => {}
                 // Room (or the partition was revoked meanwhile).
                 _ => return,
             }
@@ -791,7 +881,8 @@ impl Poller {
     fn count_done(&mut self, done: Done) {
         if let Some(state) = self.partitions.get_mut(&done.partition) {
             if state.epoch == done.epoch {
-                state.queued = state.queued.saturating_sub(1);
+                state.queued = state.queued.saturating_sub(done.count);
+                state.queued_bytes = state.queued_bytes.saturating_sub(done.bytes);
             }
         }
     }
@@ -811,7 +902,10 @@ impl Poller {
     fn resume_with_room(&mut self) {
         let topic = &self.shared.topic;
         for (p, state) in &mut self.partitions {
-            if !state.paused || state.queued > self.resume_at {
+            if !state.paused
+                || state.queued > self.resume_at
+                || state.queued_bytes > self.byte_limit / 2
+            {
                 continue;
             }
             if let Some(offset) = state.next_offset {
@@ -897,14 +991,30 @@ async fn partition_worker(
     // The last handled offset not stored yet: stored once per batch (or every
     // `STORE_EVERY` records) rather than per record, and before any return.
     let mut unstored = None;
+    // Records done and not yet reported to the polling thread: reported per batch (or
+    // every `STORE_EVERY` records), so the poller is not woken per record.
+    let mut unreported = (0, 0);
+    let report = |unreported: &mut (usize, usize), epoch: u64| {
+        if unreported.0 > 0 {
+            let (count, bytes) = std::mem::take(unreported);
+            let _ = worker.done.send(Done {
+                partition,
+                epoch,
+                count,
+                bytes,
+            });
+        }
+    };
     while let Some(batch) = tokio::select! {
         biased;
         _ = stop.cancelled() => None,
         w = worker.rx.recv() => w,
     } {
+        let epoch = batch.first().map_or(0, |w| w.epoch);
         for (i, work) in batch.into_iter().enumerate() {
             if stop.is_cancelled() {
                 store(&shared, &consumer, partition, unstored.take());
+                report(&mut unreported, epoch);
                 return;
             }
             let handled =
@@ -921,20 +1031,21 @@ async fn partition_worker(
                     store(&shared, &consumer, partition, unstored.take());
                 }
             }
-            let _ = worker.done.send(Done {
-                partition,
-                epoch: work.epoch,
-            });
+            unreported.0 += 1;
+            unreported.1 += work.record.size();
             if !handled && stop.is_cancelled() {
                 // Stopped before success: not stored, so delivered again.
                 store(&shared, &consumer, partition, unstored.take());
+                report(&mut unreported, epoch);
                 return;
             }
             if (i + 1) % STORE_EVERY == 0 {
                 store(&shared, &consumer, partition, unstored.take());
+                report(&mut unreported, epoch);
             }
         }
         store(&shared, &consumer, partition, unstored.take());
+        report(&mut unreported, epoch);
     }
 }
 
@@ -1004,12 +1115,13 @@ async fn partition_batch_worker(
         let epoch = pending.front().expect("not empty").epoch;
         if !shared.ownership.owns_cached(partition, epoch, &mut owns) {
             // Revoked: the new owner reads these from the committed offset.
-            for work in pending.drain(..) {
-                let _ = worker.done.send(Done {
-                    partition,
-                    epoch: work.epoch,
-                });
-            }
+            let _ = worker.done.send(Done {
+                partition,
+                epoch,
+                count: pending.len(),
+                bytes: pending.iter().map(|w| w.record.size()).sum(),
+            });
+            pending.clear();
             continue;
         }
         let n = pending.len().min(size.max_messages());
@@ -1032,14 +1144,17 @@ async fn partition_batch_worker(
         let outcome = streams_core::call_batch_handler(&mut handler, batch).await;
         drop(permit);
         let handled = outcome.first_failed().unwrap_or(n);
-        let mut last = None;
-        for work in pending.drain(..handled) {
-            last = Some(work.record.offset());
-            let _ = worker.done.send(Done {
-                partition,
-                epoch: work.epoch,
-            });
-        }
+        let last = handled
+            .checked_sub(1)
+            .and_then(|i| pending.get(i))
+            .map(|w| w.record.offset());
+        let bytes = pending.drain(..handled).map(|w| w.record.size()).sum();
+        let _ = worker.done.send(Done {
+            partition,
+            epoch,
+            count: handled,
+            bytes,
+        });
         if shared.commits && shared.ownership.owns_cached(partition, epoch, &mut owns) {
             store(&shared, &consumer, partition, last);
         }

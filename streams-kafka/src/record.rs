@@ -72,11 +72,17 @@ pub(crate) struct Origin {
 /// Marks a flag in [`Message::metadata`].
 const TRUE: &str = "true";
 
-/// A record taken off the consumer: payload, key and headers copied into one buffer
-/// (one allocation), the payload first so that a message's payload is a slice of it.
-/// Kept until the handler succeeded, so each attempt builds its message from it.
+/// A record taken off the consumer: payload, key and headers copied into a buffer, the
+/// payload first so that a message's payload is a slice of it. The buffer is the
+/// record's own ([`new`](Record::new)) or shared by the records taken together
+/// ([`append`](Record::append), then [`attach`](Record::attach)): one allocation, freed
+/// by whichever thread drops the last of them, rather than one per record. Kept until
+/// the handler succeeded, so each attempt builds its message from it.
 pub(crate) struct Record {
     buf: Bytes,
+    /// Where the record's bytes start and end in `buf`.
+    start: usize,
+    end: usize,
     payload_len: Option<usize>,
     key_len: Option<usize>,
     partition: i32,
@@ -91,16 +97,28 @@ const HEADER_ROOM: usize = 256;
 const NO_VALUE: u32 = u32::MAX;
 
 impl Record {
-    /// Copies what a message needs out of a record.
+    /// Copies what a message needs out of a record into a buffer of its own.
     pub(crate) fn new<M: rdkafka::Message>(record: &M) -> Self {
         let payload = record.payload();
         let key = record.key();
-        let headers = record.headers();
         // Room for the usual headers (ids, content type, a few user headers): one pass
         // over them, and a reallocation only for records with more.
         let mut buf = Vec::with_capacity(
             payload.map_or(0, <[u8]>::len) + key.map_or(0, <[u8]>::len) + HEADER_ROOM,
         );
+        let mut r = Record::append(record, &mut buf);
+        r.buf = Bytes::from(buf);
+        r
+    }
+
+    /// Copies what a message needs out of a record to the end of `arena`; the record is
+    /// usable once [`attach`](Record::attach)ed to the arena's bytes.
+    pub(crate) fn append<M: rdkafka::Message>(record: &M, arena: &mut Vec<u8>) -> Self {
+        let payload = record.payload();
+        let key = record.key();
+        let headers = record.headers();
+        let start = arena.len();
+        let buf = arena;
         buf.extend_from_slice(payload.unwrap_or_default());
         buf.extend_from_slice(key.unwrap_or_default());
         if let Some(hs) = headers {
@@ -117,13 +135,30 @@ impl Record {
             }
         }
         Record {
-            buf: Bytes::from(buf),
+            buf: Bytes::new(),
+            start,
+            end: buf.len(),
             payload_len: payload.map(<[u8]>::len),
             key_len: key.map(<[u8]>::len),
             partition: record.partition(),
             offset: record.offset(),
             timestamp: record.timestamp().to_millis(),
         }
+    }
+
+    /// Points the record at the arena it was [`append`](Record::append)ed to, frozen.
+    pub(crate) fn attach(&mut self, arena: &Bytes) {
+        self.buf = arena.clone();
+    }
+
+    /// What the record takes in memory: payload, key and headers.
+    pub(crate) fn size(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// The record's own bytes.
+    fn bytes(&self) -> &[u8] {
+        self.buf.get(self.start..self.end).unwrap_or_default()
     }
 
     pub(crate) fn offset(&self) -> i64 {
@@ -136,14 +171,14 @@ impl Record {
 
     fn key(&self) -> Option<&[u8]> {
         let at = self.payload_len.unwrap_or(0);
-        self.key_len.map(|n| &self.buf[at..at + n])
+        self.key_len.map(|n| &self.bytes()[at..at + n])
     }
 
     /// The headers as `(name, value)`; a name that is not UTF-8 is converted lossily
     /// (librdkafka hands names out as `&str` already).
     fn headers(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> + '_ {
         let mut at = self.payload_len.unwrap_or(0) + self.key_len.unwrap_or(0);
-        let buf = &self.buf[..];
+        let buf = self.bytes();
         std::iter::from_fn(move || {
             if at >= buf.len() {
                 return None;
@@ -210,7 +245,8 @@ pub(crate) fn to_message(record: &Record, hwm: i64, origin: &Origin) -> Message 
             String::from_utf8_lossy(k).into_owned()
         }
     });
-    let mut metadata = Metadata::with_capacity(6);
+    // Six coordinates and the delivery attempt the worker adds.
+    let mut metadata = Metadata::with_capacity(7);
     let id = id.unwrap_or_else(|| {
         metadata.insert_text(HEADER_SYNTHETIC_ID, TRUE);
         format!("{}-{}-{}", origin.topic, record.partition, record.offset)
@@ -232,7 +268,7 @@ pub(crate) fn to_message(record: &Record, hwm: i64, origin: &Origin) -> Message 
         metadata,
         content_type: content_type.unwrap_or_else(|| CONTENT_TYPE_OCTET_STREAM.to_owned()),
         data: match record.payload_len {
-            Some(n) => record.buf.slice(..n),
+            Some(n) => record.buf.slice(record.start..record.start + n),
             None => Bytes::new(),
         },
         time: record

@@ -26,10 +26,17 @@ fn assignments() -> &'static Mutex<HashMap<String, usize>> {
 
 struct CountAssignments;
 
+/// `partition paused` events per topic.
+fn pauses() -> &'static Mutex<HashMap<String, usize>> {
+    static COUNTS: OnceLock<Mutex<HashMap<String, usize>>> = OnceLock::new();
+    COUNTS.get_or_init(Default::default)
+}
+
 #[derive(Default)]
 struct Fields {
     message: String,
     group: String,
+    topic: String,
 }
 
 impl Visit for Fields {
@@ -37,6 +44,7 @@ impl Visit for Fields {
         match field.name() {
             "message" => self.message = format!("{value:?}"),
             "group" => self.group = format!("{value:?}"),
+            "topic" => self.topic = format!("{value:?}"),
             _ => {}
         }
     }
@@ -53,21 +61,26 @@ impl<S: Subscriber> Layer<S> for CountAssignments {
                 .entry(fields.group)
                 .or_default() += 1;
         }
+        if fields.message.starts_with("partition paused") {
+            *pauses().lock().unwrap().entry(fields.topic).or_default() += 1;
+        }
     }
 }
 
-/// Writes one record to `partition`, awaiting it, so each record is a batch of its own
-/// (tansu cannot fetch from inside a batch, which a resume after a pause may need).
-async fn send(producer: &FutureProducer, topic: &str, partition: i32, id: &str) {
+/// Writes one record of `size` bytes to `partition`, awaiting it, so each record is a
+/// batch of its own (tansu cannot fetch from inside a batch, which a resume after a
+/// pause may need).
+async fn send(producer: &FutureProducer, topic: &str, partition: i32, id: &str, size: usize) {
     let headers = OwnedHeaders::new().insert(Header {
         key: "message_id",
         value: Some(id),
     });
+    let payload = vec![b'x'; size];
     producer
         .send(
             FutureRecord::<(), _>::to(topic)
                 .partition(partition)
-                .payload(id)
+                .payload(&payload)
                 .headers(headers),
             Timeout::Never,
         )
@@ -75,21 +88,51 @@ async fn send(producer: &FutureProducer, topic: &str, partition: i32, id: &str) 
         .expect("send");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stuck_partition_is_paused_while_others_go_on_and_no_rebalance_happens() {
-    tracing_subscriber::registry()
+fn trace() {
+    let _ = tracing_subscriber::registry()
         .with(CountAssignments)
         .with(
             tracing_subscriber::fmt::layer()
                 .with_test_writer()
                 .with_filter(tracing_subscriber::EnvFilter::from_default_env()),
         )
-        .init();
-    const STUCK_FOR: Duration = Duration::from_secs(30);
+        .try_init();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_partition_is_paused_while_others_go_on_and_no_rebalance_happens() {
+    trace();
+    let config = common::config().with_queue_depth(4);
+    let paused = stuck_partition(config, 2).await;
+    assert!(
+        paused >= 1,
+        "the stuck partition was paused ({paused} pauses)"
+    );
+}
+
+/// Large records: the queue's byte bound pauses the stuck partition long before its
+/// record bound (10,000) would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_partition_of_large_records_is_paused_by_its_byte_bound() {
+    trace();
     let config = common::config()
+        .with_queue_depth(10_000)
+        .with_queue_bytes(64 * 1024);
+    let paused = stuck_partition(config, 16 * 1024).await;
+    assert!(
+        paused >= 1,
+        "the stuck partition was paused ({paused} pauses)"
+    );
+}
+
+/// Partition 0's first message fails for 30 s: partition 1 delivers everything meanwhile,
+/// then partition 0 goes on in order, each message once, and the member never leaves its
+/// group. Returns how often the topic's partitions were paused.
+async fn stuck_partition(config: streams_kafka::KafkaConfig, size: usize) -> usize {
+    const STUCK_FOR: Duration = Duration::from_secs(30);
+    let config = config
         .with_property("max.poll.interval.ms", "10000")
-        .with_property("session.timeout.ms", "6000")
-        .with_queue_depth(4);
+        .with_property("session.timeout.ms", "6000");
     let t = common::topic("pause", 2).await;
     let group = format!("g-{t}");
     let producer: FutureProducer = rdkafka::ClientConfig::new()
@@ -99,10 +142,10 @@ async fn stuck_partition_is_paused_while_others_go_on_and_no_rebalance_happens()
         .unwrap();
 
     // Partition 0: a message whose handler fails for 30 s, and more than the queue
-    // bound (4) behind it.
+    // bound (4 records, or 64 KiB of 16 KiB records) behind it.
     let stuck: Vec<String> = (0..12).map(|i| format!("p0-{i}")).collect();
     for id in &stuck {
-        send(&producer, &t, 0, id).await;
+        send(&producer, &t, 0, id, size).await;
     }
 
     let first_attempt = Arc::new(OnceLock::<Instant>::new());
@@ -131,7 +174,7 @@ async fn stuck_partition_is_paused_while_others_go_on_and_no_rebalance_happens()
     tokio::time::sleep(Duration::from_secs(1)).await;
     let free: Vec<String> = (0..20).map(|i| format!("p1-{i}")).collect();
     for id in &free {
-        send(&producer, &t, 1, id).await;
+        send(&producer, &t, 1, id, size).await;
     }
     let of = |p: i32| -> Vec<String> {
         handled
@@ -180,4 +223,6 @@ async fn stuck_partition_is_paused_while_others_go_on_and_no_rebalance_happens()
         Some(1),
         "one assignment: the member never left its group while a handler was stuck"
     );
+    let paused = pauses().lock().unwrap().get(&t).copied().unwrap_or(0);
+    paused
 }
