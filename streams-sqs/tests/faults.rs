@@ -124,7 +124,13 @@ async fn through(fault: Fault, test: &str) {
             c.create_queue(&stream).await.expect("create queue again");
             // A reader that polled the restarted emulator before the queue was created
             // again met a deleted queue: that ends a read for good, in one line naming
-            // the queue. A new subscription takes over; one that did not poll goes on.
+            // the queue. A new subscription takes over; one that did not poll goes on. A
+            // poll that met the deleted queue may still be ending when the queue is back:
+            // wait out the reader's long poll (1 s) and more before deciding.
+            let settle = Instant::now() + Duration::from_secs(3);
+            while !run.is_finished() && Instant::now() < settle {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             if run.is_finished() {
                 let err = (&mut run)
                     .await
