@@ -555,9 +555,13 @@ async fn lane_worker(
         if stop.is_cancelled() {
             return;
         }
-        let mut lane = tokio::select! {
-            lane = lane.lock() => lane,
-            _ = stop.cancelled() => return,
+        // A lone member finds the turn free: taken without the futures of a wait.
+        let mut lane = match lane.try_lock() {
+            Ok(lane) => lane,
+            Err(_) => tokio::select! {
+                lane = lane.lock() => lane,
+                _ = stop.cancelled() => return,
+            },
         };
         let Some(msg) = lane.next(&stop).await else {
             return;
@@ -591,6 +595,9 @@ struct Lane {
     /// The channel is closed and empty; only delayed messages are left.
     closed: bool,
     seq: u64,
+    /// The buffer the last handled message was packed into, for the next one
+    /// ([`Retained::new_in`]): the lane handles one message at a time.
+    packing: Vec<u8>,
 }
 
 /// A message waiting for its redelivery; ordered by due time, then by arrival.
@@ -628,6 +635,7 @@ impl Lane {
             cap,
             closed: false,
             seq: 0,
+            packing: Vec::new(),
         }
     }
 
@@ -635,6 +643,25 @@ impl Lane {
     /// lane is closed and holds nothing, or when `stop` fires.
     async fn next(&mut self, stop: &CancellationToken) -> Option<Message> {
         loop {
+            if self.delayed.is_empty() {
+                // No delayed message (nearly always): a waiting message is taken without
+                // a timer, and none is made while waiting.
+                if self.closed {
+                    return None;
+                }
+                if let Ok(m) = self.rx.try_recv() {
+                    return Some(m);
+                }
+                tokio::select! {
+                    biased;
+                    m = self.rx.recv() => match m {
+                        Ok(m) => return Some(m),
+                        Err(_) => self.closed = true,
+                    },
+                    _ = stop.cancelled() => return None,
+                }
+                continue;
+            }
             let due = self.delayed.peek().map(|d| d.0.due);
             let take = !self.closed && self.delayed.len() < self.cap;
             if due.is_none() && !take {
@@ -779,10 +806,11 @@ async fn handle(stream: &str, handler: &mut Handler, mut msg: Message, lane: &mu
     // Kept for a redelivery the handler may ask for: packed, the payload shared; taken
     // before the attempt is stamped, so that a first delivery's empty metadata is not
     // copied.
-    let copy = Retained::new(&msg);
+    let copy = Retained::new_in(&msg, std::mem::take(&mut lane.packing));
     msg.metadata
         .insert_i64(DELIVERY_ATTEMPT, i64::from(attempt));
     let Err(error) = call_handler(handler, msg).await else {
+        lane.packing = copy.into_buffer().unwrap_or_default();
         return;
     };
     // `LoggingLayer` logs failures at the level the user chose; this is the bus's own
@@ -798,6 +826,7 @@ async fn handle(stream: &str, handler: &mut Handler, mut msg: Message, lane: &mu
         }
         None => {
             tracing::debug!(%stream, id = %copy.id(), %error, "handler failed; the in-process bus does not redeliver");
+            lane.packing = copy.into_buffer().unwrap_or_default();
         }
     }
 }

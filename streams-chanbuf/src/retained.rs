@@ -11,11 +11,14 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use streams_core::{Message, Metadata};
 
+/// Largest packing buffer kept for reuse, in bytes.
+pub(crate) const KEPT_BUFFER: usize = 16 * 1024;
+
 /// A message packed for a possible redelivery: see the module docs.
 pub(crate) struct Retained {
     /// id, stream, key (when present), content type, then each header's name and value,
     /// each as a little-endian `u32` length and the UTF-8 bytes.
-    texts: Box<[u8]>,
+    texts: Vec<u8>,
     has_key: bool,
     metadata: Metadata,
     data: Bytes,
@@ -25,6 +28,12 @@ pub(crate) struct Retained {
 impl Retained {
     /// Packs `msg` (which stays with the caller).
     pub(crate) fn new(msg: &Message) -> Self {
+        Self::new_in(msg, Vec::new())
+    }
+
+    /// Packs `msg` into `texts` (cleared first): a buffer given back by
+    /// [`into_buffer`](Self::into_buffer) packs the next message without an allocation.
+    pub(crate) fn new_in(msg: &Message, mut texts: Vec<u8>) -> Self {
         let mut len = 16 + msg.id.len() + msg.stream.len() + msg.content_type.len();
         if let Some(key) = &msg.key {
             len += 4 + key.len();
@@ -32,7 +41,8 @@ impl Retained {
         for (name, value) in &msg.headers {
             len += 8 + name.len() + value.len();
         }
-        let mut texts = Vec::with_capacity(len);
+        texts.clear();
+        texts.reserve(len);
         let mut push = |s: &str| {
             // A text of 4 GiB or more cannot be on the bus (the bus holds it in memory
             // several times over before that); saturate rather than wrap.
@@ -51,12 +61,18 @@ impl Retained {
             push(value);
         }
         Retained {
-            texts: texts.into_boxed_slice(),
+            texts,
             has_key: msg.key.is_some(),
             metadata: msg.metadata.clone(),
             data: msg.data.clone(),
             time: msg.time,
         }
+    }
+
+    /// The packing buffer, for the next [`new_in`](Self::new_in); `None` when it grew
+    /// past [`KEPT_BUFFER`] (one huge message should not pin its size for good).
+    pub(crate) fn into_buffer(self) -> Option<Vec<u8>> {
+        (self.texts.capacity() <= KEPT_BUFFER).then_some(self.texts)
     }
 
     /// The message id, read without unpacking.
@@ -122,5 +138,25 @@ mod tests {
 
         let bare = Message::new("s", Bytes::new()).with_id("");
         assert_eq!(Retained::new(&bare).unpack(), bare);
+    }
+
+    #[test]
+    fn a_reused_buffer_packs_only_the_new_message() {
+        let first = Message::new("orders", "a")
+            .with_key("a-much-longer-key-than-the-next-one")
+            .with_header("h", "v");
+        let buffer = Retained::new(&first)
+            .into_buffer()
+            .expect("small buffer kept");
+        assert!(buffer.capacity() > 0);
+        let second = Message::new("o", "b");
+        let again = Retained::new_in(&second, buffer);
+        assert_eq!(again.unpack(), second);
+
+        let huge = Message::new("s", "x").with_header("big", "y".repeat(KEPT_BUFFER));
+        assert!(
+            Retained::new(&huge).into_buffer().is_none(),
+            "a buffer grown by a huge message is not kept"
+        );
     }
 }
