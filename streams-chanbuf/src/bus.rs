@@ -4,7 +4,6 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use async_channel::{Receiver, Sender, TrySendError};
 use async_trait::async_trait;
 use streams_core::{
     call_batch_handler, call_handler, retry_after, Batch, BatchHandler, BatchSize,
@@ -13,6 +12,7 @@ use streams_core::{
 };
 use tokio::time::Instant;
 
+use crate::queue::{LaneQueue, TryRecv, TrySendError};
 use crate::retained::Retained;
 
 /// A [`EventBus`](streams_core::EventBus) over a new in-process [`MemoryBus`] with default
@@ -105,7 +105,7 @@ struct Inner {
 /// stopped.
 struct Group {
     name: String,
-    lanes: Vec<Sender<Message>>,
+    lanes: Vec<Arc<LaneQueue>>,
     receivers: Vec<tokio::sync::Mutex<Lane>>,
     members: AtomicUsize,
     next_lane: AtomicUsize,
@@ -117,7 +117,7 @@ struct Group {
 }
 
 impl Group {
-    fn lane(&self, key: Option<&str>) -> &Sender<Message> {
+    fn lane(&self, key: Option<&str>) -> &LaneQueue {
         let n = self.lanes.len();
         if n == 1 {
             return &self.lanes[0];
@@ -205,7 +205,7 @@ impl MemoryBus {
             for g in groups.iter() {
                 let m = msg.clone();
                 match g.lane(m.key.as_deref()).try_send(m) {
-                    Ok(()) | Err(TrySendError::Closed(_)) => {}
+                    Ok(()) | Err(TrySendError::Closed) => {}
                     Err(TrySendError::Full(m)) => {
                         if i == 0 {
                             return Err(Error::Full { stream: m.stream });
@@ -263,8 +263,11 @@ impl MemoryBus {
         let per_lane = (self.inner.config.queue_depth / lanes).max(1);
         let (senders, receivers) = (0..lanes)
             .map(|_| {
-                let (tx, rx) = async_channel::bounded(per_lane);
-                (tx, tokio::sync::Mutex::new(Lane::new(rx, per_lane)))
+                let queue = Arc::new(LaneQueue::new(per_lane));
+                (
+                    queue.clone(),
+                    tokio::sync::Mutex::new(Lane::new(queue, per_lane)),
+                )
             })
             .unzip();
         let after = self
@@ -587,7 +590,7 @@ async fn lane_worker(
 /// delay their handler asked for. Whoever holds the lane's turn serves both, so a
 /// delayed message stays with the group when a member leaves.
 struct Lane {
-    rx: Receiver<Message>,
+    rx: Arc<LaneQueue>,
     delayed: BinaryHeap<Reverse<Delayed>>,
     /// The lane's bound: with this many messages delayed, the lane takes no new ones
     /// until one is due, so publishers wait (backpressure) instead of memory growing.
@@ -628,7 +631,7 @@ impl Ord for Delayed {
 }
 
 impl Lane {
-    fn new(rx: Receiver<Message>, cap: usize) -> Self {
+    fn new(rx: Arc<LaneQueue>, cap: usize) -> Self {
         Lane {
             rx,
             delayed: BinaryHeap::new(),
@@ -649,14 +652,19 @@ impl Lane {
                 if self.closed {
                     return None;
                 }
-                if let Ok(m) = self.rx.try_recv() {
-                    return Some(m);
+                match self.rx.try_recv() {
+                    TryRecv::Message(m) => return Some(m),
+                    TryRecv::Closed => {
+                        self.closed = true;
+                        continue;
+                    }
+                    TryRecv::Empty => {}
                 }
                 tokio::select! {
                     biased;
                     m = self.rx.recv() => match m {
-                        Ok(m) => return Some(m),
-                        Err(_) => self.closed = true,
+                        Some(m) => return Some(m),
+                        None => self.closed = true,
                     },
                     _ = stop.cancelled() => return None,
                 }
@@ -674,8 +682,8 @@ impl Lane {
                     return self.delayed.pop().map(|d| d.0.msg);
                 }
                 m = self.rx.recv(), if take => match m {
-                    Ok(m) => return Some(m),
-                    Err(_) => self.closed = true,
+                    Some(m) => return Some(m),
+                    None => self.closed = true,
                 },
                 _ = stop.cancelled() => return None,
             }
@@ -694,7 +702,10 @@ impl Lane {
         if self.closed || self.delayed.len() >= self.cap {
             return None;
         }
-        self.rx.try_recv().ok()
+        match self.rx.try_recv() {
+            TryRecv::Message(m) => Some(m),
+            TryRecv::Empty | TryRecv::Closed => None,
+        }
     }
 
     fn delay(&mut self, msg: Message, delay: std::time::Duration) {

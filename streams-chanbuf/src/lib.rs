@@ -53,6 +53,7 @@
 
 mod bus;
 mod connect;
+mod queue;
 mod retained;
 
 pub use bus::{event_bus, MemoryBus, MemoryBusBuilder};
