@@ -13,6 +13,9 @@ use streams_core::Message;
 use tokio::sync::Notify;
 
 /// Why [`LaneQueue::try_send`] gave the message back.
+// The message moves through by value, as it does through the queue: boxing it to make
+// the error small would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum TrySendError {
     /// The queue holds its bound.
     Full(Message),
@@ -21,6 +24,7 @@ pub(crate) enum TrySendError {
 }
 
 /// What [`LaneQueue::try_recv`] found.
+#[allow(clippy::large_enum_variant)] // as for `TrySendError`
 pub(crate) enum TryRecv {
     /// The oldest message.
     Message(Message),
@@ -72,6 +76,7 @@ impl LaneQueue {
     }
 
     /// Queues `msg` if there is room, without waiting.
+    #[allow(clippy::result_large_err)] // as for `TrySendError`
     pub(crate) fn try_send(&self, msg: Message) -> Result<(), TrySendError> {
         let mut state = self.lock();
         if state.closed {
