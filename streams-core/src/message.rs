@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -178,20 +178,39 @@ pub struct Metadata {
 
 type Entry = (&'static str, MetaValue);
 
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 enum MetaValue {
-    Int(i64, Digits),
+    /// A number, rendered as text the first time it is read as text: a reader stamps
+    /// offsets and attempts on every message, and few are ever read as text.
+    Int(i64, OnceLock<Digits>),
     Text(Arc<str>),
 }
 
 impl MetaValue {
+    fn int(value: i64) -> Self {
+        MetaValue::Int(value, OnceLock::new())
+    }
+
     fn as_str(&self) -> &str {
         match self {
-            MetaValue::Int(_, d) => d.as_str(),
+            MetaValue::Int(v, d) => d.get_or_init(|| Digits::new(*v)).as_str(),
             MetaValue::Text(t) => t,
         }
     }
 }
+
+impl PartialEq for MetaValue {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            // Whether the text was rendered yet is not part of the value.
+            (MetaValue::Int(a, _), MetaValue::Int(b, _)) => a == b,
+            (MetaValue::Text(a), MetaValue::Text(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for MetaValue {}
 
 /// A decimal `i64` rendered into a buffer of its own, so that reading it as text
 /// needs no allocation.
@@ -246,7 +265,7 @@ impl Metadata {
 
     /// Sets a number, replacing an entry of the same name.
     pub fn insert_i64(&mut self, name: &'static str, value: i64) {
-        self.insert(name, MetaValue::Int(value, Digits::new(value)));
+        self.insert(name, MetaValue::int(value));
     }
 
     /// Sets a text, replacing an entry of the same name; pass a clone of a shared
@@ -362,6 +381,13 @@ mod tests {
         );
         assert_eq!(m.get_i64("a"), Some(10));
         assert_eq!(m.get("missing"), None);
+        // A number read as text (rendered) equals the same number not read yet.
+        let (mut read, mut unread) = (Metadata::new(), Metadata::new());
+        read.insert_i64("n", -12);
+        unread.insert_i64("n", -12);
+        assert_eq!(read.get("n"), Some("-12"));
+        assert_eq!(read, unread);
+        assert_eq!(read.clone().get("n"), Some("-12"));
         let mut same = Metadata::with_capacity(3);
         same.insert_i64("a", 10);
         same.insert_text("b", "two");
