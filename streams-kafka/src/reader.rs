@@ -1,5 +1,6 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -515,8 +516,8 @@ impl KafkaReader {
             limit,
             resume_at: limit / 2,
             byte_limit: self.config.queue_bytes,
-            partitions: HashMap::new(),
-            epochs: (u64::MAX, HashMap::new()),
+            partitions: PartitionMap::default(),
+            epochs: (u64::MAX, PartitionMap::default()),
             done_rx,
             done_tx,
             spawn: spawn_tx,
@@ -680,6 +681,34 @@ impl Ready {
     }
 }
 
+/// A map by partition number, for the lookups the poller makes per record: partition
+/// numbers are small and come from the broker, so the standard hasher's defence against
+/// chosen keys buys nothing and cost more than the rest of routing a record.
+type PartitionMap<V> = HashMap<i32, V, BuildHasherDefault<PartitionHasher>>;
+
+/// Hashes a partition number with one multiplication (Fibonacci hashing).
+#[derive(Default)]
+struct PartitionHasher(u64);
+
+impl Hasher for PartitionHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_i32` is used; anything else still hashes every byte.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_i32(&mut self, p: i32) {
+        // `as` keeps the bits; the multiplication spreads them into the high bits the
+        // table's control bytes use.
+        self.0 = (u64::from(p as u32) ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// The polling thread: takes records from the consumer, hands them to partition
 /// workers, pauses full partitions and resumes them, and owns the consumer, which it
 /// drops when done.
@@ -690,9 +719,9 @@ struct Poller {
     resume_at: usize,
     /// The bound of a partition's queue in bytes ([`KafkaConfig::with_queue_bytes`]).
     byte_limit: usize,
-    partitions: HashMap<i32, PartitionState>,
+    partitions: PartitionMap<PartitionState>,
     /// Cache of [`Ownership`]: its generation and each partition's epoch.
-    epochs: (u64, HashMap<i32, Option<u64>>),
+    epochs: (u64, PartitionMap<Option<u64>>),
     done_rx: std::sync::mpsc::Receiver<Done>,
     done_tx: std::sync::mpsc::Sender<Done>,
     spawn: mpsc::UnboundedSender<Worker>,
@@ -717,7 +746,7 @@ impl Poller {
             }
             // Take what else is already fetched, so each partition worker is woken once
             // per batch rather than once per record.
-            let mut ready: HashMap<i32, Ready> = HashMap::new();
+            let mut ready: PartitionMap<Ready> = PartitionMap::default();
             let mut wait = POLL_WAIT;
             for _ in 0..DRAIN_MAX {
                 match consumer.poll(wait) {
@@ -778,7 +807,7 @@ impl Poller {
 
     /// Hands a record to its partition's worker, or drops it (revoked partition, or
     /// fetched before a pause took effect: a resume fetches it again).
-    fn route(&mut self, record: &BorrowedMessage<'_>, ready: &mut HashMap<i32, Ready>) {
+    fn route(&mut self, record: &BorrowedMessage<'_>, ready: &mut PartitionMap<Ready>) {
         let p = rdkafka::Message::partition(record);
         let offset = rdkafka::Message::offset(record);
         let Some(epoch) = self.epoch(p) else {
@@ -834,7 +863,7 @@ impl Poller {
 
     /// Hands out what is ready and waits up to [`FULL_PATIENCE`] for partition `p`'s
     /// worker to make room; pauses `p` if it does not.
-    fn make_room_or_pause(&mut self, p: i32, ready: &mut HashMap<i32, Ready>) {
+    fn make_room_or_pause(&mut self, p: i32, ready: &mut PartitionMap<Ready>) {
         for (q, r) in ready.drain() {
             if let Some(state) = self.partitions.get(&q) {
                 let _ = state.tx.send(r.into_works());
@@ -1266,5 +1295,26 @@ async fn handle_until_success(
 impl fmt::Debug for Ownership {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map().entries(self.lock().iter()).finish()
+    }
+}
+
+#[cfg(test)]
+mod partition_map_tests {
+    use super::PartitionMap;
+
+    #[test]
+    fn partition_numbers_keep_their_entries_and_spread() {
+        let mut map = PartitionMap::default();
+        for p in (-5..2_000).chain([i32::MIN, i32::MAX]) {
+            map.insert(p, p);
+        }
+        assert_eq!(map.len(), 2_007);
+        assert!(map.iter().all(|(k, v)| k == v));
+        assert_eq!(map.remove(&i32::MIN), Some(i32::MIN));
+        // Consecutive partitions land in distinct high bits (what the table reads).
+        let hashes: std::collections::HashSet<u64> = (0..64)
+            .map(|p| std::hash::BuildHasher::hash_one(map.hasher(), p) >> 57)
+            .collect();
+        assert!(hashes.len() > 32, "{} distinct tags of 64", hashes.len());
     }
 }
