@@ -126,7 +126,7 @@ impl LaneQueue {
         let mut state = self.lock();
         match state.queue.pop_front() {
             Some(msg) => {
-                let wake = std::mem::take(&mut state.writers_waiting);
+                let wake = self.room_for_writers(&mut state);
                 drop(state);
                 if wake {
                     self.writable.notify_waiters();
@@ -146,7 +146,7 @@ impl LaneQueue {
             {
                 let mut state = self.lock();
                 if let Some(msg) = state.queue.pop_front() {
-                    let wake = std::mem::take(&mut state.writers_waiting);
+                    let wake = self.room_for_writers(&mut state);
                     drop(state);
                     if wake {
                         self.writable.notify_waiters();
@@ -160,6 +160,18 @@ impl LaneQueue {
                 state.reader_waiting = true;
             }
             notified.await;
+        }
+    }
+
+    /// Whether to wake the publishers waiting for room, after a message was taken: only
+    /// once the queue is down to half its bound. Woken at every message taken, a
+    /// publisher that keeps the queue full would be woken to add one message, sleep,
+    /// and be woken again, a thread switch per message on both sides; from half, it
+    /// adds half a queue per wake-up.
+    fn room_for_writers(&self, state: &mut State) -> bool {
+        state.writers_waiting && state.queue.len() <= self.cap / 2 && {
+            state.writers_waiting = false;
+            true
         }
     }
 
@@ -218,6 +230,27 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         q.try_send(msg(2)).ok().unwrap();
         assert_eq!(receiver.await.unwrap().unwrap(), "2");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_sender_is_woken_once_half_the_queue_is_free() {
+        let q = Arc::new(LaneQueue::new(4));
+        for i in 0..4 {
+            q.try_send(msg(i)).ok().unwrap();
+        }
+        let sender = {
+            let q = q.clone();
+            tokio::spawn(async move { q.send(msg(4)).await.is_ok() })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(q.recv().await.is_some());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!sender.is_finished(), "three of four queued: not woken yet");
+        assert!(q.recv().await.is_some());
+        assert!(tokio::time::timeout(Duration::from_secs(5), sender)
+            .await
+            .expect("woken at half")
+            .unwrap());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,7 +60,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
+    // The command runs as a task on the runtime's workers, not on this thread: with one
+    // worker per core, a command that publishes (bench, publish) and the readers it
+    // starts share the cores as tasks, rather than this thread competing with both
+    // workers for two cores.
+    let command = runtime.spawn(async {
         let stop = CancellationToken::new();
         if let Err(e) = on_signal(stop.clone()) {
             eprintln!("streams: error: cannot install signal handlers: {e}");
@@ -77,6 +81,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    });
+    runtime.block_on(command).unwrap_or_else(|e| {
+        eprintln!("streams: error: {}", one_line(&e.to_string()));
+        ExitCode::FAILURE
     })
 }
 

@@ -759,7 +759,17 @@ async fn raw_case(
         let msgs = source.next(start, first, &tally).await;
         let n = msgs.len() as u64;
         for msg in msgs {
-            tx.send(msg).await.map_err(|_| "the raw consumer ended")?;
+            // As the bus does: a channel with room takes the message at once; only a
+            // full one is waited on.
+            match tx.try_send(msg) {
+                Ok(()) => {}
+                Err(tokio::sync::mpsc::error::TrySendError::Full(msg)) => {
+                    tx.send(msg).await.map_err(|_| "the raw consumer ended")?;
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                    return Err("the raw consumer ended".into());
+                }
+            }
         }
         bars.published.inc(n);
     }
