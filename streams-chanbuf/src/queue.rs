@@ -194,6 +194,24 @@ mod tests {
         Message::new("s", format!("{i}"))
     }
 
+    /// A queue of `cap` filled to its bound, and a task sending one more: it answers
+    /// whether the message went in.
+    async fn full_with_a_waiting_sender(
+        cap: usize,
+    ) -> (Arc<LaneQueue>, tokio::task::JoinHandle<bool>) {
+        let q = Arc::new(LaneQueue::new(cap));
+        for i in 0..cap {
+            q.try_send(msg(i)).ok().unwrap();
+        }
+        let sender = {
+            let q = q.clone();
+            tokio::spawn(async move { q.send(msg(cap)).await.is_ok() })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!sender.is_finished(), "the sender waits for room");
+        (q, sender)
+    }
+
     #[tokio::test]
     async fn holds_its_bound_and_keeps_the_order() {
         let q = LaneQueue::new(2);
@@ -211,14 +229,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_waiting_sender_gets_room_and_a_waiting_receiver_gets_the_message() {
-        let q = Arc::new(LaneQueue::new(1));
-        q.try_send(msg(0)).ok().unwrap();
-        let sender = {
-            let q = q.clone();
-            tokio::spawn(async move { q.send(msg(1)).await.is_ok() })
-        };
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!sender.is_finished(), "the sender waits for room");
+        let (q, sender) = full_with_a_waiting_sender(1).await;
         assert_eq!(q.recv().await.unwrap().data, "0");
         assert!(sender.await.unwrap());
         assert_eq!(q.recv().await.unwrap().data, "1");
@@ -234,15 +245,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_waiting_sender_is_woken_once_half_the_queue_is_free() {
-        let q = Arc::new(LaneQueue::new(4));
-        for i in 0..4 {
-            q.try_send(msg(i)).ok().unwrap();
-        }
-        let sender = {
-            let q = q.clone();
-            tokio::spawn(async move { q.send(msg(4)).await.is_ok() })
-        };
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (q, sender) = full_with_a_waiting_sender(4).await;
         assert!(q.recv().await.is_some());
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!sender.is_finished(), "three of four queued: not woken yet");
@@ -255,15 +258,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn close_fails_waiting_senders_and_lets_the_backlog_drain() {
-        let q = Arc::new(LaneQueue::new(1));
-        q.try_send(msg(0)).ok().unwrap();
-        let sender = {
-            let q = q.clone();
-            tokio::spawn(async move { q.send(msg(1)).await.is_err() })
-        };
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (q, sender) = full_with_a_waiting_sender(1).await;
         q.close();
-        assert!(sender.await.unwrap(), "a waiting send fails on close");
+        assert!(!sender.await.unwrap(), "a waiting send fails on close");
         assert!(matches!(q.try_send(msg(2)), Err(TrySendError::Closed)));
         assert_eq!(q.recv().await.unwrap().data, "0");
         assert!(q.recv().await.is_none());
