@@ -1,5 +1,5 @@
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -12,7 +12,7 @@ use streams_core::{
 };
 use tokio::time::Instant;
 
-use crate::queue::{LaneQueue, TryRecv, TrySendError};
+use crate::queue::{LaneQueue, Push, TryRecv, TrySendError};
 use crate::retained::Retained;
 
 /// A [`EventBus`](streams_core::EventBus) over a new in-process [`MemoryBus`] with default
@@ -118,15 +118,61 @@ struct Group {
 
 impl Group {
     fn lane(&self, key: Option<&str>) -> &LaneQueue {
+        &self.lanes[self.lane_index(key)]
+    }
+
+    /// The lane of a message: by its key, else the next in turn.
+    fn lane_index(&self, key: Option<&str>) -> usize {
         let n = self.lanes.len();
         if n == 1 {
-            return &self.lanes[0];
+            return 0;
         }
-        let i = match key {
+        match key {
             Some(key) => (lane_hash(key) % n as u64) as usize,
             None => self.next_lane.fetch_add(1, Ordering::Relaxed) % n,
+        }
+    }
+
+    /// Queues `msgs` on their lanes, in order within each lane, waiting for room.
+    ///
+    /// The messages are sorted into a run per lane first, and each run goes in under
+    /// one lock (a message at a time, the publisher and the lane's worker met on the
+    /// lock at every message). When lanes are full it fills the others, then waits for
+    /// room in the first full one, so no lane's worker idles behind another's backlog.
+    /// A closed lane (the group left, or the bus closed) drops its run.
+    async fn push(&self, msgs: Vec<Message>) {
+        let n = self.lanes.len();
+        let mut runs: Vec<VecDeque<Message>> = if n == 1 {
+            vec![VecDeque::from(msgs)]
+        } else {
+            let mut runs: Vec<VecDeque<Message>> = (0..n)
+                .map(|_| VecDeque::with_capacity(msgs.len() / n + msgs.len() / 8 + 1))
+                .collect();
+            for m in msgs {
+                let i = self.lane_index(m.key.as_deref());
+                runs[i].push_back(m);
+            }
+            runs
         };
-        &self.lanes[i]
+        loop {
+            let mut full = None;
+            for (lane, run) in self.lanes.iter().zip(&mut runs) {
+                if run.is_empty() {
+                    continue;
+                }
+                match lane.push_many(run) {
+                    Push::Done => {}
+                    Push::Closed => run.clear(),
+                    Push::Full => {
+                        full.get_or_insert(lane);
+                    }
+                }
+            }
+            match full {
+                Some(lane) => lane.room().await,
+                None => return,
+            }
+        }
     }
 
     fn close(&self) {
@@ -198,13 +244,15 @@ impl MemoryBus {
     /// its subscribers).
     pub fn try_write(&self, batch: Vec<Message>) -> Result<()> {
         self.check_open()?;
-        let mut cache = StreamCache::default();
+        let mut groups: Option<(String, Arc<[Arc<Group>]>)> = None;
         let mut iter = batch.into_iter().enumerate();
         while let Some((i, msg)) = iter.next() {
-            let groups = cache.groups(&self.inner, &msg.stream);
+            if groups.as_ref().is_none_or(|(s, _)| *s != msg.stream) {
+                groups = Some((msg.stream.clone(), self.groups_of(&msg.stream)));
+            }
+            let Some((_, groups)) = &groups else { continue };
             for g in groups.iter() {
-                let m = msg.clone();
-                match g.lane(m.key.as_deref()).try_send(m) {
+                match g.lane(msg.key.as_deref()).try_send(msg.clone()) {
                     Ok(()) | Err(TrySendError::Closed) => {}
                     Err(TrySendError::Full(m)) => {
                         if i == 0 {
@@ -227,6 +275,31 @@ impl MemoryBus {
             }
         }
         self.check_open()
+    }
+
+    /// Delivers `run`, messages of one stream, to each of its groups, waiting for room.
+    async fn write_run(&self, run: Vec<Message>) {
+        let Some(first) = run.first() else { return };
+        let groups = self.groups_of(&first.stream);
+        let Some((last, rest)) = groups.split_last() else {
+            tracing::trace!(stream = %first.stream, count = run.len(), "no subscriber");
+            return;
+        };
+        for g in rest {
+            g.push(run.clone()).await;
+        }
+        last.push(run).await;
+    }
+
+    /// The subscriber groups of `stream`.
+    fn groups_of(&self, stream: &str) -> Arc<[Arc<Group>]> {
+        self.inner
+            .streams
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(stream)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(Vec::new()))
     }
 
     fn check_open(&self) -> Result<()> {
@@ -347,32 +420,6 @@ impl MemoryBus {
     }
 }
 
-/// Remembers the subscriber list of the last stream looked up, so a batch on one stream
-/// takes the lock once.
-#[derive(Default)]
-struct StreamCache {
-    stream: String,
-    groups: Option<Arc<[Arc<Group>]>>,
-}
-
-impl StreamCache {
-    fn groups(&mut self, inner: &Inner, stream: &str) -> &[Arc<Group>] {
-        if self.groups.is_none() || self.stream != stream {
-            let g = inner
-                .streams
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(stream)
-                .cloned()
-                .unwrap_or_else(|| Arc::from(Vec::new()));
-            self.stream.clear();
-            self.stream.push_str(stream);
-            self.groups = Some(g);
-        }
-        self.groups.as_deref().unwrap_or_default()
-    }
-}
-
 #[async_trait]
 impl Writer for MemoryBus {
     async fn write(&self, batch: Vec<Message>) -> Result<()> {
@@ -380,26 +427,16 @@ impl Writer for MemoryBus {
             return self.try_write(batch);
         }
         self.check_open()?;
-        let mut cache = StreamCache::default();
-        for msg in batch {
-            let groups = cache.groups(&self.inner, &msg.stream);
-            let Some((last, rest)) = groups.split_last() else {
-                tracing::trace!(stream = %msg.stream, id = %msg.id, "no subscriber");
-                continue;
-            };
-            // A lane with room takes the message at once, without the future of a
-            // waiting send (a message is large, and that future would copy it twice
-            // more). A closed lane means the group left (its messages are no one's) or
-            // the bus closed, which `check_open` reports below.
-            for g in rest {
-                let lane = g.lane(msg.key.as_deref());
-                if let Err(TrySendError::Full(m)) = lane.try_send(msg.clone()) {
-                    let _ = lane.send(m).await;
+        if batch.windows(2).all(|w| w[0].stream == w[1].stream) {
+            self.write_run(batch).await;
+        } else {
+            let mut batch = batch.into_iter().peekable();
+            while let Some(first) = batch.next() {
+                let mut run = vec![first];
+                while let Some(m) = batch.next_if(|m| m.stream == run[0].stream) {
+                    run.push(m);
                 }
-            }
-            let lane = last.lane(msg.key.as_deref());
-            if let Err(TrySendError::Full(msg)) = lane.try_send(msg) {
-                let _ = lane.send(msg).await;
+                self.write_run(run).await;
             }
         }
         self.check_open()
@@ -591,6 +628,9 @@ async fn lane_worker(
 /// delayed message stays with the group when a member leaves.
 struct Lane {
     rx: Arc<LaneQueue>,
+    /// Messages taken from the queue in the last take (a burst at most) and not yet
+    /// handed over: the lane's oldest, served before the queue.
+    taken: VecDeque<Message>,
     delayed: BinaryHeap<Reverse<Delayed>>,
     /// The lane's bound: with this many messages delayed, the lane takes no new ones
     /// until one is due, so publishers wait (backpressure) instead of memory growing.
@@ -634,6 +674,7 @@ impl Lane {
     fn new(rx: Arc<LaneQueue>, cap: usize) -> Self {
         Lane {
             rx,
+            taken: VecDeque::with_capacity(BURST),
             delayed: BinaryHeap::new(),
             cap,
             closed: false,
@@ -649,10 +690,13 @@ impl Lane {
             if self.delayed.is_empty() {
                 // No delayed message (nearly always): a waiting message is taken without
                 // a timer, and none is made while waiting.
+                if let Some(m) = self.pop_taken() {
+                    return Some(m);
+                }
                 if self.closed {
                     return None;
                 }
-                match self.rx.try_recv() {
+                match self.rx.try_take(&mut self.taken, BURST) {
                     TryRecv::Message(m) => return Some(m),
                     TryRecv::Closed => {
                         self.closed = true;
@@ -662,13 +706,16 @@ impl Lane {
                 }
                 tokio::select! {
                     biased;
-                    m = self.rx.recv() => match m {
+                    m = self.rx.take(&mut self.taken, BURST) => match m {
                         Some(m) => return Some(m),
                         None => self.closed = true,
                     },
                     _ = stop.cancelled() => return None,
                 }
                 continue;
+            }
+            if let Some(m) = self.try_next() {
+                return Some(m);
             }
             let due = self.delayed.peek().map(|d| d.0.due);
             let take = !self.closed && self.delayed.len() < self.cap;
@@ -681,7 +728,7 @@ impl Lane {
                 _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                     return self.delayed.pop().map(|d| d.0.msg);
                 }
-                m = self.rx.recv(), if take => match m {
+                m = self.rx.take(&mut self.taken, BURST), if take => match m {
                     Some(m) => return Some(m),
                     None => self.closed = true,
                 },
@@ -690,7 +737,8 @@ impl Lane {
         }
     }
 
-    /// A message that is ready now, without waiting.
+    /// A message that is ready now, without waiting: a delayed one that is due, else
+    /// the oldest taken or waiting.
     fn try_next(&mut self) -> Option<Message> {
         if self
             .delayed
@@ -699,13 +747,27 @@ impl Lane {
         {
             return self.delayed.pop().map(|d| d.0.msg);
         }
+        if let Some(m) = self.pop_taken() {
+            return Some(m);
+        }
         if self.closed || self.delayed.len() >= self.cap {
             return None;
         }
-        match self.rx.try_recv() {
+        match self.rx.try_take(&mut self.taken, BURST) {
             TryRecv::Message(m) => Some(m),
-            TryRecv::Empty | TryRecv::Closed => None,
+            TryRecv::Empty => None,
+            TryRecv::Closed => {
+                self.closed = true;
+                None
+            }
         }
+    }
+
+    /// The oldest message of the last take, handed over.
+    fn pop_taken(&mut self) -> Option<Message> {
+        let m = self.taken.pop_front()?;
+        self.rx.handed_over();
+        Some(m)
     }
 
     fn delay(&mut self, msg: Message, delay: std::time::Duration) {

@@ -1,18 +1,28 @@
 //! The bounded queue of one lane: many publishers, one worker at a time (whoever holds
 //! the lane's turn).
 //!
-//! A mutex around a `VecDeque`, and a wake-up only for a side that said it is waiting:
-//! a message costs each side one uncontended lock. (The MPMC channel this replaced paid
-//! for a lock-free queue and, on every send and every receive, the lock of its listener
-//! list, to wake receivers and senders that were nearly never there.)
+//! A mutex around a `VecDeque`, and a wake-up only for a side that said it is waiting.
+//! Both sides move messages in runs under one lock: a publisher pushes the messages of a
+//! batch that go to one lane under one lock, and the worker takes what is
+//! waiting (a burst at most) under one lock into a buffer of its own. Locking per
+//! message, the two sides met on the lock at every message and, on two cores, spent
+//! more time handing the lock over than moving messages. (The MPMC channel before
+//! that paid for a lock-free queue and, on every send and every receive, the lock of
+//! its listener list, to wake receivers and senders that were nearly never there.)
+//!
+//! The bound counts the messages the worker has taken and not yet handed to its handler
+//! (`held`), so a burst taken does not make room for a burst more: the queue and the
+//! worker's buffer together hold at most the bound, as the queue alone did. Publishers
+//! waiting for room are woken when the worker comes back for more.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use streams_core::Message;
 use tokio::sync::Notify;
 
-/// Why [`LaneQueue::try_send`] gave the message back.
+/// Why a push gave the message back.
 // The message moves through by value, as it does through the queue: boxing it to make
 // the error small would cost an allocation per message.
 #[allow(clippy::large_enum_variant)]
@@ -23,10 +33,20 @@ pub(crate) enum TrySendError {
     Closed,
 }
 
-/// What [`LaneQueue::try_recv`] found.
+/// What [`LaneQueue::push_many`] did.
+pub(crate) enum Push {
+    /// Every message went in.
+    Done,
+    /// The queue filled; the rest are still the caller's.
+    Full,
+    /// The queue was closed (its group left, or the bus closed); nothing went in.
+    Closed,
+}
+
+/// What [`LaneQueue::try_take`] found.
 #[allow(clippy::large_enum_variant)] // as for `TrySendError`
 pub(crate) enum TryRecv {
-    /// The oldest message.
+    /// The oldest message (those behind it went to the worker's buffer).
     Message(Message),
     /// Nothing now; more may come.
     Empty,
@@ -42,6 +62,10 @@ pub(crate) struct LaneQueue {
     readable: Notify,
     /// Wakes publishers waiting for room.
     writable: Notify,
+    /// Messages in the worker's buffer, taken and not yet handed to its handler: they
+    /// count against the bound. Set by a take, counted down by the worker as it hands
+    /// them over, read by publishers under the lock.
+    held: AtomicUsize,
 }
 
 struct State {
@@ -67,7 +91,17 @@ impl LaneQueue {
             cap,
             readable: Notify::new(),
             writable: Notify::new(),
+            held: AtomicUsize::new(0),
         }
+    }
+
+    fn is_full(&self, state: &State) -> bool {
+        state.queue.len() + self.held.load(Ordering::Relaxed) >= self.cap
+    }
+
+    /// The worker handed a message of its buffer to its handler.
+    pub(crate) fn handed_over(&self) {
+        self.held.fetch_sub(1, Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -82,7 +116,7 @@ impl LaneQueue {
         if state.closed {
             return Err(TrySendError::Closed);
         }
-        if state.queue.len() >= self.cap {
+        if self.is_full(&state) {
             return Err(TrySendError::Full(msg));
         }
         state.queue.push_back(msg);
@@ -94,26 +128,42 @@ impl LaneQueue {
         Ok(())
     }
 
-    /// Queues `msg`, waiting for room; gives it back when the queue is (or gets) closed.
-    pub(crate) async fn send(&self, msg: Message) -> Result<(), Message> {
+    /// Queues messages from the front of `msgs` while there is room, under one lock;
+    /// what does not fit stays in `msgs`.
+    pub(crate) fn push_many(&self, msgs: &mut VecDeque<Message>) -> Push {
+        let mut state = self.lock();
+        if state.closed {
+            return Push::Closed;
+        }
+        let room = self
+            .cap
+            .saturating_sub(state.queue.len() + self.held.load(Ordering::Relaxed));
+        let n = room.min(msgs.len());
+        state.queue.extend(msgs.drain(..n));
+        let wake = n > 0 && std::mem::take(&mut state.reader_waiting);
+        drop(state);
+        if wake {
+            self.readable.notify_waiters();
+        }
+        if msgs.is_empty() {
+            Push::Done
+        } else {
+            Push::Full
+        }
+    }
+
+    /// Waits until the queue has room (half its bound free, or all of it when the bound
+    /// is one) or is closed.
+    pub(crate) async fn room(&self) {
         loop {
             let notified = self.writable.notified();
             tokio::pin!(notified);
             {
                 let mut state = self.lock();
-                if state.closed {
-                    return Err(msg);
+                if state.closed || !self.is_full(&state) {
+                    return;
                 }
-                if state.queue.len() < self.cap {
-                    state.queue.push_back(msg);
-                    let wake = std::mem::take(&mut state.reader_waiting);
-                    drop(state);
-                    if wake {
-                        self.readable.notify_waiters();
-                    }
-                    return Ok(());
-                }
-                // Registered before the lock is let go: a receive from here on wakes it.
+                // Registered before the lock is let go: a take from here on wakes it.
                 notified.as_mut().enable();
                 state.writers_waiting = true;
             }
@@ -121,36 +171,26 @@ impl LaneQueue {
         }
     }
 
-    /// The oldest message, without waiting.
-    pub(crate) fn try_recv(&self) -> TryRecv {
+    /// The oldest message without waiting, and up to `max - 1` more behind it moved
+    /// into `rest`, the worker's buffer, which the caller has emptied first.
+    pub(crate) fn try_take(&self, rest: &mut VecDeque<Message>, max: usize) -> TryRecv {
         let mut state = self.lock();
-        match state.queue.pop_front() {
-            Some(msg) => {
-                let wake = self.room_for_writers(&mut state);
-                drop(state);
-                if wake {
-                    self.writable.notify_waiters();
-                }
-                TryRecv::Message(msg)
-            }
+        match self.take_locked(&mut state, rest, max) {
+            Some(msg) => TryRecv::Message(msg),
             None if state.closed => TryRecv::Closed,
             None => TryRecv::Empty,
         }
     }
 
-    /// The oldest message, waiting for one; `None` once the queue is closed and empty.
-    pub(crate) async fn recv(&self) -> Option<Message> {
+    /// As [`try_take`](Self::try_take), waiting for a message; `None` once the queue is
+    /// closed and empty.
+    pub(crate) async fn take(&self, rest: &mut VecDeque<Message>, max: usize) -> Option<Message> {
         loop {
             let notified = self.readable.notified();
             tokio::pin!(notified);
             {
                 let mut state = self.lock();
-                if let Some(msg) = state.queue.pop_front() {
-                    let wake = self.room_for_writers(&mut state);
-                    drop(state);
-                    if wake {
-                        self.writable.notify_waiters();
-                    }
+                if let Some(msg) = self.take_locked(&mut state, rest, max) {
                     return Some(msg);
                 }
                 if state.closed {
@@ -163,20 +203,41 @@ impl LaneQueue {
         }
     }
 
-    /// Whether to wake the publishers waiting for room, after a message was taken: only
-    /// once the queue is down to half its bound. Woken at every message taken, a
-    /// publisher that keeps the queue full would be woken to add one message, sleep,
-    /// and be woken again, a thread switch per message on both sides; from half, it
-    /// adds half a queue per wake-up.
-    fn room_for_writers(&self, state: &mut State) -> bool {
-        state.writers_waiting && state.queue.len() <= self.cap / 2 && {
+    /// Takes under the lock; wakes waiting publishers (after the lock is let go, by the
+    /// guard's drop order: the notification is sent here, but a woken publisher only
+    /// finds the lock once the caller drops it) when half the bound is free.
+    fn take_locked(
+        &self,
+        state: &mut State,
+        rest: &mut VecDeque<Message>,
+        max: usize,
+    ) -> Option<Message> {
+        let first = state.queue.pop_front();
+        if first.is_some() {
+            let more = state.queue.len().min(max.saturating_sub(1));
+            rest.extend(state.queue.drain(..more));
+        }
+        self.held.store(rest.len(), Ordering::Relaxed);
+        self.wake_writers_if_room(state);
+        first
+    }
+
+    /// Wakes the waiting publishers only once the queue is down to half its bound.
+    fn wake_writers_if_room(&self, state: &mut State) {
+        // Only once the queue is down to half its bound: woken at every message taken,
+        // a publisher that keeps the queue full would be woken to add one message,
+        // sleep, and be woken again, a thread switch per message on both sides; from
+        // half, it adds half a queue per wake-up.
+        if state.writers_waiting
+            && state.queue.len() + self.held.load(Ordering::Relaxed) <= self.cap / 2
+        {
             state.writers_waiting = false;
-            true
+            self.writable.notify_waiters();
         }
     }
 
     /// Refuses further messages and wakes everyone waiting; what is queued can still be
-    /// received.
+    /// taken.
     pub(crate) fn close(&self) {
         self.lock().closed = true;
         self.readable.notify_waiters();
@@ -194,6 +255,18 @@ mod tests {
         Message::new("s", format!("{i}"))
     }
 
+    /// Queues `m` as the bus does, waiting for room; whether it went in.
+    async fn send(q: &LaneQueue, m: Message) -> bool {
+        let mut run = VecDeque::from([m]);
+        loop {
+            match q.push_many(&mut run) {
+                Push::Done => return true,
+                Push::Closed => return false,
+                Push::Full => q.room().await,
+            }
+        }
+    }
+
     /// A queue of `cap` filled to its bound, and a task sending one more: it answers
     /// whether the message went in.
     async fn full_with_a_waiting_sender(
@@ -205,7 +278,7 @@ mod tests {
         }
         let sender = {
             let q = q.clone();
-            tokio::spawn(async move { q.send(msg(cap)).await.is_ok() })
+            tokio::spawn(async move { send(&q, msg(cap)).await })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!sender.is_finished(), "the sender waits for room");
@@ -219,24 +292,27 @@ mod tests {
         assert!(q.try_send(msg(1)).is_ok());
         assert!(matches!(q.try_send(msg(2)), Err(TrySendError::Full(_))));
         for i in 0..2 {
-            match q.try_recv() {
+            match q.try_take(&mut VecDeque::new(), 1) {
                 TryRecv::Message(m) => assert_eq!(m.data, format!("{i}")),
                 _ => panic!("message {i} missing"),
             }
         }
-        assert!(matches!(q.try_recv(), TryRecv::Empty));
+        assert!(matches!(
+            q.try_take(&mut VecDeque::new(), 1),
+            TryRecv::Empty
+        ));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_waiting_sender_gets_room_and_a_waiting_receiver_gets_the_message() {
         let (q, sender) = full_with_a_waiting_sender(1).await;
-        assert_eq!(q.recv().await.unwrap().data, "0");
+        assert_eq!(q.take(&mut VecDeque::new(), 1).await.unwrap().data, "0");
         assert!(sender.await.unwrap());
-        assert_eq!(q.recv().await.unwrap().data, "1");
+        assert_eq!(q.take(&mut VecDeque::new(), 1).await.unwrap().data, "1");
 
         let receiver = {
             let q = q.clone();
-            tokio::spawn(async move { q.recv().await.map(|m| m.data) })
+            tokio::spawn(async move { q.take(&mut VecDeque::new(), 1).await.map(|m| m.data) })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         q.try_send(msg(2)).ok().unwrap();
@@ -246,14 +322,94 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_waiting_sender_is_woken_once_half_the_queue_is_free() {
         let (q, sender) = full_with_a_waiting_sender(4).await;
-        assert!(q.recv().await.is_some());
+        assert!(q.take(&mut VecDeque::new(), 1).await.is_some());
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!sender.is_finished(), "three of four queued: not woken yet");
-        assert!(q.recv().await.is_some());
+        assert!(q.take(&mut VecDeque::new(), 1).await.is_some());
         assert!(tokio::time::timeout(Duration::from_secs(5), sender)
             .await
             .expect("woken at half")
             .unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_burst_taken_counts_against_the_bound_until_handed_over() {
+        let q = LaneQueue::new(4);
+        for i in 0..4 {
+            q.try_send(msg(i)).ok().unwrap();
+        }
+        let mut rest = VecDeque::new();
+        match q.try_take(&mut rest, 8) {
+            TryRecv::Message(m) => assert_eq!(m.data, "0"),
+            _ => panic!("message 0 missing"),
+        }
+        assert_eq!(
+            rest.len(),
+            3,
+            "the rest of the burst went to the worker's buffer"
+        );
+        // The one handed over no longer counts; the three in the buffer do.
+        assert!(q.try_send(msg(4)).is_ok());
+        assert!(matches!(q.try_send(msg(5)), Err(TrySendError::Full(_))));
+        let order: Vec<_> = rest
+            .drain(..)
+            .inspect(|_| q.handed_over())
+            .map(|m| m.data)
+            .collect();
+        assert_eq!(order, ["1", "2", "3"]);
+        // Handed over, they no longer count.
+        for i in 5..8 {
+            assert!(q.try_send(msg(i)).is_ok(), "message {i}");
+        }
+        assert!(matches!(q.try_send(msg(8)), Err(TrySendError::Full(_))));
+        match q.try_take(&mut rest, 8) {
+            TryRecv::Message(m) => assert_eq!(m.data, "4"),
+            _ => panic!("message 4 missing"),
+        }
+        assert_eq!(rest.len(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_pushed_under_one_lock_wakes_a_waiting_worker() {
+        let q = Arc::new(LaneQueue::new(8));
+        let worker = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let mut rest = VecDeque::new();
+                let first = q.take(&mut rest, 8).await.unwrap();
+                let mut all = vec![first.data];
+                all.extend(rest.into_iter().map(|m| m.data));
+                all
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut run: VecDeque<_> = (0..3).map(msg).collect();
+        assert!(matches!(q.push_many(&mut run), Push::Done));
+        let got = tokio::time::timeout(Duration::from_secs(5), worker)
+            .await
+            .expect("woken by the push")
+            .unwrap();
+        assert_eq!(got, ["0", "1", "2"], "one take, in order");
+    }
+
+    #[tokio::test]
+    async fn a_run_keeps_what_does_not_fit_and_a_closed_queue_takes_nothing() {
+        let q = LaneQueue::new(2);
+        let mut run: VecDeque<_> = (0..3).map(msg).collect();
+        assert!(matches!(q.push_many(&mut run), Push::Full));
+        assert_eq!(run.len(), 1);
+        assert_eq!(
+            run[0].data, "2",
+            "the message that did not fit is still the caller's"
+        );
+        q.close();
+        assert!(matches!(q.push_many(&mut run), Push::Closed));
+        assert_eq!(run.len(), 1);
+        for i in 0..2 {
+            let m = q.take(&mut VecDeque::new(), 1).await.unwrap();
+            assert_eq!(m.data, format!("{i}"), "the backlog drains after close");
+        }
+        assert!(q.take(&mut VecDeque::new(), 1).await.is_none());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,9 +418,12 @@ mod tests {
         q.close();
         assert!(!sender.await.unwrap(), "a waiting send fails on close");
         assert!(matches!(q.try_send(msg(2)), Err(TrySendError::Closed)));
-        assert_eq!(q.recv().await.unwrap().data, "0");
-        assert!(q.recv().await.is_none());
-        assert!(matches!(q.try_recv(), TryRecv::Closed));
+        assert_eq!(q.take(&mut VecDeque::new(), 1).await.unwrap().data, "0");
+        assert!(q.take(&mut VecDeque::new(), 1).await.is_none());
+        assert!(matches!(
+            q.try_take(&mut VecDeque::new(), 1),
+            TryRecv::Closed
+        ));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,25 +434,35 @@ mod tests {
                 let q = q.clone();
                 tokio::spawn(async move {
                     for i in 0..5_000 {
-                        q.send(msg(s * 10_000 + i)).await.ok().unwrap();
+                        assert!(send(&q, msg(s * 10_000 + i)).await);
                     }
                 })
             })
             .collect();
+        // Taken in bursts, handed over one by one, as a lane's worker does.
         let mut last = [None::<usize>; 4];
-        for _ in 0..20_000 {
-            let m = tokio::time::timeout(Duration::from_secs(10), q.recv())
+        let mut rest = VecDeque::new();
+        let mut seen = 0;
+        while seen < 20_000 {
+            let first = tokio::time::timeout(Duration::from_secs(10), q.take(&mut rest, 5))
                 .await
                 .expect("no lost wake-up")
                 .unwrap();
-            let n: usize = std::str::from_utf8(&m.data).unwrap().parse().unwrap();
-            let (s, i) = (n / 10_000, n % 10_000);
-            assert!(last[s].is_none_or(|l| l < i), "sender {s} out of order");
-            last[s] = Some(i);
+            assert!(rest.len() < 5, "a burst is at most what was asked");
+            for m in std::iter::once(first).chain(rest.drain(..).inspect(|_| q.handed_over())) {
+                let n: usize = std::str::from_utf8(&m.data).unwrap().parse().unwrap();
+                let (s, i) = (n / 10_000, n % 10_000);
+                assert!(last[s].is_none_or(|l| l < i), "sender {s} out of order");
+                last[s] = Some(i);
+                seen += 1;
+            }
         }
         for s in senders {
             s.await.unwrap();
         }
-        assert!(matches!(q.try_recv(), TryRecv::Empty));
+        assert!(matches!(
+            q.try_take(&mut VecDeque::new(), 1),
+            TryRecv::Empty
+        ));
     }
 }
