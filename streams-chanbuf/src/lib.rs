@@ -2,7 +2,8 @@
 //!
 //! Every subscriber of a stream receives every message published after it subscribed;
 //! readers that share a consumer group share the group's messages instead. Each
-//! subscriber has a bounded buffer: publishing waits while it is full (or fails at once
+//! subscriber has a bounded buffer (the messages waiting, with those a worker has taken
+//! and not yet handed to its handler): publishing waits while it is full (or fails at once
 //! with [`MemoryBus::try_write`] or [`MemoryBusBuilder::with_fail_fast`]). A subscriber runs at
 //! most `concurrency` handlers at once, one per lane; messages with the same key go to
 //! the same lane, so order per key holds.
