@@ -199,11 +199,17 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_batch_is_reported_and_the_others_still_finish() {
-        let gate = Gate::new(1000);
+        // The gate stays shut until all three are in flight: a failure that finished
+        // before the third `write` would be reported by that `write` instead.
+        let gate = Gate::new(0);
         let mut window = WriteWindow::new(gate.clone(), 8);
         window.write(batch("a", 2)).await.unwrap();
         window.write(batch("fail", 2)).await.unwrap();
         window.write(batch("c", 2)).await.unwrap();
+        while gate.now.load(Ordering::SeqCst) < 3 {
+            tokio::task::yield_now().await;
+        }
+        gate.open.add_permits(1000);
         let err = window.flush().await.unwrap_err();
         assert!(err.to_string().contains("refused"), "{err}");
         assert_eq!(gate.written.lock().unwrap().len(), 4);
