@@ -12,7 +12,7 @@ use streams_core::{
 };
 use tokio::time::Instant;
 
-use crate::queue::{LaneQueue, Push, TryRecv, TrySendError};
+use crate::queue::{room_in_any, LaneQueue, Push, TryRecv, TrySendError};
 use crate::retained::Retained;
 
 /// A [`EventBus`](streams_core::EventBus) over a new in-process [`MemoryBus`] with default
@@ -139,7 +139,7 @@ impl Group {
     /// and the lane's worker met on the lock at every message), moved once, from the
     /// batch to the queue: a batch is hundreds of kilobytes of messages, and sorting it
     /// into a run per lane first cost a copy of all of it. When lanes are full it fills
-    /// the others, then waits for room in the first full one, so no lane's worker idles
+    /// the others, then waits for room in any full one, so no lane's worker idles
     /// behind another's backlog. A closed lane (the group left, or the bus closed)
     /// drops its messages.
     async fn push(&self, msgs: Vec<Message>) {
@@ -170,7 +170,7 @@ impl Group {
             .collect();
         let mut slots: Vec<Option<Message>> = msgs.into_iter().map(Some).collect();
         loop {
-            let mut full = None;
+            let mut full = Vec::new();
             for (i, lane) in self.lanes.iter().enumerate() {
                 if left[i] == 0 {
                     continue;
@@ -183,15 +183,13 @@ impl Group {
                 match lane.push_some(&mut left[i], mine) {
                     Push::Done => {}
                     Push::Closed => left[i] = 0,
-                    Push::Full => {
-                        full.get_or_insert(lane);
-                    }
+                    Push::Full => full.push(&**lane),
                 }
             }
-            match full {
-                Some(lane) => lane.room().await,
-                None => return,
+            if full.is_empty() {
+                return;
             }
+            room_in_any(&full).await;
         }
     }
 
@@ -354,9 +352,10 @@ impl MemoryBus {
             .unwrap_or(self.inner.config.concurrency)
             .max(1);
         let per_lane = (self.inner.config.queue_depth / lanes).max(1);
+        let room = Arc::new(tokio::sync::Notify::new());
         let (senders, receivers) = (0..lanes)
             .map(|_| {
-                let queue = Arc::new(LaneQueue::new(per_lane));
+                let queue = Arc::new(LaneQueue::sharing(per_lane, room.clone()));
                 (
                     queue.clone(),
                     tokio::sync::Mutex::new(Lane::new(queue, per_lane)),

@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use streams_core::Message;
 use tokio::sync::Notify;
@@ -64,8 +64,9 @@ pub(crate) struct LaneQueue {
     cap: usize,
     /// Wakes the worker waiting for a message.
     readable: Notify,
-    /// Wakes publishers waiting for room.
-    writable: Notify,
+    /// Wakes publishers waiting for room: shared by a group's lanes, so a publisher
+    /// waiting on several full lanes goes on when any of them has room.
+    writable: Arc<Notify>,
     /// Messages in the worker's buffer, taken and not yet handed to its handler: they
     /// count against the bound. Set by a take, counted down by the worker as it hands
     /// them over, read by publishers under the lock.
@@ -83,7 +84,14 @@ struct State {
 
 impl LaneQueue {
     /// A queue holding at most `cap` messages (at least one).
+    #[cfg(test)]
     pub(crate) fn new(cap: usize) -> Self {
+        Self::sharing(cap, Arc::default())
+    }
+
+    /// A queue holding at most `cap` messages (at least one) that signals room through
+    /// `writable`, which the other lanes of its group share.
+    pub(crate) fn sharing(cap: usize, writable: Arc<Notify>) -> Self {
         let cap = cap.max(1);
         LaneQueue {
             state: Mutex::new(State {
@@ -94,13 +102,15 @@ impl LaneQueue {
             }),
             cap,
             readable: Notify::new(),
-            writable: Notify::new(),
+            writable,
             held: AtomicUsize::new(0),
         }
     }
 
-    fn is_full(&self, state: &State) -> bool {
-        state.queue.len() + self.held.load(Ordering::Relaxed) >= self.cap
+    /// How many more messages the queue takes now.
+    fn free(&self, state: &State) -> usize {
+        self.cap
+            .saturating_sub(state.queue.len() + self.held.load(Ordering::Relaxed))
     }
 
     /// The worker handed a message of its buffer to its handler.
@@ -116,20 +126,11 @@ impl LaneQueue {
     /// Queues `msg` if there is room, without waiting.
     #[allow(clippy::result_large_err)] // as for `TrySendError`
     pub(crate) fn try_send(&self, msg: Message) -> Result<(), TrySendError> {
-        let mut state = self.lock();
-        if state.closed {
-            return Err(TrySendError::Closed);
+        let mut slot = Some(msg);
+        match self.push_some(&mut 1, std::iter::from_fn(|| slot.take())) {
+            Push::Closed => Err(TrySendError::Closed),
+            Push::Done | Push::Full => slot.map_or(Ok(()), |m| Err(TrySendError::Full(m))),
         }
-        if self.is_full(&state) {
-            return Err(TrySendError::Full(msg));
-        }
-        state.queue.push_back(msg);
-        let wake = std::mem::take(&mut state.reader_waiting);
-        drop(state);
-        if wake {
-            self.readable.notify_waiters();
-        }
-        Ok(())
     }
 
     /// Queues as many of the `left` messages `msgs` yields as there is room for, under
@@ -139,11 +140,8 @@ impl LaneQueue {
         if state.closed {
             return Push::Closed;
         }
-        let room = self
-            .cap
-            .saturating_sub(state.queue.len() + self.held.load(Ordering::Relaxed));
-        let before = state.queue.len();
-        state.queue.extend(msgs.take(room.min(*left)));
+        let (before, free) = (state.queue.len(), self.free(&state));
+        state.queue.extend(msgs.take(free.min(*left)));
         let pushed = state.queue.len() - before;
         *left -= pushed.min(*left);
         let wake = pushed > 0 && std::mem::take(&mut state.reader_waiting);
@@ -158,23 +156,20 @@ impl LaneQueue {
         }
     }
 
-    /// Waits until the queue has room (half its bound free, or all of it when the bound
-    /// is one) or is closed.
+    /// Waits until the queue has room or is closed (woken once half its bound is free).
     pub(crate) async fn room(&self) {
-        loop {
-            let notified = self.writable.notified();
-            tokio::pin!(notified);
-            {
-                let mut state = self.lock();
-                if state.closed || !self.is_full(&state) {
-                    return;
-                }
-                // Registered before the lock is let go: a take from here on wakes it.
-                notified.as_mut().enable();
-                state.writers_waiting = true;
-            }
-            notified.await;
+        room_in_any(&[self]).await;
+    }
+
+    /// Whether the queue has room or is closed; if not, marks a publisher as waiting,
+    /// to be woken through the room signal.
+    fn has_room_or_wait(&self) -> bool {
+        let mut state = self.lock();
+        if state.closed || self.free(&state) > 0 {
+            return true;
         }
+        state.writers_waiting = true;
+        false
     }
 
     /// The oldest message without waiting, and up to `max - 1` more behind it moved
@@ -209,9 +204,7 @@ impl LaneQueue {
         }
     }
 
-    /// Takes under the lock; wakes waiting publishers (after the lock is let go, by the
-    /// guard's drop order: the notification is sent here, but a woken publisher only
-    /// finds the lock once the caller drops it) when half the bound is free.
+    /// Takes under the lock, and wakes the waiting publishers if there is room now.
     fn take_locked(
         &self,
         state: &mut State,
@@ -228,7 +221,6 @@ impl LaneQueue {
         first
     }
 
-    /// Wakes the waiting publishers only once the queue is down to half its bound.
     fn wake_writers_if_room(&self, state: &mut State) {
         // Only once the queue is down to half its bound: woken at every message taken,
         // a publisher that keeps the queue full would be woken to add one message,
@@ -248,6 +240,23 @@ impl LaneQueue {
         self.lock().closed = true;
         self.readable.notify_waiters();
         self.writable.notify_waiters();
+    }
+}
+
+/// Waits until one of `lanes`, which share one room signal, has room or is closed.
+pub(crate) async fn room_in_any(lanes: &[&LaneQueue]) {
+    let Some(first) = lanes.first() else { return };
+    let notified = first.writable.notified();
+    tokio::pin!(notified);
+    // Registered before any lane is looked at: room made from here on wakes it.
+    notified.as_mut().enable();
+    // Every lane is marked (no short cut), so whichever frees room first wakes it.
+    let mut ready = false;
+    for lane in lanes {
+        ready |= lane.has_room_or_wait();
+    }
+    if !ready {
+        notified.await;
     }
 }
 

@@ -806,3 +806,59 @@ async fn a_lane_full_of_delayed_messages_pushes_back_on_publishers() {
     cancel.cancel();
     reader.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_lane_does_not_hold_back_the_other_lanes_of_a_batch() {
+    // Two lanes of two messages each; "slow" and "fast" hash to different lanes.
+    let bus = Arc::new(
+        MemoryBus::builder()
+            .with_queue_depth(4)
+            .with_concurrency(2)
+            .build(),
+    );
+    let gate = Arc::new(Semaphore::new(0));
+    let (tx, mut fast) = mpsc::unbounded_channel();
+    let g = gate.clone();
+    let h = handler(tower::service_fn(move |m: Message| {
+        let (g, tx) = (g.clone(), tx.clone());
+        async move {
+            if m.key.as_deref() == Some("slow") {
+                g.acquire().await.unwrap().forget();
+            } else {
+                tx.send(m.data).unwrap();
+            }
+            Ok::<_, BoxError>(())
+        }
+    }));
+    let cancel = CancellationToken::new();
+    let sub = bus.subscribe(ReadTask::new("s")).await.unwrap();
+    let reader = tokio::spawn(sub.run(h, cancel.clone()));
+    let batch: Vec<_> = (0..20)
+        .map(|i| {
+            let key = if i % 2 == 0 { "slow" } else { "fast" };
+            Message::new("s", format!("{i}")).with_key(key)
+        })
+        .collect();
+    let writing = {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.write(batch).await })
+    };
+    for _ in 0..10 {
+        tokio::time::timeout(Duration::from_secs(5), fast.recv())
+            .await
+            .expect("the fast lane's messages arrive while the slow lane is stuck")
+            .unwrap();
+    }
+    assert!(
+        !writing.is_finished(),
+        "the slow lane's messages still wait"
+    );
+    gate.add_permits(10);
+    tokio::time::timeout(Duration::from_secs(5), writing)
+        .await
+        .expect("the write finishes once the slow lane moves")
+        .unwrap()
+        .unwrap();
+    cancel.cancel();
+    reader.await.unwrap().unwrap();
+}
