@@ -169,17 +169,26 @@ impl Group {
             })
             .collect();
         let mut slots: Vec<Option<Message>> = msgs.into_iter().map(Some).collect();
+        // Where each lane's next message may be: a lane's messages go in order, so a
+        // batch bigger than the queues is walked once per lane, not once per wait.
+        let mut from = vec![0usize; n];
         loop {
             let mut full = Vec::new();
             for (i, lane) in self.lanes.iter().enumerate() {
                 if left[i] == 0 {
                     continue;
                 }
-                let mine = slots
+                let start = from[i];
+                let next = &mut from[i];
+                let mine = slots[start..]
                     .iter_mut()
-                    .zip(&lane_of)
-                    .filter(|&(_, &l)| l == i)
-                    .filter_map(|(slot, _)| slot.take());
+                    .zip(&lane_of[start..])
+                    .enumerate()
+                    .filter(|&(_, (_, &l))| l == i)
+                    .filter_map(|(j, (slot, _))| {
+                        *next = start + j + 1;
+                        slot.take()
+                    });
                 match lane.push_some(&mut left[i], mine) {
                     Push::Done => {}
                     Push::Closed => left[i] = 0,

@@ -246,6 +246,12 @@ impl LaneQueue {
 /// Waits until one of `lanes`, which share one room signal, has room or is closed.
 pub(crate) async fn room_in_any(lanes: &[&LaneQueue]) {
     let Some(first) = lanes.first() else { return };
+    debug_assert!(
+        lanes
+            .iter()
+            .all(|l| Arc::ptr_eq(&l.writable, &first.writable)),
+        "lanes waited on together share one room signal"
+    );
     let notified = first.writable.notified();
     tokio::pin!(notified);
     // Registered before any lane is looked at: room made from here on wakes it.
